@@ -1,0 +1,153 @@
+"""Tables. The database is the only source of job state; Celery's result backend is not used.
+
+Every row that belongs to a user carries `tenant_id` (one default tenant until API keys arrive).
+Timestamps are stored timezone-aware in UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from kronos_jobs.names import DEFAULT_TENANT
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
+        Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_jobs_state", "state"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex; also the Celery task id
+    tenant_id: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
+    kind: Mapped[str] = mapped_column(String(16))  # names.JobKind
+    state: Mapped[str] = mapped_column(String(24))  # names.JobState
+    device_requested: Mapped[str] = mapped_column(String(8))  # names.DevicePreference
+    queue: Mapped[str] = mapped_column(String(32))  # names.Queue
+    routing_reason: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String(256))  # name, local dir or registry id as requested
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)  # request minus the bars
+    progress_done: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int] = mapped_column(Integer, default=0)
+    progress_detail: Mapped[dict[str, Any]] = mapped_column(default=dict)  # e.g. fine-tune phase/epoch/loss
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # {"code","message"}
+    symbol_errors: Mapped[list[Any]] = mapped_column(default=list)  # [{"symbol","code","message"}]
+    execution_metadata: Mapped[dict[str, Any]] = mapped_column(default=dict)  # device, versions, timings...
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # deliveries that claimed the job
+    lease_owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class JobInput(Base):
+    """The bars a job reads, stored with the job so nothing accepted depends on a temp file."""
+
+    __tablename__ = "job_inputs"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
+    # Parquet bytes, long format: symbol, timestamp, open, high, low, close[, volume, amount].
+    bars_parquet: Mapped[bytes] = mapped_column(LargeBinary)
+    # Parquet bytes, long format: symbol, timestamp — given future timestamps; NULL = from freq.
+    future_parquet: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    source: Mapped[str] = mapped_column(String(16))  # inline | csv | parquet | store
+    n_series: Mapped[int] = mapped_column(Integer)
+    n_bars: Mapped[int] = mapped_column(BigInteger)
+
+
+class ForecastRow(Base):
+    __tablename__ = "forecasts"
+    __table_args__ = (
+        # One row per (job, symbol, step): a second delivery rewrites, never duplicates.
+        UniqueConstraint("job_id", "symbol", "step", name="uq_forecasts_job_symbol_step"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
+    symbol: Mapped[str] = mapped_column(String(128))
+    step: Mapped[int] = mapped_column(Integer)  # 0-based horizon index
+    timestamp: Mapped[datetime] = mapped_column()
+    open: Mapped[float] = mapped_column(Float)
+    high: Mapped[float] = mapped_column(Float)
+    low: Mapped[float] = mapped_column(Float)
+    close: Mapped[float] = mapped_column(Float)
+    volume: Mapped[float] = mapped_column(Float)
+    amount: Mapped[float] = mapped_column(Float)
+    quantiles: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # {"q0.1_close": ...}
+
+
+class Worker(Base):
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # Celery node name, e.g. cpu@host
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    pool: Mapped[str] = mapped_column(String(8))  # names.Pool asked for on the command line
+    queues: Mapped[list[Any]] = mapped_column(default=list)  # what it actually consumes
+    concurrency: Mapped[int] = mapped_column(Integer, default=1)
+    torch_threads: Mapped[int] = mapped_column(Integer, default=1)
+    device_requested: Mapped[str] = mapped_column(String(32))
+    device_resolved: Mapped[str] = mapped_column(String(32))
+    device_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    device_warning: Mapped[str | None] = mapped_column(Text, nullable=True)  # exact fallback text
+    device_info: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class ModelVersion(Base):
+    """Published checkpoints and fine-tuned versions that forecasts can name."""
+
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # e.g. kronos-small, ft-<hex>
+    tenant_id: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
+    kind: Mapped[str] = mapped_column(String(16))  # published | finetuned
+    base_model: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    model_repo: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    model_revision: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    tokenizer_repo: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    tokenizer_revision: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    max_context: Mapped[int] = mapped_column(Integer)
+    artifact_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    checksum: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True)
+    data_summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(nullable=True)
