@@ -1,0 +1,1 @@
+"""Kronos model package (public names are re-exported once all modules exist)."""
