@@ -1,0 +1,278 @@
+"""KronosTokenizer: a causal transformer auto-encoder with a binary spherical quantiser (spec §4.2).
+
+Each time step of a normalised bar series (``d_in`` features) becomes ``C = s1_bits + s2_bits``
+bits, read as two sub-tokens: the coarse ``s1`` (first ``s1_bits`` code dimensions) and the fine
+``s2`` (the rest), both **least-significant bit first**. The predictor only ever sees ``(s1, s2)``
+pairs; the composite id of ``half=False`` (``s1 + s2 * 2**s1_bits``) exists for training metrics.
+
+Upstream quirks kept on purpose (spec §7.3): the encoder and decoder build ``n_enc_layers - 1`` and
+``n_dec_layers - 1`` blocks, and the grouped codebook buffers exist only so that the checkpoints'
+keys load — they have no numerical effect.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.checkpoint import PretrainedMixin
+from model.layers import ATTN_IMPLS, KronosBlock
+
+
+@dataclasses.dataclass
+class KronosTokenizerConfig:
+    """Hyper-parameters of ``KronosTokenizer``; the serialised fields are the 16 ``config.json`` keys.
+
+    ``attn_impl`` is a runtime choice ("sdpa" or the eager reference) and is not saved.
+    """
+
+    d_in: int
+    d_model: int
+    n_heads: int
+    ff_dim: int
+    n_enc_layers: int
+    n_dec_layers: int
+    ffn_dropout_p: float
+    attn_dropout_p: float
+    resid_dropout_p: float
+    s1_bits: int
+    s2_bits: int
+    beta: float
+    gamma0: float
+    gamma: float
+    zeta: float
+    group_size: int
+    attn_impl: str = dataclasses.field(default="sdpa", metadata={"serialize": False})
+
+    def __post_init__(self) -> None:
+        for name in ("d_in", "d_model", "n_heads", "ff_dim", "n_enc_layers", "n_dec_layers",
+                     "s1_bits", "s2_bits", "group_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("ffn_dropout_p", "attn_dropout_p", "resid_dropout_p"):
+            if not 0.0 <= float(getattr(self, name)) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"head dim d_model/n_heads ({self.d_model}/{self.n_heads}) must be even for RoPE")
+        if self.s1_bits != self.s2_bits:
+            # Decoding splits the code in two equal halves (spec §4.2, §7.3 item 10).
+            raise ValueError(f"s1_bits ({self.s1_bits}) must equal s2_bits ({self.s2_bits})")
+        if self.codebook_dim % self.group_size:
+            raise ValueError(
+                f"group_size ({self.group_size}) must divide s1_bits + s2_bits ({self.codebook_dim})"
+            )
+        if self.attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
+
+    @property
+    def codebook_dim(self) -> int:
+        """``C``, the number of bits per time step."""
+        return self.s1_bits + self.s2_bits
+
+
+_PUBLISHED = dict(
+    d_in=6, d_model=256, n_heads=4, ff_dim=512, n_enc_layers=4, n_dec_layers=4,
+    ffn_dropout_p=0.0, attn_dropout_p=0.0, resid_dropout_p=0.0, s1_bits=10, s2_bits=10,
+    beta=0.05, gamma0=1.0, gamma=1.1, zeta=0.05,
+)
+# Spec §1.1: Kronos-Tokenizer-base (verified) and Kronos-Tokenizer-2k (inferred; only group_size differs).
+TOKENIZER_CONFIGS = {
+    "base": KronosTokenizerConfig(**_PUBLISHED, group_size=4),
+    "2k": KronosTokenizerConfig(**_PUBLISHED, group_size=5),
+}
+
+
+def bits_to_ids(bits: torch.Tensor) -> torch.Tensor:
+    """Read bits LSB first: ``(..., n) {0,1} -> (...,) int64``, ``id = sum_j bits[j] * 2**j``."""
+    powers = 2 ** torch.arange(bits.shape[-1], device=bits.device, dtype=torch.long)
+    return (bits.long() * powers).sum(-1)
+
+
+def ids_to_bits(ids: torch.Tensor, n_bits: int) -> torch.Tensor:
+    """Inverse of ``bits_to_ids``: ``(...,) int -> (..., n_bits) int64`` in {0, 1}, LSB first."""
+    shifts = torch.arange(n_bits, device=ids.device, dtype=torch.long)
+    return (ids.long().unsqueeze(-1) >> shifts) & 1
+
+
+def binary_entropy(p: torch.Tensor) -> torch.Tensor:
+    """Elementwise ``-p ln(p + 1e-8) - (1 - p) ln(1 - p + 1e-8)``."""
+    return -p * torch.log(p + 1e-8) - (1 - p) * torch.log(1 - p + 1e-8)
+
+
+class KronosBinarySphericalQuantizer(nn.Module):
+    """Sign quantiser on the unit sphere with the BSQ commitment + entropy loss.
+
+    Buffers (names are checkpoint keys): ``basis`` [C] int64 ``2**(C-1) .. 1`` and ``group_basis``
+    [g] int64 ``2**(g-1) .. 1`` (both persistent), ``group_codebook`` [2**g, g] (not saved). None of
+    them enters the numbers: ids are read LSB first with ``bits_to_ids``.
+    """
+
+    def __init__(self, config: KronosTokenizerConfig):
+        super().__init__()
+        self.config = config
+        C, g = config.codebook_dim, config.group_size
+        self.register_buffer("basis", 2 ** torch.arange(C - 1, -1, -1, dtype=torch.long))
+        self.register_buffer("group_basis", 2 ** torch.arange(g - 1, -1, -1, dtype=torch.long))
+        codes = (torch.arange(2**g).unsqueeze(-1) // self.group_basis) % 2  # (2^g, g), MSB first
+        self.register_buffer("group_codebook", 2.0 * codes - 1.0, persistent=False)
+
+    def forward(self, v: torch.Tensor, with_loss: bool = False):
+        """Quantise ``v`` (B, T, C).
+
+        Returns
+        -------
+        q : (B, T, C) float
+            ``(2b - 1) / sqrt(C)``, with a straight-through gradient to the normalised input.
+        bits : (B, T, C) int64 in {0, 1}
+        loss : scalar tensor
+            The BSQ loss when ``with_loss`` (zero otherwise).
+        """
+        C = self.config.codebook_dim
+        u = F.normalize(v, p=2.0, dim=-1, eps=1e-12)  # (B, T, C) on the unit sphere
+        bits = (u > 0).long()  # exactly 0 maps to bit 0
+        q_hard = (2.0 * bits.to(u.dtype) - 1.0) / math.sqrt(C)
+        q = u + (q_hard - u).detach()  # straight-through estimator
+        loss = bsq_loss(u, q_hard, self.config) if with_loss else u.new_zeros(())
+        return q, bits, loss
+
+
+def bsq_loss(u: torch.Tensor, q: torch.Tensor, config: KronosTokenizerConfig) -> torch.Tensor:
+    """BSQ loss of spec §4.2 for normalised codes ``u`` and their quantised values ``q`` (..., C).
+
+    ``beta * mean ||q - u||^2 + zeta * (gamma0 * H_sample - gamma * H_codebook)`` with per-bit soft
+    probabilities ``p = sigmoid(-4 u / sqrt(C))``; means run over every token position.
+    """
+    C = u.shape[-1]
+    u2, q2 = u.reshape(-1, C), q.detach().reshape(-1, C)  # (N, C)
+    commit = config.beta * (q2 - u2).pow(2).sum(-1).mean()
+    p = torch.sigmoid(-4.0 * u2 / math.sqrt(C))  # (N, C)
+    h_sample = binary_entropy(p).sum(-1).mean()
+    h_codebook = binary_entropy(p.mean(0)).sum()
+    return commit + config.zeta * (config.gamma0 * h_sample - config.gamma * h_codebook)
+
+
+class KronosQuantizer(nn.Module):
+    """Holder of the quantiser at the checkpoint path ``tokenizer.bsq``."""
+
+    def __init__(self, config: KronosTokenizerConfig):
+        super().__init__()
+        self.bsq = KronosBinarySphericalQuantizer(config)
+
+    def forward(self, v: torch.Tensor, with_loss: bool = False):
+        return self.bsq(v, with_loss=with_loss)
+
+
+class KronosTokenizer(PretrainedMixin, nn.Module):
+    """Bars -> (s1, s2) token ids -> bars.
+
+    Parameters
+    ----------
+    config : KronosTokenizerConfig, optional
+        Or upstream's 16 constructor keywords, e.g. ``KronosTokenizer(d_in=6, d_model=256, ...)``.
+    """
+
+    config_class = KronosTokenizerConfig
+
+    def __init__(self, config: KronosTokenizerConfig | None = None, **kwargs):
+        super().__init__()
+        self.config = config = self._build_config(config, kwargs)
+        d, C = config.d_model, config.codebook_dim
+
+        def blocks(n: int) -> nn.ModuleList:
+            # Upstream builds one block fewer than the configured layer count (spec §7.3 item 1).
+            return nn.ModuleList(
+                KronosBlock(d, config.n_heads, config.ff_dim, config.ffn_dropout_p,
+                            config.attn_dropout_p, config.resid_dropout_p, config.attn_impl)
+                for _ in range(n - 1)
+            )
+
+        # Registration order = state_dict order of spec §3.2.
+        self.embed = nn.Linear(config.d_in, d)
+        self.head = nn.Linear(d, config.d_in)
+        self.encoder = blocks(config.n_enc_layers)
+        self.decoder = blocks(config.n_dec_layers)
+        self.quant_embed = nn.Linear(d, C)
+        self.post_quant_embed_pre = nn.Linear(config.s1_bits, d)
+        self.post_quant_embed = nn.Linear(C, d)
+        self.tokenizer = KronosQuantizer(config)
+
+    # ------------------------------------------------------------------------------------------
+    def _encode_bits(self, x: torch.Tensor, with_loss: bool):
+        h = self.embed(x)  # (B, T, d)
+        for block in self.encoder:
+            h = block(h)
+        return self.tokenizer(self.quant_embed(h), with_loss=with_loss)  # q, bits (B, T, C), loss
+
+    def _decode_q(self, h: torch.Tensor) -> torch.Tensor:
+        for block in self.decoder:
+            h = block(h)
+        return self.head(h)  # (B, T, d_in)
+
+    def encode(self, x: torch.Tensor, half: bool = True):
+        """Tokenise normalised bars.
+
+        Parameters
+        ----------
+        x : (B, T, d_in) float
+            Normalised and clipped features. The encoder is causal: ids at t depend on x[:, :t+1].
+        half : bool
+            True: return ``(s1, s2)``; False: one composite id ``s1 + s2 * 2**s1_bits``.
+
+        Returns
+        -------
+        (s1, s2) : two (B, T) int64 tensors, or one (B, T) int64 tensor when ``half`` is False.
+        """
+        _, bits, _ = self._encode_bits(x, with_loss=False)
+        if not half:
+            return bits_to_ids(bits)
+        s1_bits = self.config.s1_bits
+        return bits_to_ids(bits[..., :s1_bits]), bits_to_ids(bits[..., s1_bits:])
+
+    def decode(self, indices, half: bool = True) -> torch.Tensor:
+        """Reconstruct normalised bars from token ids.
+
+        Parameters
+        ----------
+        indices : (s1, s2) pair of (B, T) int64 tensors, or a (B, T) composite id when ``half`` is False.
+        half : bool
+            Which form ``indices`` has.
+
+        Returns
+        -------
+        (B, T, d_in) float
+            Normalised features (no clipping). Causal: row t depends on ids up to t.
+        """
+        C = self.config.codebook_dim
+        if half:
+            s1, s2 = indices
+            # Both halves use C/2 bits (s1_bits == s2_bits is enforced by the config).
+            bits = torch.cat([ids_to_bits(s1, C // 2), ids_to_bits(s2, C // 2)], dim=-1)
+        else:
+            bits = ids_to_bits(indices, C)
+        q = (2.0 * bits.to(self.post_quant_embed.weight.dtype) - 1.0) / math.sqrt(C)  # (B, T, C)
+        return self._decode_q(self.post_quant_embed(q))
+
+    def forward(self, x: torch.Tensor):
+        """Training forward.
+
+        Parameters
+        ----------
+        x : (B, T, d_in) float
+
+        Returns
+        -------
+        (z_pre, z_full) : two (B, T, d_in) reconstructions, from the coarse bits only and from all bits
+        bsq_loss : scalar tensor (spec §4.2; may be negative)
+        quantized : (B, T, C) quantised codes (straight-through)
+        z_indices : (B, T) int64 composite ids ``s1 + s2 * 2**s1_bits``
+        """
+        q, bits, loss = self._encode_bits(x, with_loss=True)
+        z_pre = self._decode_q(self.post_quant_embed_pre(q[..., : self.config.s1_bits]))
+        z_full = self._decode_q(self.post_quant_embed(q))
+        return (z_pre, z_full), loss, q, bits_to_ids(bits)
