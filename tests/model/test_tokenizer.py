@@ -153,7 +153,7 @@ def _bsq_loss_float64(u: np.ndarray, cfg: KronosTokenizerConfig) -> float:
 def test_training_forward_and_bsq_loss_against_float64(tiny_tokenizer):
     tok = tiny_tokenizer
     captured = {}
-    tok.quant_embed.register_forward_hook(lambda m, inp, out: captured.setdefault("v", out.detach()) and None)
+    tok.quant_embed.register_forward_hook(lambda m, inp, out: captured.update(v=out.detach()))
     x = torch.randn(4, 9, 6)
     (z_pre, z_full), loss, quantized, z_indices = tok(x)
     assert z_pre.shape == z_full.shape == (4, 9, 6)
