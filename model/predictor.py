@@ -1,0 +1,347 @@
+"""KronosPredictor: pandas bars in, forecast bars out (spec §5), with fast exact decoding (spec §7.4).
+
+The predictor is the engine around the pure modules (like nanochat's ``Engine``). It owns input
+checks, normalisation, the decoding loop with its key/value cache, sampling and batching:
+
+* each context is tokenised and prefilled **once** per series; the cache is then copied to the
+  ``sample_count`` sample rows;
+* while the window grows (``n <= max_context``) one new token per step goes through the trunk
+  with a KV cache; once it slides the whole window is recomputed, because dropping the oldest token
+  changes every remaining hidden state (§7.4) — this keeps the output identical to the reference;
+* the s1 head and the dependency layer run at the last position only;
+* all series and samples of a call share one batched loop (series of different context lengths are
+  grouped by length), sampling stays on the device and draws from one ``torch.Generator`` per call.
+
+The low-level loop lives in ``model/decoding.py``; this module is the user-facing API.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .decoding import generate
+from .device import resolve_device
+
+logger = logging.getLogger(__name__)
+
+PRICE_COLUMNS = ("open", "high", "low", "close")
+FEATURE_COLUMNS = PRICE_COLUMNS + ("volume", "amount")
+DEFAULT_MAX_BATCH_SIZE = 64  # rows (series x samples) decoded together; bounds KV-cache memory
+AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
+
+
+@dataclasses.dataclass
+class Forecast:
+    """Result of ``predict``/``predict_batch`` when quantiles or samples are asked for.
+
+    Attributes
+    ----------
+    mean : pandas.DataFrame
+        (P, 6) the upstream output: mean of the samples in normalised space, de-normalised;
+        index = the y timestamps.
+    quantiles : dict[float, pandas.DataFrame]
+        level -> (P, 6) quantile over the S de-normalised sample paths (empty if not asked for).
+    samples : numpy.ndarray or None
+        (S, P, 6) float32 de-normalised sample paths when ``return_samples=True``.
+    """
+
+    mean: pd.DataFrame
+    quantiles: dict[float, pd.DataFrame]
+    samples: np.ndarray | None = None
+
+
+@dataclasses.dataclass
+class _Series:
+    x: np.ndarray  # (L, 6) float32, normalised and clipped
+    mu: np.ndarray  # (6,)
+    sigma: np.ndarray  # (6,)
+    x_stamp: np.ndarray  # (L, 5)
+    y_stamp: np.ndarray  # (P, 5)
+    index: pd.DatetimeIndex
+
+
+def _as_datetime_index(ts, name: str) -> pd.DatetimeIndex:
+    if isinstance(ts, pd.DatetimeIndex):
+        return ts
+    try:
+        out = pd.DatetimeIndex(ts)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: expected a pandas Series or DatetimeIndex of datetimes ({exc})") from exc
+    if isinstance(ts, pd.Series) and out.name is None:
+        out.name = ts.name
+    return out
+
+
+def time_features(ts: pd.DatetimeIndex) -> np.ndarray:
+    """(N,) timestamps -> (N, 5) float32 columns ``[minute, hour, weekday, day, month]`` (Monday = 0)."""
+    return np.stack([ts.minute, ts.hour, ts.weekday, ts.day, ts.month], axis=1).astype(np.float32)
+
+
+def _prepare(df, x_timestamp, y_timestamp, pred_len: int, clip: float, where: str = "") -> _Series:
+    """Check and normalise one series (spec §5.2-5.3); ``where`` is e.g. "[3]" inside a batch."""
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(f"df{where}: expected a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in PRICE_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"df{where}: missing price column(s) {missing}; required: {list(PRICE_COLUMNS)}")
+    if len(df) == 0:
+        raise ValueError(f"df{where}: the context is empty")
+    df = df.copy()
+    if "volume" not in df.columns:
+        df["volume"] = 0.0
+        df["amount"] = 0.0  # upstream zeroes an existing amount too (spec §5.2)
+    elif "amount" not in df.columns:
+        df["amount"] = df["volume"] * df[list(PRICE_COLUMNS)].mean(axis=1)
+    try:
+        x = df[list(FEATURE_COLUMNS)].to_numpy(dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"df{where}: columns {list(FEATURE_COLUMNS)} must be numeric ({exc})") from exc
+    bad = ~np.isfinite(x)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise ValueError(f"df{where}: {int(bad.sum())} NaN/inf value(s), first in column "
+                         f"{FEATURE_COLUMNS[col]!r} at row {int(row)}")
+    x_ts = _as_datetime_index(x_timestamp, f"x_timestamp{where}")
+    y_ts = _as_datetime_index(y_timestamp, f"y_timestamp{where}")
+    if len(x_ts) != len(df):
+        raise ValueError(f"x_timestamp{where}: has {len(x_ts)} rows, df has {len(df)}")
+    if len(y_ts) != pred_len:
+        raise ValueError(f"y_timestamp{where}: has {len(y_ts)} rows, pred_len is {pred_len}")
+    if x_ts.hasnans or y_ts.hasnans:
+        raise ValueError(f"x_timestamp{where}/y_timestamp{where}: contains NaT")
+    mu, sigma = x.mean(axis=0), x.std(axis=0)  # population std (ddof 0), float32 as upstream
+    x = np.clip((x - mu) / (sigma + 1e-5), -clip, clip)
+    return _Series(x, mu, sigma, time_features(x_ts), time_features(y_ts), y_ts)
+
+
+class KronosPredictor:
+    """Forecast OHLCV bars with a Kronos model and its tokenizer.
+
+    Parameters
+    ----------
+    model : Kronos
+    tokenizer : KronosTokenizer
+    device : str or torch.device
+        ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps``, resolved by ``model.device.resolve_device``;
+        an unavailable device falls back to CPU and the reason is kept in ``device_warning``.
+    max_context : int
+        Window of the predictor (512 for Kronos-small/base, 2048 for Kronos-mini).
+    clip : float
+        Clip of the normalised inputs.
+    autocast_dtype : torch.dtype, optional
+        CUDA only, opt-in: run the modules under ``torch.autocast`` with bfloat16/float16. Faster,
+        but **not exact**: tokens can differ from the float32 reference.
+    max_batch_size : int
+        Default number of rows (series x samples) decoded together; bounds the cache memory.
+    """
+
+    def __init__(self, model, tokenizer, device="auto", max_context: int = 512, clip: float = 5.0,
+                 autocast_dtype: torch.dtype | None = None, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE):
+        self.device, self.device_warning = resolve_device(device)
+        if self.device_warning:
+            logger.warning(self.device_warning)
+        if int(max_context) < 1:
+            raise ValueError(f"max_context must be >= 1, got {max_context}")
+        if not clip > 0:
+            raise ValueError(f"clip must be > 0, got {clip}")
+        if autocast_dtype is not None:
+            if autocast_dtype not in AUTOCAST_DTYPES:
+                raise ValueError(f"autocast_dtype must be one of {AUTOCAST_DTYPES} or None, got {autocast_dtype}")
+            if self.device.type != "cuda":
+                raise ValueError(f"autocast_dtype is CUDA-only; the device is {self.device}")
+        self.max_context, self.clip = int(max_context), float(clip)
+        self.autocast_dtype = autocast_dtype
+        self.max_batch_size = _check_positive_int(max_batch_size, "max_batch_size")
+        # .to() drops the rotary tables' cache, so nothing stale stays on the old device.
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer.to(self.device).eval()
+
+    @classmethod
+    def from_pretrained(cls, model_name_or_dir, tokenizer_name_or_dir, device="auto", max_context: int = 512,
+                        revision: str | None = None, tokenizer_revision: str | None = None,
+                        cache_dir=None, **kwargs) -> "KronosPredictor":
+        """Load both checkpoints (hub ids or local directories) and build a predictor.
+
+        ``kwargs`` go to the constructor (``clip``, ``autocast_dtype``, ``max_batch_size``).
+        """
+        from .tokenizer import KronosTokenizer
+        from .transformer import Kronos
+
+        model = Kronos.from_pretrained(model_name_or_dir, revision=revision, cache_dir=cache_dir)
+        tokenizer = KronosTokenizer.from_pretrained(tokenizer_name_or_dir, revision=tokenizer_revision,
+                                                    cache_dir=cache_dir)
+        return cls(model, tokenizer, device=device, max_context=max_context, **kwargs)
+
+    # ---- public verbs -------------------------------------------------------------------------
+
+    def predict(self, df: pd.DataFrame, x_timestamp, y_timestamp, pred_len: int, T: float = 1.0,
+                top_k: int = 0, top_p: float = 0.9, sample_count: int = 1, verbose: bool = False,
+                seed: int | None = None, quantiles: Sequence[float] | None = None,
+                return_samples: bool = False, max_batch_size: int | None = None):
+        """Forecast one series.
+
+        Parameters
+        ----------
+        df : DataFrame (L rows)
+            Columns ``open, high, low, close`` and optionally ``volume``, ``amount``; other columns
+            and the index are ignored. Without ``volume`` both volume and amount are taken as 0;
+            without ``amount`` it is ``volume * mean(open, high, low, close)``.
+        x_timestamp : Series or DatetimeIndex (L)
+            Timestamps of the rows of ``df``.
+        y_timestamp : Series or DatetimeIndex (pred_len)
+            Timestamps of the bars to forecast.
+        pred_len : int
+            Steps to forecast, 1 .. max_context.
+        T, top_k, top_p : sampling temperature (> 0), top-k (0 = off; wins over top-p) and nucleus
+            mass in (0, 1]. ``top_k=1`` is greedy.
+        sample_count : int
+            Sample paths S; the mean is taken in normalised space (upstream behaviour).
+        verbose : bool
+            Log progress at INFO level.
+        seed : int, optional
+            Seeds this call's own ``torch.Generator``; same inputs + seed + batch size give the same
+            output. ``None`` draws a fresh seed.
+        quantiles : sequence of float in (0, 1), optional
+            Levels computed over the S de-normalised sample paths.
+        return_samples : bool
+            Also return the (S, P, 6) sample paths.
+        max_batch_size : int, optional
+            Rows decoded together (default: the predictor's).
+
+        Returns
+        -------
+        DataFrame (P, 6) indexed by ``y_timestamp`` — or a ``Forecast`` when ``quantiles`` or
+        ``return_samples`` is given.
+        """
+        return self.predict_batch([df], [x_timestamp], [y_timestamp], pred_len, T=T, top_k=top_k, top_p=top_p,
+                                  sample_count=sample_count, verbose=verbose, seed=seed, quantiles=quantiles,
+                                  return_samples=return_samples, max_batch_size=max_batch_size)[0]
+
+    def predict_batch(self, df_list: Sequence[pd.DataFrame], x_timestamp_list, y_timestamp_list,
+                      pred_len: int, T: float = 1.0, top_k: int = 0, top_p: float = 0.9,
+                      sample_count: int = 1, verbose: bool = False, seed: int | None = None,
+                      quantiles: Sequence[float] | None = None, return_samples: bool = False,
+                      max_batch_size: int | None = None) -> list:
+        """Forecast many series in one batched loop; arguments as ``predict``, one list entry per series.
+
+        Context lengths may differ between series (they are decoded in groups of equal length).
+        Returns a list in input order, of DataFrames or of ``Forecast`` objects (see ``predict``).
+        """
+        pred_len = self._check_pred_len(pred_len)
+        T, top_k, top_p, sample_count = _check_sampling(T, top_k, top_p, sample_count)
+        levels = _check_quantiles(quantiles)
+        rows = self.max_batch_size if max_batch_size is None else _check_positive_int(max_batch_size, "max_batch_size")
+        if not all(isinstance(a, (list, tuple)) for a in (df_list, x_timestamp_list, y_timestamp_list)):
+            raise ValueError("df_list, x_timestamp_list and y_timestamp_list must be lists or tuples")
+        if not len(df_list) == len(x_timestamp_list) == len(y_timestamp_list):
+            raise ValueError(f"df_list, x_timestamp_list, y_timestamp_list: lengths differ "
+                             f"({len(df_list)}, {len(x_timestamp_list)}, {len(y_timestamp_list)})")
+        if not df_list:
+            return []
+        where = (lambda i: "") if len(df_list) == 1 else (lambda i: f"[{i}]")
+        series = [_prepare(df, xt, yt, pred_len, self.clip, where(i))
+                  for i, (df, xt, yt) in enumerate(zip(df_list, x_timestamp_list, y_timestamp_list))]
+
+        generator = torch.Generator(device=self.device)
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(int(seed))
+        samples = self._decode(series, pred_len, T, top_k, top_p, sample_count, generator, rows, verbose)
+
+        results = []
+        for s, norm in zip(series, samples):  # norm: (S, P, 6) normalised
+            mean = norm.mean(axis=0) * (s.sigma + 1e-5) + s.mu  # average in normalised space (§5.7)
+            mean_df = pd.DataFrame(mean, columns=list(FEATURE_COLUMNS), index=s.index)
+            if not levels and not return_samples:
+                results.append(mean_df)
+                continue
+            paths = norm * (s.sigma + 1e-5) + s.mu  # (S, P, 6)
+            qs = {q: pd.DataFrame(np.quantile(paths, q, axis=0).astype(np.float32),
+                                  columns=list(FEATURE_COLUMNS), index=s.index) for q in levels}
+            results.append(Forecast(mean=mean_df, quantiles=qs, samples=paths if return_samples else None))
+        return results
+
+    # ---- decoding -----------------------------------------------------------------------------
+
+    def _check_pred_len(self, pred_len) -> int:
+        pred_len = _check_positive_int(pred_len, "pred_len")
+        if pred_len > self.max_context:
+            raise ValueError(f"pred_len ({pred_len}) must not exceed max_context ({self.max_context})")
+        return pred_len
+
+    def _decode(self, series: list[_Series], pred_len, T, top_k, top_p, S, generator, rows, verbose):
+        """Run the groups/chunks; returns one (S, P, 6) float32 array (normalised) per series."""
+        out: list[np.ndarray | None] = [None] * len(series)
+        by_len: dict[int, list[int]] = {}
+        for i, s in enumerate(series):
+            by_len.setdefault(len(s.x), []).append(i)
+        for L, idx in by_len.items():
+            # A chunk holds whole series when their samples fit, else slices of one series' samples.
+            per_chunk = max(1, rows // S)
+            for c in range(0, len(idx), per_chunk):
+                chunk = idx[c:c + per_chunk]
+                x = self._tensor(np.stack([series[i].x for i in chunk]))  # (b, L, 6)
+                xs = self._tensor(np.stack([series[i].x_stamp for i in chunk]))  # (b, L, 5)
+                ys = self._tensor(np.stack([series[i].y_stamp for i in chunk]))  # (b, P, 5)
+                parts = []
+                for s0 in range(0, S, rows):
+                    n_s = min(rows, S - s0)
+                    if verbose:
+                        logger.info("decoding %d series x %d samples, context %d, pred_len %d",
+                                    len(chunk), n_s, L, pred_len)
+                    with self._autocast():
+                        y = generate(self.model, self.tokenizer, x, xs, ys, pred_len, self.max_context,
+                                     T=T, top_k=top_k, top_p=top_p, sample_count=n_s, generator=generator)
+                    parts.append(y.float().cpu().numpy())  # (b, n_s, P, 6)
+                y = np.concatenate(parts, axis=1)
+                for j, i in enumerate(chunk):
+                    out[i] = y[j]
+        return out
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).to(self.device)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return torch.autocast(device_type=self.device.type, enabled=False)
+        return torch.autocast(device_type="cuda", dtype=self.autocast_dtype)
+
+
+def _check_positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _check_sampling(T, top_k, top_p, sample_count):
+    if isinstance(T, bool) or not isinstance(T, (int, float)) or not math.isfinite(T) or T <= 0:
+        raise ValueError(f"T (temperature) must be a finite number > 0, got {T!r}")
+    top_k = 0 if top_k is None else top_k
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+    top_p = 1.0 if top_p is None else top_p
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    sample_count = _check_positive_int(sample_count, "sample_count")
+    return float(T), int(top_k), float(top_p), sample_count
+
+
+def _check_quantiles(quantiles) -> list[float]:
+    if quantiles is None:
+        return []
+    if isinstance(quantiles, (int, float)):
+        quantiles = [quantiles]
+    levels = []
+    for q in quantiles:
+        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 < q < 1.0:
+            raise ValueError(f"quantiles: each level must be in (0, 1), got {q!r}")
+        levels.append(float(q))
+    return levels
