@@ -1,0 +1,184 @@
+"""Accept a forecast job: validate what needs the model table, route, store, commit, then send.
+
+Celery's "Database transactions" rule: the task is sent only after the job row is committed, so a
+fast worker never looks for a row that does not exist yet. The task carries only the job id, and
+the job id is the Celery task id, so a duplicate message is visible as such.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import uuid
+from typing import Any
+
+import pandas as pd
+from sqlalchemy.exc import IntegrityError
+
+from kronos_jobs.errors import IdempotencyConflict, InvalidRequest
+from kronos_jobs.names import TASK_RUN_FORECAST, DevicePreference, JobKind, Queue
+from kronos_jobs.registry import resolve_model
+from kronos_jobs.routing import choose_queue
+from kronos_jobs.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Sampling:
+    """Sampling parameters of `KronosPredictor.predict_batch` (names as in DESIGN.md)."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 0.9
+    sample_count: int = 1
+    seed: int | None = None
+
+
+@dataclasses.dataclass
+class ForecastParams:
+    """A forecast request minus its bars; stored as the job's `params`."""
+
+    model: str
+    device: DevicePreference = DevicePreference.AUTO
+    lookback: int = 400
+    pred_len: int = 24
+    sampling: Sampling = dataclasses.field(default_factory=Sampling)
+    quantiles: list[float] | None = None
+    freq: dict[str, str] = dataclasses.field(default_factory=dict)  # symbol -> pandas offset alias
+
+    @classmethod
+    def from_value(cls, value: "ForecastParams | dict[str, Any]") -> "ForecastParams":
+        if isinstance(value, cls):
+            return value
+        data = dict(value)
+        sampling = data.pop("sampling", None) or {}
+        if not isinstance(sampling, Sampling):
+            sampling = Sampling(**{k: v for k, v in dict(sampling).items() if v is not None or k == "seed"})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidRequest(f"unknown forecast parameter(s) {unknown}", field=unknown[0])
+        params = cls(sampling=sampling, **data)
+        params.device = DevicePreference(params.device)
+        params.freq = dict(params.freq or {})
+        return params
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["device"] = DevicePreference(self.device).value
+        return data
+
+
+def validate_params(params: ForecastParams, max_context: int, symbols: list[str]) -> None:
+    """Checks that need the model table (or nothing else); everything else is the API schema's."""
+    if params.lookback < 1:
+        raise InvalidRequest(f"lookback must be >= 1, got {params.lookback}", field="lookback")
+    if not 1 <= params.pred_len <= max_context:
+        raise InvalidRequest(
+            f"pred_len must be between 1 and the model's context length {max_context}, got {params.pred_len}",
+            field="pred_len",
+        )
+    s = params.sampling
+    if s.temperature <= 0:
+        raise InvalidRequest(f"temperature must be > 0, got {s.temperature}", field="sampling.temperature")
+    if s.top_k < 0:
+        raise InvalidRequest(f"top_k must be >= 0, got {s.top_k}", field="sampling.top_k")
+    if not 0 < s.top_p <= 1:
+        raise InvalidRequest(f"top_p must be in (0, 1], got {s.top_p}", field="sampling.top_p")
+    if s.sample_count < 1:
+        raise InvalidRequest(f"sample_count must be >= 1, got {s.sample_count}", field="sampling.sample_count")
+    for level in params.quantiles or ():
+        if not 0 < float(level) < 1:
+            raise InvalidRequest(f"quantile levels must be in (0, 1), got {level}", field="quantiles")
+    for symbol, freq in params.freq.items():
+        if symbol not in symbols:
+            raise InvalidRequest(f"freq given for symbol {symbol!r}, which has no bars", field=f"freq.{symbol}")
+        try:
+            pd.tseries.frequencies.to_offset(freq)
+        except ValueError:
+            raise InvalidRequest(f"freq {freq!r} of {symbol!r} is not a pandas frequency such as 5min, 1h, 1D",
+                                 field=f"freq.{symbol}") from None
+
+
+def request_hash(params: ForecastParams, bars: pd.DataFrame, future: pd.DataFrame | None) -> str:
+    """sha256 of the parameters and the data: same key + same hash = the same request."""
+    digest = hashlib.sha256(json.dumps(params.to_json(), sort_keys=True, default=str).encode())
+    for frame in (bars, future):
+        if frame is not None:
+            digest.update(pd.util.hash_pandas_object(frame.reset_index(drop=True), index=False).to_numpy().tobytes())
+            digest.update(",".join(map(str, frame.columns)).encode())
+    return digest.hexdigest()
+
+
+def send_job(settings: Settings, job_id: str, queue: Queue | str) -> None:
+    """Send the task for a committed job (also used by the reconciler)."""
+    from kronos_jobs.celery_app import app_for  # celery only on the sending path
+
+    app_for(settings).send_task(
+        TASK_RUN_FORECAST, args=[job_id], task_id=job_id, queue=Queue(queue).value,
+        retry=True, retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.5},
+    )
+
+
+def _existing(session, tenant_id: str, key: str, digest: str):
+    from kronos_jobs.crud import jobs as job_crud
+
+    job = job_crud.find_by_idempotency_key(session, tenant_id=tenant_id, key=key)
+    if job is not None and job.request_hash != digest:
+        raise IdempotencyConflict(
+            f"Idempotency-Key {key!r} was used for a different request (job {job.id})",
+            details=[{"field": "Idempotency-Key", "message": "reused with a different body"}],
+        )
+    return job
+
+
+def submit_forecast(session, settings: Settings, *, tenant_id: str, request: ForecastParams | dict[str, Any],
+                    bars: pd.DataFrame, future: pd.DataFrame | None, source: str,
+                    idempotency_key: str | None = None):
+    """Validate, route, insert the job and its input, COMMIT, then send the task; return the Job."""
+    from kronos_jobs.crud import jobs as job_crud, results as result_crud, workers as worker_crud
+
+    params = ForecastParams.from_value(request)
+    symbols = list(dict.fromkeys(bars["symbol"].astype(str)))
+    if not symbols:
+        raise InvalidRequest("a forecast needs at least one series", field="series")
+    spec = resolve_model(params.model, session, tenant_id=tenant_id)
+    validate_params(params, spec.max_context, symbols)
+    digest = request_hash(params, bars, future)
+    if idempotency_key:
+        existing = _existing(session, tenant_id, idempotency_key, digest)
+        if existing is not None:
+            return existing
+
+    live = worker_crud.live_workers(session, stale_seconds=settings.worker_stale_seconds)
+    queue, reason = choose_queue(JobKind.FORECAST, params.device, live)
+    job_id = uuid.uuid4().hex
+    try:
+        job = job_crud.create_job(
+            session, job_id=job_id, tenant_id=tenant_id, kind=JobKind.FORECAST.value,
+            device_requested=DevicePreference(params.device).value, queue=queue.value, routing_reason=reason,
+            model=params.model, params={**params.to_json(), "source": source, "n_series": len(symbols)},
+            progress_total=len(symbols), idempotency_key=idempotency_key, request_hash=digest,
+        )
+        result_crud.save_job_input(session, job_id=job_id, tenant_id=tenant_id, bars=bars, future=future, source=source)
+        session.commit()
+    except IntegrityError:
+        # Two requests with one Idempotency-Key raced; the other one's row won.
+        session.rollback()
+        if idempotency_key:
+            existing = _existing(session, tenant_id, idempotency_key, digest)
+            if existing is not None:
+                return existing
+        raise
+
+    # Only now, with the row committed, may a worker see the task.
+    try:
+        send_job(settings, job_id, queue)
+    except Exception as exc:  # the row is committed: the reconciler will send it
+        logger.error("job %s queued but not sent (%s: %s); the reconciler will re-send it",
+                     job_id, type(exc).__name__, exc)
+    logger.info("job %s queued on %s (%s), %d series, model %s", job_id, queue.value, reason, len(symbols), params.model)
+    return job
