@@ -1,0 +1,177 @@
+"""docker-compose.yml, the Dockerfiles and .env.example, checked without a Docker engine.
+
+Docker cannot run on the build machine, so this test parses the files and checks what would
+otherwise only fail in production: services, commands, environment, start-up order, persistence,
+the GPU reservation and the CUDA image.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kronos_jobs.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+KRONOS_SERVICES = ("migrate", "api", "worker-cpu", "worker-gpu", "beat")
+SETTINGS_VARS = {f"KRONOS_{name.upper()}" for name in Settings.model_fields}
+
+
+def env_file_vars(path: Path) -> dict[str, str]:
+    pairs = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+ENV_EXAMPLE = env_file_vars(ROOT / ".env.example")
+
+
+def service_env(name: str) -> dict[str, str]:
+    """What a service sees: .env.example, then its `environment` block on top."""
+    service = SERVICES[name]
+    files = [entry["path"] if isinstance(entry, dict) else entry for entry in service.get("env_file", [])]
+    env = dict(ENV_EXAMPLE) if ".env.example" in files else {}
+    environment = service.get("environment") or {}
+    if isinstance(environment, list):
+        environment = dict(item.split("=", 1) for item in environment)
+    env.update({key: str(value) for key, value in environment.items()})
+    return env
+
+
+def command(name: str) -> list[str]:
+    cmd = SERVICES[name]["command"]
+    return cmd.split() if isinstance(cmd, str) else [str(part) for part in cmd]
+
+
+def test_every_service_is_there():
+    assert set(SERVICES) >= {"redis", "postgres", "api", "worker-cpu", "worker-gpu", "beat", "flower"}
+
+
+@pytest.mark.parametrize(
+    ("service", "expected"),
+    [
+        ("migrate", ["kronos-jobs", "db", "upgrade"]),
+        ("api", ["kronos-jobs", "api"]),
+        ("worker-cpu", ["kronos-jobs", "worker", "--pool", "cpu"]),
+        ("worker-gpu", ["kronos-jobs", "worker", "--pool", "gpu"]),
+        ("beat", ["kronos-jobs", "beat"]),
+    ],
+)
+def test_commands(service, expected):
+    assert command(service)[: len(expected)] == expected
+
+
+def test_redis_persists_and_never_evicts_tasks():
+    redis = " ".join(command("redis"))
+    assert re.search(r"--appendonly\s+yes", redis), redis
+    assert re.search(r"--maxmemory-policy\s+noeviction", redis), redis
+    assert any(volume.endswith(":/data") for volume in SERVICES["redis"]["volumes"])
+
+
+@pytest.mark.parametrize("service", ["redis", "postgres", "api", "worker-cpu", "worker-gpu"])
+def test_healthchecks(service):
+    assert SERVICES[service]["healthcheck"]["test"]
+
+
+def test_named_volumes_are_declared():
+    declared = set(COMPOSE["volumes"])
+    for name, service in SERVICES.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if not source.startswith((".", "/")):
+                assert source in declared, f"{name} mounts undeclared volume {source}"
+    assert any("/var/lib/postgresql/data" in v for v in SERVICES["postgres"]["volumes"])
+
+
+@pytest.mark.parametrize("service", ["api", "worker-cpu", "worker-gpu", "beat"])
+def test_start_order(service):
+    depends = SERVICES[service]["depends_on"]
+    assert depends["redis"]["condition"] == "service_healthy"
+    assert depends["postgres"]["condition"] == "service_healthy"
+    assert depends["migrate"]["condition"] == "service_completed_successfully"
+
+
+@pytest.mark.parametrize("service", KRONOS_SERVICES)
+def test_production_urls(service):
+    env = service_env(service)
+    assert env["KRONOS_BROKER_URL"].startswith("redis://redis:6379/")
+    assert env["KRONOS_DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert "@postgres:5432/" in env["KRONOS_DATABASE_URL"]
+
+
+def test_database_url_matches_the_postgres_container():
+    url = ENV_EXAMPLE["KRONOS_DATABASE_URL"]
+    user, password, database = (ENV_EXAMPLE[k] for k in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"))
+    assert url == f"postgresql+psycopg://{user}:{password}@postgres:5432/{database}"
+
+
+def test_every_kronos_variable_is_a_setting():
+    used = set(ENV_EXAMPLE)
+    for service in SERVICES:
+        used |= set(service_env(service))
+    for text in (ROOT / "Dockerfile").read_text(), (ROOT / "Dockerfile.gpu").read_text():
+        used |= set(re.findall(r"\b(KRONOS_[A-Z0-9_]+)=", text))
+    unknown = {name for name in used if name.startswith("KRONOS_")} - SETTINGS_VARS
+    assert not unknown, f"not fields of Settings (a typo is silently ignored): {sorted(unknown)}"
+
+
+def test_environment_values_are_valid_settings(monkeypatch):
+    for service in KRONOS_SERVICES:
+        for key in list(SETTINGS_VARS):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in service_env(service).items():
+            if key.startswith("KRONOS_"):
+                monkeypatch.setenv(key, value)
+        Settings()  # raises on a bad value
+
+
+def test_api_listens_on_all_interfaces_and_is_published():
+    env = service_env("api")
+    assert env["KRONOS_API_HOST"] == "0.0.0.0"
+    assert f"{env['KRONOS_API_PORT']}:{env['KRONOS_API_PORT']}" in SERVICES["api"]["ports"]
+
+
+def test_gpu_worker_reserves_an_nvidia_gpu_and_uses_the_cuda_image():
+    gpu = SERVICES["worker-gpu"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+    assert gpu["build"]["dockerfile"] == "Dockerfile.gpu"
+    assert service_env("worker-gpu")["KRONOS_DEVICE"].startswith("cuda")
+    assert service_env("worker-cpu")["KRONOS_DEVICE"] == "cpu"
+    assert "deploy" not in SERVICES["worker-cpu"]
+
+
+def test_cuda_image_installs_requirements_cuda_before_requirements():
+    text = (ROOT / "Dockerfile.gpu").read_text()
+    installs = re.findall(r"pip install[^\n&]*?-r\s+(\S+)", text)
+    assert installs[:2] == ["requirements-cuda.txt", "requirements.txt"], installs
+
+
+def test_requirements_cuda_pins_the_same_torch_as_requirements():
+    def torch_pin(path):
+        return next(line for line in (ROOT / path).read_text().splitlines() if line.startswith("torch"))
+
+    assert torch_pin("requirements.txt") == "torch==2.13.0"
+    assert torch_pin("requirements-cuda.txt") == torch_pin("requirements.txt")
+    assert re.search(r"^--extra-index-url https://download\.pytorch\.org/whl/cu\d+$",
+                     (ROOT / "requirements-cuda.txt").read_text(), re.M)
+
+
+def test_cpu_image_takes_the_cpu_torch_build():
+    text = (ROOT / "Dockerfile").read_text()
+    assert "download.pytorch.org/whl/cpu" in text
+    assert "requirements-cuda.txt" not in text
+
+
+def test_flower_watches_the_same_broker():
+    assert "--broker=redis://redis:6379/0" in command("flower")
+    assert ENV_EXAMPLE["KRONOS_BROKER_URL"] == "redis://redis:6379/0"
