@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    MetaData,
     BigInteger,
     Boolean,
     DateTime,
@@ -23,7 +24,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 from kronos_jobs.names import DEFAULT_TENANT
 
@@ -32,8 +35,47 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class UTCDateTime(TypeDecorator[datetime]):
+    """DateTime(timezone=True) that always hands back tz-aware UTC.
+
+    SQLite has no time zone type: it stores the text of the datetime and returns it naive, so
+    without this the same column would compare and serialise differently on the two databases.
+    Values are normalised to UTC on the way in (naive ones are taken as UTC), which also keeps
+    SQLite's text comparisons (leases, cursors) in chronological order.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+# Deterministic constraint names: SQLite migrations run in batch mode (copy the table), which can
+# only drop or alter a constraint it can name.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: UTCDateTime()}
 
 
 class Job(Base):
@@ -41,7 +83,8 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
-        Index("ix_jobs_state", "state"),
+        # The reconciler's scans: queued jobs not touched for a while, running jobs by lease.
+        Index("ix_jobs_state", "state", "updated_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex; also the Celery task id
@@ -95,7 +138,8 @@ class ForecastRow(Base):
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    # No separate job_id index: the unique (job_id, symbol, step) index serves reads and deletes.
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     tenant_id: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
     symbol: Mapped[str] = mapped_column(String(128))
     step: Mapped[int] = mapped_column(Integer)  # 0-based horizon index

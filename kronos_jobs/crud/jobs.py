@@ -1,0 +1,355 @@
+"""Job rows: creation, lookup, listing, leases and cancellation.
+
+Every state change a worker makes is one conditional UPDATE whose WHERE clause states the
+precondition (the job is claimable; this owner holds the lease), so two deliveries racing on the
+same job cannot both win: the database serialises the two UPDATEs and the loser matches no row.
+Lease times come from the caller's clock (UTC); workers are assumed NTP-synchronised to well
+within a lease (KRONOS_LEASE_SECONDS minus KRONOS_HEARTBEAT_SECONDS).
+
+Functions flush but never commit: the caller owns the transaction (`session_scope`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any, TypeVar
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from kronos_jobs.db.models import Job, utcnow
+from kronos_jobs.errors import (
+    IdempotencyConflict,
+    InvalidRequest,
+    InvalidTransition,
+    JobCancelled,
+    LeaseLost,
+    NotFound,
+)
+from kronos_jobs.names import JobKind, JobState
+
+logger = logging.getLogger(__name__)
+
+MAX_PAGE_SIZE = 500
+E = TypeVar("E", bound=Enum)
+
+
+# --- creation and lookup ----------------------------------------------------------------------
+
+
+def create_job(
+    session: Session,
+    *,
+    job_id: str,
+    tenant_id: str,
+    kind: str,
+    device_requested: str,
+    queue: str,
+    routing_reason: str,
+    model: str,
+    params: dict[str, Any],
+    progress_total: int,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> Job:
+    """Insert a queued job and flush it.
+
+    With an `idempotency_key` already used by this tenant: the same `request_hash` returns the
+    existing job (its id differs from `job_id`, so the caller knows not to enqueue again); another
+    hash raises IdempotencyConflict. Call it as the first write of its transaction: losing an
+    insert race to a concurrent request with the same key rolls the session back.
+    """
+    if idempotency_key is not None:
+        existing = find_by_idempotency_key(session, tenant_id=tenant_id, key=idempotency_key)
+        if existing is not None:
+            return _same_request(existing, request_hash)
+    now = utcnow()
+    job = Job(
+        id=job_id, tenant_id=tenant_id, kind=str(_value(kind)), state=JobState.QUEUED.value,
+        device_requested=str(_value(device_requested)), queue=str(_value(queue)),
+        routing_reason=routing_reason, model=model, params=params, progress_done=0,
+        progress_total=progress_total, progress_detail={}, error=None, symbol_errors=[],
+        execution_metadata={}, idempotency_key=idempotency_key, request_hash=request_hash,
+        cancel_requested=False, attempts=0, created_at=now, updated_at=now,
+    )
+    session.add(job)
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        existing = find_by_idempotency_key(session, tenant_id=tenant_id, key=idempotency_key)
+        if existing is None:
+            raise
+        return _same_request(existing, request_hash)
+    return job
+
+
+def _same_request(existing: Job, request_hash: str | None) -> Job:
+    if existing.request_hash != request_hash:
+        raise IdempotencyConflict(
+            f"Idempotency-Key {existing.idempotency_key!r} was already used for job {existing.id} "
+            "with a different request body",
+            details=[{"field": "Idempotency-Key", "message": "reused with a different request body"}],
+        )
+    return existing
+
+
+def _value(member: Any) -> Any:
+    return getattr(member, "value", member)  # accept names.* enums or their string values
+
+
+def _member(enum: type[E], value: Any, field: str) -> E:
+    try:
+        return enum(_value(value))
+    except ValueError:
+        allowed = ", ".join(m.value for m in enum)
+        raise InvalidRequest(f"{field} must be one of {allowed}, got {value!r}", field=field) from None
+
+
+def get_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
+    """The tenant's job; NotFound when it does not exist or belongs to another tenant."""
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
+    if job is None:
+        raise NotFound(f"no job {job_id!r}", details=[{"field": "job_id", "message": "not found"}])
+    return job
+
+
+def find_by_idempotency_key(session: Session, *, tenant_id: str, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
+
+
+# --- listing with an opaque cursor -------------------------------------------------------------
+
+
+def encode_cursor(created_at: datetime, job_id: str) -> str:
+    """URL-safe, unpadded base64 of '<created_at ISO>|<id>': the position after this job."""
+    raw = f"{created_at.isoformat()}|{job_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, job_id = raw.split("|", 1)
+        created_at = datetime.fromisoformat(stamp)
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRequest("cursor is not a value returned as next_cursor by this API", field="cursor") from exc
+    if created_at.tzinfo is None or not job_id:
+        raise InvalidRequest("cursor is not a value returned as next_cursor by this API", field="cursor")
+    return created_at, job_id
+
+
+def list_jobs(
+    session: Session,
+    *,
+    tenant_id: str,
+    state: str | Iterable[str] | None = None,
+    kind: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> tuple[list[Job], str | None]:
+    """One page of the tenant's jobs, newest first; the cursor for the next page or None."""
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE_SIZE}, got {limit}", field="limit")
+    query = select(Job).where(Job.tenant_id == tenant_id)
+    if state is not None:
+        states = [state] if isinstance(state, str) else list(state)
+        query = query.where(Job.state.in_([_member(JobState, s, "state").value for s in states]))
+    if kind is not None:
+        query = query.where(Job.kind == _member(JobKind, kind, "kind").value)
+    if created_after is not None:
+        query = query.where(Job.created_at >= created_after)
+    if created_before is not None:
+        query = query.where(Job.created_at < created_before)
+    if cursor:
+        after_created, after_id = decode_cursor(cursor)
+        # Keyset pagination on (created_at, id): stable while new jobs arrive, unlike OFFSET.
+        query = query.where(or_(Job.created_at < after_created,
+                                and_(Job.created_at == after_created, Job.id < after_id)))
+    rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    if len(rows) <= limit:
+        return rows, None
+    page = rows[:limit]
+    return page, encode_cursor(page[-1].created_at, page[-1].id)
+
+
+# --- leases: claim, renew, progress, finish -----------------------------------------------------
+
+
+def _refetch(session: Session, job_id: str) -> Job | None:
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def claim_job(session: Session, *, job_id: str, owner: str, lease_seconds: float) -> Job:
+    """Take the job for `owner`: queued, or running under an expired lease, becomes running.
+
+    Raises JobCancelled when a cancel was requested before the job could start (the job becomes
+    cancelled), LeaseLost when another owner holds a live lease or the job is finished, NotFound
+    when there is no such job.
+    """
+    now = utcnow()
+    claimable = or_(Job.state == JobState.QUEUED.value,
+                    and_(Job.state == JobState.RUNNING.value, Job.lease_expires_at < now))
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.cancel_requested.is_(False), claimable)
+        .values(state=JobState.RUNNING.value, lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds),
+                attempts=Job.attempts + 1, started_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 1:
+        job = _refetch(session, job_id)
+        assert job is not None
+        logger.info("job %s claimed by %s (attempt %d)", job_id, owner, job.attempts)
+        return job
+    # A cancel that arrived while the job waited (or while its last owner was dying) wins.
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.cancel_requested.is_(True), claimable)
+        .values(state=JobState.CANCELLED.value, lease_owner=None, lease_expires_at=None, finished_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    job = _refetch(session, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id!r}")
+    if result.rowcount == 1:
+        logger.info("job %s cancelled before it started", job_id)
+        raise JobCancelled(f"job {job_id} was cancelled before it started")
+    raise LeaseLost(f"job {job_id} is {job.state}" + (f", leased by {job.lease_owner}" if job.lease_owner else ""))
+
+
+def renew_lease(session: Session, *, job_id: str, owner: str, lease_seconds: float) -> bool:
+    """Extend `owner`'s lease; False when the owner no longer holds it."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.RUNNING.value)
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def update_progress(
+    session: Session,
+    *,
+    job_id: str,
+    owner: str,
+    done: int,
+    total: int | None = None,
+    detail: dict[str, Any] | None = None,
+) -> bool:
+    """Record progress; returns whether a cancel was requested. LeaseLost if `owner` lost the job."""
+    values: dict[str, Any] = {"progress_done": done, "updated_at": utcnow()}
+    if total is not None:
+        values["progress_total"] = total
+    if detail is not None:
+        values["progress_detail"] = detail
+    row = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.RUNNING.value)
+        .values(**values)
+        .returning(Job.cancel_requested)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if row is None:
+        raise LeaseLost(f"job {job_id} is no longer leased by {owner}")
+    return bool(row[0])
+
+
+def finish_job(
+    session: Session,
+    *,
+    job_id: str,
+    owner: str,
+    state: str,
+    error: dict[str, Any] | None = None,
+    symbol_errors: list[dict[str, Any]] | None = None,
+    execution_metadata: dict[str, Any] | None = None,
+) -> Job:
+    """Move `owner`'s running job to the terminal `state`; LeaseLost if the owner lost the lease."""
+    state = JobState(_value(state))
+    if not state.is_terminal:
+        raise ValueError(f"finish_job: state must be terminal, got {state.value!r}")
+    now = utcnow()
+    values: dict[str, Any] = {"state": state.value, "error": error, "lease_owner": None,
+                              "lease_expires_at": None, "finished_at": now, "updated_at": now}
+    if symbol_errors is not None:
+        values["symbol_errors"] = symbol_errors
+    if execution_metadata is not None:
+        values["execution_metadata"] = execution_metadata
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.RUNNING.value)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        raise LeaseLost(f"job {job_id} is no longer leased by {owner}; not marking it {state.value}")
+    job = _refetch(session, job_id)
+    assert job is not None
+    logger.info("job %s %s", job_id, state.value)
+    return job
+
+
+# --- cancellation and the reconciler -----------------------------------------------------------
+
+
+def request_cancel(session: Session, *, tenant_id: str, job_id: str) -> Job:
+    """Cancel: a queued job becomes cancelled now, a running one is flagged to stop at its next
+    batch boundary; a finished job raises InvalidTransition."""
+    now = utcnow()
+    mine = and_(Job.id == job_id, Job.tenant_id == tenant_id)
+    # Queued first, then running: if a worker claims the job between the two statements, the
+    # second one still catches it.
+    for from_state, values in (
+        (JobState.QUEUED, {"state": JobState.CANCELLED.value, "cancel_requested": True, "finished_at": now}),
+        (JobState.RUNNING, {"cancel_requested": True}),
+    ):
+        result = session.execute(
+            update(Job).where(mine, Job.state == from_state.value).values(updated_at=now, **values)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:
+            logger.info("job %s cancel requested while %s", job_id, from_state.value)
+            job = _refetch(session, job_id)
+            assert job is not None
+            return job
+    job = get_job(session, tenant_id=tenant_id, job_id=job_id)
+    raise InvalidTransition(f"job {job_id} is {job.state} and can no longer be cancelled",
+                            details=[{"field": "state", "message": job.state}])
+
+
+def stale_queued_jobs(session: Session, *, older_than_seconds: float, limit: int = 100) -> list[Job]:
+    """Queued jobs untouched for `older_than_seconds`: the broker may have lost their task."""
+    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    query = (select(Job).where(Job.state == JobState.QUEUED.value, Job.updated_at < cutoff)
+             .order_by(Job.updated_at).limit(limit))
+    return list(session.scalars(query))
+
+
+def expired_running_jobs(session: Session, *, limit: int = 100) -> list[Job]:
+    """Running jobs whose lease lapsed: their worker died; a new delivery may claim them."""
+    query = (select(Job).where(Job.state == JobState.RUNNING.value, Job.lease_expires_at < utcnow())
+             .order_by(Job.lease_expires_at).limit(limit))
+    return list(session.scalars(query))
+
+
+def touch_jobs(session: Session, *, job_ids: Iterable[str]) -> int:
+    """Bump updated_at (the reconciler re-sent their tasks), so the next scan skips them a while."""
+    ids = list(job_ids)
+    if not ids:
+        return 0
+    result = session.execute(update(Job).where(Job.id.in_(ids)).values(updated_at=utcnow())
+                             .execution_options(synchronize_session=False))
+    return result.rowcount

@@ -1,0 +1,128 @@
+"""Engines and sessions, built lazily and once per process.
+
+Nothing here runs at import time. Engines are cached per process id: a prefork Celery child
+inherits its parent's pool, and two processes sharing one PostgreSQL socket or SQLite handle
+corrupt each other's traffic, so a child always builds its own engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from kronos_jobs.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+# SQLite waits this long for another writer instead of failing with "database is locked".
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+_lock = threading.Lock()
+_engines: dict[tuple[int, str], Engine] = {}
+_sessionmakers: dict[tuple[int, str], sessionmaker[Session]] = {}
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        # WAL lets readers (the API) proceed while a worker writes results.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # NORMAL is durable against application crashes in WAL mode and much faster than FULL.
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")  # off by default in SQLite; our FKs cascade
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+    finally:
+        cursor.close()
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """A new engine for `url`, configured for concurrent use by API threads and worker processes."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            # SQLite creates the file but not its folder; the embedded default starts from nothing.
+            os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+        connect_args = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}
+        connect_args.update(kwargs.pop("connect_args", {}))
+        engine = create_engine(url, connect_args=connect_args, **kwargs)
+        event.listen(engine, "connect", _on_sqlite_connect)
+        return engine
+    # pre_ping: a pooled connection dropped by a database restart or idle timeout is replaced
+    # instead of failing the next job that happens to draw it.
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(url, **kwargs)
+
+
+def _url_of(settings: Settings | None) -> str:
+    return (settings or get_settings()).effective_database_url
+
+
+def _forget_inherited_engines(pid: int) -> None:
+    """Drop engines built by a parent process without closing the parent's connections."""
+    for key in [k for k in _engines if k[0] != pid]:
+        # close=False: closing would send a terminate on sockets the parent still uses.
+        _engines.pop(key).dispose(close=False)
+        _sessionmakers.pop(key, None)
+
+
+def get_engine(settings: Settings | None = None) -> Engine:
+    """The engine for `settings` (default: get_settings()), built once per process."""
+    url = _url_of(settings)
+    pid = os.getpid()
+    with _lock:
+        engine = _engines.get((pid, url))
+        if engine is None:
+            _forget_inherited_engines(pid)
+            engine = make_engine(url)
+            _engines[(pid, url)] = engine
+            logger.debug("database engine created for %s in pid %d", engine.url.render_as_string(hide_password=True), pid)
+        return engine
+
+
+def get_sessionmaker(settings: Settings | None = None) -> sessionmaker[Session]:
+    """A session factory bound to get_engine(settings).
+
+    expire_on_commit=False: callers return the rows they just committed (the API serialises a
+    job after session_scope commits), which must not trigger a reload on a closed session.
+    """
+    engine = get_engine(settings)
+    key = (os.getpid(), _url_of(settings))
+    with _lock:
+        factory = _sessionmakers.get(key)
+        if factory is None:
+            factory = sessionmaker(bind=engine, expire_on_commit=False)
+            _sessionmakers[key] = factory
+        return factory
+
+
+@contextmanager
+def session_scope(settings: Settings | None = None) -> Iterator[Session]:
+    """A session that commits when the block succeeds and rolls back when it raises."""
+    session = get_sessionmaker(settings)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def dispose_engines() -> None:
+    """Close this process's engines (worker shutdown, tests); the next call builds new ones."""
+    pid = os.getpid()
+    with _lock:
+        for key in list(_engines):
+            engine = _engines.pop(key)
+            _sessionmakers.pop(key, None)
+            engine.dispose(close=key[0] == pid)
