@@ -29,7 +29,7 @@ TIME_TABLE_SIZES = {"minute": 60, "hour": 24, "weekday": 7, "day": 32, "month": 
 
 @dataclasses.dataclass
 class KronosConfig:
-    """Hyper-parameters of ``Kronos``; the fields are exactly the keys of its ``config.json``."""
+    """Hyper-parameters of ``Kronos``; the serialised fields are exactly the 11 ``config.json`` keys."""
 
     s1_bits: int
     s2_bits: int
@@ -42,6 +42,8 @@ class KronosConfig:
     resid_dropout_p: float
     token_dropout_p: float
     learn_te: bool
+    # Runtime kernel choice ("sdpa" or the eager reference); not a checkpoint key, never saved.
+    attn_impl: str = dataclasses.field(default="sdpa", metadata={"serialize": False})
 
     def __post_init__(self):
         for name in ("s1_bits", "s2_bits", "n_layers", "d_model", "n_heads", "ff_dim"):
@@ -59,6 +61,8 @@ class KronosConfig:
         for name in ("ffn_dropout_p", "attn_dropout_p", "resid_dropout_p", "token_dropout_p"):
             if not 0.0 <= float(getattr(self, name)) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
 
 
 def _preset(n_layers, d_model, n_heads, ff_dim, ffn, attn, resid, token) -> KronosConfig:
@@ -199,16 +203,15 @@ class Kronos(PretrainedMixin, nn.Module):
     ----------
     config : KronosConfig, optional
         The architecture. Upstream's keyword arguments (``s1_bits=..., d_model=...``) build it instead.
-    attn_impl : {"sdpa", "eager"}
-        Attention kernel for every block and the dependency layer; not part of ``config.json``.
+        ``config.attn_impl`` picks the attention kernel ("sdpa", or the "eager" reference).
     """
 
     config_class = KronosConfig
 
-    def __init__(self, config: KronosConfig | None = None, attn_impl: str = "sdpa", **kwargs):
+    def __init__(self, config: KronosConfig | None = None, **kwargs):
         super().__init__()
         self.config = config = self._build_config(config, kwargs)
-        d = config.d_model
+        d, attn_impl = config.d_model, config.attn_impl
         self.embedding = HierarchicalEmbedding(config.s1_bits, config.s2_bits, d)
         self.time_emb = TemporalEmbedding(d, config.learn_te)
         self.token_drop = nn.Dropout(config.token_dropout_p)
@@ -235,6 +238,7 @@ class Kronos(PretrainedMixin, nn.Module):
         """Switch every attention module between ``"sdpa"`` and ``"eager"`` (the reference)."""
         if impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {impl!r}")
+        self.config.attn_impl = impl
         for m in self.modules():
             if hasattr(m, "attn_impl"):
                 m.attn_impl = impl
