@@ -1,0 +1,145 @@
+"""Root fixtures shared by every test package. Keep this file small; package fixtures live in
+their own conftest.py, factories in tests/factories.py.
+
+External services follow one rule, applied by `require_service`: a test that needs PostgreSQL or
+Redis reads its URL from KRONOS_TEST_DATABASE_URL / KRONOS_TEST_REDIS_URL. Unset: the test is
+skipped, except under CI=true where it fails (CI must never go green by skipping). Set but not
+answering: the test fails.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+
+from kronos_jobs.settings import Settings, get_settings
+
+TEST_DATABASE_URL_ENV = "KRONOS_TEST_DATABASE_URL"  # e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test
+TEST_REDIS_URL_ENV = "KRONOS_TEST_REDIS_URL"  # e.g. redis://127.0.0.1:6379/15
+
+_probed: dict[str, str | None] = {}  # url -> None when it answered, else why not
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def _probe(url: str) -> str | None:
+    """None when the service at `url` answers within a few seconds, else the reason."""
+    try:
+        if url.startswith("postgres"):
+            import psycopg
+
+            parsed = make_url(url)
+            with psycopg.connect(host=parsed.host, port=parsed.port or 5432, user=parsed.username,
+                                 password=parsed.password, dbname=parsed.database, connect_timeout=5):
+                pass
+        elif url.startswith(("redis://", "rediss://")):
+            import redis
+
+            redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5).ping()
+    except Exception as exc:  # any failure to answer counts; the message says which
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def require_service(url_env_var: str) -> str:
+    """The URL in `url_env_var`, checked once per session to answer; skip or fail per the rule above."""
+    url = os.environ.get(url_env_var, "").strip()
+    if not url:
+        if in_ci():
+            pytest.fail(f"{url_env_var} is not set, and CI=true requires this service", pytrace=False)
+        pytest.skip(f"{url_env_var} is not set")
+    if url not in _probed:
+        _probed[url] = _probe(url)
+    if _probed[url] is not None:
+        pytest.fail(f"{url_env_var}={url} does not answer: {_probed[url]}", pytrace=False)
+    return url
+
+
+# --- settings --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A developer's exported KRONOS_* variables must not change test outcomes (test URLs stay)."""
+    for name in list(os.environ):
+        if name.startswith("KRONOS_") and not name.startswith("KRONOS_TEST_"):
+            monkeypatch.delenv(name)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Embedded-default settings rooted in a fresh temp dir (SQLite file, filesystem broker)."""
+    return Settings(data_dir=tmp_path / "kronos-data", database_url=None, broker_url=None)
+
+
+# --- databases -------------------------------------------------------------------------------------
+
+_SESSION_TOKEN = uuid.uuid4().hex[:8]  # schemas of this pytest run: kt_<token>_<n>
+_schema_numbers = itertools.count()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A URL whose connections see a fresh, empty PostgreSQL schema, dropped after the test."""
+    from kronos_jobs.db.session import dispose_engines, make_engine
+
+    server = make_url(require_service(TEST_DATABASE_URL_ENV))
+    if server.drivername == "postgresql":
+        server = server.set(drivername="postgresql+psycopg")  # psycopg 3 is the driver we ship
+    schema = f"kt_{_SESSION_TOKEN}_{next(_schema_numbers)}"
+    admin = make_engine(server.render_as_string(hide_password=False), poolclass=NullPool)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = server.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        dispose_engines()  # close the test's pooled connections before dropping what they use
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database: a SQLite file, and PostgreSQL (a fresh schema) when configured."""
+    from kronos_jobs.db.session import dispose_engines
+
+    if request.param == "postgresql":
+        yield request.getfixturevalue("pg_url")
+        return
+    yield f"sqlite:///{tmp_path / 'db' / 'kronos-test.db'}"
+    dispose_engines()
+
+
+@pytest.fixture
+def db_settings(db_url: str, tmp_path: Path) -> Settings:
+    """Settings on `db_url` with the schema migrated to head."""
+    from kronos_jobs.db.migrate import upgrade
+
+    configured = Settings(data_dir=tmp_path / "kronos-data", database_url=db_url, broker_url=None)
+    upgrade(configured)
+    return configured
+
+
+@pytest.fixture
+def session(db_settings: Settings) -> Iterator[Session]:
+    """A session on the migrated test database; the test commits what it wants others to see."""
+    from kronos_jobs.db.session import get_sessionmaker
+
+    with get_sessionmaker(db_settings)() as db_session:
+        yield db_session
