@@ -114,7 +114,7 @@ def config_from_dict(config_class: type, values: dict[str, Any], source: str = "
         raise CheckpointMismatchError(f"{source}: invalid {config_class.__name__}: {exc}") from exc
 
 
-def _atomic_write(directory: Path, name: str, write: Callable[[str], None]) -> None:
+def atomic_write(directory: Path, name: str, write: Callable[[str], None]) -> None:
     """Write ``directory/name`` through a temp file in the same directory, then ``os.replace``.
 
     A reader (or a crash) never sees a half-written file, and ``os.replace`` is atomic because the
@@ -345,9 +345,9 @@ class PretrainedMixin:
             with open(tmp, "w", encoding="utf-8") as fh:
                 fh.write(_model_card(type(self).__name__, config))
 
-        _atomic_write(directory, WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-        _atomic_write(directory, CONFIG_NAME, write_config)
-        _atomic_write(directory, MODEL_CARD_NAME, write_card)
+        atomic_write(directory, WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+        atomic_write(directory, CONFIG_NAME, write_config)
+        atomic_write(directory, MODEL_CARD_NAME, write_card)
         logger.info("saved %s to %s", type(self).__name__, directory)
         return directory
 
