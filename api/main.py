@@ -1,0 +1,69 @@
+"""Build the FastAPI app: settings, error mapping, body-size limit, routers, migrations at start-up.
+
+    uvicorn api.main:app                 # settings from KRONOS_* variables
+    create_app(Settings(data_dir=tmp))   # tests and embedding
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from api.errors import register_error_handlers
+from api.limits import MULTIPART_SLACK_BYTES, BodySizeLimit
+from api.routes import health, jobs, models, workers
+from api.schemas import ForecastJobCreate, ForecastUploadCreate
+from kronos_jobs import __version__
+from kronos_jobs.db import migrate
+from kronos_jobs.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+
+def _openapi_with_request_bodies(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus the forecast bodies, which the handler reads itself (JSON or upload)."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (ForecastJobCreate, ForecastUploadCreate):
+            body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(body.pop("$defs", {}))
+            components[model.__name__] = body
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API for `settings` (default: the process settings from KRONOS_* variables)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Safe when several API and worker processes start at once (migrate takes a lock).
+        await run_in_threadpool(migrate.upgrade, settings)
+        yield
+
+    app = FastAPI(
+        title="kronos-jobs",
+        version=__version__,
+        description="Background forecast and fine-tune jobs for the Kronos model. Errors use one envelope: "
+        '`{"error": {"code", "message", "details": [{"field", "message"}]}}`.',
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    register_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK_BYTES)
+    for module in (jobs, workers, models, health):
+        app.include_router(module.router)
+    app.openapi = lambda: _openapi_with_request_bodies(app)  # type: ignore[method-assign]
+    return app
+
+
+app = create_app()

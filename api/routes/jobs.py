@@ -1,0 +1,242 @@
+"""Jobs: submit a forecast, list, read, fetch the result, cancel."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Annotated, Any
+
+import pandas as pd
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
+from pydantic import BaseModel, ValidationError
+from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from api.deps import CallerDep, SessionDep, SettingsDep
+from api.schemas import ErrorResponse, ForecastJobCreate, ForecastParamsIn, ForecastUploadCreate, JobPublic, JobsPublic, ResultPublic
+from kronos_jobs import bars as bar_input
+from kronos_jobs.crud import jobs as job_crud
+from kronos_jobs.crud import results as result_crud
+from kronos_jobs.errors import Conflict, InvalidRequest, PayloadTooLarge
+from kronos_jobs.jobs.submit import submit_forecast
+from kronos_jobs.names import JobKind, JobState
+from kronos_jobs.settings import Settings
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 409, 413, 415, 422, 503)}
+JobId = Annotated[str, Path(max_length=64, description="The job id returned by POST.")]
+
+
+# --- reading a forecast submission (JSON body or multipart upload) --------------------------------
+
+
+@dataclass
+class Upload:
+    data: bytes
+    filename: str | None
+    content_type: str | None
+
+
+@dataclass
+class ForecastSubmission:
+    params: ForecastParamsIn  # a ForecastJobCreate (JSON) or a ForecastUploadCreate (upload)
+    upload: Upload | None = None
+
+    def series_input(self, settings: Settings) -> bar_input.SeriesInput:
+        """Parse and check the bars (CPU work: runs in the handler's thread, not the event loop)."""
+        if self.upload is None:
+            series = [s.model_dump() for s in self.params.series]
+            return bar_input.parse_inline_series(series, pred_len=self.params.pred_len, settings=settings)
+        return bar_input.parse_upload(
+            self.upload.data, filename=self.upload.filename, content_type=self.upload.content_type,
+            freq=self.params.freq, settings=settings,
+        )
+
+    def forecast_params(self, freqs: dict[str, str | None], settings: Settings) -> dict[str, Any]:
+        """The job's parameters in `kronos_jobs.jobs.submit.ForecastParams` form."""
+        params = self.params.model_dump(include=set(ForecastParamsIn.model_fields))
+        params["model"] = params["model"] or settings.default_model
+        params["freq"] = {symbol: freq for symbol, freq in freqs.items() if freq}
+        return params
+
+
+def _validate(schema: type[BaseModel], raw: bytes | str, prefix: tuple[str, ...]) -> Any:
+    try:
+        return schema.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = [{**e, "loc": (*prefix, *e["loc"])} for e in exc.errors(include_url=False, include_context=False)]
+        raise RequestValidationError(errors) from None
+
+
+async def read_forecast_submission(request: Request) -> ForecastSubmission:
+    """Read the body as JSON or as a multipart upload (`file` + a `request` JSON field)."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        body = await request.body()
+        return ForecastSubmission(params=await run_in_threadpool(_validate, ForecastJobCreate, body, ("body",)))
+    if media == "multipart/form-data":
+        return await _read_upload(request)
+    raise HTTPException(415, f"Content-Type {media or '(none)'!r} is not accepted; send application/json or multipart/form-data with a file")
+
+
+async def _read_upload(request: Request) -> ForecastSubmission:
+    limit = request.app.state.settings.max_upload_bytes
+    async with request.form(max_files=1, max_fields=4, max_part_size=1024 * 1024) as form:
+        file = form.get("file")
+        if not isinstance(file, UploadFile):
+            raise InvalidRequest("file: attach the CSV or Parquet file as the multipart field `file`", field="file")
+        data = await file.read(limit + 1)
+        if len(data) > limit:
+            raise PayloadTooLarge(f"file: more than {limit} bytes (KRONOS_MAX_UPLOAD_BYTES)", field="file")
+        raw = form.get("request") or "{}"
+        if not isinstance(raw, str):
+            raise InvalidRequest("request: send the parameters as a JSON text field, not a file", field="request")
+        params = _validate(ForecastUploadCreate, raw, ("request",))
+        return ForecastSubmission(params=params, upload=Upload(data, file.filename, file.content_type))
+
+
+SubmissionDep = Annotated[ForecastSubmission, Depends(read_forecast_submission)]
+
+FORECAST_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/ForecastJobCreate"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "Long-format CSV or Parquet: symbol, timestamp, open, high, low, close[, volume, amount, freq]."},
+                        "request": {"type": "string", "description": "JSON of ForecastUploadCreate: the parameters without `series`, plus `freq`."},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+# --- handlers -------------------------------------------------------------------------------------
+
+
+@router.post("/forecast", status_code=202, response_model=JobPublic, responses=ERRORS, openapi_extra=FORECAST_BODY_DOC)
+def create_forecast_job(
+    submission: SubmissionDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: CallerDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)] = None,
+) -> JobPublic:
+    """Submit a forecast job."""
+    series = submission.series_input(settings)
+    job = submit_forecast(
+        session, settings, tenant_id=caller.tenant_id, request=submission.forecast_params(series.freqs, settings),
+        bars=series.bars, future=series.future, source=series.source, idempotency_key=idempotency_key,
+    )
+    response.headers["Location"] = f"{router.prefix}/{job.id}"
+    return JobPublic.from_row(job)
+
+
+@router.get("", response_model=JobsPublic, responses=ERRORS)
+def list_jobs(
+    session: SessionDep,
+    caller: CallerDep,
+    state: JobState | None = None,
+    kind: JobKind | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> JobsPublic:
+    """List jobs, newest first."""
+    jobs, next_cursor = job_crud.list_jobs(
+        session, tenant_id=caller.tenant_id, state=state, kind=kind,
+        created_after=created_after, created_before=created_before, cursor=cursor, limit=limit,
+    )
+    return JobsPublic(data=[JobPublic.from_row(job) for job in jobs], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=ERRORS)
+def read_job(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobPublic:
+    """Read a job: state, progress, errors and execution metadata."""
+    return JobPublic.from_row(job_crud.get_job(session, tenant_id=caller.tenant_id, job_id=job_id))
+
+
+class ResultFormat(str, Enum):
+    JSON = "json"
+    CSV = "csv"
+    PARQUET = "parquet"
+
+
+RESULT_MEDIA_TYPES = {ResultFormat.CSV: "text/csv; charset=utf-8", ResultFormat.PARQUET: "application/vnd.apache.parquet"}
+
+
+@router.get(
+    "/{job_id}/result",
+    response_model=ResultPublic,
+    responses={**ERRORS, 200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}}},
+)
+def read_job_result(
+    job_id: JobId,
+    session: SessionDep,
+    caller: CallerDep,
+    format: ResultFormat = ResultFormat.JSON,  # noqa: A002 - the query parameter's public name
+) -> Any:
+    """Read a finished job's forecast rows as JSON, CSV or Parquet."""
+    job = job_crud.get_job(session, tenant_id=caller.tenant_id, job_id=job_id)
+    if not JobState(job.state).is_terminal:
+        raise Conflict(
+            f"job {job.id} is {job.state}; its result is available once it finishes",
+            details=[{"field": "state", "message": f"job is {job.state}"}],
+        )
+    rows = result_crud.read_forecasts(session, job_id=job.id)
+    if format is ResultFormat.JSON:
+        return ResultPublic(job_id=job.id, state=job.state, columns=list(rows.columns), rows=_json_rows(rows), errors=job.symbol_errors or [])
+    content = _csv_bytes(rows) if format is ResultFormat.CSV else _parquet_bytes(rows)
+    disposition = f'attachment; filename="{job.id}.{format.value}"'
+    return Response(content, media_type=RESULT_MEDIA_TYPES[format], headers={"Content-Disposition": disposition})
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic, responses=ERRORS)
+def cancel_job(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobPublic:
+    """Cancel a job: a queued one never starts, a running one stops at its next batch."""
+    return JobPublic.from_row(job_crud.request_cancel(session, tenant_id=caller.tenant_id, job_id=job_id))
+
+
+# --- result encodings (one schema: names.RESULT_COLUMNS, then q<level>_<column>) -------------------
+
+
+def _utc(rows: pd.DataFrame) -> pd.DataFrame:
+    out = rows.copy()
+    if "timestamp" in out:
+        out["timestamp"] = pd.to_datetime(out["timestamp"], utc=True)
+    return out
+
+
+def _iso_timestamps(rows: pd.DataFrame) -> pd.DataFrame:
+    out = _utc(rows)
+    if "timestamp" in out:
+        out["timestamp"] = out["timestamp"].map(lambda t: t.isoformat().replace("+00:00", "Z"))
+    return out
+
+
+def _json_rows(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    # NaN (e.g. a quantile that was not computed) becomes null, which JSON can carry.
+    return json.loads(_iso_timestamps(rows).to_json(orient="records", double_precision=15)) if len(rows) else []
+
+
+def _csv_bytes(rows: pd.DataFrame) -> bytes:
+    return _iso_timestamps(rows).to_csv(index=False).encode("utf-8")
+
+
+def _parquet_bytes(rows: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    _utc(rows).to_parquet(buffer, index=False)
+    return buffer.getvalue()

@@ -1,0 +1,28 @@
+"""Workers: who consumes which queues, on which device, and whether they are still alive."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from api.deps import SessionDep, SettingsDep
+from api.schemas import ErrorResponse, WorkerPublic, WorkersPublic, as_utc
+from kronos_jobs.crud import workers as worker_crud
+from kronos_jobs.db.models import utcnow
+
+router = APIRouter(prefix="/v1/workers", tags=["workers"])
+
+
+@router.get("", response_model=WorkersPublic, responses={422: {"model": ErrorResponse}})
+def list_workers(
+    session: SessionDep,
+    settings: SettingsDep,
+    seen_within: Annotated[int, Query(ge=0, le=30 * 86_400, description="Also list stopped or silent workers seen this many seconds ago.")] = 3_600,
+) -> WorkersPublic:
+    """List live workers and those seen recently, with their devices."""
+    live = {w.id for w in worker_crud.live_workers(session, stale_seconds=settings.worker_stale_seconds)}
+    cutoff = utcnow() - timedelta(seconds=seen_within)
+    workers = [w for w in worker_crud.list_workers(session) if w.id in live or as_utc(w.heartbeat_at) >= cutoff]
+    return WorkersPublic(data=[WorkerPublic.from_row(w, live=w.id in live) for w in workers])

@@ -1,0 +1,241 @@
+"""Request and response schemas, named by direction: `*Create` comes in, `*Public` goes out.
+
+Field names of the forecast request are DESIGN.md's and keep their meaning. Bar sanity (OHLC
+relations, NaN, duplicate timestamps, limits) is checked by `kronos_jobs.bars`, which names each
+offending bar; these schemas check shapes, types and parameter ranges.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from kronos_jobs.names import DevicePreference, JobKind, JobState
+
+MAX_SAMPLE_COUNT = 256  # paths averaged per forecast; memory grows linearly with it
+MAX_QUANTILES = 32
+
+
+class _Strict(BaseModel):
+    # A typo such as "temprature" is an error naming the field, not a silently ignored key.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# --- forecast request ----------------------------------------------------------------------------
+
+
+class SamplingParams(_Strict):
+    """How each future bar is drawn (the same T, top_k, top_p for both token halves)."""
+
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature, > 0.")
+    top_k: int = Field(0, ge=0, description="Keep the k most likely tokens; 0 = no top-k filter.")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus mass in (0, 1]; 1 = no nucleus filter.")
+    sample_count: int = Field(1, ge=1, le=MAX_SAMPLE_COUNT, description="Sampled paths per series, averaged.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Seed for reproducible sampling.")
+
+
+class BarIn(BaseModel):
+    """One bar. `volume` and `amount` are optional (all bars carry each, or none does)."""
+
+    # allow_inf_nan stays on here so that "NaN" reaches kronos_jobs.bars, which names the bar.
+    model_config = ConfigDict(extra="forbid")
+
+    timestamp: datetime = Field(description="ISO 8601; an offset is converted to UTC, no offset means UTC.")
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float | None = None
+    amount: float | None = None
+
+
+class SeriesIn(_Strict):
+    symbol: str = Field(description="1-64 characters: letters, digits and . _ : / = @ + - ^")
+    freq: str | None = Field(None, description="pandas offset alias (5min, 1h, 1D, B); inferred from the bars when omitted.")
+    bars: list[BarIn] = Field(description="Past bars, any order; sorted by timestamp on arrival.")
+    future_timestamps: list[datetime] | None = Field(None, description="pred_len timestamps to forecast; default: generated from freq.")
+
+
+class ForecastParamsIn(_Strict):
+    """The forecast parameters: the JSON body minus `series`, or the `request` field of an upload."""
+
+    model: str | None = Field(None, max_length=256, description="Model name, random:<size>, local directory or fine-tuned id; default KRONOS_DEFAULT_MODEL.")
+    device: DevicePreference = Field(DevicePreference.AUTO, description="auto prefers a live GPU worker, else CPU.")
+    lookback: int = Field(400, ge=1, description="Past bars fed to the model (at most its context length).")
+    pred_len: int = Field(24, ge=1, description="Future bars to forecast.")
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    quantiles: list[float] | None = Field(None, max_length=MAX_QUANTILES, description="Sample quantile levels in (0, 1), e.g. [0.1, 0.5, 0.9].")
+
+    @field_validator("quantiles")
+    @classmethod
+    def _quantile_levels(cls, levels: list[float] | None) -> list[float] | None:
+        if levels is None:
+            return None
+        for level in levels:
+            if not 0 < level < 1:
+                raise ValueError(f"each quantile level must be in (0, 1), got {level:g}")
+        if len(set(levels)) != len(levels):
+            raise ValueError("quantile levels must be unique")
+        return sorted(levels)
+
+
+class ForecastJobCreate(ForecastParamsIn):
+    """`POST /v1/jobs/forecast` as JSON."""
+
+    series: list[SeriesIn] = Field(min_length=1, description="One entry per symbol.")
+
+
+class ForecastUploadCreate(ForecastParamsIn):
+    """The `request` form field of a multipart upload: the parameters plus the bar frequency."""
+
+    freq: str | None = Field(None, description="Frequency of every symbol without a `freq` column value.")
+
+
+# --- jobs ----------------------------------------------------------------------------------------
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """Stored timestamps are UTC; SQLite hands them back naive."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class Progress(BaseModel):
+    done: int = Field(description="Symbols (or fine-tune steps) finished.")
+    total: int
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobPublic(BaseModel):
+    id: str
+    kind: JobKind
+    state: JobState
+    model: str
+    device: DevicePreference = Field(description="The device the job asked for.")
+    queue: str
+    routing_reason: str
+    progress: Progress
+    error: dict[str, Any] | None = Field(None, description='{"code", "message"} when the job failed.')
+    symbol_errors: list[dict[str, Any]] = Field(default_factory=list, description='[{"symbol", "code", "message"}]')
+    cancel_requested: bool = False
+    params: dict[str, Any] = Field(default_factory=dict, description="The request minus its bars.")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Execution metadata: devices, versions, worker, timings.")
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, job: Any) -> "JobPublic":
+        return cls(
+            id=job.id, kind=job.kind, state=job.state, model=job.model, device=job.device_requested,
+            queue=job.queue, routing_reason=job.routing_reason,
+            progress=Progress(done=job.progress_done or 0, total=job.progress_total or 0, detail=job.progress_detail or {}),
+            error=job.error, symbol_errors=job.symbol_errors or [], cancel_requested=bool(job.cancel_requested),
+            params=job.params or {}, metadata=job.execution_metadata or {},
+            created_at=as_utc(job.created_at), started_at=as_utc(job.started_at),
+            finished_at=as_utc(job.finished_at), updated_at=as_utc(job.updated_at),
+        )
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class ResultPublic(BaseModel):
+    """`GET /v1/jobs/{id}/result?format=json`."""
+
+    job_id: str
+    state: JobState
+    columns: list[str] = Field(description="symbol, timestamp, open, high, low, close, volume, amount, then q<level>_<column>.")
+    rows: list[dict[str, Any]] = Field(description="One row per symbol and future step; timestamps ISO 8601 UTC.")
+    errors: list[dict[str, Any]] = Field(description='Per-symbol failures: [{"symbol", "code", "message"}].')
+
+
+# --- workers and models --------------------------------------------------------------------------
+
+
+class WorkerPublic(BaseModel):
+    id: str
+    hostname: str
+    pid: int
+    pool: str
+    queues: list[str]
+    concurrency: int
+    torch_threads: int
+    device_requested: str
+    device_resolved: str
+    device_name: str | None = None
+    device_warning: str | None = Field(None, description="Exact fallback warning, e.g. a GPU worker running on CPU.")
+    device_info: dict[str, Any] = Field(default_factory=dict)
+    live: bool = Field(description="Heartbeat within KRONOS_WORKER_STALE_SECONDS and not stopped.")
+    started_at: datetime
+    heartbeat_at: datetime
+    stopped_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, worker: Any, *, live: bool) -> "WorkerPublic":
+        return cls(
+            id=worker.id, hostname=worker.hostname, pid=worker.pid, pool=worker.pool, queues=list(worker.queues or []),
+            concurrency=worker.concurrency, torch_threads=worker.torch_threads,
+            device_requested=worker.device_requested, device_resolved=worker.device_resolved,
+            device_name=worker.device_name, device_warning=worker.device_warning, device_info=worker.device_info or {},
+            live=live, started_at=as_utc(worker.started_at), heartbeat_at=as_utc(worker.heartbeat_at),
+            stopped_at=as_utc(worker.stopped_at),
+        )
+
+
+class WorkersPublic(BaseModel):
+    data: list[WorkerPublic]
+
+
+class ModelPublic(BaseModel):
+    id: str
+    kind: str = Field(description="published | finetuned")
+    base_model: str | None = None
+    model_repo: str | None = None
+    model_revision: str | None = None
+    tokenizer_repo: str | None = None
+    tokenizer_revision: str | None = None
+    max_context: int
+    checksum: str | None = None
+    job_id: str | None = None
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    data_summary: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime | None = None
+    retired_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> "ModelPublic":
+        fields = {name: getattr(row, name, None) for name in cls.model_fields}
+        fields.update(created_at=as_utc(row.created_at), retired_at=as_utc(row.retired_at))
+        for name in ("hyperparameters", "metrics", "data_summary"):
+            fields[name] = fields[name] or {}
+        return cls(**fields)
+
+
+class ModelsPublic(BaseModel):
+    data: list[ModelPublic]
+
+
+# --- errors (documentation of the envelope every 4xx/5xx uses) ------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    field: str | None = Field(description="Where the problem is: sampling.top_p, series[0].bars[3].high, file row 17: high, Idempotency-Key.")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="invalid_request, malformed_json, payload_too_large, not_found, conflict, ...")
+    message: str
+    details: list[ErrorDetail] = Field(default_factory=list)
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
