@@ -81,7 +81,7 @@ def _as_datetime_index(ts, name: str) -> pd.DatetimeIndex:
 
 def time_features(ts: pd.DatetimeIndex) -> np.ndarray:
     """(N,) timestamps -> (N, 5) float32 columns ``[minute, hour, weekday, day, month]`` (Monday = 0)."""
-    return np.stack([ts.minute, ts.hour, ts.weekday, ts.day, ts.month], axis=1).astype(np.float32)
+    return np.stack([ts.minute, ts.hour, ts.day_of_week, ts.day, ts.month], axis=1).astype(np.float32)
 
 
 def _prepare(df, x_timestamp, y_timestamp, pred_len: int, clip: float, where: str = "") -> _Series:

@@ -70,7 +70,7 @@ def oracle_generate(tokenizer, model, x, x_stamp, y_stamp, max_context, pred_len
 def time_features(ts) -> np.ndarray:
     """(N,) datetimes -> (N, 5) float32 [minute, hour, weekday, day, month]."""
     ts = pd.DatetimeIndex(ts)
-    return np.stack([ts.minute, ts.hour, ts.weekday, ts.day, ts.month], axis=1).astype(np.float32)
+    return np.stack([ts.minute, ts.hour, ts.day_of_week, ts.day, ts.month], axis=1).astype(np.float32)
 
 
 def oracle_predict_batch(tokenizer, model, df_list, x_ts_list, y_ts_list, pred_len, max_context=512,
