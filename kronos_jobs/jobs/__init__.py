@@ -1,9 +1,10 @@
 """Job services: submitting jobs and owning their lifecycle in the worker.
 
 `submit` runs in the API and CLI processes and never imports torch; `forecast` runs in workers
-(it imports torch lazily, so importing this package stays cheap).
+and imports torch only when a job runs, so importing this package stays cheap.
 """
 
+from kronos_jobs.jobs.forecast import requeue_stale_jobs, run_forecast_job
 from kronos_jobs.jobs.submit import ForecastParams, Sampling, send_job, submit_forecast
 
-__all__ = ["ForecastParams", "Sampling", "send_job", "submit_forecast"]
+__all__ = ["ForecastParams", "Sampling", "requeue_stale_jobs", "run_forecast_job", "send_job", "submit_forecast"]

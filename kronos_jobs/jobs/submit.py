@@ -163,6 +163,9 @@ def submit_forecast(session, settings: Settings, *, tenant_id: str, request: For
             model=params.model, params={**params.to_json(), "source": source, "n_series": len(symbols)},
             progress_total=len(symbols), idempotency_key=idempotency_key, request_hash=digest,
         )
+        if job.id != job_id:  # the same Idempotency-Key and body won a race: that job stands
+            session.commit()
+            return job
         result_crud.save_job_input(session, job_id=job_id, tenant_id=tenant_id, bars=bars, future=future, source=source)
         session.commit()
     except IntegrityError:

@@ -1,0 +1,64 @@
+"""Celery tasks: thin, "like a web view". Each takes a job id and calls one service function.
+
+Outcomes: the service records every final state itself. Transient errors (database or broker down)
+retry with exponential backoff and jitter, up to KRONOS_MAX_RETRIES; LeaseLost means another
+delivery owns the job, so this one returns quietly. `shared_task` binds the tasks to whichever app
+the process runs (the lazily configured `celery_app.app`, or `make_celery(settings)` in a worker).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+from celery import shared_task
+
+from kronos_jobs.errors import LeaseLost, NotFound
+from kronos_jobs.names import TASK_REQUEUE_STALE_JOBS, TASK_RUN_FORECAST
+from kronos_jobs.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+RETRY_BASE_SECONDS = 1.0
+RETRY_MAX_SECONDS = 60.0
+
+
+def retry_countdown(retries: int) -> float:
+    """Exponential backoff with full jitter: spreads retries of many jobs after one outage."""
+    return random.uniform(0, min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** retries))
+
+
+@shared_task(bind=True, name=TASK_RUN_FORECAST, ignore_result=True)
+def run_forecast(self, job_id: str) -> str | None:
+    """Run one delivery of forecast job `job_id` (see jobs/forecast.py)."""
+    from kronos_jobs.jobs.forecast import TRANSIENT_ERRORS, run_forecast_job
+
+    settings = get_settings()
+    try:
+        state = run_forecast_job(job_id, settings=settings)
+    except LeaseLost as exc:
+        logger.info("job %s: this delivery stops (%s)", job_id, exc)
+        return None
+    except NotFound:  # a message for a job that no longer exists (deleted, or another database)
+        logger.warning("job %s: no such job; message dropped", job_id)
+        return None
+    except TRANSIENT_ERRORS as exc:
+        countdown = retry_countdown(self.request.retries)
+        logger.warning("job %s: transient %s (%s); retry %d/%d in %.1f s", job_id, type(exc).__name__, exc,
+                       self.request.retries + 1, settings.max_retries, countdown)
+        raise self.retry(exc=exc, countdown=countdown, max_retries=settings.max_retries)
+    return state.value if state is not None else None
+
+
+@shared_task(name=TASK_REQUEUE_STALE_JOBS, ignore_result=True)
+def requeue_stale_jobs() -> int:
+    """Beat: re-send tasks of jobs a broker lost, and prune the filesystem broker's consumed files."""
+    from kronos_jobs.celery_app import prune_processed_messages
+    from kronos_jobs.db.session import session_scope
+    from kronos_jobs.jobs.forecast import requeue_stale_jobs as requeue
+
+    settings = get_settings()
+    with session_scope(settings) as session:
+        sent = requeue(session, settings)
+    prune_processed_messages(settings)
+    return len(sent)

@@ -1,0 +1,208 @@
+"""The forecast lifecycle run in-process (no broker, no worker) on a migrated test database."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import pytest
+
+from kronos_jobs import model_cache
+from kronos_jobs.crud import jobs as job_crud, results as result_crud
+from kronos_jobs.db.session import session_scope
+from kronos_jobs.errors import LeaseLost
+from kronos_jobs.jobs.forecast import requeue_stale_jobs, run_forecast_job
+from kronos_jobs.jobs.submit import submit_forecast
+from kronos_jobs.names import DEFAULT_TENANT, RESULT_COLUMNS, JobState, quantile_column
+from tests.jobs.conftest import TINY_MAX_CONTEXT, make_bars
+
+
+@pytest.fixture
+def job_settings(db_settings):
+    return db_settings.model_copy(update={"lease_seconds": 4, "heartbeat_seconds": 0.5, "max_batch_size": 2})
+
+
+def submit(settings, checkpoint, bars, future=None, **overrides):
+    request = {"model": str(checkpoint), "device": "cpu", "lookback": 48, "pred_len": 4,
+               "sampling": {"temperature": 1.0, "top_k": 0, "top_p": 0.9, "sample_count": 3, "seed": 7},
+               "quantiles": [0.1, 0.9], **overrides}
+    with session_scope(settings) as session:
+        job = submit_forecast(session, settings, tenant_id=DEFAULT_TENANT, request=request, bars=bars,
+                              future=future, source="inline")
+        return job.id
+
+
+def load(settings, job_id):
+    with session_scope(settings) as session:
+        job = job_crud.get_job(session, tenant_id=DEFAULT_TENANT, job_id=job_id)
+        rows = result_crud.read_forecasts(session, job_id=job_id)
+        session.expunge(job)
+    return job, rows
+
+
+def test_all_rows_and_metadata(job_settings, tiny_checkpoint):
+    bars = make_bars({"AAA": 60, "BBB": 30, "CCC": 80})  # different context lengths in one job
+    job_id = submit(job_settings, tiny_checkpoint, bars)
+
+    assert run_forecast_job(job_id, settings=job_settings) is JobState.SUCCEEDED
+    job, rows = load(job_settings, job_id)
+
+    assert job.state == JobState.SUCCEEDED.value and job.error is None and job.symbol_errors == []
+    assert (job.progress_done, job.progress_total, job.attempts) == (3, 3, 1)
+    assert list(rows.columns[:len(RESULT_COLUMNS)]) == list(RESULT_COLUMNS)
+    assert {quantile_column(q, "close") for q in (0.1, 0.9)} <= set(rows.columns)
+    assert len(rows) == 3 * 4 and rows[list(RESULT_COLUMNS[2:])].notna().all().all()
+    for symbol, group in rows.groupby("symbol"):
+        last = bars[bars.symbol == symbol].timestamp.max()
+        expected = pd.date_range(last + pd.Timedelta("5min"), periods=4, freq="5min")
+        assert list(group.timestamp) == list(expected)
+    meta = job.execution_metadata
+    assert meta["device_requested"] == "cpu" and meta["device_resolved"] == "cpu"
+    assert meta["device_warning"] is None and meta["device_name"]
+    assert meta["queue"] == "forecast.cpu" and meta["worker_pid"] > 0 and meta["worker_host"]
+    assert meta["model"] == str(tiny_checkpoint) and meta["model_source"] == "local"
+    assert meta["max_context"] == TINY_MAX_CONTEXT and len(meta["model_checksum"]) == 64
+    assert meta["seed"] == 7 and meta["sampling"]["sample_count"] == 3 and meta["quantiles"] == [0.1, 0.9]
+    assert meta["torch_version"] and "cuda_version" in meta and meta["torch_threads"] >= 1
+    timings = meta["timings"]
+    assert {"queued_at", "started_at", "finished_at", "model_load_seconds", "inference_seconds"} <= set(timings)
+    assert timings["inference_seconds"] > 0
+
+
+def test_same_seed_same_forecast(job_settings, tiny_checkpoint):
+    bars = make_bars({"AAA": 40})
+    first, second = submit(job_settings, tiny_checkpoint, bars), submit(job_settings, tiny_checkpoint, bars)
+    for job_id in (first, second):
+        run_forecast_job(job_id, settings=job_settings)
+    pd.testing.assert_frame_equal(load(job_settings, first)[1], load(job_settings, second)[1])
+
+
+def test_partial_success_keeps_good_series(job_settings, tiny_checkpoint):
+    bars = make_bars({"GOOD": 40, "NANS": 40, "TINY": 1})
+    bars.loc[bars.index[bars.symbol == "NANS"][-3], "close"] = float("nan")
+    job_id = submit(job_settings, tiny_checkpoint, bars)
+
+    assert run_forecast_job(job_id, settings=job_settings) is JobState.PARTIALLY_SUCCEEDED
+    job, rows = load(job_settings, job_id)
+    assert set(rows.symbol) == {"GOOD"} and len(rows) == 4
+    codes = {e["symbol"]: e["code"] for e in job.symbol_errors}
+    assert codes == {"NANS": "nan_values", "TINY": "too_few_bars"}
+    assert job.error["code"] == "some_series_failed" and job.progress_done == 3
+
+
+def test_all_series_failing_fails_the_job(job_settings, tiny_checkpoint):
+    job_id = submit(job_settings, tiny_checkpoint, make_bars({"TINY": 1}))
+    assert run_forecast_job(job_id, settings=job_settings) is JobState.FAILED
+    job, rows = load(job_settings, job_id)
+    assert job.error["code"] == "all_series_failed" and rows.empty
+
+
+def test_given_future_timestamps_are_used(job_settings, tiny_checkpoint):
+    bars = make_bars({"AAA": 40})
+    future = pd.DataFrame({"symbol": "AAA",
+                           "timestamp": pd.date_range(bars.timestamp.max() + pd.Timedelta("1h"), periods=4, freq="1h")})
+    job_id = submit(job_settings, tiny_checkpoint, bars, future=future)
+    run_forecast_job(job_id, settings=job_settings)
+    assert list(load(job_settings, job_id)[1].timestamp) == list(future.timestamp)
+
+
+def test_cancel_between_chunks(job_settings, tiny_checkpoint, monkeypatch):
+    job_id = submit(job_settings, tiny_checkpoint, make_bars({"A": 30, "B": 30, "C": 30, "D": 30, "E": 30}))
+    real = model_cache.get_predictor
+
+    class CancelAfterFirstChunk:
+        def __init__(self, predictor):
+            self.predictor, self.calls = predictor, 0
+
+        def predict_batch(self, *args, **kwargs):
+            self.calls += 1
+            if self.calls == 1:  # a user cancels while the first chunk runs
+                with session_scope(job_settings) as session:
+                    job_crud.request_cancel(session, tenant_id=DEFAULT_TENANT, job_id=job_id)
+            return self.predictor.predict_batch(*args, **kwargs)
+
+    def patched(spec, device, settings):
+        entry, cached = real(spec, device, settings)
+        proxy = CancelAfterFirstChunk(entry.predictor)
+        patched.proxy = proxy
+        return type(entry)(**{**entry.__dict__, "predictor": proxy}), cached
+
+    monkeypatch.setattr(model_cache, "get_predictor", patched)
+    assert run_forecast_job(job_id, settings=job_settings) is JobState.CANCELLED
+    job, rows = load(job_settings, job_id)
+    assert job.state == "cancelled" and rows.empty and patched.proxy.calls == 1
+    assert job.progress_done == 2 and job.error["code"] == "cancelled"
+
+
+def test_queued_cancel_never_starts(job_settings, tiny_checkpoint):
+    job_id = submit(job_settings, tiny_checkpoint, make_bars({"A": 30}))
+    with session_scope(job_settings) as session:
+        job_crud.request_cancel(session, tenant_id=DEFAULT_TENANT, job_id=job_id)
+    with pytest.raises(LeaseLost):  # already cancelled: this delivery does nothing
+        run_forecast_job(job_id, settings=job_settings)
+    job, _ = load(job_settings, job_id)
+    assert job.state == "cancelled" and job.attempts == 0 and job.started_at is None
+
+
+def test_second_delivery_while_lease_held_does_nothing(job_settings, tiny_checkpoint):
+    job_id = submit(job_settings, tiny_checkpoint, make_bars({"A": 30}))
+    with session_scope(job_settings) as session:
+        job_crud.claim_job(session, job_id=job_id, owner="other-worker", lease_seconds=60)
+    with pytest.raises(LeaseLost):
+        run_forecast_job(job_id, settings=job_settings)
+    job, rows = load(job_settings, job_id)
+    assert job.state == "running" and job.lease_owner == "other-worker" and job.attempts == 1 and rows.empty
+
+
+def test_delivery_after_lease_expiry_takes_over(job_settings, tiny_checkpoint):
+    job_id = submit(job_settings, tiny_checkpoint, make_bars({"A": 30, "B": 30}))
+    with session_scope(job_settings) as session:  # a worker claimed the job, then died
+        job_crud.claim_job(session, job_id=job_id, owner="dead-worker", lease_seconds=0.01)
+    time.sleep(0.05)
+    assert run_forecast_job(job_id, settings=job_settings) is JobState.SUCCEEDED
+    job, rows = load(job_settings, job_id)
+    assert job.attempts == 2 and job.lease_owner is None and len(rows) == 8
+
+
+def test_results_written_once(job_settings, tiny_checkpoint):
+    job_id = submit(job_settings, tiny_checkpoint, make_bars({"A": 30, "B": 30}))
+    run_forecast_job(job_id, settings=job_settings)
+    first_job, first_rows = load(job_settings, job_id)
+    with pytest.raises(LeaseLost):  # a duplicate message after the job finished
+        run_forecast_job(job_id, settings=job_settings)
+    job, rows = load(job_settings, job_id)
+    assert job.finished_at == first_job.finished_at and job.attempts == 1
+    pd.testing.assert_frame_equal(rows, first_rows)
+
+
+def test_attempt_cap_ends_a_job_that_keeps_dying(job_settings, tiny_checkpoint):
+    job_id = submit(job_settings, tiny_checkpoint, make_bars({"A": 30}))
+    for _ in range(job_settings.max_retries + 1):  # each delivery claimed the job and died
+        with session_scope(job_settings) as session:
+            job_crud.claim_job(session, job_id=job_id, owner="dying", lease_seconds=0.001)
+        time.sleep(0.01)
+    assert run_forecast_job(job_id, settings=job_settings) is JobState.FAILED
+    job, _ = load(job_settings, job_id)
+    assert job.error["code"] == "too_many_attempts"
+
+
+def test_reconciler_resends_stale_jobs(job_settings, tiny_checkpoint, monkeypatch):
+    from kronos_jobs.jobs import forecast
+
+    sent = []
+    monkeypatch.setattr(forecast, "send_job", lambda settings, job_id, queue: sent.append((job_id, queue)))
+    job_id = submit(job_settings, tiny_checkpoint, make_bars({"A": 30}))
+    with session_scope(job_settings) as session:
+        assert requeue_stale_jobs(session, job_settings, queued_older_than=3600) == []
+    time.sleep(0.02)
+    with session_scope(job_settings) as session:
+        assert requeue_stale_jobs(session, job_settings, queued_older_than=0.01) == [job_id]
+    assert sent == [(job_id, "forecast.cpu")]
+
+
+def test_unknown_model_names_the_field(job_settings):
+    from kronos_jobs.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest) as caught:
+        submit(job_settings, "no-such-model", make_bars({"A": 30}))
+    assert caught.value.details[0]["field"] == "model" and "kronos-small" in caught.value.message
