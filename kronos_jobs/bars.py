@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +72,8 @@ class _Problems:
         self.count = 0
 
     def add(self, field: str, message: str) -> None:
+        if any(d["field"] == field for d in self.details):
+            return  # one problem per field: `low` above `close` and above `high` is one mistake
         self.count += 1
         if len(self.details) < MAX_DETAILS:
             self.details.append({"field": field, "message": message})
@@ -126,9 +129,12 @@ def _infer_freq(timestamps: pd.Series) -> str | None:
     if len(timestamps) < 3:
         return None
     try:
-        return pd.infer_freq(pd.DatetimeIndex(timestamps))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pandas 3 announces an offset return type; accept both
+            inferred = pd.infer_freq(pd.DatetimeIndex(timestamps))
     except (TypeError, ValueError):
         return None
+    return None if inferred is None else str(getattr(inferred, "freqstr", inferred))
 
 
 # --- inline JSON ---------------------------------------------------------------------------------

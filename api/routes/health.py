@@ -90,7 +90,7 @@ def read_readiness(settings: SettingsDep) -> JSONResponse:
 @router.get("/metrics", response_class=PlainTextResponse)
 def read_metrics(settings: SettingsDep) -> PlainTextResponse:
     """Prometheus metrics: jobs by kind and state, live workers by pool and device."""
-    lines = []
+    lines: list[str] = []
     try:
         with session_scope(settings) as session:
             counts = dict(((k, s), n) for k, s, n in session.execute(select(Job.kind, Job.state, func.count()).group_by(Job.kind, Job.state)))
@@ -104,16 +104,15 @@ def read_metrics(settings: SettingsDep) -> PlainTextResponse:
     for kind in JobKind:
         for state in JobState:
             lines.append(f'kronos_jobs_jobs{{kind="{kind.value}",state="{state.value}"}} {counts.get((kind.value, state.value), 0)}')
-    lines += ["# HELP kronos_jobs_live_workers Live workers by pool and resolved device.", "# TYPE kronos_jobs_live_workers gauge"]
-    per_pool: dict[tuple[str, str], int] = {}
-    for worker in live:
-        key = (worker.pool, worker.device_resolved)
-        per_pool[key] = per_pool.get(key, 0) + 1
+    lines += ["# HELP kronos_jobs_live_workers Live workers by pool.", "# TYPE kronos_jobs_live_workers gauge"]
     for pool in Pool:
-        if not any(p == pool.value for p, _ in per_pool):
-            per_pool[(pool.value, "none")] = 0
-    for (pool, device), n in sorted(per_pool.items()):
-        lines.append(f'kronos_jobs_live_workers{{pool="{_label(pool)}",device="{_label(device)}"}} {n}')
+        lines.append(f'kronos_jobs_live_workers{{pool="{pool.value}"}} {sum(1 for w in live if w.pool == pool.value)}')
+    lines += ["# HELP kronos_jobs_live_worker_devices Live workers by pool and resolved device.", "# TYPE kronos_jobs_live_worker_devices gauge"]
+    per_device: dict[tuple[str, str], int] = {}
+    for worker in live:
+        per_device[(worker.pool, worker.device_resolved)] = per_device.get((worker.pool, worker.device_resolved), 0) + 1
+    for (pool, device), n in sorted(per_device.items()):
+        lines.append(f'kronos_jobs_live_worker_devices{{pool="{_label(pool)}",device="{_label(device)}"}} {n}')
     return PlainTextResponse("\n".join(lines) + "\n", media_type=PROMETHEUS_CONTENT_TYPE)
 
 
