@@ -22,7 +22,8 @@ SESSION_TZ = "Asia/Shanghai"
 # (start, end) of each trading session in local time; bars are labelled by their end time.
 SESSIONS: tuple[tuple[time, time], ...] = ((time(9, 30), time(11, 30)), (time(13, 0), time(15, 0)))
 DEFAULT_END = pd.Timestamp("2024-06-28 15:00", tz=SESSION_TZ)
-TICK = 0.01
+TICK_DECIMALS = 2
+TICK = 10.0**-TICK_DECIMALS
 
 __all__ = ["DEFAULT_END", "SESSIONS", "SESSION_TZ", "sample_bars", "session_timestamps", "symbols"]
 
@@ -105,7 +106,7 @@ def _one_symbol(symbol: str, index: pd.DatetimeIndex, rng: np.random.Generator) 
     low = np.minimum(open_, close) * np.exp(-wick[1])
 
     # Snap to the tick, then restore the OHLC order that rounding may have broken.
-    open_, close, high, low = (np.maximum(np.round(a / TICK) * TICK, TICK) for a in (open_, close, high, low))
+    open_, close, high, low = (np.maximum(np.round(a, TICK_DECIMALS), TICK) for a in (open_, close, high, low))
     high = np.maximum.reduce([high, open_, close])
     low = np.minimum.reduce([low, open_, close])
 

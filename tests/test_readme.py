@@ -1,0 +1,107 @@
+"""The README is a user's guide that must stay true: settings table, set-up commands, examples."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kronos_jobs.sample_data import sample_bars
+from kronos_jobs.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def section(title: str) -> str:
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", README, re.M | re.S)
+    assert match, f"README has no '## {title}' section"
+    return match.group(1)
+
+
+def code_blocks(text: str, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", text, re.S)
+
+
+def test_configuration_table_lists_exactly_the_settings():
+    table = section("Configuration")
+    documented = re.findall(r"^\| `(KRONOS_[A-Z0-9_]+)` \|", table, re.M)
+    expected = [f"KRONOS_{name.upper()}" for name in Settings.model_fields]
+    assert len(documented) == len(set(documented)), "a variable is listed twice"
+    assert set(documented) == set(expected), (
+        f"missing from README: {sorted(set(expected) - set(documented))}; "
+        f"not settings: {sorted(set(documented) - set(expected))}"
+    )
+
+
+def test_configuration_rows_have_a_default_and_a_meaning():
+    for row in re.findall(r"^\| `KRONOS_[A-Z0-9_]+` \|.*$", section("Configuration"), re.M):
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert len(cells) == 3 and all(cells), row
+
+
+def quick_start_commands() -> list[str]:
+    block = code_blocks(section("Quick start"), "bash")[0]
+    return [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_quick_start_is_two_commands_that_exist_and_are_executable():
+    commands = quick_start_commands()
+    assert commands == ["./scripts/demo.sh --model random:small", "./scripts/test.sh"]
+    for command in commands:
+        script = ROOT / command.split()[0]
+        assert script.is_file(), script
+        assert os.access(script, os.X_OK), f"{script} is not executable"
+        assert script.read_text().startswith("#!/usr/bin/env bash\n")
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "./scripts/test.sh" in ci
+    for variable in ("KRONOS_TEST_REDIS_URL", "KRONOS_TEST_DATABASE_URL"):
+        assert f"export {variable}=" in ci
+
+
+def test_json_examples_are_valid_requests():
+    from api.schemas import ForecastJobCreate
+
+    shown = [block for block in code_blocks(README, "json") if '"series"' in block]
+    assert shown, "README shows no forecast request"
+    for block in shown:
+        ForecastJobCreate.model_validate(json.loads(block))
+    ForecastJobCreate.model_validate_json((ROOT / "examples" / "forecast.json").read_text())
+
+
+def test_example_files_are_the_documented_sample_data():
+    # examples/ is synthetic data from kronos_jobs.sample_data, regenerable byte for byte.
+    csv = pd.read_csv(ROOT / "examples" / "bars.csv")
+    expected = sample_bars(2, 120, seed=0)
+    assert list(csv.columns) == list(expected.columns)
+    pd.testing.assert_frame_equal(
+        csv.assign(timestamp=pd.to_datetime(csv["timestamp"], utc=True)), expected,
+        check_dtype=False, check_index_type=False,
+    )
+    body = json.loads((ROOT / "examples" / "forecast.json").read_text())
+    small = sample_bars(2, 48, seed=0)
+    for series in body["series"]:
+        bars = pd.DataFrame(series["bars"])
+        mine = small[small["symbol"] == series["symbol"]].reset_index(drop=True)
+        assert bars["close"].tolist() == mine["close"].tolist()
+
+
+@pytest.mark.parametrize("path", ["examples/forecast.json", "examples/bars.csv", "docker-compose.yml",
+                                  ".env.example", "requirements-cuda.txt", "Dockerfile.gpu"])
+def test_files_the_readme_names_exist(path):
+    assert path in README
+    assert (ROOT / path).is_file()
+
+
+def test_performance_section_names_bench_as_its_source():
+    performance = section("Performance")
+    assert "to be filled in by the lead" in performance.lower()
+    rows = [r for r in performance.splitlines() if r.startswith("| `bench/")]
+    assert rows
