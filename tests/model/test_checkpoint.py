@@ -192,3 +192,30 @@ def test_offline_hub_error_is_clear(monkeypatch, tmp_path, no_network, how):
     for part in ("'NeoQuasar/Kronos-unreachable'", "'0123abc'", "HF_HUB_OFFLINE", "cache_dir",
                  str(tmp_path / "hf-cache"), "local directory"):
         assert part in message
+
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def hub_cache(tmp_path, tiny_tokenizer_dir):
+    """A Hugging Face cache holding the tiny tokenizer as ``NeoQuasar/Kronos-Tiny`` at COMMIT."""
+    repo = tmp_path / "hf-cache" / "models--NeoQuasar--Kronos-Tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(COMMIT)
+    shutil.copytree(tiny_tokenizer_dir, repo / "snapshots" / COMMIT)
+    return tmp_path / "hf-cache"
+
+
+@pytest.mark.parametrize("revision", [None, COMMIT])
+def test_hub_id_loads_from_cache_offline(monkeypatch, hub_cache, no_network, tiny_tokenizer_dir, revision):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tok = KronosTokenizer.from_pretrained("NeoQuasar/Kronos-Tiny", revision=revision, cache_dir=hub_cache)
+    assert tok.checkpoint_metadata() == {
+        "name_or_path": "NeoQuasar/Kronos-Tiny", "revision": revision, "commit_hash": COMMIT,
+        "checksum": file_sha256(tiny_tokenizer_dir / "model.safetensors")}
+
+
+def test_invalid_hub_id(no_network, tmp_path):
+    with pytest.raises(CheckpointNotFoundError, match="neither an existing local directory nor a valid hub repo id"):
+        KronosTokenizer.from_pretrained("bad repo id!!", cache_dir=tmp_path, local_files_only=True)
