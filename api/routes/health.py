@@ -81,8 +81,13 @@ def read_health() -> dict[str, str]:
 def read_readiness(settings: SettingsDep) -> JSONResponse:
     """Readiness: database, broker and the live workers per pool."""
     checks = {"database": check_database(settings), "broker": check_broker(settings)}
+    workers: dict[str, list[dict[str, Any]]] = {}
+    if checks["database"]["ok"]:
+        try:
+            workers = _live_workers_by_pool(settings)
+        except Exception as exc:  # e.g. reachable but not migrated
+            checks["database"] = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
     ready = all(check["ok"] for check in checks.values())
-    workers = _live_workers_by_pool(settings) if checks["database"]["ok"] else {}
     body = {"status": "ready" if ready else "unavailable", "checks": checks, "workers": workers}
     return JSONResponse(body, status_code=200 if ready else 503)
 

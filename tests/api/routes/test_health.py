@@ -1,0 +1,76 @@
+"""/healthz, /readyz (database, broker, live workers per pool) and /metrics."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from api.main import create_app
+from kronos_jobs.crud import workers as worker_crud
+from kronos_jobs.settings import Settings
+from tests.api.payloads import make_forecast_request
+
+GPU_FALLBACK = "KRONOS_DEVICE=cuda but torch.cuda.is_available() is False; using CPU"
+
+
+def register(db: Session, worker_id: str, pool: str, device: str, warning: str | None = None) -> None:
+    worker_crud.register_worker(
+        db, worker_id=worker_id, hostname="host-a", pid=123, pool=pool, queues=[f"forecast.{pool}"],
+        concurrency=1, torch_threads=2, device_requested="auto", device_resolved=device,
+        device_name="cpu" if device == "cpu" else "NVIDIA H100", device_warning=warning, device_info={},
+    )
+    db.commit()
+
+
+def test_healthz(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_readyz_lists_live_workers_per_pool_with_device_and_warning(client: TestClient, db: Session) -> None:
+    register(db, "cpu@host-a", "cpu", "cpu")
+    register(db, "gpu@host-a", "gpu", "cpu", warning=GPU_FALLBACK)
+    response = client.get("/readyz")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "ready"
+    assert body["checks"]["database"]["ok"] and body["checks"]["broker"]["ok"]
+    assert [w["id"] for w in body["workers"]["cpu"]] == ["cpu@host-a"]
+    gpu = body["workers"]["gpu"][0]
+    assert gpu["device_resolved"] == "cpu" and gpu["device_warning"] == GPU_FALLBACK
+
+
+def test_readyz_is_503_when_the_broker_is_down(settings: Settings) -> None:
+    broken = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
+    with TestClient(create_app(broken)) as client:
+        response = client.get("/readyz")
+        assert client.get("/healthz").status_code == 200
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unavailable"
+    assert body["checks"]["database"]["ok"] and not body["checks"]["broker"]["ok"]
+    assert body["checks"]["broker"]["error"]
+
+
+def test_readyz_is_503_when_the_database_is_down(client: TestClient, settings: Settings, tmp_path) -> None:
+    (tmp_path / "not-a-dir").write_text("")  # the database path runs through a file: unreachable
+    client.app.state.settings = settings.model_copy(update={"database_url": f"sqlite:///{tmp_path}/not-a-dir/kronos.db"})
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert not response.json()["checks"]["database"]["ok"]
+    assert client.get("/healthz").status_code == 200
+
+
+def test_metrics_prometheus_text(client: TestClient, db: Session) -> None:
+    client.post("/v1/jobs/forecast", json=make_forecast_request())
+    register(db, "cpu@host-a", "cpu", "cpu")
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    lines = response.text.splitlines()
+    assert 'kronos_jobs_jobs{kind="forecast",state="queued"} 1' in lines
+    assert 'kronos_jobs_jobs{kind="forecast",state="succeeded"} 0' in lines
+    assert 'kronos_jobs_live_workers{pool="cpu"} 1' in lines
+    assert 'kronos_jobs_live_workers{pool="gpu"} 0' in lines
+    assert 'kronos_jobs_live_worker_devices{pool="cpu",device="cpu"} 1' in lines
+    assert "kronos_jobs_database_up 1" in lines
+    assert "# TYPE kronos_jobs_jobs gauge" in lines
