@@ -124,6 +124,8 @@ class FinetuneResult:
     best_model_dir: str | None
     elapsed: float
     history: list[dict[str, Any]]
+    device: str = "cpu"
+    device_warning: str | None = None
 
 
 @contextmanager
@@ -348,12 +350,13 @@ class FinetuneLoop:
                 last_train = float(np.mean(losses))
             self.save_checkpoint(started)
             logger.info("finetune %s stopped (%s) at step %d", self.phase, stopped, self.step)
+        self.model.eval()  # ready for save_pretrained / inference
         best_dir = None
         if self.checkpoint_dir is not None and (self.checkpoint_dir / BEST_MODEL_DIR).is_dir():
             best_dir = str(self.checkpoint_dir / BEST_MODEL_DIR)
         return FinetuneResult(self.phase, stopped, self.step, self.total_steps, self.epoch, last_train, val_loss,
                               self.best_val_loss, best_dir, self.elapsed_before + time.monotonic() - started,
-                              list(self.history))
+                              list(self.history), str(self.device), self.device_warning)
 
     # ---- resumable state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -82,6 +82,7 @@ def test_short_finetune_lowers_the_loss(phase, tiny_tokenizer, tiny_model, bars,
     before = loop.validate()
     result = loop.fit()
     assert result.stopped == "completed" and result.step == result.total_steps == 24
+    assert (result.device, result.device_warning) == ("cpu", None) and not loop.model.training
     assert result.val_loss < 0.9 * before, (before, result.val_loss)
     assert set(events[0]) == {"phase", "epoch", "epochs", "step", "total_steps", "train_loss", "val_loss",
                               "lr", "elapsed"}
