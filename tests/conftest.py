@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,13 +127,29 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     dispose_engines()
 
 
+@pytest.fixture(scope="session")
+def _migrated_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite file migrated to head per run; tests copy it (much faster than migrating)."""
+    from kronos_jobs.db.migrate import upgrade
+
+    path = tmp_path_factory.mktemp("sqlite-template") / "kronos.db"
+    upgrade(Settings(data_dir=path.parent, database_url=f"sqlite:///{path}"))  # closes its engine
+    return path
+
+
 @pytest.fixture
-def db_settings(db_url: str, tmp_path: Path) -> Settings:
+def db_settings(request: pytest.FixtureRequest, db_url: str, tmp_path: Path) -> Settings:
     """Settings on `db_url` with the schema migrated to head."""
     from kronos_jobs.db.migrate import upgrade
 
     configured = Settings(data_dir=tmp_path / "kronos-data", database_url=db_url, broker_url=None)
-    upgrade(configured)
+    database = make_url(db_url).database
+    if make_url(db_url).get_backend_name() == "sqlite" and database not in (None, "", ":memory:") \
+            and not Path(database).exists():
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(request.getfixturevalue("_migrated_sqlite_template"), database)
+    else:
+        upgrade(configured)
     return configured
 
 

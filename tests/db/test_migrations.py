@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import multiprocessing
 
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
@@ -74,7 +73,6 @@ def test_head_is_the_initial_revision_chain():
     assert len(script.get_heads()) == 1, "migrations branched: merge the heads"
 
 
-@pytest.mark.parametrize("url", ["sqlite:///:memory:"])
-def test_in_memory_sqlite_needs_no_lock_file(url, tmp_path):
-    migrate.upgrade(Settings(data_dir=tmp_path, database_url=url))
+def test_in_memory_sqlite_needs_no_lock_file(tmp_path):
+    migrate.upgrade(Settings(data_dir=tmp_path, database_url="sqlite:///:memory:"))
     assert not list(tmp_path.iterdir())

@@ -1,0 +1,76 @@
+"""Engines: SQLite configured for concurrent processes, one engine per process, session scope."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+import pytest
+from sqlalchemy import select, text
+
+from kronos_jobs.db import session as db_session
+from kronos_jobs.db.models import Job
+from tests.factories import make_job
+
+
+def test_sqlite_pragmas(tmp_path):
+    engine = db_session.make_engine(f"sqlite:///{tmp_path / 'nested' / 'dir' / 'x.db'}")
+    try:
+        with engine.connect() as connection:
+            pragma = lambda name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()  # noqa: E731
+            assert pragma("journal_mode") == "wal"
+            assert pragma("foreign_keys") == 1
+            assert pragma("busy_timeout") == 30_000
+    finally:
+        engine.dispose()
+    assert (tmp_path / "nested" / "dir").is_dir()
+
+
+def test_postgresql_pings_pooled_connections():
+    engine = db_session.make_engine("postgresql+psycopg://u@127.0.0.1:1/none")  # never connects
+    assert engine.pool._pre_ping
+
+
+def test_engine_is_cached_per_process(db_settings):
+    assert db_session.get_engine(db_settings) is db_session.get_engine(db_settings)
+    assert db_session.get_sessionmaker(db_settings) is db_session.get_sessionmaker(db_settings)
+
+
+def _child_engine_works(settings, parent_engine_id: int, results) -> None:
+    engine = db_session.get_engine(settings)
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+    results.put((id(engine) != parent_engine_id, os.getpid()))
+
+
+def test_forked_child_builds_its_own_engine(db_settings):
+    parent = db_session.get_engine(db_settings)
+    with parent.connect() as connection:  # a pooled connection the child inherits
+        connection.execute(text("SELECT 1"))
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_child_engine_works, args=(db_settings, id(parent), results))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    own_engine, pid = results.get(timeout=5)
+    assert own_engine and pid != os.getpid()
+    with parent.connect() as connection:  # the parent's pool survived the child
+        assert connection.execute(text("SELECT 1")).scalar() == 1
+
+
+def test_session_scope_commits_and_rolls_back(db_settings):
+    with db_session.session_scope(db_settings) as session:
+        kept = make_job(session, commit=False).id
+    with pytest.raises(RuntimeError):
+        with db_session.session_scope(db_settings) as session:
+            make_job(session, commit=False, job_id="f" * 32)
+            raise RuntimeError("boom")
+    with db_session.session_scope(db_settings) as session:
+        assert set(session.scalars(select(Job.id))) == {kept}
+
+
+def test_dispose_engines_builds_fresh_ones(db_settings):
+    before = db_session.get_engine(db_settings)
+    db_session.dispose_engines()
+    assert db_session.get_engine(db_settings) is not before
