@@ -119,11 +119,28 @@ class Stack:
             time.sleep(POLL_SECONDS)
         raise RuntimeError(f"the API did not answer {url}/healthz within {timeout:.0f} s")
 
+    def wait_for_worker(self, pool: Pool = Pool.CPU, timeout: float = READY_TIMEOUT_SECONDS) -> None:
+        """Block until the API lists a live worker of `pool` (so routing sees it)."""
+        url = self.settings.effective_api_url
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (child := self.dead()) is not None:
+                raise RuntimeError(f"{child.name} exited with code {child.returncode} during start-up")
+            try:
+                workers = httpx.get(f"{url}/v1/workers", timeout=5.0).json()["data"]
+                if any(w["live"] and w["pool"] == pool.value for w in workers):
+                    return
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            time.sleep(POLL_SECONDS)
+        raise RuntimeError(f"no live {pool.value} worker registered within {timeout:.0f} s")
+
     def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
         """SIGTERM every live child, wait, then SIGKILL the process group of any that remain."""
         live = [c for c in self.children if c.returncode is None]
         for child in live:
-            _signal_group(child, signal.SIGTERM)
+            # The child only, not its group: a Celery worker stops its own pool children in order.
+            child.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for child in live:
             try:
@@ -317,6 +334,7 @@ def demo(settings: Settings, options: DemoOptions, *, env: Mapping[str, str] | N
             stack = Stack(settings, env=dict(env if env is not None else os.environ), log=log)
             stack.start()
             stack.wait_until_ready()
+            stack.wait_for_worker()
         else:
             print(f"demo: using the API already running at {url}", flush=True)
 
