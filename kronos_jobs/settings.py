@@ -61,7 +61,10 @@ class Settings(BaseSettings):
     def _device_form(cls, value: str) -> str:
         from kronos_jobs.devices import check_device_spec  # no torch import at settings time
 
-        return check_device_spec(value)
+        try:
+            return check_device_spec(value)
+        except ValueError as exc:  # name the variable: the user set KRONOS_DEVICE, not "device"
+            raise ValueError(f"KRONOS_DEVICE: {exc}") from None
 
     @model_validator(mode="after")
     def _limits_are_ordered(self) -> "Settings":
