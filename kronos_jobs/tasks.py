@@ -31,11 +31,18 @@ def retry_countdown(retries: int) -> float:
 @shared_task(bind=True, name=TASK_RUN_FORECAST, ignore_result=True)
 def run_forecast(self, job_id: str) -> str | None:
     """Run one delivery of forecast job `job_id` (see jobs/forecast.py)."""
-    from kronos_jobs.jobs.forecast import TRANSIENT_ERRORS, run_forecast_job
+    from kronos_jobs.jobs.forecast import TRANSIENT_ERRORS, LeaseHeld, run_forecast_job
 
     settings = get_settings()
     try:
         state = run_forecast_job(job_id, settings=settings)
+    except LeaseHeld as exc:
+        # A redelivery (worker child killed, Redis visibility timeout) while the job's lease is
+        # live: the other delivery may be healthy or dead. Look again when the lease would lapse;
+        # a finished job then stops this delivery, a dead owner's job is taken over.
+        countdown = exc.retry_after + random.uniform(0.2, 1.0)
+        logger.info("job %s: lease held by another delivery; checking again in %.1f s", job_id, countdown)
+        raise self.retry(countdown=countdown, max_retries=None)
     except LeaseLost as exc:
         logger.info("job %s: this delivery stops (%s)", job_id, exc)
         return None

@@ -69,7 +69,8 @@ class WorkerIdentity:
         }
 
 
-_identity: WorkerIdentity | None = None
+_identity: WorkerIdentity | None = None  # set in the parent before the fork; children inherit it
+_heartbeat: "WorkerHeartbeat | None" = None
 
 
 def _describe(device, info_allowed: bool) -> dict[str, Any]:
@@ -167,29 +168,33 @@ def register(settings: Settings, identity: WorkerIdentity, session=None) -> None
         worker_crud.register_worker(own, **fields)
 
 
-def _init_child(settings: Settings, identity: WorkerIdentity) -> None:
-    """worker_process_init: cheap per-child set-up only (Celery allows 4 s)."""
+def _on_process_init(**_: Any) -> None:
+    """worker_process_init: cheap per-child set-up only (Celery allows 4 s; no model loading)."""
     import torch
 
     from kronos_jobs.db.session import dispose_engines
 
+    identity = current_identity()
     # N children x all cores each would oversubscribe the CPU and collapse throughput.
     torch.set_num_threads(identity.torch_threads)
     dispose_engines()  # never share the parent's database sockets; this child builds its own
     logger.debug("worker child %d: torch threads %d", os.getpid(), identity.torch_threads)
 
 
-def _shutdown(settings: Settings, identity: WorkerIdentity, heartbeat: WorkerHeartbeat) -> None:
+def _on_shutdown(**_: Any) -> None:
+    """worker_shutdown (parent): stop heartbeating and say so, so routing stops counting us at once."""
     from kronos_jobs.crud import workers as worker_crud
     from kronos_jobs.db.session import session_scope
 
-    heartbeat.stop()
+    if _heartbeat is None or _identity is None:
+        return
+    _heartbeat.stop()
     try:
-        with session_scope(settings) as session:
-            worker_crud.mark_worker_stopped(session, worker_id=identity.worker_id)
-        logger.info("worker %s stopped", identity.worker_id)
+        with session_scope(_heartbeat.settings) as session:
+            worker_crud.mark_worker_stopped(session, worker_id=_identity.worker_id)
+        logger.info("worker %s stopped", _identity.worker_id)
     except Exception as exc:
-        logger.warning("worker %s: could not mark stopped (%s); it goes stale on its own", identity.worker_id, exc)
+        logger.warning("worker %s: could not mark stopped (%s); it goes stale on its own", _identity.worker_id, exc)
 
 
 def start_worker(pool: Pool | str, concurrency: int | None, settings: Settings) -> None:
@@ -199,7 +204,7 @@ def start_worker(pool: Pool | str, concurrency: int | None, settings: Settings) 
     from kronos_jobs.celery_app import make_celery
     from kronos_jobs.db.migrate import upgrade
 
-    global _identity
+    global _identity, _heartbeat
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     upgrade(settings)  # safe when several workers start at once (advisory / file lock)
     identity = _identity = build_identity(pool, concurrency, settings)
@@ -209,11 +214,11 @@ def start_worker(pool: Pool | str, concurrency: int | None, settings: Settings) 
     logger.info("worker %s registered: pool=%s queues=%s concurrency=%d device=%s (%s) torch_threads=%d warning=%s",
                 identity.worker_id, identity.pool, ",".join(identity.queues), identity.concurrency,
                 identity.device_resolved, identity.device_name, identity.torch_threads, identity.device_warning)
-    heartbeat = WorkerHeartbeat(settings, identity)
-    heartbeat.start()
+    _heartbeat = WorkerHeartbeat(settings, identity)
+    _heartbeat.start()
 
-    signals.worker_process_init.connect(lambda **_: _init_child(settings, identity), weak=False)
-    signals.worker_shutdown.connect(lambda **_: _shutdown(settings, identity, heartbeat), weak=False)
+    signals.worker_process_init.connect(_on_process_init, weak=False, dispatch_uid="kronos_jobs.worker.init")
+    signals.worker_shutdown.connect(_on_shutdown, weak=False, dispatch_uid="kronos_jobs.worker.shutdown")
     app = make_celery(settings)
     app.set_current()
     # mingle/gossip sync revoked ids and clocks between workers; cancellation lives in the database,
@@ -234,4 +239,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module, not __main__: tasks read the identity from `kronos_jobs.worker`.
+    from kronos_jobs.worker import main as module_main
+
+    sys.exit(module_main())

@@ -34,6 +34,25 @@ from kronos_jobs.settings import Settings
 logger = logging.getLogger(__name__)
 
 
+class LeaseHeld(LeaseLost):
+    """Another delivery holds a live lease on the running job. If its worker died (SIGKILL, OOM),
+    the lease lapses in `retry_after` seconds and this delivery should try again then."""
+
+    def __init__(self, message: str, *, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _raise_if_held(job_id: str, settings: Settings, exc: LeaseLost) -> None:
+    from kronos_jobs.db.models import Job
+
+    with session_scope(settings) as session:
+        job = session.get(Job, job_id)
+        if job is not None and job.state == JobState.RUNNING.value and job.lease_expires_at is not None:
+            remaining = (job.lease_expires_at - utcnow()).total_seconds()
+            raise LeaseHeld(str(exc), retry_after=max(0.0, remaining)) from exc
+
+
 class LeaseHeartbeat(threading.Thread):
     """Renews the job's lease every `heartbeat_seconds` until stopped; notices when it is lost."""
 
@@ -110,6 +129,9 @@ def run_forecast_job(job_id: str, *, settings: Settings) -> JobState | None:
     except JobCancelled:
         logger.info("job %s cancelled elapsed=%.3fs (before it started)", job_id, time.perf_counter() - t0)
         return JobState.CANCELLED
+    except LeaseLost as exc:
+        _raise_if_held(job_id, settings, exc)
+        raise
     _log(run, JobState.RUNNING, f"attempt={run.attempt} owner={owner}")
 
     heartbeat = LeaseHeartbeat(settings, job_id, owner)
