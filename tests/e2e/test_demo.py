@@ -1,0 +1,91 @@
+"""`kronos-jobs demo` end to end: real API, worker and beat processes on the embedded default.
+
+No API is running, so the demo starts `up`'s processes itself, submits over HTTP, follows the job,
+writes the Parquet and the chart, and stops what it started. `random:mini` keeps it offline and
+fast; HF_HUB_OFFLINE=1 makes sure nothing reaches for the hub.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from kronos_jobs.names import RESULT_COLUMNS
+from kronos_jobs.registry import RANDOM_WEIGHTS_LABEL
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+KRONOS_JOBS = Path(sys.executable).with_name("kronos-jobs")  # the console script of pyproject.toml
+SYMBOLS, LOOKBACK, PRED_LEN = 3, 64, 8
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_is_closed(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def kronos_env(tmp_path: Path, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KRONOS_")}
+    env.update(KRONOS_DATA_DIR=str(tmp_path / "kronos-data"), KRONOS_API_PORT=str(port),
+               KRONOS_TORCH_THREADS="1", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    return env
+
+
+def test_demo_with_random_weights(tmp_path):
+    assert KRONOS_JOBS.is_file(), f"{KRONOS_JOBS} missing: install the project (scripts/setup.sh)"
+    port = free_port()
+    run = subprocess.run(
+        [str(KRONOS_JOBS), "demo", "--model", "random:mini", "--symbols", str(SYMBOLS),
+         "--lookback", str(LOOKBACK), "--pred-len", str(PRED_LEN)],
+        env=kronos_env(tmp_path, port), cwd=tmp_path, capture_output=True, text=True, timeout=280,
+    )
+    out_dir = tmp_path / "kronos-data" / "demo"
+    services_log = (out_dir / "services.log").read_text() if (out_dir / "services.log").exists() else ""
+    assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr[-3000:]}\nservices:\n{services_log[-3000:]}"
+
+    # What the user reads: the random-weights label, one summary line per symbol, how it ran.
+    assert RANDOM_WEIGHTS_LABEL in run.stdout
+    assert f"model random:mini ({RANDOM_WEIGHTS_LABEL})" in run.stdout
+    for i in range(SYMBOLS):
+        assert f"SIM{i:03d}.XS" in run.stdout
+    assert "state=succeeded" in run.stdout
+    assert "resolved cpu" in run.stdout
+    assert "forecast: 100%" in run.stderr  # the progress bar reached the end
+
+    # The API, the worker and beat really ran as processes, and were stopped.
+    for name in ("api", "worker-cpu", "beat"):
+        assert f"{name:>10} | " in services_log
+    assert port_is_closed(port)
+
+    # The Parquet result: every symbol, pred_len rows each, finite prices, labelled.
+    parquet = out_dir / "forecast.parquet"
+    forecast = pd.read_parquet(parquet)
+    assert list(forecast.columns[: len(RESULT_COLUMNS)]) == list(RESULT_COLUMNS)
+    assert forecast.groupby("symbol").size().to_dict() == {f"SIM{i:03d}.XS": PRED_LEN for i in range(SYMBOLS)}
+    assert forecast[["open", "high", "low", "close"]].notna().all().all()
+    metadata = pq.read_schema(parquet).metadata
+    assert metadata[b"kronos.label"].decode() == f"random:mini ({RANDOM_WEIGHTS_LABEL})"
+
+    # The forecast starts after the last input bar of each symbol.
+    bars = pd.read_parquet(out_dir / "input.parquet")
+    assert bars.groupby("symbol").size().eq(LOOKBACK).all()
+    last = bars.groupby("symbol")["timestamp"].max()
+    first = forecast.groupby("symbol")["timestamp"].min()
+    assert (first > last.reindex(first.index)).all()
+
+    png = out_dir / "forecast.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_size > 10_000
