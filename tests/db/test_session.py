@@ -74,3 +74,13 @@ def test_dispose_engines_builds_fresh_ones(db_settings):
     before = db_session.get_engine(db_settings)
     db_session.dispose_engines()
     assert db_session.get_engine(db_settings) is not before
+
+
+def test_importing_the_data_layer_creates_no_engine():
+    # A prefork worker imports everything before forking; an engine made at import would be shared.
+    import subprocess
+    import sys
+
+    code = ("import kronos_jobs.crud, kronos_jobs.db.migrate, kronos_jobs.db.session as s; "
+            "assert not s._engines, s._engines")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
