@@ -195,3 +195,90 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     retired_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+# --- series store and schedules (issue 5) ----------------------------------------------------------
+
+
+class SeriesBar(Base):
+    """One stored bar. The primary key is the upsert key: re-importing a bar replaces it."""
+
+    __tablename__ = "series_bars"
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True, default=DEFAULT_TENANT)
+    symbol: Mapped[str] = mapped_column(String(128), primary_key=True)
+    freq: Mapped[str] = mapped_column(String(32), primary_key=True)  # pandas offset alias, as given
+    timestamp: Mapped[datetime] = mapped_column(primary_key=True)  # UTC
+    open: Mapped[float] = mapped_column(Float)
+    high: Mapped[float] = mapped_column(Float)
+    low: Mapped[float] = mapped_column(Float)
+    close: Mapped[float] = mapped_column(Float)
+    volume: Mapped[float | None] = mapped_column(Float, nullable=True)
+    amount: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Schedule(Base):
+    """A cron-driven multi-symbol forecast; the database-backed beat reads this table each tick."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (UniqueConstraint("tenant_id", "name", name="uq_schedules_tenant_name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex
+    tenant_id: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
+    name: Mapped[str] = mapped_column(String(128))
+    cron: Mapped[str] = mapped_column(String(128))  # five-field cron, evaluated in `timezone`
+    timezone: Mapped[str] = mapped_column(String(64))  # IANA zone, e.g. America/New_York
+    symbols: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)  # NULL = every stored symbol
+    freq: Mapped[str | None] = mapped_column(String(32), nullable=True)  # universe filter by frequency
+    model: Mapped[str] = mapped_column(String(256))
+    device: Mapped[str] = mapped_column(String(8))  # names.DevicePreference
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)  # lookback, pred_len, sampling, quantiles
+    calendar: Mapped[dict[str, Any]] = mapped_column(default=dict)  # kronos_jobs.calendar spec + per symbol
+    min_history: Mapped[int | None] = mapped_column(Integer, nullable=True)  # NULL = lookback
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Occurrences after this instant are due; moved on by each scheduled run and by cron edits.
+    anchor_at: Mapped[datetime] = mapped_column(default=utcnow)
+    next_run_at: Mapped[datetime | None] = mapped_column(nullable=True)  # informational
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ScheduleRun(Base):
+    """One execution of a schedule. (schedule_id, scheduled_for) is unique: two beats, or a tick
+    racing a manual trigger, insert one row and the loser reads the winner's."""
+
+    __tablename__ = "schedule_runs"
+    __table_args__ = (
+        UniqueConstraint("schedule_id", "scheduled_for", name="uq_schedule_runs_schedule_id_scheduled_for"),
+        Index("ix_schedule_runs_state", "state"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
+    schedule_id: Mapped[str] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"))
+    scheduled_for: Mapped[datetime] = mapped_column()
+    trigger: Mapped[str] = mapped_column(String(16))  # names.RunTrigger
+    state: Mapped[str] = mapped_column(String(24))  # names.JobState: queued (fan-out pending) .. terminal
+    progress_done: Mapped[int] = mapped_column(Integer, default=0)  # symbols finished (ok or error)
+    progress_total: Mapped[int] = mapped_column(Integer, default=0)  # symbols in the universe
+    symbol_errors: Mapped[list[Any]] = mapped_column(default=list)  # [{"symbol","code","message"}]
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)  # timings, batch count
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ScheduleRunJob(Base):
+    """The forecast jobs a run fanned out to (one per batch of symbols)."""
+
+    __tablename__ = "schedule_run_jobs"
+    __table_args__ = (Index("ix_schedule_run_jobs_job_id", "job_id"),
+                      Index("ix_schedule_run_jobs_schedule_id", "schedule_id"))
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("schedule_runs.id", ondelete="CASCADE"), primary_key=True)
+    batch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    schedule_id: Mapped[str] = mapped_column(String(32))
+    tenant_id: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
