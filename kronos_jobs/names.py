@@ -79,3 +79,13 @@ RESULT_COLUMNS = ("symbol", "timestamp", *BAR_COLUMNS)
 def quantile_column(level: float, column: str) -> str:
     """`q0.1_close` for level 0.1 and column close (levels printed without trailing zeros)."""
     return f"q{level:g}_{column}"
+
+
+class RunTrigger(str, Enum):
+    """Why a schedule run exists (schedule_runs.trigger)."""
+
+    SCHEDULE = "schedule"  # the beat found the cron occurrence due (the latest one, after downtime)
+    MANUAL = "manual"  # POST /v1/schedules/{id}/run or `kronos-jobs schedules run`
+
+
+SOURCE_STORE = "store"  # job_inputs.source of a forecast whose bars were read from the series store
