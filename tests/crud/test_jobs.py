@@ -122,17 +122,18 @@ def _newest_first(session, ids: list[str]) -> list[str]:
     return [j.id for j in sorted(rows, key=lambda j: (j.created_at, j.id), reverse=True)]
 
 
-def test_cursor_pages_cover_every_job_once_newest_first(session):
+@pytest.mark.parametrize("limit, expected_pages", [(1, 7), (3, 3)])  # limit 1 puts a page break inside the tie
+def test_cursor_pages_cover_every_job_once_newest_first(session, limit, expected_pages):
     ids = _jobs_at(session, 7)
     seen, cursor, pages = [], None, 0
     while True:
-        page, cursor = job_crud.list_jobs(session, tenant_id="default", cursor=cursor, limit=3)
+        page, cursor = job_crud.list_jobs(session, tenant_id="default", cursor=cursor, limit=limit)
         seen += [j.id for j in page]
         pages += 1
         if cursor is None:
             break
         assert "=" not in cursor and "/" not in cursor and "+" not in cursor  # URL-safe
-    assert pages == 3
+    assert pages == expected_pages
     assert seen == _newest_first(session, ids)
 
 
