@@ -62,6 +62,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK_BYTES)
     for module in (jobs, workers, models, health):
         app.include_router(module.router)
+    for route in app.routes:
+        # A handler's one-line docstring is its OpenAPI summary (the name alone says less).
+        doc = (getattr(getattr(route, "endpoint", None), "__doc__", None) or "").strip()
+        if doc and hasattr(route, "summary") and route.summary is None:
+            route.summary = doc.splitlines()[0]
     app.openapi = lambda: _openapi_with_request_bodies(app)  # type: ignore[method-assign]
     return app
 

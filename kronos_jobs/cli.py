@@ -85,8 +85,14 @@ def _client(ctx: click.Context) -> ApiClient:
     return ApiClient(url, http=http)
 
 
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
 def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    cells = [[("" if row.get(c) is None else str(row.get(c))) for c in columns] for row in rows]
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
     widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
@@ -231,7 +237,8 @@ def _job_summary(job: dict[str, Any]) -> str:
     progress = job.get("progress") or {}
     meta = job.get("metadata") or {}
     lines = [
-        f"job       {job['id']} ({job['kind']}, model {job['model']})",
+        f"job       {job['id']} ({job['kind']}, model {job['model']}"
+        + (f", {meta['label']}" if meta.get("label") else "") + ")",
         f"state     {job['state']}" + (" (cancel requested)" if job.get("cancel_requested") and job["state"] == "running" else ""),
         f"progress  {progress.get('done', 0)}/{progress.get('total', 0)}",
         f"queue     {job['queue']}: {job['routing_reason']}",
