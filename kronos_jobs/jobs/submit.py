@@ -18,7 +18,7 @@ import pandas as pd
 from sqlalchemy.exc import IntegrityError
 
 from kronos_jobs.errors import IdempotencyConflict, InvalidRequest
-from kronos_jobs.names import TASK_RUN_FORECAST, DevicePreference, JobKind, Queue
+from kronos_jobs.names import TASK_RUN_FINETUNE, TASK_RUN_FORECAST, DevicePreference, JobKind, Queue
 from kronos_jobs.registry import resolve_model
 from kronos_jobs.routing import choose_queue
 from kronos_jobs.settings import Settings
@@ -113,12 +113,17 @@ def request_hash(params: ForecastParams, bars: pd.DataFrame, future: pd.DataFram
     return digest.hexdigest()
 
 
+def task_for_queue(queue: Queue | str) -> str:
+    """The task that runs jobs of the queue's kind (the reconciler re-sends both kinds)."""
+    return TASK_RUN_FINETUNE if Queue(queue) in (Queue.FINETUNE_CPU, Queue.FINETUNE_GPU) else TASK_RUN_FORECAST
+
+
 def send_job(settings: Settings, job_id: str, queue: Queue | str) -> None:
     """Send the task for a committed job (also used by the reconciler)."""
     from kronos_jobs.celery_app import app_for  # celery only on the sending path
 
     app_for(settings).send_task(
-        TASK_RUN_FORECAST, args=[job_id], task_id=job_id, queue=Queue(queue).value,
+        task_for_queue(queue), args=[job_id], task_id=job_id, queue=Queue(queue).value,
         retry=True, retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.5},
     )
 
