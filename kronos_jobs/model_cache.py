@@ -73,7 +73,8 @@ def _hub_help(spec: ModelSpec, exc: Exception) -> str:
     )
 
 
-def _load_pair(spec: ModelSpec, settings: Settings):
+def load_pair(spec: ModelSpec, settings: Settings):
+    """A fresh, uncached (model, tokenizer) for `spec`; fine-tunes train such a copy in place."""
     if spec.source == "random":
         return _build_random(spec)
     from model.checkpoint import CheckpointError
@@ -106,7 +107,7 @@ def get_predictor(spec: ModelSpec, device: str, settings: Settings) -> tuple[Loa
             _cache.move_to_end(key)
             return entry, True
         started = time.perf_counter()
-        model, tokenizer = _load_pair(spec, settings)
+        model, tokenizer = load_pair(spec, settings)
         predictor = KronosPredictor(model, tokenizer, device=device, max_context=spec.max_context,
                                     autocast_dtype=AUTOCAST_DTYPES[dtype])
         entry = LoadedModel(predictor=predictor, spec=spec, device=str(predictor.device), dtype=dtype,
