@@ -13,9 +13,9 @@ Policies (the README repeats them):
   with the same timestamp are rejected.
 - `volume` and `amount` are optional, but all or none of the bars of a request carry each column
   (a missing `volume` means volume and amount are zero, see the model spec section 5.2).
-- `freq` is a pandas offset alias (`5min`, `1h`, `1D`, `B`). Without `freq` and without
-  `future_timestamps`, the frequency is inferred from the bars; if it cannot be, the request is
-  rejected, naming `freq`.
+- `freq` is a pandas offset alias (`5min`, `1h`, `1D`, `B`), checked here. Without `freq` and
+  without `future_timestamps`, the worker infers the frequency from the bars (one place decides:
+  `kronos_jobs/jobs/series.py`); a series where that fails gets a per-symbol error.
 - Files: columns are matched case-insensitively; `timestamps` is accepted for `timestamp`; a
   `freq` column must hold one value per symbol; any other column is rejected.
 """
@@ -25,7 +25,6 @@ from __future__ import annotations
 import io
 import math
 import re
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +55,7 @@ class SeriesInput:
 
     bars: pd.DataFrame  # long format, see the module docstring
     future: pd.DataFrame | None  # symbol, timestamp: given future timestamps, or None
-    freqs: dict[str, str | None]  # symbol -> pandas offset alias (None only when future is given)
+    freqs: dict[str, str | None]  # symbol -> pandas offset alias, None when not given
     source: str  # inline | csv | parquet
 
     @property
@@ -125,18 +124,6 @@ def check_freq(value: Any, field: str) -> str:
     return text
 
 
-def _infer_freq(timestamps: pd.Series) -> str | None:
-    if len(timestamps) < 3:
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pandas 3 announces an offset return type; accept both
-            inferred = pd.infer_freq(pd.DatetimeIndex(timestamps))
-    except (TypeError, ValueError):
-        return None
-    return None if inferred is None else str(getattr(inferred, "freqstr", inferred))
-
-
 # --- inline JSON ---------------------------------------------------------------------------------
 
 
@@ -200,7 +187,7 @@ def parse_inline_series(series: Sequence[Mapping[str, Any]], *, pred_len: int, s
     bars = _check_bars(frame, locate)
 
     future = _inline_future(futures, bars, pred_len)
-    freqs = {s: _series_freq(s, freqs_given.get(s), f"series[{i}].freq", bars, s in futures) for s, i in symbols.items()}
+    freqs = {s: _series_freq(freqs_given.get(s), f"series[{i}].freq") for s, i in symbols.items()}
     return SeriesInput(bars=bars, future=future, freqs=freqs, source="inline")
 
 
@@ -228,13 +215,10 @@ def _inline_future(futures: dict[str, tuple[int, list[Any]]], bars: pd.DataFrame
     return future.sort_values(["symbol", "timestamp"], kind="stable").reset_index(drop=True)
 
 
-def _series_freq(symbol: str, given: Any, field: str, bars: pd.DataFrame, has_future: bool) -> str | None:
-    if given is not None and str(given).strip():
-        return check_freq(given, field)
-    inferred = _infer_freq(bars.loc[bars["symbol"] == symbol, "timestamp"])
-    if inferred is None and not has_future:
-        raise _invalid(field, "give freq (a pandas alias such as 5min or 1D) or future_timestamps; the bars' frequency could not be inferred")
-    return inferred
+def _series_freq(given: Any, field: str) -> str | None:
+    if given is None or not str(given).strip():
+        return None  # the worker infers it from the bars (kronos_jobs/jobs/series.py)
+    return check_freq(given, field)
 
 
 # --- uploaded files ------------------------------------------------------------------------------
@@ -253,15 +237,11 @@ def parse_upload(
         raise PayloadTooLarge(f"file: {len(data)} bytes, at most {settings.max_upload_bytes} (KRONOS_MAX_UPLOAD_BYTES)", field="file")
     if not data:
         raise _invalid("file", "the uploaded file is empty")
+    freq = check_freq(freq, "freq") if freq else None
     source = upload_format(data, filename=filename, content_type=content_type)
     raw = _read_parquet(data) if source == "parquet" else _read_csv(data)
-    freq = check_freq(freq, "freq") if freq else None
     bars, file_freqs = _frame_from_file(raw, settings)
-    freqs: dict[str, str | None] = {}
-    for symbol in bars["symbol"].unique():
-        given = file_freqs.get(symbol) or freq
-        field = f"freq (symbol {symbol})"
-        freqs[symbol] = check_freq(given, field) if given else _series_freq(symbol, None, "freq", bars, False)
+    freqs = {symbol: _series_freq(file_freqs.get(symbol) or freq, f"freq (symbol {symbol})") for symbol in bars["symbol"].unique()}
     return SeriesInput(bars=bars, future=None, freqs=freqs, source=source)
 
 

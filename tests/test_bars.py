@@ -35,7 +35,7 @@ def test_frame_is_sorted_typed_and_keeps_optional_columns() -> None:
     assert list(frame["symbol"].unique()) == ["A", "B"]
     assert frame.groupby("symbol")["timestamp"].apply(lambda s: s.is_monotonic_increasing).all()
     assert all(frame[c].dtype == "float64" for c in ("open", "close", "volume"))
-    assert result.freqs == {"B": "5min", "A": "5min"} and result.future is None and result.source == "inline"
+    assert result.freqs == {"B": None, "A": None} and result.future is None and result.source == "inline"
 
 
 def test_volume_and_amount_may_be_absent_everywhere() -> None:
@@ -43,9 +43,10 @@ def test_volume_and_amount_may_be_absent_everywhere() -> None:
     assert list(inline({"symbol": "A", "freq": "5min", "bars": bars}).bars.columns) == ["symbol", "timestamp", "open", "high", "low", "close"]
 
 
-def test_freq_needed_when_it_cannot_be_inferred() -> None:
+def test_freq_is_optional_and_checked_when_given() -> None:
+    assert inline({"symbol": "A", "bars": make_bars(2)}).freqs == {"A": None}  # the worker infers it
     with pytest.raises(InvalidRequest) as exc:
-        inline({"symbol": "A", "bars": make_bars(2)})
+        inline({"symbol": "A", "freq": "5T", "bars": make_bars(2)})
     assert field_of(exc) == "series[0].freq"
     given = inline({"symbol": "A", "bars": make_bars(2), "future_timestamps": ["2024-06-18T02:00Z", "2024-06-18T02:05Z"]})
     assert given.future["timestamp"].tolist() == list(pd.to_datetime(["2024-06-18T02:00Z", "2024-06-18T02:05Z"], utc=True))
@@ -86,7 +87,7 @@ def test_many_problems_are_listed_and_capped() -> None:
 
 @pytest.mark.parametrize("make", [make_csv, make_parquet])
 def test_csv_and_parquet_give_the_same_frame(make) -> None:
-    result = parse_upload(make(n_symbols=2), filename=None, content_type=None, freq=None, settings=Settings())
+    result = parse_upload(make(n_symbols=2), filename=None, content_type=None, freq="5min", settings=Settings())
     expected = inline({"symbol": "SYM0.SH", "bars": make_bars(8, price=10.0)}, {"symbol": "SYM1.SH", "bars": make_bars(8, price=11.0)})
     pd.testing.assert_frame_equal(result.bars, expected.bars, check_dtype=False)
     assert result.freqs == {"SYM0.SH": "5min", "SYM1.SH": "5min"}

@@ -88,11 +88,11 @@ def test_create_forecast_job_from_upload(client: TestClient, db: Session, fmt: s
     assert sorted(stored["symbol"].unique()) == ["SYM0.SH", "SYM1.SH", "SYM2.SH"]
 
 
-def test_upload_without_request_field_uses_defaults_and_infers_freq(client: TestClient) -> None:
+def test_upload_without_request_field_uses_defaults(client: TestClient) -> None:
     response = client.post(FORECAST, files={"file": ("bars.csv", make_csv(), "text/csv")})
     assert response.status_code == 202, response.text
     assert response.json()["model"] == Settings().default_model
-    assert response.json()["params"]["freq"]["SYM0.SH"] == "5min"
+    assert response.json()["params"]["freq"] == {}  # the worker infers it from the bars
 
 
 def test_idempotency_same_key_and_body_returns_the_same_job(client: TestClient) -> None:
