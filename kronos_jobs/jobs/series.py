@@ -47,13 +47,21 @@ def infer_offset(timestamps: pd.Series) -> pd.DateOffset | None:
 
 
 def future_timestamps(symbol: str, last: pd.Timestamp, pred_len: int, freq: str | None,
-                      timestamps: pd.Series) -> pd.Series | dict[str, str]:
-    """`pred_len` timestamps after `last`, stepping by `freq` (or the inferred frequency)."""
+                      timestamps: pd.Series, calendar: dict[str, Any] | None = None) -> pd.Series | dict[str, str]:
+    """`pred_len` trading timestamps after `last`, stepping by `freq` (or the inferred frequency);
+    the trading calendar (kronos_jobs/calendar.py) skips weekends, holidays and out-of-session times."""
+    from kronos_jobs import calendar as trading
+
     offset = pd.tseries.frequencies.to_offset(freq) if freq else infer_offset(timestamps)
     if offset is None:
         return _error(symbol, "no_freq", "cannot infer the bar frequency from fewer than two distinct "
                                          "timestamps; give freq or future_timestamps")
-    return pd.Series(pd.date_range(start=last + offset, periods=pred_len, freq=offset), name="timestamp")
+    spec = trading.calendar_for(calendar, symbol)
+    try:
+        stamps = trading.future_timestamps(last, pred_len, offset, trading.TradingCalendar.from_spec(spec) if spec else None)
+    except ValueError as exc:
+        return _error(symbol, "calendar", str(exc))
+    return pd.Series(stamps, name="timestamp")
 
 
 def _context_columns(frame: pd.DataFrame) -> list[str]:
@@ -81,7 +89,8 @@ def build_one(symbol: str, frame: pd.DataFrame, given: pd.DataFrame | None, para
         if y.iloc[0] <= last:
             return _error(symbol, "future_timestamps", f"future timestamp {y.iloc[0]} is not after the last bar {last}")
     else:
-        y = future_timestamps(symbol, last, params.pred_len, params.freq.get(symbol), frame["timestamp"])
+        y = future_timestamps(symbol, last, params.pred_len, params.freq.get(symbol), frame["timestamp"],
+                              getattr(params, "calendar", None))
         if isinstance(y, dict):
             return y
     return SeriesInput(symbol=symbol, context=context[columns].reset_index(drop=True).astype("float64"),

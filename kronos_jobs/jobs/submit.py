@@ -48,6 +48,9 @@ class ForecastParams:
     sampling: Sampling = dataclasses.field(default_factory=Sampling)
     quantiles: list[float] | None = None
     freq: dict[str, str] = dataclasses.field(default_factory=dict)  # symbol -> pandas offset alias
+    # Trading calendar for generated future timestamps (kronos_jobs/calendar.py): a flat spec, or
+    # {"default": spec, "symbols": {symbol: spec}}. Empty: weekends skipped for daily bars only.
+    calendar: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_value(cls, value: "ForecastParams | dict[str, Any]") -> "ForecastParams":
@@ -64,6 +67,7 @@ class ForecastParams:
         params = cls(sampling=sampling, **data)
         params.device = DevicePreference(params.device)
         params.freq = dict(params.freq or {})
+        params.calendar = dict(params.calendar or {})
         return params
 
     def to_json(self) -> dict[str, Any]:
@@ -93,6 +97,7 @@ def validate_params(params: ForecastParams, max_context: int, symbols: list[str]
     for level in params.quantiles or ():
         if not 0 < float(level) < 1:
             raise InvalidRequest(f"quantile levels must be in (0, 1), got {level}", field="quantiles")
+    check_calendar(params.calendar)
     for symbol, freq in params.freq.items():
         if symbol not in symbols:
             raise InvalidRequest(f"freq given for symbol {symbol!r}, which has no bars", field=f"freq.{symbol}")
@@ -101,6 +106,23 @@ def validate_params(params: ForecastParams, max_context: int, symbols: list[str]
         except ValueError:
             raise InvalidRequest(f"freq {freq!r} of {symbol!r} is not a pandas frequency such as 5min, 1h, 1D",
                                  field=f"freq.{symbol}") from None
+
+
+def check_calendar(spec: dict[str, Any] | None, field: str = "calendar") -> None:
+    """InvalidRequest naming e.g. `calendar.symbols.AAPL.open` when a calendar spec is wrong."""
+    from kronos_jobs.calendar import TradingCalendar
+
+    if not spec:
+        return
+    if "default" in spec or "symbols" in spec:
+        extra = sorted(set(spec) - {"default", "symbols"})
+        if extra:
+            raise InvalidRequest(f"{field}.{extra[0]}: unknown key beside default/symbols", field=f"{field}.{extra[0]}")
+        TradingCalendar.from_spec(spec.get("default"), f"{field}.default")
+        for symbol, one in (spec.get("symbols") or {}).items():
+            TradingCalendar.from_spec(one, f"{field}.symbols.{symbol}")
+    else:
+        TradingCalendar.from_spec(spec, field)
 
 
 def request_hash(params: ForecastParams, bars: pd.DataFrame, future: pd.DataFrame | None) -> str:
