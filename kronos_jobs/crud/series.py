@@ -1,0 +1,163 @@
+"""The series store: bars keyed by (tenant, symbol, freq, timestamp), upserted in bulk.
+
+Writes are one executemany of `INSERT ... ON CONFLICT (key) DO UPDATE` (PostgreSQL and SQLite
+both have it), in the caller's transaction: an import is all or nothing, and importing the same
+bars again changes nothing. Reads return the long-format DataFrame of docs/contracts.md plus a
+`freq` column where several frequencies may appear.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import delete, func, select, tuple_
+from sqlalchemy.orm import Session
+
+from kronos_jobs.db.models import SeriesBar
+from kronos_jobs.errors import InvalidRequest, NotFound
+from kronos_jobs.names import BAR_COLUMNS
+
+WRITE_CHUNK_ROWS = 5_000  # rows per executemany call; bounds statement memory
+READ_CHUNK_SYMBOLS = 400  # symbols per IN (...) list when reading many symbols at once
+KEY = ("tenant_id", "symbol", "freq", "timestamp")
+
+
+def _insert(session: Session):
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(SeriesBar)
+
+
+def upsert_bars(session: Session, *, tenant_id: str, bars: pd.DataFrame, freqs: dict[str, str]) -> int:
+    """Insert or replace long-format `bars` (symbol, timestamp UTC, OHLC[, volume, amount]) under
+    each symbol's frequency in `freqs`; returns the number of rows written. Does not commit."""
+    if bars.empty:
+        return 0
+    missing = sorted(set(bars["symbol"].unique()) - set(freqs))
+    if missing:
+        raise InvalidRequest(f"freq: no frequency for symbol {missing[0]!r}", field="freq")
+    frame = pd.DataFrame({
+        "tenant_id": tenant_id,
+        "symbol": bars["symbol"].astype(str),
+        "freq": bars["symbol"].map(freqs).astype(str),
+        "timestamp": pd.to_datetime(bars["timestamp"], utc=True).dt.to_pydatetime(),
+    })
+    for column in BAR_COLUMNS:
+        values = bars[column].astype("float64") if column in bars else pd.Series(np.nan, index=bars.index)
+        frame[column] = values.to_numpy(dtype=object)
+    frame[list(BAR_COLUMNS)] = frame[list(BAR_COLUMNS)].where(frame[list(BAR_COLUMNS)].notna(), None)
+    records = frame.to_dict("records")
+    stmt = _insert(session)
+    stmt = stmt.on_conflict_do_update(index_elements=list(KEY),
+                                      set_={c: getattr(stmt.excluded, c) for c in BAR_COLUMNS})
+    for start in range(0, len(records), WRITE_CHUNK_ROWS):
+        session.execute(stmt, records[start:start + WRITE_CHUNK_ROWS])
+    return len(records)
+
+
+def _frame(rows: Sequence[Any], with_freq: bool) -> pd.DataFrame:
+    columns = ["symbol", *(["freq"] if with_freq else []), "timestamp", *BAR_COLUMNS]
+    frame = pd.DataFrame([tuple(r) for r in rows], columns=columns)
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+    for column in BAR_COLUMNS:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+    # A column no stored bar carries is absent, as in an upload without it (spec section 5.2).
+    for column in ("volume", "amount"):
+        if len(frame) and frame[column].isna().all():
+            frame = frame.drop(columns=column)
+    return frame
+
+
+def symbol_freqs(session: Session, *, tenant_id: str, symbol: str) -> list[str]:
+    """The frequencies stored for `symbol` (usually one)."""
+    stmt = (select(SeriesBar.freq).where(SeriesBar.tenant_id == tenant_id, SeriesBar.symbol == symbol)
+            .distinct().order_by(SeriesBar.freq))
+    return list(session.scalars(stmt))
+
+
+def resolve_freq(session: Session, *, tenant_id: str, symbol: str, freq: str | None) -> str:
+    """The one stored frequency of `symbol` (or `freq` when given and stored); NotFound / InvalidRequest."""
+    stored = symbol_freqs(session, tenant_id=tenant_id, symbol=symbol)
+    if not stored or (freq is not None and freq not in stored):
+        what = f"symbol {symbol!r}" + (f" at freq {freq!r}" if freq else "")
+        raise NotFound(f"no stored bars for {what}", details=[{"field": "symbol", "message": "not in the series store"}])
+    if freq is None and len(stored) > 1:
+        raise InvalidRequest(f"freq: symbol {symbol!r} is stored at several frequencies ({', '.join(stored)}); "
+                             "choose one", field="freq")
+    return freq or stored[0]
+
+
+def read_bars(session: Session, *, tenant_id: str, symbol: str, freq: str | None = None,
+              start: datetime | None = None, end: datetime | None = None, limit: int | None = None) -> pd.DataFrame:
+    """Bars of one symbol with start <= timestamp <= end, oldest first (the latest `limit` if given)."""
+    freq = resolve_freq(session, tenant_id=tenant_id, symbol=symbol, freq=freq)
+    stmt = select(SeriesBar.symbol, SeriesBar.timestamp, *(getattr(SeriesBar, c) for c in BAR_COLUMNS)).where(
+        SeriesBar.tenant_id == tenant_id, SeriesBar.symbol == symbol, SeriesBar.freq == freq)
+    if start is not None:
+        stmt = stmt.where(SeriesBar.timestamp >= start)
+    if end is not None:
+        stmt = stmt.where(SeriesBar.timestamp <= end)
+    if limit is not None:
+        stmt = stmt.order_by(SeriesBar.timestamp.desc()).limit(limit)
+    rows = session.execute(stmt).all()
+    return _frame(rows, with_freq=False).sort_values("timestamp", ignore_index=True)
+
+
+def latest_bars(session: Session, *, tenant_id: str, keys: Iterable[tuple[str, str]], lookback: int) -> pd.DataFrame:
+    """The latest `lookback` bars of each (symbol, freq): long format with a `freq` column,
+    sorted by symbol and timestamp. One window-function query per few hundred symbols."""
+    keys = list(keys)
+    parts = []
+    for start in range(0, len(keys), READ_CHUNK_SYMBOLS):
+        chunk = keys[start:start + READ_CHUNK_SYMBOLS]
+        rank = func.row_number().over(partition_by=(SeriesBar.symbol, SeriesBar.freq),
+                                      order_by=SeriesBar.timestamp.desc()).label("rank")
+        inner = (select(SeriesBar.symbol, SeriesBar.freq, SeriesBar.timestamp,
+                        *(getattr(SeriesBar, c) for c in BAR_COLUMNS), rank)
+                 .where(SeriesBar.tenant_id == tenant_id,
+                        tuple_(SeriesBar.symbol, SeriesBar.freq).in_(chunk))
+                 .subquery())
+        stmt = select(*(c for c in inner.c if c.name != "rank")).where(inner.c.rank <= lookback)
+        parts += session.execute(stmt).all()
+    frame = _frame(parts, with_freq=True)
+    return frame.sort_values(["symbol", "timestamp"], kind="stable", ignore_index=True)
+
+
+def list_symbols(session: Session, *, tenant_id: str, freq: str | None = None,
+                 symbols: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One entry per stored (symbol, freq): first and last timestamp and row count, by symbol."""
+    stmt = (select(SeriesBar.symbol, SeriesBar.freq, func.min(SeriesBar.timestamp), func.max(SeriesBar.timestamp),
+                   func.count())
+            .where(SeriesBar.tenant_id == tenant_id)
+            .group_by(SeriesBar.symbol, SeriesBar.freq).order_by(SeriesBar.symbol, SeriesBar.freq))
+    if freq is not None:
+        stmt = stmt.where(SeriesBar.freq == freq)
+    if symbols is not None:
+        stmt = stmt.where(SeriesBar.symbol.in_(list(symbols)))
+    return [{"symbol": s, "freq": f, "first_timestamp": _utc(first), "last_timestamp": _utc(last), "rows": int(n)}
+            for s, f, first, last, n in session.execute(stmt).all()]
+
+
+def _utc(value: Any) -> datetime:
+    # func.min/max bypass the column type on SQLite (text comes back); parse it the same way.
+    return pd.Timestamp(value).tz_localize("UTC").to_pydatetime() if pd.Timestamp(value).tzinfo is None \
+        else pd.Timestamp(value).tz_convert("UTC").to_pydatetime()
+
+
+def delete_symbol(session: Session, *, tenant_id: str, symbol: str, freq: str | None = None) -> int:
+    """Delete a symbol's bars (at one frequency, or all); NotFound when nothing was stored."""
+    stmt = delete(SeriesBar).where(SeriesBar.tenant_id == tenant_id, SeriesBar.symbol == symbol)
+    if freq is not None:
+        stmt = stmt.where(SeriesBar.freq == freq)
+    deleted = session.execute(stmt).rowcount or 0
+    if not deleted:
+        raise NotFound(f"no stored bars for symbol {symbol!r}" + (f" at freq {freq!r}" if freq else ""),
+                       details=[{"field": "symbol", "message": "not in the series store"}])
+    return int(deleted)
+
