@@ -175,3 +175,10 @@ def test_cpu_image_takes_the_cpu_torch_build():
 def test_flower_watches_the_same_broker():
     assert "--broker=redis://redis:6379/0" in command("flower")
     assert ENV_EXAMPLE["KRONOS_BROKER_URL"] == "redis://redis:6379/0"
+
+
+@pytest.mark.parametrize("service", KRONOS_SERVICES)
+def test_commands_parse_with_the_real_cli(service):
+    from tests.test_readme import parse_cli
+
+    parse_cli(command(service))

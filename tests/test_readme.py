@@ -105,3 +105,41 @@ def test_performance_section_names_bench_as_its_source():
     assert "to be filled in by the lead" in performance.lower()
     rows = [r for r in performance.splitlines() if r.startswith("| `bench/")]
     assert rows
+
+
+def parse_cli(argv: list[str]) -> None:
+    """Parse `kronos-jobs ...` with the real CLI without running it (UsageError when wrong)."""
+    import click
+
+    from kronos_jobs.cli import main
+
+    assert argv[0] == "kronos-jobs"
+    command, args, name = main, list(argv[1:]), "kronos-jobs"
+    # Global options come before the command.
+    while args and args[0].startswith("--") and command is main:
+        args = args[2:]
+    while isinstance(command, click.Group):
+        assert args and args[0] in command.commands, f"{' '.join(argv)}: no such command {args[:1]}"
+        name = args.pop(0)
+        command = command.commands[name]
+    command.make_context(name, args)
+
+
+def readme_cli_lines() -> list[str]:
+    lines = []
+    for block in code_blocks(README, "bash"):
+        for line in block.splitlines():
+            line = line.split("#")[0].strip()
+            if line.startswith("kronos-jobs "):
+                lines.append(line)
+    return lines
+
+
+def test_readme_cli_examples_parse(monkeypatch):
+    import shlex
+
+    monkeypatch.chdir(ROOT)  # `submit examples/bars.csv` checks that the file exists
+    lines = readme_cli_lines()
+    assert len(lines) >= 10
+    for line in lines:
+        parse_cli(shlex.split(line.replace("<job-id>", "0123abcd")))
