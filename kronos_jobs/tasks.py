@@ -14,7 +14,7 @@ import random
 from celery import shared_task
 
 from kronos_jobs.errors import LeaseLost, NotFound
-from kronos_jobs.names import TASK_REQUEUE_STALE_JOBS, TASK_RUN_FORECAST
+from kronos_jobs.names import TASK_REQUEUE_STALE_JOBS, TASK_RUN_FINETUNE, TASK_RUN_FORECAST
 from kronos_jobs.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,35 @@ def run_forecast(self, job_id: str) -> str | None:
         logger.info("job %s: this delivery stops (%s)", job_id, exc)
         return None
     except NotFound:  # a message for a job that no longer exists (deleted, or another database)
+        logger.warning("job %s: no such job; message dropped", job_id)
+        return None
+    except TRANSIENT_ERRORS as exc:
+        countdown = retry_countdown(self.request.retries)
+        logger.warning("job %s: transient %s (%s); retry %d/%d in %.1f s", job_id, type(exc).__name__, exc,
+                       self.request.retries + 1, settings.max_retries, countdown)
+        raise self.retry(exc=exc, countdown=countdown, max_retries=settings.max_retries)
+    return state.value if state is not None else None
+
+
+@shared_task(bind=True, name=TASK_RUN_FINETUNE, ignore_result=True)
+def run_finetune(self, job_id: str) -> str | None:
+    """Run one delivery of fine-tune job `job_id` (see jobs/finetune.py: lease, resume, register)."""
+    from kronos_jobs.jobs.finetune import run_finetune_job
+    from kronos_jobs.jobs.forecast import TRANSIENT_ERRORS, LeaseHeld
+
+    settings = get_settings()
+    try:
+        state = run_finetune_job(job_id, settings=settings)
+    except LeaseHeld as exc:
+        # A redelivery of a job whose previous owner may have died: look again when its lease
+        # lapses; then it resumes from the last checkpoint (or stops, if the owner finished it).
+        countdown = exc.retry_after + random.uniform(0.2, 1.0)
+        logger.info("job %s: lease held by another delivery; checking again in %.1f s", job_id, countdown)
+        raise self.retry(countdown=countdown, max_retries=None)
+    except LeaseLost as exc:
+        logger.info("job %s: this delivery stops (%s)", job_id, exc)
+        return None
+    except NotFound:
         logger.warning("job %s: no such job; message dropped", job_id)
         return None
     except TRANSIENT_ERRORS as exc:
