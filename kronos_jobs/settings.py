@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     broker_polling_interval: float = Field(0.05, gt=0, description="Polling interval of server-less brokers (filesystem).")
     log_level: str = "INFO"
 
+    # --- schedules -----------------------------------------------------------------------------
+    schedule_batch_symbols: int = Field(250, ge=1, description="Symbols per forecast job when a schedule run fans out.")
+    scheduler_interval: float = Field(5.0, gt=0, description="Seconds between the beat's reads of the schedules table.")
+
     @field_validator("device")
     @classmethod
     def _device_form(cls, value: str) -> str:

@@ -45,6 +45,8 @@ ENVIRONMENT: dict[str, tuple[str, object]] = {
     "max_retries": ("0", 0),
     "broker_polling_interval": ("0.5", 0.5),
     "log_level": ("DEBUG", "DEBUG"),
+    "schedule_batch_symbols": ("100", 100),
+    "scheduler_interval": ("1.5", 1.5),
 }
 
 
