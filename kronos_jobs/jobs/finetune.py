@@ -1,0 +1,495 @@
+"""The fine-tune job lifecycle, owned in one place (mirrors `jobs/forecast.py`).
+
+`run_finetune_job` claims the job's lease and heartbeats it, trains with the one loop in
+`model/finetune.py` (tokenizer, predictor or both, in that order; AMP on CUDA), reports progress on
+the job row (phase, epoch, step / total, train and validation loss, ETA), stops at the next step when
+a cancel is requested, and on success reloads the saved checkpoint through `from_pretrained`
+(keys, shapes and sha256 verified), evaluates it on held-out windows and registers it as a model
+version — registration, metadata and the final state in ONE transaction.
+
+Delivery and resume (the choice, and why):
+* Fine-tune tasks keep the app-wide late acknowledgement with reject-on-worker-lost
+  (`celery_app.py`) instead of early ack + a reaper. A worker child killed mid-run (SIGKILL, OOM,
+  node loss) leaves its message unacknowledged, so the broker redelivers it at once — no extra
+  reconciler path is needed to restart training; the beat reconciler still re-sends jobs whose
+  message a broker lost outright.
+* What guarantees "never two runs at once" is the database lease, not the broker: the redelivered
+  task finds the dead owner's lease still live, retries when it lapses (`LeaseHeld`), then claims
+  the job. A copy Redis redelivers past its visibility timeout (default 2 x the hard time limit)
+  meets the same live lease, which the running copy renews every KRONOS_HEARTBEAT_SECONDS.
+* The new owner resumes from `<artifacts>/<job id>/<phase>/training_state.pt`: weights, optimizer,
+  scheduler, AMP scaler, step counters and RNG state, written atomically (temp file + rename) every
+  `checkpoint_every_steps` steps and at each epoch end. The steps since the last checkpoint are
+  redone; the batches are the same because the epoch order depends only on (seed, epoch).
+
+Artifacts policy: succeeded → only `<artifacts>/<job id>/final/` (model/, tokenizer/, the
+registered version) is kept; the training states are deleted. Cancelled or failed → the whole
+`<artifacts>/<job id>/` directory is deleted once the state is recorded. Retiring a model keeps its
+files (old jobs stay readable; new jobs cannot name it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+import traceback
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from kronos_jobs.db.models import utcnow
+from kronos_jobs.db.session import session_scope
+from kronos_jobs.errors import JobCancelled, JobFailure, LeaseLost
+from kronos_jobs.jobs.finetune_submit import FinetuneParams, check_data, phase_steps, split_series, validate_params, window_count
+from kronos_jobs.jobs.forecast import LeaseHeartbeat, _is_transient, _raise_if_held
+from kronos_jobs.names import JobState
+from kronos_jobs.registry import ModelSpec, resolve_model, save_local_model
+from kronos_jobs.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+FINAL_DIR = "final"  # registered model: final/model, final/tokenizer (registry.save_local_model layout)
+BASELINE_FILE = "val_loss_before.json"  # a phase's validation loss before its first step
+MODEL_ID_PREFIX = "ft-"
+
+
+class ArtifactVerificationError(JobFailure):
+    """The saved checkpoint does not reload to the trained weights (keys, shapes, values or checksum)."""
+
+    code = "artifact_verification_failed"
+
+
+def model_id_for(job_id: str) -> str:
+    """The registry id of a fine-tune's model: stable per job, so a redelivery cannot register twice."""
+    return f"{MODEL_ID_PREFIX}{job_id}"
+
+
+def artifacts_dir(settings: Settings, job_id: str) -> Path:
+    return settings.effective_artifacts_dir / job_id
+
+
+# --- progress: the loop's callbacks -----------------------------------------------------------------
+
+
+class Progress:
+    """Receives the loop's `on_progress` events and answers its `should_stop` (base: local runs)."""
+
+    def __init__(self, totals: dict[str, int], on_event: Callable[[dict[str, Any]], None] | None = None):
+        self.totals = totals
+        self.total = sum(totals.values())
+        self.offsets = {phase: sum(list(totals.values())[:i]) for i, phase in enumerate(totals)}
+        self.on_event = on_event
+        self.loop = None
+        self.phase: str | None = None
+        self.detail: dict[str, Any] = {}
+        self.t0 = time.perf_counter()
+        self.first_done: int | None = None
+
+    def start_phase(self, phase: str, loop) -> None:
+        self.phase, self.loop = phase, loop
+        self.detail = {}  # losses of the previous phase are not this phase's
+        if self.first_done is None:
+            self.first_done = self.done
+
+    @property
+    def done(self) -> int:
+        return 0 if self.loop is None else self.offsets[self.phase] + self.loop.step
+
+    def eta_seconds(self) -> float | None:
+        steps = self.done - (self.first_done or 0)
+        if steps <= 0:
+            return None
+        return round((time.perf_counter() - self.t0) / steps * max(0, self.total - self.done), 1)
+
+    def report(self, event: dict[str, Any]) -> None:
+        self.detail.update({k: v for k, v in event.items() if v is not None or k not in self.detail})
+        self.detail.update(step=event["step"], total_steps=event["total_steps"])
+        self.flush(force=True)
+
+    def snapshot(self) -> dict[str, Any]:
+        detail = dict(self.detail, phase=self.phase, eta_seconds=self.eta_seconds())
+        if self.loop is not None:
+            detail.update(step=self.loop.step, total_steps=self.loop.total_steps,
+                          epoch=min(self.loop.epoch + 1, self.loop.config.epochs), epochs=self.loop.config.epochs)
+        return detail
+
+    def flush(self, force: bool = False) -> bool:
+        if self.on_event is not None and force:
+            self.on_event({"done": self.done, "total": self.total, **self.snapshot()})
+        return False
+
+    def should_stop(self) -> bool:
+        return self.flush()
+
+
+class JobProgress(Progress):
+    """Writes progress to the job row (at most every `interval` s, and on every loop report) and
+    turns the job's cancel flag into the loop's stop signal."""
+
+    def __init__(self, totals: dict[str, int], *, settings: Settings, job_id: str, owner: str,
+                 heartbeat: LeaseHeartbeat, interval: float = 1.0):
+        super().__init__(totals)
+        self.settings, self.job_id, self.owner, self.heartbeat = settings, job_id, owner, heartbeat
+        self.interval = interval
+        self.last_write = 0.0
+        self.cancelled = False
+
+    def flush(self, force: bool = False) -> bool:
+        from kronos_jobs.crud import jobs as job_crud
+
+        if self.heartbeat.lost:
+            raise LeaseLost(f"job {self.job_id}: lease lost while training")
+        now = time.monotonic()
+        if not force and now - self.last_write < self.interval:
+            return self.cancelled
+        self.last_write = now
+        with session_scope(self.settings) as session:
+            self.cancelled = job_crud.update_progress(session, job_id=self.job_id, owner=self.owner, done=self.done,
+                                                      total=self.total, detail=self.snapshot())
+        return self.cancelled
+
+
+# --- training: shared by the worker and `kronos-jobs finetune --local` --------------------------------
+
+
+@dataclasses.dataclass
+class TrainingOutcome:
+    final_dir: Path
+    model_checksum: str
+    tokenizer_checksum: str
+    phases: dict[str, dict[str, Any]]
+    evaluation: dict[str, Any]
+    resumed_from: list[dict[str, Any]]
+    device: str
+    device_warning: str | None
+    amp: bool
+
+    def metrics(self) -> dict[str, Any]:
+        return {"evaluation": self.evaluation, "phases": self.phases}
+
+
+def loop_config(params: FinetuneParams, phase: str):
+    from model.finetune import FinetuneConfig
+
+    return FinetuneConfig(
+        epochs=params.phase_epochs(phase), batch_size=params.batch_size,
+        tokenizer_learning_rate=params.tokenizer_learning_rate, predictor_learning_rate=params.predictor_learning_rate,
+        adam_beta1=params.adam_beta1, adam_beta2=params.adam_beta2, adam_weight_decay=params.adam_weight_decay,
+        lookback=params.lookback, predict_window=params.predict_window, clip=params.clip, seed=params.seed,
+        max_steps=params.max_steps, accumulation_steps=params.accumulation_steps, amp=params.amp,
+        samples_per_epoch=params.samples_per_epoch, log_interval=params.log_interval,
+        checkpoint_every_steps=params.checkpoint_every_steps,
+    )
+
+
+def _val_loss_before(loop, directory: Path) -> float | None:
+    """The validation loss before the phase's first step, kept on disk so a resumed run still knows it."""
+    path = directory / BASELINE_FILE
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))["val_loss"]
+    if loop.step != 0:
+        return None
+    value = loop.validate()
+    directory.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"val_loss": value}), encoding="utf-8")
+    return value
+
+
+def _keep_best(loop, result) -> float | None:
+    """Use the epoch-end best weights when they validate better than the last ones; the kept loss."""
+    final = loop.validate()
+    if result.best_model_dir and loop.best_val_loss is not None and (final is None or loop.best_val_loss < final):
+        best = type(loop.model).from_pretrained(result.best_model_dir, map_location=loop.device)
+        loop.model.load_state_dict(best.state_dict())
+        return loop.best_val_loss
+    return final
+
+
+def verify_artifact(final_dir: Path, model, tokenizer) -> tuple[str, str]:
+    """Reload both halves through `from_pretrained` (strict keys and shapes), compare every tensor
+    with the trained one and the sha256 of each weights file; returns (model, tokenizer) checksums.
+
+    Catches a checkpoint that saved the wrong module or stale weights (upstream Kronos PR #266).
+    """
+    import torch
+
+    from model.checkpoint import WEIGHTS_NAME, CheckpointError, file_sha256
+    from model.tokenizer import KronosTokenizer
+    from model.transformer import Kronos
+    from kronos_jobs.registry import LOCAL_MODEL_SUBDIR, LOCAL_TOKENIZER_SUBDIR
+
+    checksums = []
+    for sub, module, cls in ((LOCAL_MODEL_SUBDIR, model, Kronos), (LOCAL_TOKENIZER_SUBDIR, tokenizer, KronosTokenizer)):
+        try:
+            loaded = cls.from_pretrained(final_dir / sub)
+        except CheckpointError as exc:
+            raise ArtifactVerificationError(f"saved {sub} does not reload: {exc}") from exc
+        trained = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        reloaded = loaded.state_dict()
+        differ = [k for k, v in trained.items() if k not in reloaded or not torch.equal(v, reloaded[k])]
+        if differ:
+            raise ArtifactVerificationError(f"saved {sub} differs from the trained weights in {differ[:5]}")
+        checksum = file_sha256(final_dir / sub / WEIGHTS_NAME)
+        if loaded.checksum != checksum:
+            raise ArtifactVerificationError(f"saved {sub}: sha256 changed between reload and check")
+        checksums.append(checksum)
+    return checksums[0], checksums[1]
+
+
+def train_pair(params: FinetuneParams, bars: pd.DataFrame, spec: ModelSpec, *, work_dir: Path, device: str,
+               settings: Settings, progress_factory: Callable[[dict[str, int]], Progress]) -> TrainingOutcome:
+    """Train the asked phases from `spec`'s weights in `work_dir` (resuming what is there), save,
+    verify and evaluate. Raises JobCancelled when the progress object asked the loop to stop."""
+    from model.finetune import FinetuneLoop
+    from model.predictor import KronosPredictor
+    from kronos_jobs.jobs.evaluation import evaluate, holdout_windows
+    from kronos_jobs.model_cache import load_pair
+
+    train, val = split_series(bars, params.validation_split)
+    val = {k: v for k, v in val.items() if len(v) >= params.window} or None
+    n_windows = window_count(train, params.window)
+    progress = progress_factory({phase: phase_steps(params, phase, n_windows) for phase in params.phases})
+    model, tokenizer = load_pair(spec, settings)
+    phases: dict[str, dict[str, Any]] = {}
+    resumed, seconds_used, loop = [], 0.0, None
+    for phase in params.phases:
+        directory = work_dir / phase
+        loop = FinetuneLoop(phase, tokenizer if phase == "tokenizer" else model, train, val, loop_config(params, phase),
+                            tokenizer=tokenizer if phase == "predictor" else None, device=device,
+                            checkpoint_dir=directory, on_progress=progress.report, should_stop=progress.should_stop)
+        if loop.load_checkpoint():
+            resumed.append({"phase": phase, "step": loop.step, "epoch": loop.epoch})
+        progress.start_phase(phase, loop)
+        before = _val_loss_before(loop, directory)
+        left = None if params.max_seconds is None else params.max_seconds - seconds_used - loop.elapsed_before
+        if left is not None and left <= 0:
+            phases[phase] = {"stopped": "max_seconds", "steps": loop.step, "val_loss_before": before,
+                             "val_loss_after": loop.validate(), "skipped": True}
+            continue
+        loop.config.max_seconds = left
+        result = loop.fit()
+        if result.stopped == "cancelled":
+            raise JobCancelled(f"cancelled during the {phase} phase at step {loop.step}")
+        seconds_used += result.elapsed
+        after = _keep_best(loop, result)
+        phases[phase] = {"stopped": result.stopped, "steps": result.step, "total_steps": result.total_steps,
+                         "epochs_done": result.epoch, "train_loss": result.train_loss, "val_loss_before": before,
+                         "val_loss_after": after, "best_val_loss": result.best_val_loss,
+                         "seconds": round(result.elapsed, 3)}
+    progress.flush(force=True)
+
+    # --- save, verify, evaluate -----------------------------------------------------------------------
+    final_dir = work_dir / FINAL_DIR
+    save_local_model(final_dir, model, tokenizer, max_context=spec.max_context)
+    model_checksum, tokenizer_checksum = verify_artifact(final_dir, model, tokenizer)
+    windows = holdout_windows(val or {}, params.lookback, params.predict_window, params.eval_windows)
+    evaluation: dict[str, Any] = {"n_windows": 0}
+    if windows:
+        base_model, base_tokenizer = load_pair(spec, settings)
+        tuned = resolve_model(str(final_dir))
+        tuned_model, tuned_tokenizer = load_pair(tuned, settings)
+        predictors = {name: KronosPredictor(m, t, device=device, max_context=spec.max_context)
+                      for name, (m, t) in {"base": (base_model, base_tokenizer),
+                                           "finetuned": (tuned_model, tuned_tokenizer)}.items()}
+        evaluation = evaluate(predictors, windows, params.predict_window)
+    else:
+        evaluation = evaluate({}, [], params.predict_window)
+    return TrainingOutcome(final_dir=final_dir, model_checksum=model_checksum, tokenizer_checksum=tokenizer_checksum,
+                           phases=phases, evaluation=evaluation, resumed_from=resumed, device=str(loop.device),
+                           device_warning=loop.device_warning, amp=bool(loop.use_amp))
+
+
+def run_local(params: FinetuneParams | dict[str, Any], bars: pd.DataFrame, *, device: str, work_dir: Path,
+              settings: Settings, on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """`kronos-jobs finetune --local`: the same training in this process, no queue and no database."""
+    params = FinetuneParams.from_value(params)
+    spec = resolve_model(params.model)
+    validate_params(params, spec.max_context)
+    summary = check_data(params, bars)
+    outcome = train_pair(params, bars, spec, work_dir=Path(work_dir), device=device, settings=settings,
+                         progress_factory=lambda totals: Progress(totals, on_event))
+    return {"model_path": str(outcome.final_dir), "model_checksum": outcome.model_checksum,
+            "tokenizer_checksum": outcome.tokenizer_checksum, "device": outcome.device,
+            "device_warning": outcome.device_warning, "amp": outcome.amp, "resumed_from": outcome.resumed_from,
+            "data_summary": summary, "metrics": outcome.metrics()}
+
+
+# --- the job lifecycle --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Run:
+    job_id: str
+    owner: str
+    tenant_id: str
+    params: FinetuneParams
+    data_summary: dict[str, Any]
+    queue: str
+    device_requested: str
+    attempt: int
+    queued_at: Any
+    started_at: Any
+    t0: float
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def run_finetune_job(job_id: str, *, settings: Settings) -> JobState | None:
+    """Run one delivery of a fine-tune job; the final state, or None when this delivery did nothing.
+
+    Raises LeaseLost / LeaseHeld (another delivery owns the job) and transient errors (the task
+    retries). Every other outcome is recorded on the job before returning.
+    """
+    from kronos_jobs.crud import jobs as job_crud
+
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    t0 = time.perf_counter()
+    try:
+        with session_scope(settings) as session:
+            job = job_crud.claim_job(session, job_id=job_id, owner=owner, lease_seconds=settings.lease_seconds)
+            run = _Run(job_id=job.id, owner=owner, tenant_id=job.tenant_id, params=FinetuneParams.from_value(job.params),
+                       data_summary=dict(job.params.get("data_summary") or {}), queue=job.queue,
+                       device_requested=job.device_requested, attempt=job.attempts, queued_at=job.created_at,
+                       started_at=job.started_at, t0=t0)
+    except JobCancelled:
+        _remove_artifacts(settings, job_id)
+        logger.info("job %s cancelled elapsed=%.3fs (before it started)", job_id, time.perf_counter() - t0)
+        return JobState.CANCELLED
+    except LeaseLost as exc:
+        _raise_if_held(job_id, settings, exc)
+        raise
+    logger.info("job %s running elapsed=%.3fs attempt=%d owner=%s", job_id, run.elapsed(), run.attempt, owner)
+    heartbeat = LeaseHeartbeat(settings, job_id, owner)
+    heartbeat.start()
+    try:
+        return _execute(run, settings, heartbeat)
+    finally:
+        heartbeat.stop()
+
+
+def _execute(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat) -> JobState:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    if run.attempt > settings.max_retries + 1:
+        # A run that keeps killing its worker (OOM, hard time limit) must end, not loop forever.
+        return _finish(run, settings, JobState.FAILED, error={
+            "code": "too_many_attempts",
+            "message": f"gave up after {run.attempt - 1} deliveries that did not finish (worker lost, killed "
+                       f"or timed out); KRONOS_MAX_RETRIES is {settings.max_retries}"})
+    meta: dict[str, Any] = {}
+    try:
+        return _train_and_register(run, settings, heartbeat, meta)
+    except JobCancelled as exc:
+        return _finish(run, settings, JobState.CANCELLED, meta=meta,
+                       error={"code": "cancelled", "message": f"cancelled by request while running ({exc})"})
+    except SoftTimeLimitExceeded:
+        return _finish(run, settings, JobState.FAILED, meta=meta, error={
+            "code": "time_limit", "message": f"the fine-tune exceeded its {settings.finetune_soft_time_limit} s soft "
+                                             "time limit (KRONOS_FINETUNE_SOFT_TIME_LIMIT); set max_seconds below it"})
+    except LeaseLost:
+        raise
+    except Exception as exc:
+        if _is_transient(exc):
+            _release_lease(run, settings)
+            raise
+        code = exc.code if isinstance(exc, JobFailure) else "internal_error"
+        logger.error("job %s failed: %s\n%s", run.job_id, exc, traceback.format_exc())
+        return _finish(run, settings, JobState.FAILED, meta=meta, error={"code": code, "message": f"{type(exc).__name__}: {exc}"})
+
+
+def _train_and_register(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, meta: dict[str, Any]) -> JobState:
+    from kronos_jobs.crud import jobs as job_crud, models as model_crud, results as result_crud
+    from kronos_jobs.worker import current_identity
+
+    identity = current_identity(settings)
+    params = run.params
+    meta.update(identity.job_metadata())
+    meta.update(device_requested=run.device_requested, queue=run.queue, attempt=run.attempt, seed=params.seed,
+                train=params.train)
+    with session_scope(settings) as session:
+        bars, _ = result_crud.load_job_input(session, job_id=run.job_id)
+        spec = resolve_model(params.model, session, tenant_id=run.tenant_id)
+    meta.update(spec.metadata())
+    work_dir = artifacts_dir(settings, run.job_id)
+    holder: dict[str, JobProgress] = {}
+
+    def progress_factory(totals: dict[str, int]) -> JobProgress:
+        holder["progress"] = JobProgress(totals, settings=settings, job_id=run.job_id, owner=run.owner, heartbeat=heartbeat)
+        return holder["progress"]
+
+    started = time.perf_counter()
+    outcome = train_pair(params, bars, spec, work_dir=work_dir, device=identity.device, settings=settings,
+                         progress_factory=progress_factory)
+    meta.update(resumed_from=outcome.resumed_from, amp=outcome.amp, training_device=outcome.device,
+                timings={"training_seconds": round(time.perf_counter() - started, 6)})
+    if outcome.resumed_from:
+        logger.info("job %s resumed from %s", run.job_id, outcome.resumed_from)
+
+    # --- register + finish in ONE transaction --------------------------------------------------------
+    model_id = model_id_for(run.job_id)
+    meta.update(finetuned_model_id=model_id, artifact_path=str(outcome.final_dir), model_checksum=outcome.model_checksum,
+                tokenizer_checksum=outcome.tokenizer_checksum)
+    progress = holder["progress"]
+    with session_scope(settings) as session:
+        job_crud.update_progress(session, job_id=run.job_id, owner=run.owner, done=progress.done, total=progress.total,
+                                 detail=dict(progress.snapshot(), eta_seconds=0))
+        model_crud.register_model(
+            session, model_id=model_id, tenant_id=run.tenant_id, kind=model_crud.FINETUNED, max_context=spec.max_context,
+            base_model=params.model, artifact_path=str(outcome.final_dir), checksum=outcome.model_checksum,
+            job_id=run.job_id, data_summary={**run.data_summary, "name": params.name, "description": params.description},
+            hyperparameters={**params.hyperparameters(), "device": outcome.device, "amp": outcome.amp},
+            metrics=outcome.metrics(),
+        )
+        _finish_row(session, run, JobState.SUCCEEDED, meta, None)
+    _log(run, JobState.SUCCEEDED, f"model={model_id}")
+    for phase in params.phases:  # the registered model is in final/; training states are not needed
+        shutil.rmtree(work_dir / phase, ignore_errors=True)
+    return JobState.SUCCEEDED
+
+
+def _finish_row(session, run: _Run, state: JobState, meta: dict[str, Any], error: dict[str, Any] | None) -> None:
+    from kronos_jobs.crud import jobs as job_crud
+
+    finished_at = utcnow()
+    meta.setdefault("timings", {}).update(
+        queued_at=run.queued_at.isoformat() if run.queued_at else None,
+        started_at=run.started_at.isoformat() if run.started_at else None,
+        finished_at=finished_at.isoformat(), elapsed_seconds=round(run.elapsed(), 6))
+    job_crud.finish_job(session, job_id=run.job_id, owner=run.owner, state=state, error=error, execution_metadata=meta)
+
+
+def _finish(run: _Run, settings: Settings, state: JobState, *, meta: dict[str, Any] | None = None,
+            error: dict[str, Any] | None = None) -> JobState:
+    """A cancelled or failed fine-tune: record it, then delete its partial artifacts."""
+    meta = dict(meta or {})
+    with session_scope(settings) as session:
+        _finish_row(session, run, state, meta, error)
+    _remove_artifacts(settings, run.job_id)
+    _log(run, state, f"code={error['code']}" if error else "")
+    return state
+
+
+def _remove_artifacts(settings: Settings, job_id: str) -> None:
+    shutil.rmtree(artifacts_dir(settings, job_id), ignore_errors=True)
+
+
+def _release_lease(run: _Run, settings: Settings) -> None:
+    from kronos_jobs.crud import jobs as job_crud
+
+    try:
+        with session_scope(settings) as session:
+            job_crud.renew_lease(session, job_id=run.job_id, owner=run.owner, lease_seconds=0)
+    except Exception as exc:
+        logger.warning("job %s: could not release the lease (%s); it lapses in %s s", run.job_id, exc, settings.lease_seconds)
+
+
+def _log(run: _Run, state: JobState, extra: str = "") -> None:
+    logger.info("job %s %s elapsed=%.3fs%s", run.job_id, state.value, run.elapsed(), f" {extra}" if extra else "")

@@ -1,0 +1,279 @@
+"""Accept a fine-tune job: its parameters, up-front validation, the data split, routing, commit, send.
+
+Runs in the API and CLI processes and never imports torch. The worker (`jobs/finetune.py`) reads
+the same `FinetuneParams` back from the job row and splits the stored bars with the same
+`split_series`, so what was validated here is exactly what is trained.
+
+Defaults are the spec §6 values (upstream's Qlib pipeline for the hyper-parameters, its CSV pipeline
+for the validation share). Fine-tunes go to `finetune.gpu` unless the request says `device="cpu"`:
+`auto` does not fall back to CPU for training, because a CPU fine-tune of Kronos-small takes hours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import uuid
+from typing import Any
+
+import pandas as pd
+from sqlalchemy.exc import IntegrityError
+
+from kronos_jobs.errors import IdempotencyConflict, InvalidRequest
+from kronos_jobs.names import DevicePreference, JobKind, Queue
+from kronos_jobs.registry import resolve_model
+from kronos_jobs.routing import choose_queue, consumers_of
+from kronos_jobs.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+TRAIN_CHOICES = ("tokenizer", "predictor", "both")  # "both" trains the tokenizer first, then the predictor
+DATA_FIELD = "file"  # the request field named when the data is too short
+
+
+@dataclasses.dataclass
+class FinetuneParams:
+    """A fine-tune request minus its bars; stored as the job's `params` (spec §6 defaults)."""
+
+    model: str
+    device: DevicePreference = DevicePreference.AUTO
+    train: str = "both"
+    epochs: int = 30
+    tokenizer_epochs: int | None = None  # None: `epochs`
+    predictor_epochs: int | None = None  # None: `epochs`
+    batch_size: int = 50
+    tokenizer_learning_rate: float = 2e-4
+    predictor_learning_rate: float = 4e-5
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_weight_decay: float = 0.1
+    accumulation_steps: int = 1
+    lookback: int = 90
+    predict_window: int = 10
+    clip: float = 5.0
+    validation_split: float = 0.1  # the last share of every series; held out for validation and evaluation
+    seed: int = 100
+    max_steps: int | None = None  # optimiser steps per phase
+    max_seconds: float | None = None  # wall time of the whole job, resumes included
+    samples_per_epoch: int | None = None  # windows drawn per epoch (upstream n_train_iter); None: all
+    log_interval: int = 10  # steps between progress reports with a train loss
+    checkpoint_every_steps: int = 100  # besides every epoch end
+    eval_windows: int = 64  # held-out windows the evaluation forecasts
+    amp: bool = True  # mixed precision; only ever used on CUDA
+    name: str | None = None
+    description: str | None = None
+
+    @classmethod
+    def from_value(cls, value: "FinetuneParams | dict[str, Any]") -> "FinetuneParams":
+        if isinstance(value, cls):
+            return value
+        data = {k: v for k, v in dict(value).items() if k not in ("source", "data_summary")}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidRequest(f"unknown fine-tune parameter(s) {unknown}", field=unknown[0])
+        params = cls(**data)
+        try:
+            params.device = DevicePreference(params.device)
+        except ValueError:
+            raise InvalidRequest(f"device must be one of auto, cpu, gpu, got {params.device!r}", field="device") from None
+        return params
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["device"] = DevicePreference(self.device).value
+        return data
+
+    @property
+    def window(self) -> int:
+        """Rows per training window: lookback + predict_window + 1 (spec §6.1)."""
+        return self.lookback + self.predict_window + 1
+
+    @property
+    def phases(self) -> tuple[str, ...]:
+        return ("tokenizer", "predictor") if self.train == "both" else (self.train,)
+
+    def phase_epochs(self, phase: str) -> int:
+        specific = self.tokenizer_epochs if phase == "tokenizer" else self.predictor_epochs
+        return specific or self.epochs
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """What a registered model records about how it was trained."""
+        skip = {"model", "device", "name", "description"}
+        return {k: v for k, v in self.to_json().items() if k not in skip}
+
+
+# --- validation ------------------------------------------------------------------------------------
+
+
+def _check(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise InvalidRequest(f"{field}: {message}", field=field)
+
+
+def validate_params(params: FinetuneParams, max_context: int) -> None:
+    """Value checks (the API schema repeats the simple ones; the CLI and YAML path rely on these)."""
+    _check(params.train in TRAIN_CHOICES, "train", f"must be one of {', '.join(TRAIN_CHOICES)}, got {params.train!r}")
+    for name in ("epochs", "batch_size", "lookback", "predict_window", "accumulation_steps", "log_interval",
+                 "checkpoint_every_steps", "eval_windows"):
+        value = getattr(params, name)
+        _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name, f"must be an integer >= 1, got {value!r}")
+    for name in ("tokenizer_epochs", "predictor_epochs", "max_steps", "samples_per_epoch"):
+        value = getattr(params, name)
+        _check(value is None or (isinstance(value, int) and value >= 1), name, f"must be null or an integer >= 1, got {value!r}")
+    for name in ("tokenizer_learning_rate", "predictor_learning_rate", "clip"):
+        value = getattr(params, name)
+        _check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, name, f"must be > 0, got {value!r}")
+    for name in ("adam_beta1", "adam_beta2"):
+        value = getattr(params, name)
+        _check(isinstance(value, (int, float)) and 0 <= value < 1, name, f"must be in [0, 1), got {value!r}")
+    _check(isinstance(params.adam_weight_decay, (int, float)) and 0 <= params.adam_weight_decay < math.inf,
+           "adam_weight_decay", f"must be >= 0, got {params.adam_weight_decay!r}")
+    _check(isinstance(params.validation_split, (int, float)) and 0 <= params.validation_split <= 0.5,
+           "validation_split", f"must be in [0, 0.5], got {params.validation_split!r}")
+    _check(params.max_seconds is None or (isinstance(params.max_seconds, (int, float)) and params.max_seconds > 0),
+           "max_seconds", f"must be null or > 0, got {params.max_seconds!r}")
+    _check(params.accumulation_steps <= params.batch_size, "accumulation_steps",
+           f"({params.accumulation_steps}) must not exceed batch_size ({params.batch_size})")
+    _check(params.lookback + params.predict_window <= max_context, "lookback",
+           f"lookback + predict_window = {params.lookback + params.predict_window} exceeds the model's context "
+           f"length {max_context}")
+
+
+# --- the data: chronological split, window counts ---------------------------------------------------
+
+
+def split_series(bars: pd.DataFrame, validation_split: float) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
+    """Per symbol: the first rows train, the last `validation_split` share validates (and is evaluated).
+
+    Chronological and disjoint, like upstream's CSV pipeline (spec §6.2): a validation window never
+    overlaps a training row, so neither the validation loss nor the evaluation sees trained targets.
+    """
+    train, val = {}, {}
+    for symbol, frame in bars.groupby("symbol", sort=True):
+        frame = frame.drop(columns="symbol").reset_index(drop=True)
+        n_val = int(round(len(frame) * validation_split))
+        train[str(symbol)] = frame.iloc[: len(frame) - n_val].reset_index(drop=True)
+        if n_val:
+            val[str(symbol)] = frame.iloc[len(frame) - n_val:].reset_index(drop=True)
+    return train, val
+
+
+def window_count(series: dict[str, pd.DataFrame], window: int) -> int:
+    return sum(max(0, len(frame) - window + 1) for frame in series.values())
+
+
+def phase_steps(params: FinetuneParams, phase: str, train_windows: int) -> int:
+    """Optimiser steps of one phase, as `model.finetune.FinetuneLoop` counts them."""
+    samples = min(train_windows, params.samples_per_epoch or train_windows)
+    steps = params.phase_epochs(phase) * math.ceil(samples / params.batch_size)
+    return min(steps, params.max_steps) if params.max_steps else steps
+
+
+def check_data(params: FinetuneParams, bars: pd.DataFrame, *, field: str = DATA_FIELD) -> dict[str, Any]:
+    """Too little data for one window is a 4xx naming the field; returns the data summary."""
+    if bars.empty:
+        raise InvalidRequest(f"{field}: no bars", field=field)
+    train, val = split_series(bars, params.validation_split)
+    train_windows, val_windows = window_count(train, params.window), window_count(val, params.window)
+    lengths = bars.groupby("symbol").size()
+    if train_windows == 0:
+        raise InvalidRequest(
+            f"{field}: too little data for one training window of lookback + predict_window + 1 = {params.window} "
+            f"bars after holding out validation_split={params.validation_split:g}; the longest series "
+            f"({lengths.idxmax()}) has {int(lengths.max())} bars", field=field)
+    if params.validation_split > 0 and val_windows == 0:
+        longest = max(len(f) for f in val.values()) if val else 0
+        raise InvalidRequest(
+            f"validation_split: the held-out part of every series is shorter than one window of {params.window} "
+            f"bars (longest: {longest}); give more bars, a larger validation_split, or 0 to skip validation",
+            field="validation_split")
+    symbols = sorted(map(str, lengths.index))
+    return {
+        "symbols": symbols[:50], "n_symbols": len(symbols), "n_bars": int(len(bars)),
+        "start": pd.Timestamp(bars["timestamp"].min()).isoformat(), "end": pd.Timestamp(bars["timestamp"].max()).isoformat(),
+        "train_windows": train_windows, "validation_windows": val_windows,
+        "validation_split": params.validation_split,
+    }
+
+
+def total_steps(params: FinetuneParams, train_windows: int) -> int:
+    return sum(phase_steps(params, phase, train_windows) for phase in params.phases)
+
+
+# --- submitting ----------------------------------------------------------------------------------
+
+
+def choose_finetune_queue(device: DevicePreference, live_workers) -> tuple[Queue, str]:
+    """finetune.gpu unless cpu was asked for explicitly; the reason warns when nobody consumes it."""
+    device = DevicePreference(device)
+    if device is not DevicePreference.AUTO:
+        return choose_queue(JobKind.FINETUNE, device, live_workers)
+    queue, reason = choose_queue(JobKind.FINETUNE, DevicePreference.GPU, live_workers)
+    return queue, reason.replace("requested gpu", "auto: fine-tunes go to the GPU queue (ask device=cpu to train on CPU)", 1)
+
+
+def no_consumer_warning(queue: Queue, live_workers) -> str | None:
+    if consumers_of(queue, live_workers):
+        return None
+    pool = queue.value.split(".")[1]
+    return (f"no live worker consumes {queue.value}; the job stays queued until one starts "
+            f"(kronos-jobs worker --pool {pool})")
+
+
+def request_hash(params: FinetuneParams, bars: pd.DataFrame) -> str:
+    digest = hashlib.sha256(json.dumps(params.to_json(), sort_keys=True, default=str).encode())
+    digest.update(pd.util.hash_pandas_object(bars.reset_index(drop=True), index=False).to_numpy().tobytes())
+    digest.update(",".join(map(str, bars.columns)).encode())
+    return digest.hexdigest()
+
+
+def submit_finetune(session, settings: Settings, *, tenant_id: str, request: FinetuneParams | dict[str, Any],
+                    bars: pd.DataFrame, source: str, idempotency_key: str | None = None):
+    """Validate, route, insert the job and its bars, COMMIT, then send the task; return (Job, warnings)."""
+    from kronos_jobs.crud import jobs as job_crud, results as result_crud, workers as worker_crud
+    from kronos_jobs.jobs.submit import send_job
+
+    params = FinetuneParams.from_value(request)
+    spec = resolve_model(params.model, session, tenant_id=tenant_id)
+    validate_params(params, spec.max_context)
+    summary = check_data(params, bars)
+    summary["source"] = source
+    digest = request_hash(params, bars)
+    live = worker_crud.live_workers(session, stale_seconds=settings.worker_stale_seconds)
+    queue, reason = choose_finetune_queue(params.device, live)
+    warning = no_consumer_warning(queue, live)
+    warnings = [warning] if warning else []
+    job_id = uuid.uuid4().hex
+    try:
+        job = job_crud.create_job(
+            session, job_id=job_id, tenant_id=tenant_id, kind=JobKind.FINETUNE.value,
+            device_requested=DevicePreference(params.device).value, queue=queue.value, routing_reason=reason,
+            model=params.model, params={**params.to_json(), "source": source, "data_summary": summary},
+            progress_total=total_steps(params, summary["train_windows"]),
+            idempotency_key=idempotency_key, request_hash=digest,
+        )
+        if job.id != job_id:  # same Idempotency-Key and body: that job stands
+            session.commit()
+            return job, warnings
+        result_crud.save_job_input(session, job_id=job_id, tenant_id=tenant_id, bars=bars, future=None, source=source)
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        existing = job_crud.find_by_idempotency_key(session, tenant_id=tenant_id, key=idempotency_key) if idempotency_key else None
+        if existing is None:
+            raise
+        if existing.request_hash != digest:
+            raise IdempotencyConflict(f"Idempotency-Key {idempotency_key!r} was used for a different request",
+                                      details=[{"field": "Idempotency-Key", "message": "reused with a different body"}]) from None
+        return existing, warnings
+    try:
+        send_job(settings, job_id, queue)
+    except Exception as exc:  # committed: the reconciler re-sends it
+        logger.error("job %s queued but not sent (%s: %s); the reconciler will re-send it", job_id, type(exc).__name__, exc)
+    logger.info("job %s queued on %s (%s): fine-tune %s of %s, %d windows", job_id, queue.value, reason,
+                params.train, params.model, summary["train_windows"])
+    return job, warnings
