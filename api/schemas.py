@@ -7,11 +7,13 @@ offending bar; these schemas check shapes, types and parameter ranges.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from kronos_jobs.jobs.finetune_submit import FinetuneParams
 from kronos_jobs.names import DevicePreference, JobKind, JobState
 
 MAX_SAMPLE_COUNT = 256  # paths averaged per forecast; memory grows linearly with it
@@ -154,6 +156,62 @@ class ResultPublic(BaseModel):
     columns: list[str] = Field(description="symbol, timestamp, open, high, low, close, volume, amount, then q<level>_<column>.")
     rows: list[dict[str, Any]] = Field(description="One row per symbol and future step; timestamps ISO 8601 UTC.")
     errors: list[dict[str, Any]] = Field(description='Per-symbol failures: [{"symbol", "code", "message"}].')
+
+
+# --- fine-tune request (defaults: kronos_jobs.jobs.finetune_submit.FinetuneParams, spec §6) ------------
+
+_FT = {f.name: f.default for f in dataclasses.fields(FinetuneParams)}
+
+
+class FinetuneParamsIn(_Strict):
+    """The fine-tune parameters: the JSON body minus `data`, or the `request` field of an upload."""
+
+    model: str | None = Field(None, max_length=256, description="Base model: published name, random:<size>, local directory or a registered (fine-tuned) id; default KRONOS_DEFAULT_MODEL.")
+    device: DevicePreference = Field(DevicePreference.AUTO, description="auto and gpu go to finetune.gpu; only cpu goes to finetune.cpu.")
+    train: Literal["tokenizer", "predictor", "both"] = Field(_FT["train"], description="What to train; both = tokenizer, then predictor.")
+    epochs: int = Field(_FT["epochs"], ge=1, le=100_000)
+    tokenizer_epochs: int | None = Field(None, ge=1, le=100_000, description="Default: epochs.")
+    predictor_epochs: int | None = Field(None, ge=1, le=100_000, description="Default: epochs.")
+    batch_size: int = Field(_FT["batch_size"], ge=1, le=65_536)
+    tokenizer_learning_rate: float = Field(_FT["tokenizer_learning_rate"], gt=0, le=1)
+    predictor_learning_rate: float = Field(_FT["predictor_learning_rate"], gt=0, le=1)
+    adam_beta1: float = Field(_FT["adam_beta1"], ge=0, lt=1)
+    adam_beta2: float = Field(_FT["adam_beta2"], ge=0, lt=1)
+    adam_weight_decay: float = Field(_FT["adam_weight_decay"], ge=0)
+    accumulation_steps: int = Field(_FT["accumulation_steps"], ge=1)
+    lookback: int = Field(_FT["lookback"], ge=1, description="Context bars per training window.")
+    predict_window: int = Field(_FT["predict_window"], ge=1, description="Future bars per training window (and the evaluation horizon).")
+    clip: float = Field(_FT["clip"], gt=0, description="Clip after normalisation.")
+    validation_split: float = Field(_FT["validation_split"], ge=0, le=0.5, description="Last share of every series held out for validation and evaluation.")
+    seed: int = Field(_FT["seed"], ge=0, le=2**31 - 1)
+    max_steps: int | None = Field(None, ge=1, description="Optimiser steps per phase.")
+    max_seconds: float | None = Field(None, gt=0, description="Wall time of the whole job, resumes included.")
+    samples_per_epoch: int | None = Field(None, ge=1, description="Windows drawn per epoch; default all.")
+    log_interval: int = Field(_FT["log_interval"], ge=1, description="Steps between progress reports with a train loss.")
+    checkpoint_every_steps: int = Field(_FT["checkpoint_every_steps"], ge=1, description="Checkpoint cadence, besides every epoch end.")
+    eval_windows: int = Field(_FT["eval_windows"], ge=1, le=10_000, description="Held-out windows forecast by the evaluation.")
+    amp: bool = Field(_FT["amp"], description="Mixed precision (bf16 autocast); used only on CUDA.")
+    name: str | None = Field(None, max_length=128)
+    description: str | None = Field(None, max_length=2_000)
+
+
+class SeriesStoreSelection(_Strict):
+    """Training bars read from the series store."""
+
+    symbols: list[str] = Field(min_length=1, max_length=10_000)
+    freq: str | None = Field(None, description="Needed only when a symbol is stored at several frequencies.")
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+class FinetuneJobCreate(FinetuneParamsIn):
+    """`POST /v1/jobs/finetune` as JSON: bars from the series store (uploads use multipart)."""
+
+    data: SeriesStoreSelection
+
+
+class FinetuneJobPublic(JobPublic):
+    warnings: list[str] = Field(default_factory=list, description="E.g. no live worker consumes the target queue.")
 
 
 # --- workers and models --------------------------------------------------------------------------
