@@ -148,6 +148,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": {
             "requeue-stale-jobs": {"task": TASK_REQUEUE_STALE_JOBS, "schedule": RECONCILE_EVERY_SECONDS},
         },
+        # Beat also reads the schedules table every KRONOS_SCHEDULER_INTERVAL seconds, so schedules
+        # edited through the API take effect without a restart (kronos_jobs/beat.py says why not a library).
+        "beat_scheduler": "kronos_jobs.beat:DatabaseScheduler",
         "worker_hijack_root_logger": False,
     }
 
