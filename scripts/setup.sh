@@ -25,6 +25,8 @@ fi
 
 echo "setup: installing requirements-dev.txt and the project into $VENV" >&2
 cd "$ROOT"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -e .
+# (This machine's pip configuration lists index folders that may not exist; drop pip's warning for each.)
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -e . \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 echo "$want" > "$STAMP"
 echo "setup: done ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))" >&2
