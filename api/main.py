@@ -16,8 +16,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api.errors import register_error_handlers
 from api.limits import MULTIPART_SLACK_BYTES, BodySizeLimit
-from api.routes import health, jobs, models, workers
-from api.schemas import ForecastJobCreate, ForecastUploadCreate
+from api.routes import finetune, health, jobs, models, workers
+from api.schemas import FinetuneJobCreate, FinetuneParamsIn, ForecastJobCreate, ForecastUploadCreate
 from kronos_jobs import __version__
 from kronos_jobs.db import migrate
 from kronos_jobs.settings import Settings, get_settings
@@ -32,7 +32,7 @@ def _openapi_with_request_bodies(app: FastAPI) -> dict[str, Any]:
 
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (ForecastJobCreate, ForecastUploadCreate):
+        for model in (ForecastJobCreate, ForecastUploadCreate, FinetuneJobCreate, FinetuneParamsIn):
             body = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(body.pop("$defs", {}))
             components[model.__name__] = body
@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     register_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK_BYTES)
-    for module in (jobs, workers, models, health):
+    for module in (jobs, finetune, workers, models, health):
         app.include_router(module.router)
     for route in app.routes:
         # A handler's one-line docstring is its OpenAPI summary (the name alone says less).

@@ -190,6 +190,30 @@ def test_result_csv_and_parquet_match_json(client: TestClient, finished_job: str
     assert list(from_csv["timestamp"]) == list(rows["timestamp"])
 
 
+@pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
+def test_result_of_a_failed_job_without_rows(client: TestClient, db: Session, fmt: str) -> None:
+    job = make_job(db)
+    finish(db, job.id, JobState.FAILED, error={"code": "model_unavailable", "message": "hub unreachable"})
+    response = client.get(f"/v1/jobs/{job.id}/result", params={"format": fmt})
+    assert response.status_code == 200, response.text
+    if fmt == "json":
+        assert response.json()["rows"] == [] and response.json()["columns"] == list(RESULT_COLUMNS)
+    elif fmt == "csv":
+        assert response.text.strip() == ",".join(RESULT_COLUMNS)
+    else:
+        assert list(pd.read_parquet(io.BytesIO(response.content)).columns) == list(RESULT_COLUMNS)
+
+
+def test_streamed_body_over_the_limit_is_413(strict_client: TestClient) -> None:
+    def chunks():  # no Content-Length: the limit is enforced while the body streams in
+        for _ in range(10):
+            yield b" " * 40_000
+
+    response = strict_client.post(FORECAST, content=chunks(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+
+
 def test_cancel_queued_job(client: TestClient) -> None:
     job_id = client.post(FORECAST, json=make_forecast_request()).json()["id"]
     response = client.post(f"/v1/jobs/{job_id}/cancel")

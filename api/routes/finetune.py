@@ -1,0 +1,133 @@
+"""Fine-tune jobs: `POST /v1/jobs/finetune` (read, list and cancel them through the jobs routes).
+
+Training bars arrive as a multipart upload (`file`: long-format CSV or Parquet with a `symbol`
+column, parsed by `kronos_jobs.bars`; `request`: the parameters as JSON) or, as a JSON body, as
+symbols and a time range of the series store (`data`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import pandas as pd
+from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from api.deps import CallerDep, SessionDep, SettingsDep
+from api.routes.jobs import ERRORS, Upload, _validate
+from api.schemas import FinetuneJobCreate, FinetuneJobPublic, FinetuneParamsIn, JobPublic
+from kronos_jobs import bars as bar_input
+from kronos_jobs.errors import InvalidRequest, NotFound, PayloadTooLarge
+from kronos_jobs.jobs.finetune_submit import submit_finetune
+from kronos_jobs.settings import Settings
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+@dataclass
+class FinetuneSubmission:
+    params: FinetuneParamsIn  # a FinetuneJobCreate (series store) or FinetuneParamsIn (upload)
+    upload: Upload | None = None
+
+    def bars(self, session, settings: Settings, tenant_id: str) -> tuple[pd.DataFrame, str]:
+        """The long-format training bars and their source (upload format, or `store`)."""
+        if self.upload is not None:
+            parsed = bar_input.parse_upload(self.upload.data, filename=self.upload.filename,
+                                            content_type=self.upload.content_type, freq=None, settings=settings)
+            return parsed.bars, parsed.source
+        return _store_bars(session, self.params.data, tenant_id), "store"
+
+    def finetune_params(self, settings: Settings) -> dict:
+        params = self.params.model_dump(include=set(FinetuneParamsIn.model_fields))
+        params["model"] = params["model"] or settings.default_model
+        return params
+
+
+def _store_bars(session, data, tenant_id: str) -> pd.DataFrame:
+    from kronos_jobs.crud import series as series_crud
+
+    frames = []
+    for index, symbol in enumerate(data.symbols):
+        field = f"data.symbols[{index}]"
+        try:
+            frame = series_crud.read_bars(session, tenant_id=tenant_id, symbol=symbol, freq=data.freq,
+                                          start=data.start, end=data.end)
+        except NotFound:
+            raise InvalidRequest(f"{field}: no stored bars for symbol {symbol!r}" + (f" at freq {data.freq!r}" if data.freq else ""),
+                                 field=field) from None
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"{field}: {exc.message}", field="data.freq" if exc.field == "freq" else field) from None
+        if frame.empty:
+            raise InvalidRequest(f"{field}: no stored bars of {symbol!r} between data.start and data.end", field=field)
+        frames.append(frame)
+    bars = pd.concat(frames, ignore_index=True)
+    return bars.dropna(axis=1, how="all").sort_values(["symbol", "timestamp"], ignore_index=True)
+
+
+async def read_finetune_submission(request: Request) -> FinetuneSubmission:
+    """Read the body as JSON (series store) or as a multipart upload (`file` + a `request` JSON field)."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        body = await request.body()
+        return FinetuneSubmission(params=await run_in_threadpool(_validate, FinetuneJobCreate, body, ("body",)))
+    if media == "multipart/form-data":
+        return await _read_upload(request)
+    raise HTTPException(415, f"Content-Type {media or '(none)'!r} is not accepted; send multipart/form-data with a "
+                             "file, or application/json naming series-store symbols in `data`")
+
+
+async def _read_upload(request: Request) -> FinetuneSubmission:
+    limit = request.app.state.settings.max_upload_bytes
+    async with request.form(max_files=1, max_fields=4, max_part_size=1024 * 1024) as form:
+        file = form.get("file")
+        if not isinstance(file, UploadFile):
+            raise InvalidRequest("file: attach the CSV or Parquet training bars as the multipart field `file`", field="file")
+        data = await file.read(limit + 1)
+        if len(data) > limit:
+            raise PayloadTooLarge(f"file: more than {limit} bytes (KRONOS_MAX_UPLOAD_BYTES)", field="file")
+        raw = form.get("request") or "{}"
+        if not isinstance(raw, str):
+            raise InvalidRequest("request: send the parameters as a JSON text field, not a file", field="request")
+        params = _validate(FinetuneParamsIn, raw, ("request",))
+        return FinetuneSubmission(params=params, upload=Upload(data, file.filename, file.content_type))
+
+
+FinetuneSubmissionDep = Annotated[FinetuneSubmission, Depends(read_finetune_submission)]
+
+FINETUNE_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/FinetuneJobCreate"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "Long-format CSV or Parquet: symbol, timestamp, open, high, low, close[, volume, amount]."},
+                        "request": {"type": "string", "description": "JSON of FinetuneParamsIn."},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+@router.post("/finetune", status_code=202, response_model=FinetuneJobPublic, responses=ERRORS, openapi_extra=FINETUNE_BODY_DOC)
+def create_finetune_job(
+    submission: FinetuneSubmissionDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: CallerDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)] = None,
+) -> FinetuneJobPublic:
+    """Submit a fine-tune job."""
+    bars, source = submission.bars(session, settings, caller.tenant_id)
+    job, warnings = submit_finetune(session, settings, tenant_id=caller.tenant_id, request=submission.finetune_params(settings),
+                                    bars=bars, source=source, idempotency_key=idempotency_key)
+    response.headers["Location"] = f"{router.prefix}/{job.id}"
+    return FinetuneJobPublic(**JobPublic.from_row(job).model_dump(), warnings=warnings)
