@@ -123,3 +123,16 @@ def test_unreachable_api_is_a_clear_error(settings: Settings) -> None:
     result = CliRunner().invoke(main, ["--api-url", "http://127.0.0.1:9", "status", "x"], obj={"settings": settings})
     assert result.exit_code == 1
     assert "cannot reach the API at http://127.0.0.1:9" in result.output
+
+
+def test_client_commands_import_no_server_machinery() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from kronos_jobs.cli import main; "
+        "heavy = sorted(m for m in ('torch', 'celery', 'sqlalchemy', 'model') if m in sys.modules); "
+        "assert not heavy, heavy"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
