@@ -1,0 +1,218 @@
+"""Benchmark: KronosPredictor (KV cache + exact sliding recompute) against the full-recompute oracle.
+
+What is measured
+    Seconds per ``predict_batch`` call (pandas in and out included), series-steps per second
+    (batch x pred_len / seconds), the speed-up over the oracle of ``tests/model/oracle.py`` run in
+    the same process on the same inputs, peak memory above the pre-call baseline, and whether the
+    two give identical forecasts (greedy, ``top_k=1``). Default setting: Kronos-small architecture
+    with random weights (the numbers depend on shapes, not on values), float32, lookback 400,
+    pred_len 120, batch 1 / 8 / 32; then lookback 392 (the window reaches exactly 512 and never
+    slides) and 512 (every step slides, so every step is a full-window recompute for any exact
+    decoder). Finally the pandas pre/post-processing share of a call at batch 32.
+
+Why it matters
+    Upstream re-runs the whole window for every generated bar. A cache turns most steps into one
+    token per row; the steps after the window starts sliding must still be recomputed to stay exact
+    (spec §7.4), which caps the speed-up when lookback + pred_len > max_context.
+
+How to run
+    python bench/predict.py                       # full sweep, CPU, 2 threads (slow: the oracle)
+    python bench/predict.py --batches 1 --lookbacks 392 --oracle-batches 1 --pred-len 30
+    python bench/predict.py --device cuda --batches 1,64,256 --oracle-batches 1
+
+The oracle is slow (about 0.2 s per step per series on 2 CPU threads), so ``--oracle-batches``
+limits where it runs; rows without an oracle show no ratio. The last line of stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, this folder is sys.path[0]; sibling benches (e.g. bench/queue.py) would then
+# shadow standard-library modules that torch imports. Put the repository root there instead.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "model"))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from model.predictor import KronosPredictor  # noqa: E402
+from model.tokenizer import TOKENIZER_CONFIGS, KronosTokenizer  # noqa: E402
+from model.transformer import KRONOS_CONFIGS, Kronos  # noqa: E402
+from oracle import oracle_predict_batch  # noqa: E402  (tests/model/oracle.py, the one copy)
+
+TOKENIZER_FOR = {"mini": "2k", "small": "base", "base": "base"}
+
+
+def make_series(n_series: int, lookback: int, pred_len: int, seed: int = 0):
+    """Synthetic 5-minute bars: (df_list, x_timestamp_list, y_timestamp_list)."""
+    rng = np.random.default_rng(seed)
+    dfs, xts, yts = [], [], []
+    for _ in range(n_series):
+        n = lookback + pred_len
+        close = 10 + np.cumsum(rng.normal(0, 0.02, n))
+        open_ = np.r_[close[0], close[:-1]]
+        spread = np.abs(rng.normal(0, 0.03, n))
+        volume = 1000 + np.abs(rng.normal(0, 300, n))
+        ts = pd.Series(pd.date_range("2024-06-18 09:30", periods=n, freq="5min"), name="timestamps")
+        df = pd.DataFrame({"open": open_, "high": np.maximum(open_, close) + spread,
+                           "low": np.minimum(open_, close) - spread, "close": close,
+                           "volume": volume, "amount": volume * close})
+        dfs.append(df.iloc[:lookback])
+        xts.append(ts.iloc[:lookback])
+        yts.append(ts.iloc[lookback:].reset_index(drop=True))
+    return dfs, xts, yts
+
+
+class PeakMemory:
+    """Peak memory of a block above its start: CUDA allocator stats, or sampled process RSS on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak_mib = device, 0.0
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self._max = max(self._max, self._rss())
+            self._stop.wait(0.005)
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+        else:
+            self._base = self._max = self._rss()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mib = (torch.cuda.max_memory_allocated(self.device) - self._base) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_mib = (max(self._max, self._rss()) - self._base) / 2**20
+
+
+def timed(fn, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    with PeakMemory(device) as mem:
+        t0 = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+    return out, seconds, mem.peak_mib
+
+
+def _fmt(value, spec: str, suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    return (str(value) if isinstance(value, bool) else format(value, spec)) + suffix
+
+
+def ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="small", choices=sorted(KRONOS_CONFIGS))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--lookbacks", type=ints, default=[400, 392, 512])
+    ap.add_argument("--batches", type=ints, default=[1, 8, 32])
+    ap.add_argument("--full-window-batches", type=ints, default=[1, 8],
+                    help="batches run at lookbacks >= max_context, where every step is a full recompute")
+    ap.add_argument("--oracle-batches", type=ints, default=[1, 8])
+    ap.add_argument("--pred-len", type=int, default=120)
+    ap.add_argument("--max-context", type=int, default=512)
+    ap.add_argument("--pandas-batch", type=int, default=32, help="batch for the pandas cost row (0 = skip)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model = Kronos(KRONOS_CONFIGS[args.model])
+    tokenizer = KronosTokenizer(TOKENIZER_CONFIGS[TOKENIZER_FOR[args.model]])
+    predictor = KronosPredictor(model, tokenizer, device=args.device, max_context=args.max_context,
+                                max_batch_size=max(args.batches))
+    device = predictor.device
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    P = args.pred_len
+    print(f"# Kronos-{args.model} (random weights), tokenizer {TOKENIZER_FOR[args.model]}, float32, greedy top_k=1, "
+          f"pred_len {P}, max_context {args.max_context}, device {device} ({card}), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+
+    # Warm-up: first calls pay for allocations and lazy initialisation.
+    dfs, xts, yts = make_series(1, 64, 8)
+    predictor.predict_batch(dfs, xts, yts, 8, top_k=1)
+    oracle_predict_batch(tokenizer, model, dfs, xts, yts, 8, max_context=args.max_context, top_k=1,
+                         device=str(device))
+
+    header = (f"{'lookback':>8} {'batch':>5} {'ours s':>8} {'series-steps/s':>14} {'oracle s':>9} "
+              f"{'oracle ss/s':>11} {'ratio':>6} {'ours MiB':>8} {'oracle MiB':>10} {'identical':>9}")
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for L in args.lookbacks:
+        batches = args.full_window_batches if L >= args.max_context else args.batches
+        for B in batches:
+            dfs, xts, yts = make_series(B, L, P, seed=args.seed + L)
+            ours, t_ours, m_ours = timed(lambda: predictor.predict_batch(dfs, xts, yts, P, top_k=1), device)
+            row = {"lookback": L, "batch": B, "ours_s": t_ours, "ours_series_steps_per_s": B * P / t_ours,
+                   "ours_peak_mib": m_ours, "oracle_s": None, "oracle_series_steps_per_s": None, "ratio": None,
+                   "oracle_peak_mib": None, "identical": None, "max_abs_diff": None}
+            if B in args.oracle_batches:
+                ref, t_ref, m_ref = timed(lambda: oracle_predict_batch(
+                    tokenizer, model, dfs, xts, yts, P, max_context=args.max_context, top_k=1,
+                    device=str(device)), device)
+                diff = max(float(np.abs(a.to_numpy() - b.to_numpy()).max()) for a, b in zip(ours, ref))
+                same = all(np.allclose(a.to_numpy(), b.to_numpy(), rtol=1e-5, atol=1e-6) for a, b in zip(ours, ref))
+                row.update(oracle_s=t_ref, oracle_series_steps_per_s=B * P / t_ref, ratio=t_ref / t_ours,
+                           oracle_peak_mib=m_ref, identical=same, max_abs_diff=diff)
+            rows.append(row)
+            print(f"{L:>8} {B:>5} {t_ours:>8.3f} {B * P / t_ours:>14.1f} {_fmt(row['oracle_s'], '.3f'):>9} "
+                  f"{_fmt(row['oracle_series_steps_per_s'], '.1f'):>11} {_fmt(row['ratio'], '.1f', 'x'):>6} "
+                  f"{m_ours:>8.0f} {_fmt(row['oracle_peak_mib'], '.0f'):>10} {_fmt(row['identical'], ''):>9}",
+                  flush=True)
+
+    pandas_cost = None
+    if args.pandas_batch:
+        L, B = args.lookbacks[0], args.pandas_batch
+        dfs, xts, yts = make_series(B, L, P, seed=args.seed + 1)
+        predictor.predict_batch(dfs, xts, yts, P, top_k=1)
+        pandas_cost = dict(lookback=L, batch=B, **predictor.last_timings)
+        total = sum(predictor.last_timings.values())
+        print(f"\npandas cost at lookback {L}, batch {B}: prepare {pandas_cost['prepare_s'] * 1e3:.1f} ms, "
+              f"postprocess {pandas_cost['postprocess_s'] * 1e3:.1f} ms, decode {pandas_cost['decode_s']:.3f} s "
+              f"({(pandas_cost['prepare_s'] + pandas_cost['postprocess_s']) / total:.1%} of the call)")
+
+    print(json.dumps({"bench": "predict", "model": args.model, "device": str(device), "card": card,
+                      "threads": torch.get_num_threads(), "torch": torch.__version__, "pred_len": P,
+                      "max_context": args.max_context, "rows": rows, "pandas": pandas_cost},
+                     separators=(",", ":")))
+
+
+if __name__ == "__main__":
+    main()
