@@ -20,7 +20,7 @@ from api.routes.jobs import ERRORS, Upload, _validate
 from api.schemas import FinetuneJobCreate, FinetuneJobPublic, FinetuneParamsIn, JobPublic
 from kronos_jobs import bars as bar_input
 from kronos_jobs.errors import InvalidRequest, NotFound, PayloadTooLarge
-from kronos_jobs.jobs.finetune_submit import submit_finetune
+from kronos_jobs.jobs.finetune_submit import invalid, submit_finetune
 from kronos_jobs.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -55,12 +55,11 @@ def _store_bars(session, data, tenant_id: str) -> pd.DataFrame:
             frame = series_crud.read_bars(session, tenant_id=tenant_id, symbol=symbol, freq=data.freq,
                                           start=data.start, end=data.end)
         except NotFound:
-            raise InvalidRequest(f"{field}: no stored bars for symbol {symbol!r}" + (f" at freq {data.freq!r}" if data.freq else ""),
-                                 field=field) from None
+            raise invalid(field, f"no stored bars for symbol {symbol!r}" + (f" at freq {data.freq!r}" if data.freq else "")) from None
         except InvalidRequest as exc:
-            raise InvalidRequest(f"{field}: {exc.message}", field="data.freq" if exc.field == "freq" else field) from None
+            raise invalid("data.freq" if exc.field == "freq" else field, exc.message) from None
         if frame.empty:
-            raise InvalidRequest(f"{field}: no stored bars of {symbol!r} between data.start and data.end", field=field)
+            raise invalid(field, f"no stored bars of {symbol!r} between data.start and data.end")
         frames.append(frame)
     bars = pd.concat(frames, ignore_index=True)
     return bars.dropna(axis=1, how="all").sort_values(["symbol", "timestamp"], ignore_index=True)

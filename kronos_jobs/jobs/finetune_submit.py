@@ -74,12 +74,12 @@ class FinetuneParams:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise InvalidRequest(f"unknown fine-tune parameter(s) {unknown}", field=unknown[0])
+            raise invalid(unknown[0], f"unknown fine-tune parameter(s) {unknown}")
         params = cls(**data)
         try:
             params.device = DevicePreference(params.device)
         except ValueError:
-            raise InvalidRequest(f"device must be one of auto, cpu, gpu, got {params.device!r}", field="device") from None
+            raise invalid("device", f"must be one of auto, cpu, gpu, got {params.device!r}") from None
         return params
 
     def to_json(self) -> dict[str, Any]:
@@ -109,9 +109,14 @@ class FinetuneParams:
 # --- validation ------------------------------------------------------------------------------------
 
 
+def invalid(field: str, problem: str) -> InvalidRequest:
+    """An InvalidRequest whose message starts with the field and whose detail names it."""
+    return InvalidRequest(f"{field}: {problem}", field=field, details=[{"field": field, "message": problem}])
+
+
 def _check(ok: bool, field: str, message: str) -> None:
     if not ok:
-        raise InvalidRequest(f"{field}: {message}", field=field)
+        raise invalid(field, message)
 
 
 def validate_params(params: FinetuneParams, max_context: int) -> None:
@@ -176,21 +181,20 @@ def phase_steps(params: FinetuneParams, phase: str, train_windows: int) -> int:
 def check_data(params: FinetuneParams, bars: pd.DataFrame, *, field: str = DATA_FIELD) -> dict[str, Any]:
     """Too little data for one window is a 4xx naming the field; returns the data summary."""
     if bars.empty:
-        raise InvalidRequest(f"{field}: no bars", field=field)
+        raise invalid(field, "no bars")
     train, val = split_series(bars, params.validation_split)
     train_windows, val_windows = window_count(train, params.window), window_count(val, params.window)
     lengths = bars.groupby("symbol").size()
     if train_windows == 0:
-        raise InvalidRequest(
-            f"{field}: too little data for one training window of lookback + predict_window + 1 = {params.window} "
+        raise invalid(
+            field, f"too little data for one training window of lookback + predict_window + 1 = {params.window} "
             f"bars after holding out validation_split={params.validation_split:g}; the longest series "
-            f"({lengths.idxmax()}) has {int(lengths.max())} bars", field=field)
+            f"({lengths.idxmax()}) has {int(lengths.max())} bars")
     if params.validation_split > 0 and val_windows == 0:
         longest = max(len(f) for f in val.values()) if val else 0
-        raise InvalidRequest(
-            f"validation_split: the held-out part of every series is shorter than one window of {params.window} "
-            f"bars (longest: {longest}); give more bars, a larger validation_split, or 0 to skip validation",
-            field="validation_split")
+        raise invalid(
+            "validation_split", f"the held-out part of every series is shorter than one window of {params.window} "
+            f"bars (longest: {longest}); give more bars, a larger validation_split, or 0 to skip validation")
     symbols = sorted(map(str, lengths.index))
     return {
         "symbols": symbols[:50], "n_symbols": len(symbols), "n_bars": int(len(bars)),
