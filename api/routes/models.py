@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path
 from api.deps import CallerDep, SessionDep
 from api.schemas import ErrorResponse, ModelPublic, ModelsPublic
 from kronos_jobs.crud import models as model_crud
-from kronos_jobs.errors import NotFound
+from kronos_jobs.errors import InvalidTransition, NotFound
 from kronos_jobs.registry import PUBLISHED_MODELS, PublishedModel
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -42,3 +42,12 @@ def read_model(model_id: Annotated[str, Path(max_length=128)], session: SessionD
         if model_id in PUBLISHED_MODELS:
             return _published(model_id, PUBLISHED_MODELS[model_id])
         raise
+
+
+@router.delete("/{model_id}", response_model=ModelPublic, responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
+def retire_model(model_id: Annotated[str, Path(max_length=128)], session: SessionDep, caller: CallerDep) -> ModelPublic:
+    """Retire a fine-tuned model: new jobs cannot name it; its jobs and files stay."""
+    if model_id in PUBLISHED_MODELS:
+        raise InvalidTransition(f"model {model_id!r} is published and cannot be retired",
+                                details=[{"field": "model_id", "message": "published"}])
+    return ModelPublic.from_row(model_crud.retire_model(session, tenant_id=caller.tenant_id, model_id=model_id))
