@@ -100,6 +100,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # delivered again. Safe because the DB lease makes a second delivery a no-op while the
         # first one lives, and results are written once per job.
         "task_acks_late": True,
+        # Fine-tunes (hours) keep late ack on purpose rather than early ack + a reaper: a killed
+        # child's message comes back at once and the run resumes from its last checkpoint
+        # (jobs/finetune.py). Two copies never train at once because of the DB lease with
+        # heartbeat, which holds even when Redis redelivers past its visibility timeout.
         # ...and also when the child is killed (SIGKILL, OOM): Celery would otherwise ack that
         # message on purpose. Loops are bounded by the job's attempt cap (jobs/forecast.py).
         "task_reject_on_worker_lost": True,
