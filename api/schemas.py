@@ -18,6 +18,7 @@ from kronos_jobs.names import DevicePreference, JobKind, JobState
 
 MAX_SAMPLE_COUNT = 256  # paths averaged per forecast; memory grows linearly with it
 MAX_QUANTILES = 32
+MAX_STEPS = 1_000_000  # sanity bound on lookback / pred_len; the model's context is the real limit
 
 
 class _Strict(BaseModel):
@@ -65,8 +66,8 @@ class ForecastParamsIn(_Strict):
 
     model: str | None = Field(None, max_length=256, description="Model name, random:<size>, local directory or fine-tuned id; default KRONOS_DEFAULT_MODEL.")
     device: DevicePreference = Field(DevicePreference.AUTO, description="auto prefers a live GPU worker, else CPU.")
-    lookback: int = Field(400, ge=1, description="Past bars fed to the model (at most its context length).")
-    pred_len: int = Field(24, ge=1, description="Future bars to forecast.")
+    lookback: int = Field(400, ge=1, le=MAX_STEPS, description="Past bars fed to the model (at most its context length).")
+    pred_len: int = Field(24, ge=1, le=MAX_STEPS, description="Future bars to forecast (at most the model's context length).")
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     quantiles: list[float] | None = Field(None, max_length=MAX_QUANTILES, description="Sample quantile levels in (0, 1), e.g. [0.1, 0.5, 0.9].")
 

@@ -89,15 +89,20 @@ async def _read_upload(request: Request) -> ForecastSubmission:
     async with request.form(max_files=1, max_fields=4, max_part_size=1024 * 1024) as form:
         file = form.get("file")
         if not isinstance(file, UploadFile):
-            raise InvalidRequest("file: attach the CSV or Parquet file as the multipart field `file`", field="file")
+            raise _invalid("file", "attach the CSV or Parquet file as the multipart field `file`")
         data = await file.read(limit + 1)
         if len(data) > limit:
-            raise PayloadTooLarge(f"file: more than {limit} bytes (KRONOS_MAX_UPLOAD_BYTES)", field="file")
+            problem = f"more than {limit} bytes (KRONOS_MAX_UPLOAD_BYTES)"
+            raise PayloadTooLarge(f"file: {problem}", field="file", details=[{"field": "file", "message": problem}])
         raw = form.get("request") or "{}"
         if not isinstance(raw, str):
-            raise InvalidRequest("request: send the parameters as a JSON text field, not a file", field="request")
+            raise _invalid("request", "send the parameters as a JSON text field, not a file")
         params = _validate(ForecastUploadCreate, raw, ("request",))
         return ForecastSubmission(params=params, upload=Upload(data, file.filename, file.content_type))
+
+
+def _invalid(field: str, problem: str) -> InvalidRequest:
+    return InvalidRequest(f"{field}: {problem}", field=field, details=[{"field": field, "message": problem}])
 
 
 SubmissionDep = Annotated[ForecastSubmission, Depends(read_forecast_submission)]
