@@ -95,6 +95,78 @@ def due_occurrence(schedule: Schedule, now: datetime) -> datetime | None:
     return latest if latest > schedule.anchor_at else None
 
 
+# --- validation --------------------------------------------------------------------------------------
+
+FORECAST_KEYS = ("lookback", "pred_len", "sampling", "quantiles")
+
+
+def validate_schedule(session: Session, *, tenant_id: str, fields: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
+    """Check a whole schedule (after a PATCH is merged in) and return the columns to store.
+
+    `fields`: name, cron, timezone, symbols (None = every stored symbol), freq, model, device,
+    lookback, pred_len, sampling, quantiles, calendar, min_history, enabled. Every problem is an
+    InvalidRequest naming the field.
+    """
+    from kronos_jobs import bars
+    from kronos_jobs.calendar import check_timezone
+    from kronos_jobs.jobs.submit import ForecastParams, check_calendar, validate_params
+    from kronos_jobs.registry import resolve_model
+
+    cron = check_cron(fields.get("cron"))
+    zone = check_timezone(fields.get("timezone") or "UTC", "timezone")
+    symbols = fields.get("symbols")
+    if symbols is not None:
+        if not symbols:
+            raise InvalidRequest("symbols: give at least one symbol, or null for every stored symbol", field="symbols")
+        symbols = list(dict.fromkeys(bars.check_symbol(s, f"symbols[{i}]") for i, s in enumerate(symbols)))
+    freq = bars.check_freq(fields["freq"], "freq") if fields.get("freq") else None
+    calendar = fields.get("calendar") or {}
+    check_calendar(calendar)
+    spec = resolve_model(fields["model"], session, tenant_id=tenant_id)
+    params = ForecastParams.from_value({"model": fields["model"], "device": fields.get("device") or "auto",
+                                        **{k: fields[k] for k in FORECAST_KEYS if fields.get(k) is not None}})
+    validate_params(params, spec.max_context, [])
+    min_history = fields.get("min_history")
+    if min_history is not None and min_history < 2:
+        raise InvalidRequest(f"min_history: must be >= 2, got {min_history}", field="min_history")
+    forecast = params.to_json()
+    return {
+        "name": fields["name"], "cron": cron, "timezone": zone, "symbols": symbols, "freq": freq,
+        "model": params.model, "device": forecast["device"], "calendar": calendar, "min_history": min_history,
+        "enabled": bool(fields.get("enabled", True)),
+        "params": {k: forecast[k] for k in FORECAST_KEYS},
+        "next_run_at": next_occurrence(cron, zone, now or utcnow()),
+    }
+
+
+def schedule_fields(schedule: Schedule) -> dict[str, Any]:
+    """A stored schedule in the flat form `validate_schedule` takes (and the API shows)."""
+    params = schedule.params or {}
+    return {"name": schedule.name, "cron": schedule.cron, "timezone": schedule.timezone, "symbols": schedule.symbols,
+            "freq": schedule.freq, "model": schedule.model, "device": schedule.device,
+            **{k: params.get(k) for k in FORECAST_KEYS}, "calendar": schedule.calendar or {},
+            "min_history": schedule.min_history, "enabled": schedule.enabled}
+
+
+def create_schedule(session: Session, *, tenant_id: str, fields: dict[str, Any]) -> Schedule:
+    from kronos_jobs.crud import schedules as crud
+
+    return crud.create_schedule(session, tenant_id=tenant_id, **validate_schedule(session, tenant_id=tenant_id, fields=fields))
+
+
+def update_schedule(session: Session, *, tenant_id: str, schedule_id: str, changes: dict[str, Any]) -> Schedule:
+    """Merge `changes` into the schedule, validate the whole, store. A new cron, zone or a
+    re-enable moves `anchor_at` to now: occurrences before the edit never fire."""
+    from kronos_jobs.crud import schedules as crud
+
+    schedule = crud.get_schedule(session, tenant_id=tenant_id, schedule_id=schedule_id)
+    before = schedule_fields(schedule)
+    values = validate_schedule(session, tenant_id=tenant_id, fields={**before, **changes})
+    if any(values[k] != before[k] for k in ("cron", "timezone")) or (values["enabled"] and not before["enabled"]):
+        values["anchor_at"] = utcnow()
+    return crud.update_schedule(session, tenant_id=tenant_id, schedule_id=schedule_id, changes=values)
+
+
 # --- the beat's tick ---------------------------------------------------------------------------------
 
 

@@ -110,8 +110,8 @@ def create_run(session: Session, *, schedule: Schedule, scheduled_for: datetime,
                   progress_done=0, progress_total=0, symbol_errors=[], error=None, detail={},
                   created_at=now, updated_at=now)
     stmt = _dialect_insert(session, ScheduleRun).values(**values).on_conflict_do_nothing(
-        index_elements=["schedule_id", "scheduled_for"])
-    created = (session.execute(stmt).rowcount or 0) == 1
+        index_elements=["schedule_id", "scheduled_for"]).returning(ScheduleRun.id)
+    created = session.execute(stmt).scalar() is not None  # RETURNING: rowcount is unreliable here
     run = session.scalars(select(ScheduleRun).where(ScheduleRun.schedule_id == schedule.id,
                                                     ScheduleRun.scheduled_for == scheduled_for)
                           .execution_options(populate_existing=True)).one()
