@@ -346,6 +346,97 @@ def models(ctx: click.Context) -> None:
     click.echo(_table(rows, ["id", "kind", "max_context", "model_repo", "model_revision", "base_model"]))
 
 
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="An upstream Kronos CSV fine-tune YAML (finetune_csv); keys without a meaning here are warned about.")
+@click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Training bars, CSV or Parquet (default: data.data_path of the YAML).")
+@click.option("--symbol", default=None, help="Symbol for a file without a symbol column (default: the file's stem).")
+@click.option("--model", default=None, help="Base model (default: from model_paths, else KRONOS_DEFAULT_MODEL).")
+@click.option("--device", default=None, help="Queue preference auto|cpu|gpu; with --local a torch device: cpu, cuda, cuda:N, mps "
+                                             "(default: from device.use_cuda / device_id).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a fine-tune parameter, e.g. --set max_steps=200.")
+@click.option("--local", is_flag=True, help="Train in this process on --device, without the API or a queue.")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="--local: checkpoints and the trained model (default ./kronos-finetune).")
+@click.option("--idempotency-key", default=None)
+@click.pass_context
+def finetune(ctx: click.Context, config_path: Path, data_path: Path | None, symbol: str | None, model: str | None,
+             device: str | None, overrides: tuple[str, ...], local: bool, out_dir: Path | None, idempotency_key: str | None) -> None:
+    """Fine-tune from an upstream YAML: submit a job (prints its id) or, with --local, train here."""
+    from kronos_jobs.finetune_yaml import UpstreamConfigError, load_upstream_yaml, prepare_data_file
+
+    try:
+        upstream = load_upstream_yaml(config_path)
+    except UpstreamConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    for warning in upstream.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    params = dict(upstream.params)
+    params.update(_overrides(overrides))
+    if model:
+        params["model"] = model
+    path = data_path or upstream.data_path
+    if path is None or not Path(path).is_file():
+        raise click.UsageError(f"no training data: data.data_path is {str(path)!r}; give --data FILE")
+    try:
+        data, filename = prepare_data_file(path, symbol=symbol, test_ratio=upstream.test_ratio)
+    except (UpstreamConfigError, ValueError, OSError) as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
+    if local:
+        _finetune_local(ctx, params, data, filename, device or upstream.local_device, out_dir)
+        return
+    params["device"] = device or params.get("device", "auto")
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    job = _client(ctx).json("POST", "/v1/jobs/finetune", files={"file": (filename, data, "application/octet-stream")},
+                            data={"request": json.dumps(params)}, headers=headers)
+    click.echo(f"queued on {job['queue']}: {job['routing_reason']}", err=True)
+    for warning in job.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(job["id"])
+
+
+def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--set")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+def _finetune_local(ctx: click.Context, params: dict[str, Any], data: bytes, filename: str, device: str,
+                    out_dir: Path | None) -> None:
+    """The same training as a worker's (kronos_jobs.jobs.finetune.train_pair), in this process."""
+    from kronos_jobs import bars as bar_input
+    from kronos_jobs.errors import InvalidRequest
+    from kronos_jobs.jobs.finetune import run_local
+
+    settings = _settings(ctx)
+    params.setdefault("model", settings.default_model)
+    params.pop("device", None)
+
+    def show(event: dict[str, Any]) -> None:
+        losses = " ".join(f"{k} {event[k]:.4f}" for k in ("train_loss", "val_loss") if event.get(k) is not None)
+        click.echo(f"{event['phase']} epoch {event.get('epoch')}/{event.get('epochs')} step {event['done']}/{event['total']} "
+                   f"{losses} eta {event.get('eta_seconds')} s", err=True)
+
+    try:
+        bars = bar_input.parse_upload(data, filename=filename, content_type=None, freq=None, settings=settings).bars
+        summary = run_local(params, bars, device=device, work_dir=out_dir or Path("kronos-finetune"), settings=settings,
+                            on_event=show)
+    except InvalidRequest as exc:
+        raise click.ClickException(exc.message) from None
+    if summary["device_warning"]:
+        click.echo(f"warning: {summary['device_warning']}", err=True)
+    click.echo(f"model saved to {summary['model_path']} (use it as --model / \"model\" in forecasts)", err=True)
+    click.echo(json.dumps(summary, default=str))
+
+
 # --- the one-machine launcher (kronos_jobs/launcher.py) -----------------------------------------------
 
 

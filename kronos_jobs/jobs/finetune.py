@@ -313,7 +313,7 @@ def run_local(params: FinetuneParams | dict[str, Any], bars: pd.DataFrame, *, de
     spec = resolve_model(params.model)
     validate_params(params, spec.max_context)
     summary = check_data(params, bars)
-    outcome = train_pair(params, bars, spec, work_dir=Path(work_dir), device=device, settings=settings,
+    outcome = train_pair(params, bars, spec, work_dir=Path(work_dir).resolve(), device=device, settings=settings,
                          progress_factory=lambda totals: Progress(totals, on_event))
     return {"model_path": str(outcome.final_dir), "model_checksum": outcome.model_checksum,
             "tokenizer_checksum": outcome.tokenizer_checksum, "device": outcome.device,
