@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from kronos_jobs.db.models import utcnow
 from kronos_jobs.db.session import session_scope
 from kronos_jobs.errors import JobCancelled, JobFailure, LeaseLost, TransientJobError
-from kronos_jobs.jobs.series import SeriesInput, build_inputs, result_rows
+from kronos_jobs.jobs.series import SeriesInput, build_inputs, result_rows, rows_frame
 from kronos_jobs.jobs.submit import ForecastParams, send_job
 from kronos_jobs.names import JobState
 from kronos_jobs.settings import Settings
@@ -113,7 +113,7 @@ def run_forecast_job(job_id: str, *, settings: Settings) -> JobState | None:
     Raises LeaseLost (another delivery owns the job: stop quietly) and transient errors (database or
     broker down: the task retries). Every other outcome is recorded on the job before returning.
     """
-    from kronos_jobs.crud import jobs as job_crud
+    from kronos_jobs.crud import jobs as job_crud, results as result_crud
 
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     t0 = time.perf_counter()
@@ -121,6 +121,7 @@ def run_forecast_job(job_id: str, *, settings: Settings) -> JobState | None:
     try:
         with session_scope(settings) as session:
             job = job_crud.claim_job(session, job_id=job_id, owner=owner, lease_seconds=settings.lease_seconds)
+            job_input = result_crud.load_job_input(session, job_id=job_id)  # same transaction: one round trip less
             run = _Run(job_id=job.id, owner=owner, tenant_id=job.tenant_id,
                        params=ForecastParams.from_value({k: v for k, v in job.params.items()
                                                          if k not in ("source", "n_series")}),
@@ -137,7 +138,7 @@ def run_forecast_job(job_id: str, *, settings: Settings) -> JobState | None:
     heartbeat = LeaseHeartbeat(settings, job_id, owner)
     heartbeat.start()
     try:
-        return _execute(run, settings, heartbeat)
+        return _execute(run, settings, heartbeat, job_input)
     finally:
         heartbeat.stop()
 
@@ -166,7 +167,7 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT_ERRORS)
 
 
-def _execute(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat) -> JobState:
+def _execute(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_input: tuple) -> JobState:
     from celery.exceptions import SoftTimeLimitExceeded
 
     if run.attempt > settings.max_retries + 1:
@@ -178,7 +179,7 @@ def _execute(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat) -> JobSta
                        f"(worker lost, killed or timed out); KRONOS_MAX_RETRIES is {settings.max_retries}"})
     meta: dict[str, Any] = {}
     try:
-        return _forecast(run, settings, heartbeat, meta)
+        return _forecast(run, settings, heartbeat, job_input, meta)
     except JobCancelled:
         return _finish(run, settings, JobState.CANCELLED, meta=meta, rows=_EMPTY,
                        error={"code": "cancelled", "message": "cancelled by request while running"})
@@ -200,9 +201,10 @@ def _execute(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat) -> JobSta
 _EMPTY = object()  # "write an empty result": a cancelled or failed job keeps no rows
 
 
-def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, meta: dict[str, Any]) -> JobState:
+def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_input: tuple,
+              meta: dict[str, Any]) -> JobState:
     from kronos_jobs import model_cache
-    from kronos_jobs.crud import jobs as job_crud, results as result_crud
+    from kronos_jobs.crud import jobs as job_crud
     from kronos_jobs.registry import resolve_model
     from kronos_jobs.worker import current_identity
 
@@ -215,9 +217,12 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, meta: di
                 lookback=params.lookback, pred_len=params.pred_len)
 
     # --- input and model ------------------------------------------------------------------------
-    with session_scope(settings) as session:
-        bars, future = result_crud.load_job_input(session, job_id=run.job_id)
-        spec = resolve_model(params.model, session, tenant_id=run.tenant_id)
+    bars, future = job_input
+    if _needs_session(params.model):
+        with session_scope(settings) as session:
+            spec = resolve_model(params.model, session, tenant_id=run.tenant_id)
+    else:
+        spec = resolve_model(params.model)
     inputs, symbol_errors = build_inputs(bars, future, params)
     total = len(inputs) + len(symbol_errors)
     entry, cached = model_cache.get_predictor(spec, identity.device, settings)
@@ -227,7 +232,7 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, meta: di
     model_load_seconds = 0.0 if cached else entry.load_seconds
 
     # --- chunks -----------------------------------------------------------------------------------
-    frames: list[pd.DataFrame] = []
+    parts: list[dict[str, Any]] = []
     done, inference_seconds = len(symbol_errors), 0.0
     size = settings.max_batch_size
     for index in range(0, len(inputs), size):
@@ -237,13 +242,14 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, meta: di
         started = time.perf_counter()
         outputs, errors = _predict_chunk(entry.predictor, chunk, params, seed + index // size)
         inference_seconds += time.perf_counter() - started
-        frames += [result_rows(item, out, params.quantiles) for item, out in outputs]
+        parts += [result_rows(item, out, params.quantiles) for item, out in outputs]
         symbol_errors += errors
         done += len(chunk)
-        with session_scope(settings) as session:
-            cancel = job_crud.update_progress(session, job_id=run.job_id, owner=run.owner, done=done, total=total)
-        if cancel:
-            raise JobCancelled(f"job {run.job_id} cancelled after {done}/{total} series")
+        if done < total:  # the last boundary's progress and cancel check ride in the finish transaction
+            with session_scope(settings) as session:
+                cancel = job_crud.update_progress(session, job_id=run.job_id, owner=run.owner, done=done, total=total)
+            if cancel:
+                raise JobCancelled(f"job {run.job_id} cancelled after {done}/{total} series")
 
     # --- classify and finish ------------------------------------------------------------------------
     meta["timings"] = {"model_load_seconds": round(model_load_seconds, 6),
@@ -258,8 +264,16 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, meta: di
         state = JobState.FAILED
         first = symbol_errors[0] if symbol_errors else {"message": "no series"}
         error = {"code": "all_series_failed", "message": f"all {total} series failed; first: {first['message']}"}
-    rows = pd.concat(frames, ignore_index=True) if frames else _EMPTY
-    return _finish(run, settings, state, meta=meta, rows=rows, error=error, symbol_errors=symbol_errors)
+    rows = rows_frame(parts) if parts else _EMPTY
+    return _finish(run, settings, state, meta=meta, rows=rows, error=error, symbol_errors=symbol_errors,
+                   progress=(total, total))
+
+
+def _needs_session(model: str) -> bool:
+    """Only fine-tuned ids live in the database; published, random and local models do not."""
+    from kronos_jobs.registry import PUBLISHED_MODELS, RANDOM_PREFIX
+
+    return not (model in PUBLISHED_MODELS or model.startswith(RANDOM_PREFIX) or os.path.isdir(model))
 
 
 def _predict_chunk(predictor, chunk: list[SeriesInput], params: ForecastParams, seed: int):
@@ -287,8 +301,11 @@ def _predict_chunk(predictor, chunk: list[SeriesInput], params: ForecastParams, 
 
 def _finish(run: _Run, settings: Settings, state: JobState, *, meta: dict[str, Any] | None = None,
             rows: Any = None, error: dict[str, Any] | None = None,
-            symbol_errors: list[dict[str, Any]] | None = None) -> JobState:
-    """Results, metadata and the final state in ONE transaction (only while we hold the lease)."""
+            symbol_errors: list[dict[str, Any]] | None = None, progress: tuple[int, int] | None = None) -> JobState:
+    """Results, metadata and the final state in ONE transaction (only while we hold the lease).
+
+    With `progress` (done, total), the last progress update and its cancel check happen in the same
+    transaction: a cancel that arrived during the last chunk rolls it back (JobCancelled)."""
     from kronos_jobs.crud import jobs as job_crud, results as result_crud
 
     meta = dict(meta or {})
@@ -298,6 +315,9 @@ def _finish(run: _Run, settings: Settings, state: JobState, *, meta: dict[str, A
         started_at=run.started_at.isoformat() if run.started_at else None,
         finished_at=finished_at.isoformat(), elapsed_seconds=round(run.elapsed(), 6))
     with session_scope(settings) as session:
+        if progress is not None and job_crud.update_progress(session, job_id=run.job_id, owner=run.owner,
+                                                             done=progress[0], total=progress[1]):
+            raise JobCancelled(f"job {run.job_id} cancelled during its last chunk")
         if rows is not None:
             frame = _empty_rows() if rows is _EMPTY else rows
             result_crud.write_forecasts(session, job_id=run.job_id, tenant_id=run.tenant_id, rows=frame)

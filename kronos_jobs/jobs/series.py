@@ -10,6 +10,7 @@ import dataclasses
 import warnings
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from kronos_jobs.names import BAR_COLUMNS, PRICE_COLUMNS, quantile_column
@@ -70,15 +71,17 @@ def _context_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def build_one(symbol: str, frame: pd.DataFrame, given: pd.DataFrame | None, params: Any) -> SeriesInput | dict:
-    frame = frame.sort_values("timestamp")
+    if not frame["timestamp"].is_monotonic_increasing:  # stored input is sorted; skip the copy then
+        frame = frame.sort_values("timestamp")
     if len(frame) < MIN_CONTEXT_BARS:
         return _error(symbol, "too_few_bars", f"{len(frame)} bar(s); a forecast needs at least {MIN_CONTEXT_BARS}")
     context = frame.iloc[-params.lookback:]
     columns = _context_columns(frame)
-    nan = context[columns].isna()
-    if nan.to_numpy().any():
-        row, col = nan.to_numpy().nonzero()
-        return _error(symbol, "nan_values", f"{int(nan.to_numpy().sum())} missing value(s) in the last "
+    values = context[columns].to_numpy(dtype="float64")  # (L, 4..6)
+    nan = np.isnan(values)
+    if nan.any():
+        row, col = nan.nonzero()
+        return _error(symbol, "nan_values", f"{int(nan.sum())} missing value(s) in the last "
                       f"{len(context)} bars, first in {columns[col[0]]!r} at {context['timestamp'].iloc[row[0]]}")
     x_timestamp = context["timestamp"].reset_index(drop=True)
     last = x_timestamp.iloc[-1]
@@ -93,7 +96,7 @@ def build_one(symbol: str, frame: pd.DataFrame, given: pd.DataFrame | None, para
                               getattr(params, "calendar", None))
         if isinstance(y, dict):
             return y
-    return SeriesInput(symbol=symbol, context=context[columns].reset_index(drop=True).astype("float64"),
+    return SeriesInput(symbol=symbol, context=pd.DataFrame(values, columns=columns),
                        x_timestamp=x_timestamp, y_timestamp=y.reset_index(drop=True))
 
 
@@ -108,15 +111,26 @@ def build_inputs(bars: pd.DataFrame, future: pd.DataFrame | None, params: Any) -
     return inputs, errors
 
 
-def result_rows(item: SeriesInput, output: Any, quantiles: list[float] | None) -> pd.DataFrame:
-    """Flat result rows of one series: symbol, step, timestamp, open..amount, q<level>_<column>."""
+def result_rows(item: SeriesInput, output: Any, quantiles: list[float] | None) -> dict[str, Any]:
+    """Flat result columns of one series: symbol, step, timestamp, open..amount, q<level>_<column>.
+
+    Plain arrays, not a DataFrame: building one frame per series costs more than the tiny
+    forecasts it holds; the caller concatenates the columns of a whole job once (`rows_frame`)."""
     mean = output.mean if hasattr(output, "mean") and isinstance(output.mean, pd.DataFrame) else output
-    rows = pd.DataFrame({"symbol": item.symbol, "step": range(len(mean)),
-                         "timestamp": pd.DatetimeIndex(item.y_timestamp)})
-    for column in BAR_COLUMNS:
-        rows[column] = mean[column].to_numpy(dtype="float64")
+    n = len(mean)
+    columns: dict[str, Any] = {"symbol": np.full(n, item.symbol, dtype=object), "step": np.arange(n),
+                               "timestamp": pd.DatetimeIndex(item.y_timestamp)}
+    columns.update((c, mean[c].to_numpy(dtype="float64")) for c in BAR_COLUMNS)
     for level in quantiles or ():
-        frame = output.quantiles[level]
-        for column in BAR_COLUMNS:
-            rows[quantile_column(level, column)] = frame[column].to_numpy(dtype="float64")
-    return rows
+        frame = output.quantiles[float(level)]
+        columns.update((quantile_column(level, c), frame[c].to_numpy(dtype="float64")) for c in BAR_COLUMNS)
+    return columns
+
+
+def rows_frame(parts: list[dict[str, Any]]) -> pd.DataFrame:
+    """One DataFrame from the `result_rows` of many series."""
+    columns = {name: np.concatenate([p[name] for p in parts]) for name in parts[0] if name != "timestamp"}
+    # Epoch nanoseconds (UTC for tz-aware stamps) so parts with different units or zones concatenate.
+    stamps = np.concatenate([p["timestamp"].as_unit("ns").asi8 for p in parts])
+    return pd.DataFrame({"symbol": columns.pop("symbol"), "step": columns.pop("step"),
+                         "timestamp": pd.to_datetime(stamps, unit="ns", utc=True), **columns})

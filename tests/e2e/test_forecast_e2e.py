@@ -92,7 +92,7 @@ class Stack:
     def stop_worker(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)  # warm shutdown of the parent and its children
+        os.kill(self.proc.pid, signal.SIGTERM)  # warm shutdown: the parent stops its children
         try:
             self.proc.wait(timeout=40)
         except subprocess.TimeoutExpired:
