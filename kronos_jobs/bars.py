@@ -231,8 +231,12 @@ def parse_upload(
     content_type: str | None,
     freq: str | None,
     settings: Settings,
+    symbol: str | None = None,
 ) -> SeriesInput:
-    """Validate an uploaded long-format CSV or Parquet file (one row per symbol and bar)."""
+    """Validate an uploaded long-format CSV or Parquet file (one row per symbol and bar).
+
+    `symbol` (the series store's `/v1/series/{symbol}/bars`): a file without a `symbol` column is
+    that symbol's; a file with one must hold only that symbol."""
     if len(data) > settings.max_upload_bytes:
         raise PayloadTooLarge(f"file: {len(data)} bytes, at most {settings.max_upload_bytes} (KRONOS_MAX_UPLOAD_BYTES)", field="file")
     if not data:
@@ -240,6 +244,8 @@ def parse_upload(
     freq = check_freq(freq, "freq") if freq else None
     source = upload_format(data, filename=filename, content_type=content_type)
     raw = _read_parquet(data) if source == "parquet" else _read_csv(data)
+    if symbol is not None:
+        raw = _with_symbol(raw, symbol)
     bars, file_freqs = _frame_from_file(raw, settings)
     freqs = {symbol: _series_freq(file_freqs.get(symbol) or freq, f"freq (symbol {symbol})") for symbol in bars["symbol"].unique()}
     return SeriesInput(bars=bars, future=None, freqs=freqs, source=source)
@@ -398,3 +404,50 @@ def _check_bars(frame: pd.DataFrame, locate: Locate) -> pd.DataFrame:
         problems.add(locate(int(pos), "timestamp"), f"duplicate timestamp {stamp.isoformat()} for symbol {frame.at[pos, 'symbol']!r}")
     problems.raise_if_any()
     return frame.reset_index(drop=True)
+
+
+# --- the series store ------------------------------------------------------------------------------
+# Store ingest reuses the checks above; what differs: the symbol can come from the URL, and every
+# symbol needs a frequency because it is part of the stored key.
+
+
+def parse_symbol_bars(symbol: str, *, freq: str | None, bars: Sequence[Mapping[str, Any]], settings: Settings) -> SeriesInput:
+    """JSON bars of one symbol (`/v1/series/{symbol}/bars`); problems name `bars[3].high`."""
+    try:
+        return parse_inline_series([{"symbol": symbol, "freq": freq, "bars": list(bars)}], pred_len=1, settings=settings)
+    except InvalidRequest as exc:
+        raise _renamed(exc, "series[0].") from None
+
+
+def store_freqs(series: SeriesInput) -> dict[str, str]:
+    """Each symbol's frequency for the store key: as given, else inferred from its bars."""
+    from kronos_jobs.jobs.series import infer_offset  # the one place that infers a frequency
+
+    freqs: dict[str, str] = {}
+    for symbol, given in series.freqs.items():
+        stamps = series.bars.loc[series.bars["symbol"] == symbol, "timestamp"]
+        inferred = None if given or len(stamps) < 3 else infer_offset(stamps.reset_index(drop=True))
+        freq = given or (inferred.freqstr if inferred is not None else None)
+        if freq is None:
+            raise _invalid("freq", f"give freq for symbol {symbol!r} (a pandas alias such as 5min or 1D); "
+                                   "it could not be inferred from its bars")
+        freqs[symbol] = freq
+    return freqs
+
+
+def _with_symbol(raw: pd.DataFrame, symbol: str) -> pd.DataFrame:
+    columns = {str(c).strip().lower(): c for c in raw.columns}
+    if "symbol" not in columns:
+        return raw.assign(symbol=symbol)
+    values = raw[columns["symbol"]].map(lambda v: None if _is_missing(v) else str(v).strip())
+    other = np.flatnonzero((values != symbol).to_numpy())
+    if len(other):
+        pos = int(other[0])
+        raise _invalid(f"file row {pos + 1}: symbol", f"{values.iloc[pos]!r} differs from {symbol!r} in the URL")
+    return raw
+
+
+def _renamed(exc: InvalidRequest, prefix: str) -> InvalidRequest:
+    details = [{**d, "field": str(d.get("field", "")).removeprefix(prefix)} for d in exc.details]
+    return type(exc)(exc.message.replace(prefix, ""), details=details)
+
