@@ -298,3 +298,147 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+# --- series store ------------------------------------------------------------------------------------
+
+
+class SeriesBarsCreate(_Strict):
+    """`POST /v1/series/{symbol}/bars` as JSON."""
+
+    freq: str | None = Field(None, description="pandas offset alias (5min, 1h, 1D); part of the stored key. Inferred from the bars when omitted.")
+    bars: list[BarIn] = Field(min_length=1, description="Bars in any order; a bar already stored at the same timestamp is replaced.")
+
+
+class SeriesPublic(BaseModel):
+    symbol: str
+    freq: str
+    first_timestamp: datetime
+    last_timestamp: datetime
+    rows: int
+
+
+class SeriesListPublic(BaseModel):
+    data: list[SeriesPublic]
+
+
+class SeriesImportPublic(BaseModel):
+    rows_written: int = Field(description="Bars inserted or replaced by this import (one transaction).")
+    series: list[SeriesPublic] = Field(description="The imported symbols as stored now.")
+
+
+class BarsPublic(BaseModel):
+    symbol: str
+    freq: str
+    columns: list[str]
+    rows: list[dict[str, Any]] = Field(description="Oldest first; timestamps ISO 8601 UTC.")
+
+
+class SeriesDeletedPublic(BaseModel):
+    symbol: str
+    freq: str | None
+    deleted_rows: int
+
+
+# --- schedules ---------------------------------------------------------------------------------------
+
+
+class _ScheduleFields(_Strict):
+    cron: str = Field(max_length=128, description="Five-field cron (minute hour day month weekday), e.g. '0 18 * * 1-5'.")
+    timezone: str = Field("UTC", max_length=64, description="IANA zone the cron is read in, e.g. America/New_York.")
+    symbols: list[str] | None = Field(None, max_length=100_000, description="The universe; null = every symbol in the store.")
+    freq: str | None = Field(None, max_length=32, description="Only symbols stored at this frequency.")
+    model: str | None = Field(None, max_length=256, description="Default KRONOS_DEFAULT_MODEL.")
+    device: DevicePreference = DevicePreference.AUTO
+    lookback: int = Field(400, ge=1, le=MAX_STEPS, description="Latest stored bars read per symbol.")
+    pred_len: int = Field(24, ge=1, le=MAX_STEPS)
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    quantiles: list[float] | None = Field(None, max_length=MAX_QUANTILES)
+    calendar: dict[str, Any] | None = Field(None, description='Trading calendar for future timestamps: {"timezone", "weekdays", "open", "close", "holidays"}, or {"default": {...}, "symbols": {"AAPL": {...}}}.')
+    min_history: int | None = Field(None, ge=2, le=MAX_STEPS, description="Fewer stored bars = an error for that symbol; default lookback.")
+    enabled: bool = True
+
+    _quantile_levels = field_validator("quantiles")(ForecastParamsIn._quantile_levels.__func__)
+
+
+class ScheduleCreate(_ScheduleFields):
+    """`POST /v1/schedules`."""
+
+    name: str = Field(min_length=1, max_length=128)
+
+
+class ScheduleUpdate(_Strict):
+    """`PATCH /v1/schedules/{id}`: only the fields given change."""
+
+    name: str | None = Field(None, min_length=1, max_length=128)
+    cron: str | None = Field(None, max_length=128)
+    timezone: str | None = Field(None, max_length=64)
+    symbols: list[str] | None = Field(None, max_length=100_000)
+    freq: str | None = Field(None, max_length=32)
+    model: str | None = Field(None, max_length=256)
+    device: DevicePreference | None = None
+    lookback: int | None = Field(None, ge=1, le=MAX_STEPS)
+    pred_len: int | None = Field(None, ge=1, le=MAX_STEPS)
+    sampling: SamplingParams | None = None
+    quantiles: list[float] | None = Field(None, max_length=MAX_QUANTILES)
+    calendar: dict[str, Any] | None = None
+    min_history: int | None = Field(None, ge=2, le=MAX_STEPS)
+    enabled: bool | None = None
+
+    _quantile_levels = field_validator("quantiles")(ForecastParamsIn._quantile_levels.__func__)
+
+
+class SchedulePublic(BaseModel):
+    id: str
+    name: str
+    cron: str
+    timezone: str
+    symbols: list[str] | None
+    freq: str | None
+    model: str
+    device: DevicePreference
+    lookback: int
+    pred_len: int
+    sampling: dict[str, Any]
+    quantiles: list[float] | None
+    calendar: dict[str, Any]
+    min_history: int | None
+    enabled: bool
+    next_run_at: datetime | None = Field(None, description="The next cron occurrence (as of the last beat tick or edit).")
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any, fields: dict[str, Any]) -> "SchedulePublic":
+        return cls(id=row.id, **{**fields, "sampling": fields.get("sampling") or {}},
+                   next_run_at=as_utc(row.next_run_at), created_at=as_utc(row.created_at), updated_at=as_utc(row.updated_at))
+
+
+class SchedulesPublic(BaseModel):
+    data: list[SchedulePublic]
+
+
+class RunCreate(_Strict):
+    """`POST /v1/schedules/{id}/run`: now, or a given occurrence (to re-run or backfill it)."""
+
+    scheduled_for: datetime | None = Field(None, description="Default: now. A run for the same time is returned, not repeated.")
+
+
+class RunPublic(BaseModel):
+    id: str
+    schedule_id: str
+    scheduled_for: datetime
+    trigger: str = Field(description="schedule (the beat) or manual.")
+    state: JobState = Field(description="queued (fan-out pending), running, then succeeded, partially_succeeded or failed.")
+    progress: Progress = Field(description="Symbols finished (forecast or failed) of the universe.")
+    symbol_errors: list[dict[str, Any]] = Field(default_factory=list, description='[{"symbol", "code", "message", "job_id"?}]')
+    error: dict[str, Any] | None = None
+    job_ids: list[str] = Field(default_factory=list, description="The forecast jobs, one per batch.")
+    detail: dict[str, Any] = Field(default_factory=dict, description="Batches and fan-out timings.")
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class RunsPublic(BaseModel):
+    data: list[RunPublic]
