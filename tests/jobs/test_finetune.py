@@ -1,0 +1,197 @@
+"""The fine-tune lifecycle run in-process (no broker, no worker) on a migrated test database."""
+
+from __future__ import annotations
+
+import threading
+import time
+from unittest import mock
+
+import pytest
+
+from kronos_jobs.crud import jobs as job_crud, models as model_crud
+from kronos_jobs.db.session import session_scope
+from kronos_jobs.errors import InvalidRequest
+from kronos_jobs.jobs.finetune import FINAL_DIR, artifacts_dir, model_id_for, run_finetune_job, verify_artifact
+from kronos_jobs.jobs.finetune import ArtifactVerificationError
+from kronos_jobs.jobs.finetune_submit import FinetuneParams, check_data, submit_finetune, validate_params
+from kronos_jobs.jobs.forecast import run_forecast_job
+from kronos_jobs.jobs.submit import submit_forecast
+from kronos_jobs.names import DEFAULT_TENANT, JobState
+from kronos_jobs.sample_data import sample_bars
+from model.checkpoint import WEIGHTS_NAME, file_sha256
+
+# Tiny model, few steps: 2 cores are shared by the whole test run.
+TINY_FINETUNE = {"device": "cpu", "train": "both", "epochs": 2, "batch_size": 8, "lookback": 24, "predict_window": 4,
+                 "tokenizer_learning_rate": 3e-3, "predictor_learning_rate": 3e-3, "samples_per_epoch": 48,
+                 "validation_split": 0.2, "log_interval": 2, "checkpoint_every_steps": 3, "eval_windows": 12, "seed": 5}
+
+
+@pytest.fixture
+def job_settings(db_settings):
+    return db_settings.model_copy(update={"lease_seconds": 4, "heartbeat_seconds": 0.5})
+
+
+@pytest.fixture(scope="module")
+def bars():
+    return sample_bars(3, 260, seed=4)
+
+
+def submit(settings, checkpoint, bars, **overrides):
+    with session_scope(settings) as session:
+        job, warnings = submit_finetune(session, settings, tenant_id=DEFAULT_TENANT,
+                                        request={"model": str(checkpoint), **TINY_FINETUNE, **overrides},
+                                        bars=bars, source="csv")
+        return job.id, warnings
+
+
+def load(settings, job_id):
+    with session_scope(settings) as session:
+        job = job_crud.get_job(session, tenant_id=DEFAULT_TENANT, job_id=job_id)
+        session.expunge(job)
+        return job
+
+
+def test_finetune_trains_registers_and_a_forecast_uses_it(job_settings, tiny_checkpoint, bars):
+    job_id, warnings = submit(job_settings, tiny_checkpoint, bars)
+    assert warnings == ["no live worker consumes finetune.cpu; the job stays queued until one starts "
+                        "(kronos-jobs worker --pool cpu)"]
+    assert run_finetune_job(job_id, settings=job_settings) is JobState.SUCCEEDED
+    job = load(job_settings, job_id)
+    assert job.state == "succeeded" and job.error is None and job.attempts == 1
+    assert job.progress_done == job.progress_total == 24  # 2 phases x 2 epochs x ceil(48 / 8)
+    detail = job.progress_detail
+    assert detail["phase"] == "predictor" and detail["step"] == 12 and detail["eta_seconds"] == 0
+    assert detail["train_loss"] > 0 and detail["val_loss"] > 0 and detail["epoch"] == detail["epochs"] == 2
+
+    # --- registered version: verified artifact, metrics, the validation loss went down ------------------
+    model_id = model_id_for(job_id)
+    with session_scope(job_settings) as session:
+        listed = {m.id: m for m in model_crud.list_models(session, tenant_id=DEFAULT_TENANT)}
+        assert model_id in listed
+        version = listed[model_id]
+        session.expunge(version)
+    final = artifacts_dir(job_settings, job_id) / FINAL_DIR
+    assert version.kind == "finetuned" and version.job_id == job_id and version.base_model == str(tiny_checkpoint)
+    assert version.artifact_path == str(final) and version.checksum == file_sha256(final / "model" / WEIGHTS_NAME)
+    assert version.data_summary["n_symbols"] == 3 and version.data_summary["train_windows"] > 0
+    assert version.hyperparameters["batch_size"] == 8 and version.hyperparameters["amp"] is False
+    for phase in ("tokenizer", "predictor"):
+        losses = version.metrics["phases"][phase]
+        assert losses["val_loss_after"] < losses["val_loss_before"], (phase, losses)
+    evaluation = version.metrics["evaluation"]
+    assert evaluation["n_windows"] == 12 and evaluation["horizon"] == 4
+    for name in ("base", "finetuned", "last_value"):
+        assert evaluation[name]["mse_close"] >= 0
+    assert 0 <= evaluation["finetuned"]["direction_accuracy"] <= 1 and evaluation["last_value"]["direction_accuracy"] is None
+    # Only the registered model stays; the training states are gone.
+    assert sorted(p.name for p in artifacts_dir(job_settings, job_id).iterdir()) == [FINAL_DIR]
+    meta = job.execution_metadata
+    assert meta["finetuned_model_id"] == model_id and meta["model_checksum"] == version.checksum
+    assert meta["resumed_from"] == [] and meta["device_resolved"] == "cpu" and meta["queue"] == "finetune.cpu"
+
+    # --- a forecast names the fine-tuned id; its metadata says so -----------------------------------------
+    request = {"model": model_id, "device": "cpu", "lookback": 24, "pred_len": 4, "sampling": {"seed": 1}}
+    with session_scope(job_settings) as session:
+        forecast_id = submit_forecast(session, job_settings, tenant_id=DEFAULT_TENANT, request=request,
+                                      bars=bars[bars.symbol == "SIM000.XS"], future=None, source="inline").id
+    assert run_forecast_job(forecast_id, settings=job_settings) is JobState.SUCCEEDED
+    fmeta = load(job_settings, forecast_id).execution_metadata
+    assert fmeta["model"] == model_id and fmeta["model_source"] == "finetuned"
+    assert fmeta["model_checksum"] == version.checksum
+
+    # --- retiring: new jobs cannot name it, old jobs stay readable -----------------------------------------
+    with session_scope(job_settings) as session:
+        model_crud.retire_model(session, tenant_id=DEFAULT_TENANT, model_id=model_id)
+    with session_scope(job_settings) as session, pytest.raises(InvalidRequest, match="retired") as excinfo:
+        submit_forecast(session, job_settings, tenant_id=DEFAULT_TENANT, request=request, bars=bars, future=None,
+                        source="inline")
+    assert excinfo.value.field == "model"
+    assert load(job_settings, forecast_id).state == "succeeded" and load(job_settings, job_id).state == "succeeded"
+
+
+def test_cancel_while_training_stops_and_removes_artifacts(job_settings, tiny_checkpoint, bars):
+    job_id, _ = submit(job_settings, tiny_checkpoint, bars, train="predictor", epochs=50, samples_per_epoch=None)
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.update(state=run_finetune_job(job_id, settings=job_settings)))
+    runner.start()
+    deadline = time.monotonic() + 60
+    while load(job_settings, job_id).progress_done < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (artifacts_dir(job_settings, job_id) / "predictor").is_dir()
+    with session_scope(job_settings) as session:
+        job_crud.request_cancel(session, tenant_id=DEFAULT_TENANT, job_id=job_id)
+    runner.join(60)
+    job = load(job_settings, job_id)
+    assert outcome["state"] is JobState.CANCELLED and job.state == "cancelled" and job.error["code"] == "cancelled"
+    assert 3 <= job.progress_done < job.progress_total
+    assert not artifacts_dir(job_settings, job_id).exists()  # policy: partial artifacts are removed
+    with session_scope(job_settings) as session:
+        assert model_id_for(job_id) not in {m.id for m in model_crud.list_models(session, tenant_id=DEFAULT_TENANT)}
+
+
+def test_resume_continues_from_the_checkpoint(job_settings, tiny_checkpoint, bars):
+    """A delivery that died (here: its loop raised after step 5) leaves a checkpoint; the next resumes."""
+    from model.finetune import FinetuneLoop
+
+    job_id, _ = submit(job_settings, tiny_checkpoint, bars, train="predictor", epochs=1)
+    real_step = FinetuneLoop._train_step
+
+    def dies_after_five(self, indices):
+        if self.step == 5:
+            raise SystemExit("worker killed")  # not an Exception: nothing records the job, as with SIGKILL
+        return real_step(self, indices)
+
+    with mock.patch.object(FinetuneLoop, "_train_step", dies_after_five), pytest.raises(SystemExit):
+        run_finetune_job(job_id, settings=job_settings)
+    assert load(job_settings, job_id).state == "running"
+    time.sleep(job_settings.lease_seconds + 0.5)  # the dead delivery's lease lapses
+    assert run_finetune_job(job_id, settings=job_settings) is JobState.SUCCEEDED
+    job = load(job_settings, job_id)
+    assert job.attempts == 2 and job.execution_metadata["resumed_from"] == [{"phase": "predictor", "step": 3, "epoch": 0}]
+
+
+def test_verify_artifact_catches_wrong_weights(tmp_path, tiny_checkpoint):
+    import torch
+
+    from kronos_jobs.registry import save_local_model
+    from model.tokenizer import KronosTokenizer
+    from model.transformer import Kronos
+
+    model = Kronos.from_pretrained(tiny_checkpoint / "model")
+    tokenizer = KronosTokenizer.from_pretrained(tiny_checkpoint / "tokenizer")
+    save_local_model(tmp_path, model, tokenizer)
+    checksums = verify_artifact(tmp_path, model, tokenizer)
+    assert checksums[0] == file_sha256(tmp_path / "model" / WEIGHTS_NAME)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)  # trained weights that were not the ones saved
+    with pytest.raises(ArtifactVerificationError, match="differs from the trained weights"):
+        verify_artifact(tmp_path, model, tokenizer)
+
+
+@pytest.mark.parametrize(("overrides", "field"), [
+    ({"train": "all"}, "train"),
+    ({"epochs": 0}, "epochs"),
+    ({"batch_size": 4, "accumulation_steps": 5}, "accumulation_steps"),
+    ({"tokenizer_learning_rate": 0}, "tokenizer_learning_rate"),
+    ({"adam_beta2": 1.0}, "adam_beta2"),
+    ({"validation_split": 0.7}, "validation_split"),
+    ({"max_seconds": -1}, "max_seconds"),
+    ({"lookback": 60, "predict_window": 10}, "lookback"),  # 70 > the tiny model's context 64
+])
+def test_bad_values_name_the_field(overrides, field):
+    params = FinetuneParams.from_value({"model": "x", **TINY_FINETUNE, **overrides})
+    with pytest.raises(InvalidRequest) as excinfo:
+        validate_params(params, max_context=64)
+    assert excinfo.value.field == field
+
+
+def test_too_little_data_names_the_field():
+    params = FinetuneParams.from_value({"model": "x", **TINY_FINETUNE})
+    with pytest.raises(InvalidRequest, match="too little data for one training window of .* 29 bars") as excinfo:
+        check_data(params, sample_bars(2, 30))
+    assert excinfo.value.field == "file"
+    with pytest.raises(InvalidRequest) as excinfo:
+        check_data(params, sample_bars(1, 100))  # 80 train rows, but 20 held out < one window
+    assert excinfo.value.field == "validation_split"
+    assert check_data(FinetuneParams.from_value({**params.to_json(), "validation_split": 0}), sample_bars(1, 100))[
+        "validation_windows"] == 0
