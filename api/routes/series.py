@@ -1,0 +1,158 @@
+"""The series store: import bars (JSON, CSV, Parquet), read a range back, list, delete.
+
+Every import is one transaction: a single bad row rejects the whole request (422, naming the row),
+and nothing is written. Re-importing a bar at a stored (symbol, freq, timestamp) replaces it.
+Timestamps follow `kronos_jobs.bars`: an offset is converted to UTC, no offset means UTC; bars
+are stored and returned in UTC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from api.deps import CallerDep, SessionDep, SettingsDep
+from api.routes.jobs import RESULT_MEDIA_TYPES, ResultFormat, Upload, _csv_bytes, _json_rows, _parquet_bytes, _validate
+from api.schemas import BarsPublic, ErrorResponse, SeriesBarsCreate, SeriesDeletedPublic, SeriesImportPublic, SeriesListPublic, SeriesPublic
+from kronos_jobs import bars as bar_input
+from kronos_jobs.crud import series as series_crud
+from kronos_jobs.errors import InvalidRequest, PayloadTooLarge
+from kronos_jobs.settings import Settings
+
+router = APIRouter(prefix="/v1/series", tags=["series"])
+
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 409, 413, 415, 422, 503)}
+Symbol = Annotated[str, Path(max_length=128, description="The symbol, e.g. 600519.SH or EUR/USD.")]
+Freq = Annotated[str | None, Query(max_length=32, description="pandas offset alias: 5min, 1h, 1D.")]
+FILE_TYPES = ("text/csv", "application/csv", "application/octet-stream", "application/vnd.apache.parquet",
+              "application/x-parquet", "application/parquet")
+
+IMPORT_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/SeriesBarsCreate"}},
+            "text/csv": {"schema": {"type": "string"}},
+            "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+                "file": {"type": "string", "format": "binary",
+                         "description": "CSV or Parquet: [symbol,] timestamp, open, high, low, close[, volume, amount, freq]."},
+                "freq": {"type": "string"}}}},
+        },
+    }
+}
+
+
+@dataclass
+class StoreUpload(Upload):
+    freq: str | None = None  # the multipart `freq` field
+
+
+async def read_import(request: Request) -> SeriesBarsCreate | StoreUpload:
+    """JSON bars, a multipart `file` (+ optional `freq` field), or a raw CSV/Parquet body."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    limit = request.app.state.settings.max_upload_bytes
+    if media == "application/json" or media.endswith("+json"):
+        return await run_in_threadpool(_validate, SeriesBarsCreate, await request.body(), ("body",))
+    if media == "multipart/form-data":
+        async with request.form(max_files=1, max_fields=4, max_part_size=1024 * 1024) as form:
+            file = form.get("file")
+            if not isinstance(file, UploadFile):
+                raise InvalidRequest("file: attach the CSV or Parquet file as the multipart field `file`", field="file")
+            data = await file.read(limit + 1)
+            freq = form.get("freq")
+            upload = StoreUpload(data, file.filename, file.content_type,
+                                 freq if isinstance(freq, str) and freq.strip() else None)
+    elif media in FILE_TYPES:
+        upload = StoreUpload(await request.body(), None, media)
+    else:
+        raise HTTPException(415, f"Content-Type {media or '(none)'!r} is not accepted; send application/json, "
+                                 "text/csv, application/vnd.apache.parquet or multipart/form-data with a file")
+    if len(upload.data) > limit:
+        raise PayloadTooLarge(f"file: more than {limit} bytes (KRONOS_MAX_UPLOAD_BYTES)", field="file")
+    return upload
+
+
+ImportDep = Annotated[SeriesBarsCreate | StoreUpload, Depends(read_import)]
+
+
+def _import(session, settings: Settings, tenant_id: str, body: SeriesBarsCreate | StoreUpload, freq: str | None,
+            symbol: str | None) -> SeriesImportPublic:
+    if isinstance(body, SeriesBarsCreate):
+        parsed = bar_input.parse_symbol_bars(symbol, freq=body.freq or freq, settings=settings,
+                                             bars=[b.model_dump(exclude_none=True) for b in body.bars])
+    else:
+        given = body.freq or freq
+        parsed = bar_input.parse_upload(body.data, filename=body.filename, content_type=body.content_type,
+                                        freq=given, settings=settings, symbol=symbol)
+    freqs = bar_input.store_freqs(parsed)
+    written = series_crud.upsert_bars(session, tenant_id=tenant_id, bars=parsed.bars, freqs=freqs)
+    stored = series_crud.list_symbols(session, tenant_id=tenant_id, symbols=list(freqs))
+    return SeriesImportPublic(rows_written=written, series=[SeriesPublic(**s) for s in stored if freqs[s["symbol"]] == s["freq"]])
+
+
+@router.post("/{symbol:path}/bars", response_model=SeriesImportPublic, responses=ERRORS, openapi_extra=IMPORT_BODY_DOC)
+def import_symbol_bars(symbol: Symbol, body: ImportDep, session: SessionDep, settings: SettingsDep, caller: CallerDep,
+                       freq: Freq = None) -> SeriesImportPublic:
+    """Import one symbol's bars (JSON, CSV or Parquet); all or nothing."""
+    symbol = bar_input.check_symbol(symbol, "symbol")
+    return _import(session, settings, caller.tenant_id, body, freq, symbol)
+
+
+@router.post("", response_model=SeriesImportPublic, responses=ERRORS, openapi_extra=IMPORT_BODY_DOC)
+def import_series(body: ImportDep, session: SessionDep, settings: SettingsDep, caller: CallerDep,
+                  freq: Freq = None) -> SeriesImportPublic:
+    """Import a long-format CSV or Parquet file with a `symbol` column; all or nothing."""
+    if isinstance(body, SeriesBarsCreate):
+        raise InvalidRequest("body: send a CSV or Parquet file with a symbol column here; JSON bars go to "
+                             "POST /v1/series/{symbol}/bars", field="body")
+    return _import(session, settings, caller.tenant_id, body, freq, None)
+
+
+@router.get("", response_model=SeriesListPublic, responses=ERRORS)
+def list_series(session: SessionDep, caller: CallerDep, freq: Freq = None) -> SeriesListPublic:
+    """List stored symbols with their first and last timestamp and row count."""
+    return SeriesListPublic(data=[SeriesPublic(**s) for s in series_crud.list_symbols(session, tenant_id=caller.tenant_id, freq=freq)])
+
+
+@router.get("/{symbol:path}/bars", response_model=BarsPublic,
+            responses={**ERRORS, 200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}}})
+def read_symbol_bars(
+    symbol: Symbol,
+    session: SessionDep,
+    caller: CallerDep,
+    freq: Freq = None,
+    start: datetime | None = Query(None, description="Inclusive; an offset is converted to UTC, none means UTC."),
+    end: datetime | None = Query(None, description="Inclusive."),
+    limit: Annotated[int | None, Query(ge=1, le=1_000_000, description="Only the latest `limit` bars in the range.")] = None,
+    format: ResultFormat = ResultFormat.JSON,  # noqa: A002 - the query parameter's public name
+) -> Any:
+    """Read a symbol's bars in a time range, as JSON, CSV or Parquet."""
+    if start is not None and end is not None and _utc(start) > _utc(end):
+        raise InvalidRequest(f"start: {start.isoformat()} is after end {end.isoformat()}", field="start")
+    freq = series_crud.resolve_freq(session, tenant_id=caller.tenant_id, symbol=symbol, freq=freq)
+    rows = series_crud.read_bars(session, tenant_id=caller.tenant_id, symbol=symbol, freq=freq,
+                                 start=_utc(start), end=_utc(end), limit=limit)
+    if format is ResultFormat.JSON:
+        return BarsPublic(symbol=symbol, freq=freq, columns=list(rows.columns), rows=_json_rows(rows))
+    content = _csv_bytes(rows) if format is ResultFormat.CSV else _parquet_bytes(rows)
+    disposition = f'attachment; filename="{symbol.replace("/", "_")}.{format.value}"'
+    return Response(content, media_type=RESULT_MEDIA_TYPES[format], headers={"Content-Disposition": disposition})
+
+
+@router.delete("/{symbol:path}", response_model=SeriesDeletedPublic, responses=ERRORS)
+def delete_symbol(symbol: Symbol, session: SessionDep, caller: CallerDep, freq: Freq = None) -> SeriesDeletedPublic:
+    """Delete a symbol's bars (at one frequency, or all)."""
+    deleted = series_crud.delete_symbol(session, tenant_id=caller.tenant_id, symbol=symbol, freq=freq)
+    return SeriesDeletedPublic(symbol=symbol, freq=freq, deleted_rows=deleted)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    from api.schemas import as_utc
+
+    return as_utc(value)
