@@ -1,0 +1,128 @@
+"""POST /v1/jobs/finetune (upload and series store), its 4xx catalogue, and DELETE /v1/models/{id}."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from kronos_jobs.crud import models as model_crud, workers as worker_crud
+from kronos_jobs.names import DEFAULT_TENANT
+from kronos_jobs.sample_data import sample_bars
+from tests.jobs.conftest import save_tiny_checkpoint
+
+PARAMS = {"lookback": 24, "predict_window": 4, "epochs": 1, "batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return str(save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-ft-api")))
+
+
+@pytest.fixture(scope="module")
+def csv_bytes() -> bytes:
+    return sample_bars(2, 300).to_csv(index=False).encode()
+
+
+def post(client: TestClient, request: dict, data: bytes, filename: str = "bars.csv"):
+    return client.post("/v1/jobs/finetune", files={"file": (filename, data, "application/octet-stream")},
+                       data={"request": json.dumps(request)})
+
+
+def test_upload_is_queued_on_the_gpu_queue_with_a_warning(client, checkpoint, csv_bytes):
+    response = post(client, {"model": checkpoint, **PARAMS}, csv_bytes)
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["kind"] == "finetune" and job["state"] == "queued" and job["queue"] == "finetune.gpu"
+    assert job["routing_reason"].startswith("auto: fine-tunes go to the GPU queue")
+    assert job["warnings"] == ["no live worker consumes finetune.gpu; the job stays queued until one starts "
+                               "(kronos-jobs worker --pool gpu)"]
+    assert response.headers["Location"] == f"/v1/jobs/{job['id']}"
+    params = job["params"]
+    assert params["train"] == "both" and params["tokenizer_learning_rate"] == 2e-4  # spec §6 defaults
+    assert params["data_summary"]["n_symbols"] == 2 and params["source"] == "csv"
+    windows = params["data_summary"]["train_windows"]
+    assert job["progress"]["total"] == 2 * -(-windows // 8)  # two phases of one epoch, batches of 8
+    assert client.get(f"/v1/jobs/{job['id']}").json()["kind"] == "finetune"
+
+
+def test_cpu_only_when_asked_and_no_warning_with_a_live_worker(client, db: Session, checkpoint):
+    worker_crud.register_worker(db, worker_id="cpu@h", hostname="h", pid=1, pool="cpu",
+                                queues=["forecast.cpu", "finetune.cpu"], concurrency=1, torch_threads=1,
+                                device_requested="cpu", device_resolved="cpu", device_name="cpu", device_warning=None,
+                                device_info={})
+    db.commit()
+    parquet = io.BytesIO()
+    sample_bars(1, 300).to_parquet(parquet)
+    job = post(client, {"model": checkpoint, "device": "cpu", **PARAMS}, parquet.getvalue(), "bars.parquet").json()
+    assert job["queue"] == "finetune.cpu" and job["warnings"] == [] and job["params"]["source"] == "parquet"
+    # auto never falls back to the CPU queue for training, even with only a CPU worker alive
+    assert post(client, {"model": checkpoint, **PARAMS}, parquet.getvalue(), "bars.parquet").json()["queue"] == "finetune.gpu"
+
+
+def test_series_store_symbols(client, db: Session, checkpoint):
+    from kronos_jobs.crud import series as series_crud
+
+    bars = sample_bars(2, 300)
+    series_crud.upsert_bars(db, tenant_id=DEFAULT_TENANT, bars=bars, freqs={s: "5min" for s in bars.symbol.unique()})
+    db.commit()
+    body = {"model": checkpoint, **PARAMS, "data": {"symbols": ["SIM000.XS", "SIM001.XS"]}}
+    response = client.post("/v1/jobs/finetune", json=body)
+    assert response.status_code == 202, response.text
+    assert response.json()["params"]["data_summary"]["n_bars"] == 600 and response.json()["params"]["source"] == "store"
+    end = bars.timestamp.iloc[20].isoformat()
+    short = client.post("/v1/jobs/finetune", json={**body, "data": {"symbols": ["SIM000.XS"], "end": end}})
+    assert short.status_code == 422 and short.json()["error"]["details"][0]["field"] == "file"
+
+
+SMALL = sample_bars(2, 30).to_csv(index=False).encode()
+
+
+@pytest.mark.parametrize(("request_", "data", "field"), [
+    ({"model": "kronos-huge"}, None, "model"),
+    ({"epochs": 0}, None, "request.epochs"),
+    ({"batch_size": -1}, None, "request.batch_size"),
+    ({"train": "everything"}, None, "request.train"),
+    ({"device": "tpu"}, None, "request.device"),
+    ({"validation_split": 0.9}, None, "request.validation_split"),
+    ({"predictor_learning_rate": 0}, None, "request.predictor_learning_rate"),
+    ({"adam_beta1": 1.5}, None, "request.adam_beta1"),
+    ({"max_seconds": 0}, None, "request.max_seconds"),
+    ({"max_steps": 0}, None, "request.max_steps"),
+    ({"learning_rate": 1e-3}, None, "request.learning_rate"),  # a typo is an error, not ignored
+    ({"batch_size": 2, "accumulation_steps": 4}, None, "accumulation_steps"),
+    ({"lookback": 60, "predict_window": 10}, None, "lookback"),  # beyond the tiny model's context 64
+    ({}, SMALL, "file"),  # too little data for one window
+    ({"validation_split": 0.05}, sample_bars(1, 300).to_csv(index=False).encode(), "validation_split"),
+    ({}, b"", "file"),
+    ({}, b"symbol,timestamp,open\nA,2024-01-01,1\n", "file column high"),
+])
+def test_bad_requests_name_the_field(client, checkpoint, csv_bytes, request_, data, field):
+    response = post(client, {"model": checkpoint, **PARAMS, **request_}, csv_bytes if data is None else data)
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["error"]["details"][0]["field"] == field, response.json()
+
+
+def test_other_bad_bodies(client, checkpoint):
+    assert client.post("/v1/jobs/finetune", json={"model": checkpoint}).json()["error"]["details"][0]["field"] == "data"
+    missing = client.post("/v1/jobs/finetune", json={"model": checkpoint, "data": {"symbols": ["NOPE"]}})
+    assert missing.status_code == 422 and missing.json()["error"]["details"][0]["field"] == "data.symbols[0]"
+    no_file = client.post("/v1/jobs/finetune", files={"other": ("x", b"1")}, data={"request": "{}"})
+    assert no_file.status_code == 422 and no_file.json()["error"]["details"][0]["field"] == "file"
+    assert client.post("/v1/jobs/finetune", content=b"x", headers={"Content-Type": "text/plain"}).status_code == 415
+
+
+def test_retire_a_finetuned_model(client, db: Session):
+    model_crud.register_model(db, model_id="ft-x", tenant_id=DEFAULT_TENANT, kind="finetuned", max_context=64,
+                              base_model="kronos-small", artifact_path="/nowhere", checksum="0" * 64)
+    db.commit()
+    retired = client.delete("/v1/models/ft-x")
+    assert retired.status_code == 200 and retired.json()["retired_at"] is not None
+    assert "ft-x" not in {m["id"] for m in client.get("/v1/models").json()["data"]}
+    assert client.get("/v1/models/ft-x").json()["retired_at"] is not None  # still readable
+    assert client.delete("/v1/models/kronos-small").status_code == 409
+    assert client.delete("/v1/models/ft-none").status_code == 404
