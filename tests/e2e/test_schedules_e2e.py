@@ -1,0 +1,67 @@
+"""A scheduled run over 500 stored symbols completes on real worker processes.
+
+Reuses the forecast e2e stacks (embedded SQLite + filesystem broker; Redis + PostgreSQL when
+configured) and their `python -m kronos_jobs.worker --pool cpu --concurrency 2` worker. The beat's
+work is driven by calling `schedules.tick(settings, now)` with a chosen clock.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import pandas as pd
+import pytest
+
+from kronos_jobs import schedules
+from kronos_jobs.crud import forecasts as forecast_crud, schedules as schedule_crud, series as series_crud
+from kronos_jobs.db.session import session_scope
+from kronos_jobs.names import DEFAULT_TENANT
+from tests.e2e.test_forecast_e2e import stack  # noqa: F401 - the module-scoped stack fixture
+from tests.jobs.conftest import make_bars
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
+
+N_SYMBOLS = 500
+
+
+def test_nightly_run_over_500_symbols(stack):  # noqa: F811 - pytest fixture
+    settings = stack.settings
+    symbols = {f"S{i:03d}": 40 for i in range(N_SYMBOLS)} | {"SHORT": 5}
+    bars = make_bars(symbols, freq="1h")
+    with session_scope(settings) as session:
+        series_crud.upsert_bars(session, tenant_id=DEFAULT_TENANT, bars=bars, freqs={s: "1h" for s in symbols})
+        schedule = schedules.create_schedule(session, tenant_id=DEFAULT_TENANT, fields=dict(
+            name="nightly-e2e", cron="0 18 * * 1-5", timezone="America/New_York", symbols=None, freq="1h",
+            model=str(stack.checkpoint), device="cpu", lookback=32, pred_len=4, sampling={"seed": 5}, quantiles=None,
+            calendar={"timezone": "America/New_York", "open": "09:30", "close": "16:00"}, min_history=None, enabled=True))
+        schedule_crud.update_schedule(session, tenant_id=DEFAULT_TENANT, schedule_id=schedule.id,
+                                      changes={"anchor_at": datetime(2024, 6, 19, tzinfo=timezone.utc)})
+        schedule_id = schedule.id
+
+    now = datetime(2024, 6, 19, 22, 0, 10, tzinfo=timezone.utc)  # Wednesday 18:00:10 in New York
+    (run_id,) = schedules.tick(settings, now)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        schedules.tick(settings, now)  # the beat's tick also finishes runs whose jobs ended
+        with session_scope(settings) as session:
+            run = schedule_crud.get_run(session, tenant_id=DEFAULT_TENANT, run_id=run_id)
+            state, done, total, errors = run.state, run.progress_done, run.progress_total, run.symbol_errors
+            n_jobs = len(schedule_crud.run_jobs(session, run_id=run_id))
+        if state not in ("queued", "running"):
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"run {run_id} stuck in {state} ({done}/{total}):\n{stack.log.read_text()[-4000:]}")
+
+    assert state == "partially_succeeded", errors
+    assert (done, total) == (N_SYMBOLS + 1, N_SYMBOLS + 1)
+    assert [(e["symbol"], e["code"]) for e in errors] == [("SHORT", "too_little_history")]
+    assert n_jobs == -(-N_SYMBOLS // settings.schedule_batch_symbols)
+    with session_scope(settings) as session:
+        rows = forecast_crud.latest_forecasts(session, tenant_id=DEFAULT_TENANT, schedule_id=schedule_id)
+    assert rows["symbol"].nunique() == N_SYMBOLS and len(rows) == N_SYMBOLS * 4
+    # The last bar is 12:30 New York; the session ends at 16:00, so the 4th step is the next morning.
+    first = rows[rows.symbol == "S000"]["timestamp"].tolist()
+    assert first == list(pd.to_datetime(["2024-06-19 17:30", "2024-06-19 18:30", "2024-06-19 19:30",
+                                         "2024-06-20 13:30"], utc=True))
