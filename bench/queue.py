@@ -175,12 +175,32 @@ def measure(stack: Stack, checkpoint: Path, bars, latency_jobs: int, throughput_
     assert all(state == "succeeded" for state, _ in done.values())
     wall = (max(f for _, f in done.values()) - started).total_seconds()
     return {
-        "stack": stack.name, "latency": percentiles(latencies),
+        "stack": stack.name, "durable_commit_ms": durable_commit_ms(stack.settings), "latency": percentiles(latencies),
         "phases_p50_ms": {k: percentiles(v)["p50_ms"] for k, v in phases.items()},
         "overhead": percentiles([lat - baseline for lat in latencies]),
         "throughput_jobs_per_s": round(throughput_jobs / wall, 2), "throughput_wall_s": round(wall, 2),
         "submit_ms_per_job": round(1000 * submit_seconds / throughput_jobs, 2),
     }
+
+
+def durable_commit_ms(settings, n: int = 50) -> float:
+    """Median time of one durable INSERT + COMMIT: the floor under each of a job's 3 commits
+    (submit, claim, finish). On PostgreSQL it is the WAL fsync; SQLite in WAL mode skips it."""
+    from sqlalchemy import text
+
+    from kronos_jobs.db.session import get_engine
+
+    engine = get_engine(settings)
+    with engine.begin() as c:
+        c.execute(text("CREATE TABLE IF NOT EXISTS bench_commit (x INTEGER)"))
+    times = []
+    with engine.connect() as c:
+        for _ in range(n):
+            started = time.perf_counter()
+            c.execute(text("INSERT INTO bench_commit VALUES (1)"))
+            c.commit()
+            times.append(time.perf_counter() - started)
+    return round(1000 * float(np.median(times)), 2)
 
 
 def stack_envs(root: Path, names: list[str]) -> dict[str, dict[str, str]]:
@@ -269,7 +289,7 @@ def main() -> None:
     for r in results:
         print(f"{r['stack']}: p50 submit {r['phases_p50_ms']['submit']:.1f} ms, delivery "
               f"{r['phases_p50_ms']['delivery']:.1f} ms, execution {r['phases_p50_ms']['execution']:.1f} ms "
-              f"(of which the forecast ~{1000 * baseline:.1f} ms)")
+              f"(of which the forecast ~{1000 * baseline:.1f} ms); one durable commit {r['durable_commit_ms']:.1f} ms")
     in_process_rate = 1.0 / baseline
     print(json.dumps({"bench": "queue", "machine": f"{platform.machine()} x{os.cpu_count()}", "device": "cpu",
                       "worker_processes": args.concurrency, "in_process": percentiles(base_times),

@@ -232,6 +232,7 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
     model_load_seconds = 0.0 if cached else entry.load_seconds
 
     # --- chunks -----------------------------------------------------------------------------------
+    prepare_seconds = run.elapsed()  # claim, input, series, model lookup (or load)
     parts: list[dict[str, Any]] = []
     done, inference_seconds = len(symbol_errors), 0.0
     size = settings.max_batch_size
@@ -252,7 +253,7 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
                 raise JobCancelled(f"job {run.job_id} cancelled after {done}/{total} series")
 
     # --- classify and finish ------------------------------------------------------------------------
-    meta["timings"] = {"model_load_seconds": round(model_load_seconds, 6),
+    meta["timings"] = {"prepare_seconds": round(prepare_seconds, 6), "model_load_seconds": round(model_load_seconds, 6),
                        "inference_seconds": round(inference_seconds, 6)}
     succeeded = total - len(symbol_errors)
     if succeeded == total:

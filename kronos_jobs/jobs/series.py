@@ -34,6 +34,14 @@ def _error(symbol: str, code: str, message: str) -> dict[str, str]:
 def infer_offset(timestamps: pd.Series) -> pd.DateOffset | None:
     """The series' bar frequency: pandas' inference on recent bars, else the most common gap."""
     recent = pd.DatetimeIndex(timestamps.iloc[-FREQ_SAMPLE_BARS:])
+    steps = np.diff(recent.as_unit("ns").asi8)
+    if len(steps) >= 2 and steps[0] > 0 and (steps == steps[0]).all():
+        # Evenly spaced (the common case): the step is the frequency, as pandas' slower inference says;
+        # whole days stay calendar days (the trading calendar skips weekends for those).
+        step = pd.Timedelta(int(steps[0]), unit="ns")
+        if step % pd.Timedelta(days=1) == pd.Timedelta(0):
+            return pd.offsets.Day(step.days)
+        return pd.tseries.frequencies.to_offset(step)
     if len(recent) >= 3:
         with warnings.catch_warnings():  # pandas 3 warns that the return type becomes an offset
             warnings.simplefilter("ignore")
