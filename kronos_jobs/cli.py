@@ -437,6 +437,61 @@ def _finetune_local(ctx: click.Context, params: dict[str, Any], data: bytes, fil
     click.echo(json.dumps(summary, default=str))
 
 
+# --- series store and schedules -------------------------------------------------------------------
+
+
+@main.group()
+def series() -> None:
+    """The series store: import bars, list symbols."""
+
+
+@series.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--symbol", default=None, help="The file holds this one symbol (no symbol column needed).")
+@click.option("--freq", default=None, help="Bar frequency (pandas alias: 5min, 1h, 1D) of symbols without a freq column value.")
+@click.pass_context
+def series_import(ctx: click.Context, path: Path, symbol: str | None, freq: str | None) -> None:
+    """Import a long-format CSV or Parquet file (all or nothing); prints the stored symbols."""
+    from urllib.parse import quote
+
+    url = f"/v1/series/{quote(symbol, safe='/')}/bars" if symbol else "/v1/series"
+    files = {"file": (path.name, path.read_bytes(), "application/octet-stream")}
+    result = _client(ctx).json("POST", url, files=files, data={"freq": freq} if freq else {})
+    click.echo(f"{result['rows_written']} bar(s) written", err=True)
+    click.echo(_table(result["series"], ["symbol", "freq", "first_timestamp", "last_timestamp", "rows"]))
+
+
+@series.command("list")
+@click.option("--freq", default=None)
+@click.pass_context
+def series_list(ctx: click.Context, freq: str | None) -> None:
+    """List stored symbols with first/last timestamp and row count."""
+    data = _client(ctx).json("GET", "/v1/series", params={"freq": freq} if freq else {})["data"]
+    click.echo(_table(data, ["symbol", "freq", "first_timestamp", "last_timestamp", "rows"]))
+
+
+@main.group()
+def schedules() -> None:
+    """Schedules: list them, run one now."""
+
+
+@schedules.command("list")
+@click.pass_context
+def schedules_list(ctx: click.Context) -> None:
+    """List schedules."""
+    data = _client(ctx).json("GET", "/v1/schedules")["data"]
+    click.echo(_table(data, ["id", "name", "cron", "timezone", "model", "enabled", "next_run_at"]))
+
+
+@schedules.command("run")
+@click.argument("schedule_id")
+@click.pass_context
+def schedules_run(ctx: click.Context, schedule_id: str) -> None:
+    """Run a schedule now; prints the run id."""
+    run = _client(ctx).json("POST", f"/v1/schedules/{schedule_id}/run")
+    click.echo(run["id"])
+
+
 # --- the one-machine launcher (kronos_jobs/launcher.py) -----------------------------------------------
 
 
