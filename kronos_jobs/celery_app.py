@@ -18,7 +18,7 @@ from typing import Any
 
 from celery import Celery
 
-from kronos_jobs.names import TASK_RUN_FINETUNE, TASK_RUN_FORECAST, TASK_REQUEUE_STALE_JOBS
+from kronos_jobs.names import TASK_REQUEUE_STALE_JOBS, TASK_RUN_FINETUNE, TASK_RUN_FORECAST, Queue
 from kronos_jobs.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -150,9 +150,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "timezone": "UTC",
         "enable_utc": True,
         # The reconciler re-sends jobs a broker lost (Redis without AOF, a killed whole worker on
-        # the filesystem broker). It needs exactly one beat process.
+        # the filesystem broker). It needs exactly one beat process. With no default queue it must
+        # name one: CPU workers always exist (embedded default, compose's worker-cpu) and it is short.
         "beat_schedule": {
-            "requeue-stale-jobs": {"task": TASK_REQUEUE_STALE_JOBS, "schedule": RECONCILE_EVERY_SECONDS},
+            "requeue-stale-jobs": {"task": TASK_REQUEUE_STALE_JOBS, "schedule": RECONCILE_EVERY_SECONDS,
+                                   "options": {"queue": Queue.FORECAST_CPU.value, "expires": RECONCILE_EVERY_SECONDS}},
         },
         # Beat also reads the schedules table every KRONOS_SCHEDULER_INTERVAL seconds, so schedules
         # edited through the API take effect without a restart (kronos_jobs/beat.py says why not a library).
