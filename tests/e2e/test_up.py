@@ -19,6 +19,8 @@ import pytest
 
 from tests.e2e.test_demo import KRONOS_JOBS, free_port, kronos_env, port_is_closed
 
+REPO = Path(__file__).resolve().parents[2]
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
@@ -90,6 +92,9 @@ def test_up_runs_the_stack_and_stops_it_on_sigint(up, tmp_path):
     for name in pids:
         up.wait_for(rf"(?m)^\s*{name} \| ")  # each process's log lines, prefixed with its name
 
+    # The README's curl examples, run as written against this API.
+    run_readme_examples(up, tmp_path)
+
     # The demo finds the running API and uses it. Offline, the default hub model cannot load:
     # the user gets the model-loading error and the way out, and a non-zero exit.
     demo = subprocess.run([str(KRONOS_JOBS), "demo", "--symbols", "2", "--lookback", "32", "--pred-len", "4"],
@@ -106,6 +111,38 @@ def test_up_runs_the_stack_and_stops_it_on_sigint(up, tmp_path):
     assert up.proc.wait(timeout=90) == 0, up.output[-4000:]
     assert not any(alive(pid) for pid in pids.values())
     assert port_is_closed(up.port)
+
+
+def readme_bash(heading: str) -> str:
+    """The first bash block under `### heading` in the README."""
+    from tests.test_readme import README, code_blocks
+
+    start = README.index(f"### {heading}\n")
+    return code_blocks(README[start:], "bash")[0]
+
+
+def run_readme_examples(up: Up, tmp_path: Path) -> None:
+    import sys
+
+    import pandas as pd
+
+    work = tmp_path / "readme"
+    work.mkdir()
+    (work / "examples").symlink_to(REPO / "examples")
+    env = {**up.env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{up.env['PATH']}"}
+    script = "\n".join(["set -euo pipefail", readme_bash("Submit a forecast (JSON)"), "echo",
+                        readme_bash("Submit a forecast (file upload)"), "echo",
+                        readme_bash("Follow a job, read the result")])
+    script = script.replace("http://127.0.0.1:8000", up.url)
+    run = subprocess.run(["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    assert run.stdout.count('"state":"queued"') >= 2  # the two submissions
+    assert '"state":"succeeded"' in run.stdout
+    assert '"code":"invalid_transition"' in run.stdout  # cancelling a finished job is a 409
+    csv = pd.read_csv(work / "forecast.csv")
+    parquet = pd.read_parquet(work / "forecast.parquet")
+    assert len(csv) == len(parquet) == 2 * 12  # examples/forecast.json: 2 symbols, pred_len 12
+    assert "q0.9_close" in parquet.columns
 
 
 def test_up_exits_non_zero_when_a_process_dies(up):
