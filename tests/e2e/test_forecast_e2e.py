@@ -214,3 +214,27 @@ def test_killed_child_job_is_redelivered_and_succeeds_once(stack):
         rows = result_crud.read_forecasts(session, job_id=job_id)
     assert len(rows) == len(symbols) * 8 and not rows.duplicated(["symbol", "timestamp"]).any()
     assert stack.proc.poll() is None  # the worker parent survived and replaced its child
+
+
+def test_reconciler_resends_a_message_the_broker_lost(stack):
+    from kronos_jobs.celery_app import broker_folders
+    from kronos_jobs.jobs.forecast import requeue_stale_jobs
+
+    stack.stop_worker()
+    job_id = submit(stack, make_bars({"LOST": 40}))
+    # The broker loses the message: Redis restarted without AOF, or the filesystem folder wiped.
+    if stack.settings.effective_broker_url.startswith("redis"):
+        import redis
+
+        redis.Redis.from_url(stack.settings.effective_broker_url).flushdb()
+    else:
+        for message in broker_folders(stack.settings)["data"].glob("*.msg"):
+            message.unlink()
+    stack.start_worker()
+    time.sleep(1.0)
+    assert read(stack, job_id).state == "queued"  # nothing will ever deliver it on its own
+
+    with session_scope(stack.settings) as session:
+        assert requeue_stale_jobs(session, stack.settings, queued_older_than=0.5) == [job_id]
+    job = wait_for(stack, job_id, finished)
+    assert job.state == "succeeded" and job.attempts == 1
