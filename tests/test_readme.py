@@ -144,3 +144,15 @@ def test_readme_cli_examples_parse(monkeypatch):
     assert len(lines) >= 10
     for line in lines:
         parse_cli(shlex.split(line.replace("<job-id>", "0123abcd")))
+
+
+def test_configuration_defaults_match_the_settings():
+    cells = {}
+    for row in re.findall(r"^\| `(KRONOS_[A-Z0-9_]+)` \| (.*?) \|", section("Configuration"), re.M):
+        cells[row[0]] = row[1]
+    for name, field in Settings.model_fields.items():
+        if field.default is None:
+            continue  # a derived default, described in words
+        shown = str(field.default.value if hasattr(field.default, "value") else field.default)
+        assert f"`{shown}`" in cells[f"KRONOS_{name.upper()}"], (
+            f"KRONOS_{name.upper()}: README says {cells[f'KRONOS_{name.upper()}']}, Settings says {shown}")
