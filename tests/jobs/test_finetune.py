@@ -195,3 +195,44 @@ def test_too_little_data_names_the_field():
     assert excinfo.value.field == "validation_split"
     assert check_data(FinetuneParams.from_value({**params.to_json(), "validation_split": 0}), sample_bars(1, 100))[
         "validation_windows"] == 0
+
+
+def test_max_seconds_bounds_the_whole_job_and_it_still_registers(job_settings, tiny_checkpoint, bars):
+    job_id, _ = submit(job_settings, tiny_checkpoint, bars, epochs=50, samples_per_epoch=None, max_seconds=1.0)
+    assert run_finetune_job(job_id, settings=job_settings) is JobState.SUCCEEDED
+    with session_scope(job_settings) as session:
+        phases = model_crud.get_model(session, tenant_id=DEFAULT_TENANT, model_id=model_id_for(job_id)).metrics["phases"]
+    assert phases["tokenizer"]["stopped"] == "max_seconds" and phases["tokenizer"]["steps"] >= 1
+    assert phases["predictor"] == {**phases["predictor"], "stopped": "max_seconds", "skipped": True}
+
+
+def test_idempotency_key_returns_the_same_job(job_settings, tiny_checkpoint, bars):
+    def once(**overrides):
+        with session_scope(job_settings) as session:
+            job, _ = submit_finetune(session, job_settings, tenant_id=DEFAULT_TENANT, idempotency_key="k1",
+                                     request={"model": str(tiny_checkpoint), **TINY_FINETUNE, **overrides},
+                                     bars=bars, source="csv")
+            return job.id
+
+    assert once() == once()
+    with pytest.raises(Exception, match="Idempotency-Key"):
+        once(seed=6)
+
+
+def test_the_reconciler_resends_finetunes_as_finetunes():
+    from kronos_jobs.jobs.submit import task_for_queue
+    from kronos_jobs.names import TASK_RUN_FINETUNE, TASK_RUN_FORECAST, Queue
+
+    assert task_for_queue(Queue.FINETUNE_GPU) == task_for_queue("finetune.cpu") == TASK_RUN_FINETUNE
+    assert task_for_queue(Queue.FORECAST_CPU) == TASK_RUN_FORECAST
+
+
+def test_amp_is_asked_for_and_used_only_on_cuda(tiny_checkpoint, bars, tmp_path):
+    from kronos_jobs.jobs.finetune import loop_config, run_local
+    from kronos_jobs.settings import Settings
+
+    params = FinetuneParams.from_value({"model": str(tiny_checkpoint), **TINY_FINETUNE, "train": "tokenizer",
+                                        "max_steps": 2, "eval_windows": 2})
+    assert loop_config(params, "predictor").amp is True and loop_config(params, "predictor").amp_dtype == "bfloat16"
+    summary = run_local(params, bars, device="cpu", work_dir=tmp_path, settings=Settings(data_dir=tmp_path / "d"))
+    assert summary["amp"] is False and summary["device"] == "cpu"
