@@ -3,8 +3,8 @@
 `run_forecast_job` claims the job's lease, heartbeats it, runs the series through the predictor in
 chunks, checks for cancellation between chunks, and writes results, execution metadata and the final
 state in ONE transaction. A second delivery of the same job (at-least-once broker) finds the lease
-held or the job finished and stops quietly (LeaseLost); a delivery after the lease expired (its
-worker died) takes over. `requeue_stale_jobs` re-sends tasks a broker lost.
+held or the job finished and stops (jobs/lease.py); a delivery after the lease expired (its worker
+died) takes over. Jobs whose messages were lost are re-sent by jobs/recovery.py.
 """
 
 from __future__ import annotations
@@ -14,73 +14,35 @@ import logging
 import os
 import random
 import socket
-import threading
 import time
 import traceback
 import uuid
 from typing import Any
 
 import pandas as pd
-from sqlalchemy.exc import DBAPIError
 
 from kronos_jobs.db.models import utcnow
 from kronos_jobs.db.session import session_scope
-from kronos_jobs.errors import JobCancelled, JobFailure, LeaseLost, TransientJobError
+from kronos_jobs.errors import JobCancelled, JobFailure, LeaseLost
+from kronos_jobs.jobs.lease import (
+    TRANSIENT_ERRORS,
+    LeaseHeartbeat,
+    LeaseHeld,
+    is_transient,
+    raise_if_held,
+    release_lease,
+)
+from kronos_jobs.jobs.recovery import fail_after_hard_time_limit, requeue_stale_jobs
 from kronos_jobs.jobs.series import SeriesInput, build_inputs, result_rows, rows_frame
-from kronos_jobs.jobs.submit import ForecastParams, send_job
+from kronos_jobs.jobs.submit import ForecastParams
 from kronos_jobs.names import JobState
 from kronos_jobs.settings import Settings
 
+# Older names, kept for importers (jobs/finetune.py).
+_is_transient, _raise_if_held = is_transient, raise_if_held
+__all__ = ["TRANSIENT_ERRORS", "LeaseHeld", "fail_after_hard_time_limit", "requeue_stale_jobs", "run_forecast_job"]
+
 logger = logging.getLogger(__name__)
-
-
-class LeaseHeld(LeaseLost):
-    """Another delivery holds a live lease on the running job. If its worker died (SIGKILL, OOM),
-    the lease lapses in `retry_after` seconds and this delivery should try again then."""
-
-    def __init__(self, message: str, *, retry_after: float):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-def _raise_if_held(job_id: str, settings: Settings, exc: LeaseLost) -> None:
-    from kronos_jobs.db.models import Job
-
-    with session_scope(settings) as session:
-        job = session.get(Job, job_id)
-        if job is not None and job.state == JobState.RUNNING.value and job.lease_expires_at is not None:
-            remaining = (job.lease_expires_at - utcnow()).total_seconds()
-            raise LeaseHeld(str(exc), retry_after=max(0.0, remaining)) from exc
-
-
-class LeaseHeartbeat(threading.Thread):
-    """Renews the job's lease every `heartbeat_seconds` until stopped; notices when it is lost."""
-
-    def __init__(self, settings: Settings, job_id: str, owner: str):
-        super().__init__(name=f"lease-{job_id[:8]}", daemon=True)
-        self.settings, self.job_id, self.owner = settings, job_id, owner
-        self._stop_event = threading.Event()
-        self.lost = False
-
-    def run(self) -> None:
-        from kronos_jobs.crud import jobs as job_crud
-
-        while not self._stop_event.wait(self.settings.heartbeat_seconds):
-            try:
-                with session_scope(self.settings) as session:
-                    held = job_crud.renew_lease(session, job_id=self.job_id, owner=self.owner,
-                                                lease_seconds=self.settings.lease_seconds)
-            except Exception as exc:  # a DB hiccup: the lease has slack for a missed beat or two
-                logger.warning("job %s: lease renewal failed (%s); retrying", self.job_id, exc)
-                continue
-            if not held:
-                self.lost = True
-                return
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        if self.is_alive() and self is not threading.current_thread():
-            self.join(timeout=5)
 
 
 @dataclasses.dataclass
@@ -131,7 +93,7 @@ def run_forecast_job(job_id: str, *, settings: Settings) -> JobState | None:
         logger.info("job %s cancelled elapsed=%.3fs (before it started)", job_id, time.perf_counter() - t0)
         return JobState.CANCELLED
     except LeaseLost as exc:
-        _raise_if_held(job_id, settings, exc)
+        raise_if_held(job_id, settings, exc)
         raise
     _log(run, JobState.RUNNING, f"attempt={run.attempt} owner={owner}")
 
@@ -141,30 +103,6 @@ def run_forecast_job(job_id: str, *, settings: Settings) -> JobState | None:
         return _execute(run, settings, heartbeat, job_input)
     finally:
         heartbeat.stop()
-
-
-# Errors worth a retry with backoff: the job itself is fine, something it talks to hiccupped.
-def _transient_types() -> tuple[type[BaseException], ...]:
-    from kombu.exceptions import OperationalError as BrokerOperationalError
-    from sqlalchemy.exc import InterfaceError, OperationalError
-
-    types: list[type[BaseException]] = [TransientJobError, OperationalError, InterfaceError, BrokerOperationalError]
-    try:
-        from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
-
-        types += [RedisConnectionError, RedisTimeoutError]
-    except ImportError:  # redis is optional on the embedded default
-        pass
-    return tuple(types)
-
-
-TRANSIENT_ERRORS = _transient_types()
-
-
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, TRANSIENT_ERRORS)
 
 
 def _execute(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_input: tuple) -> JobState:
@@ -189,8 +127,8 @@ def _execute(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_input
     except LeaseLost:
         raise
     except Exception as exc:
-        if _is_transient(exc):
-            _release_lease(run, settings)
+        if is_transient(exc):
+            release_lease(run.job_id, run.owner, settings)
             raise
         code = getattr(exc, "code", "internal_error") if isinstance(exc, JobFailure) else "internal_error"
         logger.error("job %s failed: %s\n%s", run.job_id, exc, traceback.format_exc())
@@ -334,41 +272,3 @@ def _empty_rows() -> pd.DataFrame:
     return pd.DataFrame(columns=[*RESULT_COLUMNS, "step"])
 
 
-def _release_lease(run: _Run, settings: Settings) -> None:
-    """Best effort: let the retry of a transient failure claim the job at once instead of waiting."""
-    from kronos_jobs.crud import jobs as job_crud
-
-    try:
-        with session_scope(settings) as session:
-            job_crud.renew_lease(session, job_id=run.job_id, owner=run.owner, lease_seconds=0)
-    except Exception as exc:  # the database is what failed; the lease lapses on its own
-        logger.warning("job %s: could not release the lease (%s); it lapses in %s s",
-                       run.job_id, exc, settings.lease_seconds)
-
-
-# --- the reconciler ------------------------------------------------------------------------------
-
-
-def requeue_stale_jobs(session, settings: Settings, *, queued_older_than: float | None = None) -> list[str]:
-    """Re-send tasks for queued jobs untouched for a while and running jobs whose lease lapsed.
-
-    A broker can lose messages (Redis without AOF, a whole filesystem-broker worker killed after it
-    took the message). A duplicate message is harmless: the lease lets one delivery run the job and
-    the others stop quietly. Returns the re-sent job ids (the caller commits the touch).
-    """
-    from kronos_jobs.crud import jobs as job_crud
-
-    older = queued_older_than if queued_older_than is not None else 10 * settings.lease_seconds
-    jobs = job_crud.stale_queued_jobs(session, older_than_seconds=older)
-    jobs += job_crud.expired_running_jobs(session)
-    sent = []
-    for job in jobs:
-        try:
-            send_job(settings, job.id, job.queue)
-            sent.append(job.id)
-        except Exception as exc:
-            logger.warning("reconciler: could not re-send job %s (%s)", job.id, exc)
-    job_crud.touch_jobs(session, job_ids=sent)
-    if sent:
-        logger.info("reconciler: re-sent %d job(s): %s", len(sent), ", ".join(sent[:20]))
-    return sent

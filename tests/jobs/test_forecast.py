@@ -187,10 +187,10 @@ def test_attempt_cap_ends_a_job_that_keeps_dying(job_settings, tiny_checkpoint):
 
 
 def test_reconciler_resends_stale_jobs(job_settings, tiny_checkpoint, monkeypatch):
-    from kronos_jobs.jobs import forecast
+    from kronos_jobs.jobs import recovery
 
     sent = []
-    monkeypatch.setattr(forecast, "send_job", lambda settings, job_id, queue: sent.append((job_id, queue)))
+    monkeypatch.setattr(recovery, "send_job", lambda settings, job_id, queue: sent.append((job_id, queue)))
     job_id = submit(job_settings, tiny_checkpoint, make_bars({"A": 30}))
     with session_scope(job_settings) as session:
         assert requeue_stale_jobs(session, job_settings, queued_older_than=3600) == []
@@ -206,3 +206,18 @@ def test_unknown_model_names_the_field(job_settings):
     with pytest.raises(InvalidRequest) as caught:
         submit(job_settings, "no-such-model", make_bars({"A": 30}))
     assert caught.value.details[0]["field"] == "model" and "kronos-small" in caught.value.message
+
+
+def test_soft_time_limit_fails_the_job_and_keeps_no_rows(job_settings, tiny_checkpoint, monkeypatch):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from kronos_jobs.jobs import forecast
+
+    def too_slow(*args, **kwargs):
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(forecast, "_predict_chunk", too_slow)
+    job_id = submit(job_settings, tiny_checkpoint, make_bars({"A": 30}))
+    assert run_forecast_job(job_id, settings=job_settings) is JobState.FAILED
+    job, rows = load(job_settings, job_id)
+    assert job.error["code"] == "time_limit" and rows.empty and job.lease_owner is None

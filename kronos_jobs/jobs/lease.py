@@ -1,0 +1,110 @@
+"""Job leases: who runs a job right now, kept alive by a heartbeat, and what a delivery does when
+someone else holds it. Shared by the forecast and fine-tune lifecycles.
+
+A delivery claims the job (a conditional UPDATE in crud.jobs.claim_job); while it runs,
+`LeaseHeartbeat` renews the lease every KRONOS_HEARTBEAT_SECONDS. A second delivery finds the lease
+held (LeaseHeld: look again when it would lapse, in case the holder died) or the job finished
+(LeaseLost: stop). A transient failure releases the lease so its retry can claim at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sqlalchemy.exc import DBAPIError
+
+from kronos_jobs.db.models import utcnow
+from kronos_jobs.db.session import session_scope
+from kronos_jobs.errors import LeaseLost, TransientJobError
+from kronos_jobs.names import JobState
+from kronos_jobs.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class LeaseHeld(LeaseLost):
+    """Another delivery holds a live lease on the running job. If its worker died (SIGKILL, OOM),
+    the lease lapses in `retry_after` seconds and this delivery should try again then."""
+
+    def __init__(self, message: str, *, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def raise_if_held(job_id: str, settings: Settings, exc: LeaseLost) -> None:
+    """Turn `exc` into LeaseHeld when the job is running under another delivery's live lease."""
+    from kronos_jobs.db.models import Job
+
+    with session_scope(settings) as session:
+        job = session.get(Job, job_id)
+        if job is not None and job.state == JobState.RUNNING.value and job.lease_expires_at is not None:
+            remaining = (job.lease_expires_at - utcnow()).total_seconds()
+            raise LeaseHeld(str(exc), retry_after=max(0.0, remaining)) from exc
+
+
+class LeaseHeartbeat(threading.Thread):
+    """Renews the job's lease every `heartbeat_seconds` until stopped; notices when it is lost."""
+
+    def __init__(self, settings: Settings, job_id: str, owner: str):
+        super().__init__(name=f"lease-{job_id[:8]}", daemon=True)
+        self.settings, self.job_id, self.owner = settings, job_id, owner
+        self._stop_event = threading.Event()
+        self.lost = False
+
+    def run(self) -> None:
+        from kronos_jobs.crud import jobs as job_crud
+
+        while not self._stop_event.wait(self.settings.heartbeat_seconds):
+            try:
+                with session_scope(self.settings) as session:
+                    held = job_crud.renew_lease(session, job_id=self.job_id, owner=self.owner,
+                                                lease_seconds=self.settings.lease_seconds)
+            except Exception as exc:  # a DB hiccup: the lease has slack for a missed beat or two
+                logger.warning("job %s: lease renewal failed (%s); retrying", self.job_id, exc)
+                continue
+            if not held:
+                self.lost = True
+                return
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(timeout=5)
+
+
+def release_lease(job_id: str, owner: str, settings: Settings) -> None:
+    """Best effort: let the retry of a transient failure claim the job at once instead of waiting."""
+    from kronos_jobs.crud import jobs as job_crud
+
+    try:
+        with session_scope(settings) as session:
+            job_crud.renew_lease(session, job_id=job_id, owner=owner, lease_seconds=0)
+    except Exception as exc:  # the database is what failed; the lease lapses on its own
+        logger.warning("job %s: could not release the lease (%s); it lapses in %s s",
+                       job_id, exc, settings.lease_seconds)
+
+
+# Errors worth a retry with backoff: the job itself is fine, something it talks to hiccupped.
+def _transient_types() -> tuple[type[BaseException], ...]:
+    from kombu.exceptions import OperationalError as BrokerOperationalError
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    types: list[type[BaseException]] = [TransientJobError, OperationalError, InterfaceError, BrokerOperationalError]
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
+
+        types += [RedisConnectionError, RedisTimeoutError]
+    except ImportError:  # redis is optional on the embedded default
+        pass
+    return tuple(types)
+
+
+TRANSIENT_ERRORS = _transient_types()
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A database or broker hiccup: a retry with backoff may succeed."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, TRANSIENT_ERRORS)
