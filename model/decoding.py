@@ -119,18 +119,31 @@ class PackedKronos:
             temporal = temporal + F.embedding(idx[:, col], table)
         return torch.addmm(self.fusion[1], e, self.fusion[0]) + temporal
 
-    def window(self, s1: torch.Tensor, s2: torch.Tensor, stamp: torch.Tensor, caches=None) -> torch.Tensor:
-        """A fresh window, positions 0..T-1: ids (R, T), stamp (R, T, 5) -> x̂ (R, T, d).
+    def token_inputs(self, s1: torch.Tensor, s2: torch.Tensor, stamp: torch.Tensor):
+        """What a token brings to any window: ids (N,), stamp (N, 5) -> (x (N, d), qkv of block 0 (N, 3d)).
+
+        Neither depends on the token's window position (the embedding has none, and RoPE is applied
+        after the projections), so the predictor computes them once per token and reuses them in
+        every window recompute of the sliding phase — exact, and a block's worth of GEMMs saved.
+        """
+        x = self._embed(s1, s2, stamp)
+        n1, wqkv, bqkv = self.layers[0][:3]
+        return x, torch.addmm(bqkv, _rms(x, n1, self.eps), wqkv)
+
+    def window(self, x: torch.Tensor, qkv0: torch.Tensor, caches=None) -> torch.Tensor:
+        """A fresh window at positions 0..T-1, from ``token_inputs`` (R, T, d), (R, T, 3d) -> x̂ (R, T, d).
 
         With ``caches`` (prefill) the rotated keys and values are stored at positions 0..T-1.
         """
-        R, T = s1.shape
+        R, T, _ = x.shape
         H, hd = self.n_heads, self.head_dim
-        cos, sin = self.rotary(0, T, s1.device)  # (T, hd)
-        x = self._embed(s1.reshape(-1), s2.reshape(-1), stamp.reshape(R * T, -1))  # (R*T, d)
+        cos, sin = self.rotary(0, T, x.device)  # (T, hd)
+        x, qkv = x.reshape(R * T, -1), qkv0.reshape(R * T, -1)  # (R*T, d), (R*T, 3d)
         for li, (n1, wqkv, bqkv, wo, bo, n2, w13, w2) in enumerate(self.layers):
-            qkv = torch.addmm(bqkv, _rms(x, n1, self.eps), wqkv).view(R, T, 3, H, hd).permute(2, 0, 3, 1, 4)
-            qk = _rope(qkv[:2], cos, sin)  # (2, R, H, T, hd)
+            if li:
+                qkv = torch.addmm(bqkv, _rms(x, n1, self.eps), wqkv)
+            qkv = qkv.view(R, T, 3, H, hd).permute(2, 0, 3, 1, 4)  # (3, R, H, T, hd)
+            qk = _rope(qkv[:2], cos, sin)
             if caches is not None:
                 caches[li][0][:, :, :T] = qk[1]
                 caches[li][1][:, :, :T] = qkv[2]
@@ -144,16 +157,18 @@ class PackedKronos:
         gate, up = (h @ w13).chunk(2, dim=-1)  # (N, f) each
         return (F.silu(gate) * up) @ w2
 
-    def step(self, s1: torch.Tensor, s2: torch.Tensor, stamp: torch.Tensor, caches, pos: int) -> torch.Tensor:
-        """One new token per row at window position ``pos``: ids (R,), stamp (R, 5) -> x̂ (R, d).
+    def step(self, x: torch.Tensor, qkv0: torch.Tensor, caches, pos: int) -> torch.Tensor:
+        """One new token per row at window position ``pos``, from ``token_inputs`` (R, d), (R, 3d) -> x̂ (R, d).
 
         Writes its rotated keys and values into ``caches`` at ``pos`` and attends to 0..pos.
         """
-        R, H, hd = s1.shape[0], self.n_heads, self.head_dim
-        cos, sin = self.rotary(pos, 1, s1.device)  # (1, hd)
-        x = self._embed(s1, s2, stamp)  # (R, d)
-        for (n1, wqkv, bqkv, wo, bo, n2, w13, w2), (k_buf, v_buf) in zip(self.layers, caches):
-            qkv = torch.addmm(bqkv, _rms(x, n1, self.eps), wqkv).view(R, 3, H, hd)
+        R, H, hd = x.shape[0], self.n_heads, self.head_dim
+        cos, sin = self.rotary(pos, 1, x.device)  # (1, hd)
+        qkv = qkv0
+        for li, ((n1, wqkv, bqkv, wo, bo, n2, w13, w2), (k_buf, v_buf)) in enumerate(zip(self.layers, caches)):
+            if li:
+                qkv = torch.addmm(bqkv, _rms(x, n1, self.eps), wqkv)
+            qkv = qkv.view(R, 3, H, hd)
             qk = _rope(qkv[:, :2], cos, sin)  # (R, 2, H, hd)
             k_buf[:, :, pos] = qk[:, 1]
             v_buf[:, :, pos] = qkv[:, 2]
@@ -229,17 +244,26 @@ def generate(model, tokenizer, x: torch.Tensor, x_stamp: torch.Tensor, y_stamp: 
 
     # ---- prefill the first window once per series ---------------------------------------------
     cached = L + 1 <= M and P > 1  # later steps grow the window incrementally
+    slides = L + P - 1 > M  # some later step must recompute a whole window
     cache_len = min(L + P - 1, M)
-    lo = max(0, L - M)
+    base = max(0, L - M)  # oldest token any window will hold
+    W = L - base
     caches = _alloc_caches(packed, B, cache_len, dtype, dev) if cached else None
-    ctx = packed.window(s1_ctx[:, lo:], s2_ctx[:, lo:], stamps[:, lo:L], caches)  # (B, W, d)
+    x0, q0 = packed.token_inputs(s1_ctx[:, base:].reshape(-1), s2_ctx[:, base:].reshape(-1),
+                                 stamps[:, base:L].reshape(B * W, -1))  # (B*W, d), (B*W, 3d)
+    x0, q0 = x0.view(B, W, -1), q0.view(B, W, -1)
+    ctx = packed.window(x0, q0, caches)  # (B, W, d)
     dep_k, dep_v = packed.dep_keys(ctx)  # (B, 4, W, d/4)
     if cached:  # room for the keys of the tokens still to come
         dk = dep_k.new_empty(B, dep_k.shape[1], cache_len, dep_k.shape[-1])
         dv = torch.empty_like(dk)
         dk[:, :, :L], dv[:, :, :L] = dep_k, dep_v
         dep_k, dep_v = dk, dv
-    last, W = ctx[:, -1], ctx.shape[1]  # (B, d)
+    if slides:  # per-token window inputs, kept for the recomputes (index k - base for token k)
+        tok_x = x0.new_empty(R, L + P - base, x0.shape[-1])
+        tok_q = q0.new_empty(R, L + P - base, q0.shape[-1])
+        tok_x[:, :W], tok_q[:, :W] = x0.repeat_interleave(S, dim=0), q0.repeat_interleave(S, dim=0)
+    last = ctx[:, -1]  # (B, d)
     if S > 1:
         last = last.repeat_interleave(S, dim=0)
         dep_k, dep_v = dep_k.repeat_interleave(S, dim=0), dep_v.repeat_interleave(S, dim=0)
@@ -254,13 +278,16 @@ def generate(model, tokenizer, x: torch.Tensor, x_stamp: torch.Tensor, y_stamp: 
         ids1[:, n], ids2[:, n] = a, b
         if i == P - 1:
             break
+        x_new, q_new = packed.token_inputs(a, b, stamps_rows[:, n])  # (R, d), (R, 3d)
+        if slides:
+            tok_x[:, n - base], tok_q[:, n - base] = x_new, q_new
         if n + 1 <= M:  # growth: the new token enters at window position n
-            last = packed.step(a, b, stamps_rows[:, n], caches, n)  # (R, d)
+            last = packed.step(x_new, q_new, caches, n)  # (R, d)
             dep_k[:, :, n:n + 1], dep_v[:, :, n:n + 1] = packed.dep_keys(last[:, None])
             W = n + 1
         else:  # sliding: exact full recompute of the window (positions restart at 0)
-            lo = n + 1 - M
-            ctx = packed.window(ids1[:, lo:n + 1], ids2[:, lo:n + 1], stamps_rows[:, lo:n + 1])  # (R, M, d)
+            lo = n + 1 - M - base
+            ctx = packed.window(tok_x[:, lo:lo + M], tok_q[:, lo:lo + M])  # (R, M, d)
             dep_k, dep_v = packed.dep_keys(ctx)
             last, W = ctx[:, -1], M
 
