@@ -40,6 +40,7 @@ PROCESSES: dict[str, list[str]] = {
 }
 READY_TIMEOUT_SECONDS = 120.0  # first start imports torch and migrates; slow disks need the margin
 STOP_TIMEOUT_SECONDS = 45.0  # Celery's warm shutdown gives running tasks 30 s (celery_app.py)
+INTERRUPT_STOP_TIMEOUT_SECONDS = 5.0  # an interrupted demo stops its own processes promptly
 POLL_SECONDS = 0.2
 
 _PR_SET_PDEATHSIG = 1
@@ -323,7 +324,7 @@ def demo(settings: Settings, options: DemoOptions, *, env: Mapping[str, str] | N
           f"-> {out_dir / 'input.parquet'}; model {model_label(model)}", flush=True)
 
     url = settings.effective_api_url
-    stack, log = None, None
+    stack, log, job_id, stop_timeout = None, None, None, STOP_TIMEOUT_SECONDS
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
         if not api_is_up(url):
@@ -344,6 +345,7 @@ def demo(settings: Settings, options: DemoOptions, *, env: Mapping[str, str] | N
                 print(f"demo: the API refused the job: {_error_text(response)}", file=sys.stderr)
                 return 2
             job = response.json()
+            job_id = job["id"]
             print(f"demo: job {job['id']} queued on {job['queue']} ({job['routing_reason']})", flush=True)
             job = follow_job(client, job, stack=stack, timeout=options.timeout)
             if job["state"] not in ("succeeded", "partially_succeeded"):
@@ -361,6 +363,10 @@ def demo(settings: Settings, options: DemoOptions, *, env: Mapping[str, str] | N
         return 0
     except (_StopRequested, KeyboardInterrupt):
         print("\ndemo: interrupted", file=sys.stderr)
+        if job_id is not None:
+            _cancel_quietly(url, job_id)
+        # The demo's own processes hold nothing worth waiting for: don't sit out a warm shutdown.
+        stop_timeout = INTERRUPT_STOP_TIMEOUT_SECONDS
         return 130
     except (RuntimeError, httpx.HTTPError) as exc:
         print(f"\ndemo: {exc}", file=sys.stderr)
@@ -371,9 +377,19 @@ def demo(settings: Settings, options: DemoOptions, *, env: Mapping[str, str] | N
         signal.signal(signal.SIGTERM, previous)
         if stack is not None:
             print("demo: stopping the processes it started", flush=True)
-            stack.stop()
+            stack.stop(timeout=stop_timeout)
         if log is not None:
             log.close()
+
+
+def _cancel_quietly(url: str, job_id: str) -> None:
+    """Cancel the demo's job so a later `up` on the same data dir does not run it again."""
+    try:
+        response = httpx.post(f"{url}/v1/jobs/{job_id}/cancel", timeout=5.0)
+        if response.status_code == 200:
+            print(f"demo: cancel requested for job {job_id}", file=sys.stderr)
+    except httpx.HTTPError:
+        pass
 
 
 def _tail(path: Path, lines: int = 30) -> str:
