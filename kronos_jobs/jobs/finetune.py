@@ -48,7 +48,7 @@ from kronos_jobs.db.models import utcnow
 from kronos_jobs.db.session import session_scope
 from kronos_jobs.errors import JobCancelled, JobFailure, LeaseLost
 from kronos_jobs.jobs.finetune_submit import FinetuneParams, check_data, phase_steps, split_series, validate_params, window_count
-from kronos_jobs.jobs.forecast import LeaseHeartbeat, _is_transient, _raise_if_held
+from kronos_jobs.jobs.lease import LeaseHeartbeat, is_transient, raise_if_held, release_lease
 from kronos_jobs.names import JobState
 from kronos_jobs.registry import ModelSpec, resolve_model, save_local_model
 from kronos_jobs.settings import Settings
@@ -364,7 +364,7 @@ def run_finetune_job(job_id: str, *, settings: Settings) -> JobState | None:
         logger.info("job %s cancelled elapsed=%.3fs (before it started)", job_id, time.perf_counter() - t0)
         return JobState.CANCELLED
     except LeaseLost as exc:
-        _raise_if_held(job_id, settings, exc)
+        raise_if_held(job_id, settings, exc)
         raise
     logger.info("job %s running elapsed=%.3fs attempt=%d owner=%s", job_id, run.elapsed(), run.attempt, owner)
     heartbeat = LeaseHeartbeat(settings, job_id, owner)
@@ -397,8 +397,8 @@ def _execute(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat) -> JobSta
     except LeaseLost:
         raise
     except Exception as exc:
-        if _is_transient(exc):
-            _release_lease(run, settings)
+        if is_transient(exc):
+            release_lease(run.job_id, run.owner, settings)
             raise
         code = exc.code if isinstance(exc, JobFailure) else "internal_error"
         logger.error("job %s failed: %s\n%s", run.job_id, exc, traceback.format_exc())
@@ -479,16 +479,6 @@ def _finish(run: _Run, settings: Settings, state: JobState, *, meta: dict[str, A
 
 def _remove_artifacts(settings: Settings, job_id: str) -> None:
     shutil.rmtree(artifacts_dir(settings, job_id), ignore_errors=True)
-
-
-def _release_lease(run: _Run, settings: Settings) -> None:
-    from kronos_jobs.crud import jobs as job_crud
-
-    try:
-        with session_scope(settings) as session:
-            job_crud.renew_lease(session, job_id=run.job_id, owner=run.owner, lease_seconds=0)
-    except Exception as exc:
-        logger.warning("job %s: could not release the lease (%s); it lapses in %s s", run.job_id, exc, settings.lease_seconds)
 
 
 def _log(run: _Run, state: JobState, extra: str = "") -> None:
