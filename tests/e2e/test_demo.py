@@ -44,13 +44,40 @@ def kronos_env(tmp_path: Path, port: int) -> dict[str, str]:
     return env
 
 
-def test_demo_with_random_weights(tmp_path):
+def empty_redis_db(server_url: str) -> str:
+    """A Redis URL on an empty DB number, so the demo's queues meet no one else's."""
+    import redis
+    from sqlalchemy.engine import make_url
+
+    for number in range(14, 0, -1):
+        url = str(make_url(server_url).set(database=str(number)))
+        if redis.Redis.from_url(url).dbsize() == 0:
+            return url
+    pytest.fail(f"no empty Redis DB on {server_url}")
+
+
+@pytest.fixture(params=["embedded", pytest.param("redis+postgresql", marks=pytest.mark.integration)])
+def stack_env(request, tmp_path) -> dict[str, str]:
+    """The embedded default (nothing configured), or production URLs: Redis and PostgreSQL."""
+    if request.param == "embedded":
+        yield {}
+        return
+    from tests.conftest import TEST_REDIS_URL_ENV, require_service
+
+    redis_url = empty_redis_db(require_service(TEST_REDIS_URL_ENV))
+    yield {"KRONOS_BROKER_URL": redis_url, "KRONOS_DATABASE_URL": request.getfixturevalue("pg_url")}
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+
+
+def test_demo_with_random_weights(tmp_path, stack_env):
     assert KRONOS_JOBS.is_file(), f"{KRONOS_JOBS} missing: install the project (scripts/setup.sh)"
     port = free_port()
     run = subprocess.run(
         [str(KRONOS_JOBS), "demo", "--model", "random:mini", "--symbols", str(SYMBOLS),
          "--lookback", str(LOOKBACK), "--pred-len", str(PRED_LEN)],
-        env=kronos_env(tmp_path, port), cwd=tmp_path, capture_output=True, text=True, timeout=280,
+        env={**kronos_env(tmp_path, port), **stack_env}, cwd=tmp_path, capture_output=True, text=True, timeout=280,
     )
     out_dir = tmp_path / "kronos-data" / "demo"
     services_log = (out_dir / "services.log").read_text() if (out_dir / "services.log").exists() else ""
@@ -69,6 +96,12 @@ def test_demo_with_random_weights(tmp_path):
     for name in ("api", "worker-cpu", "beat"):
         assert f"{name:>10} | " in services_log
     assert port_is_closed(port)
+    sqlite_file = tmp_path / "kronos-data" / "kronos.db"
+    if stack_env:  # production URLs: the same code, on Redis and PostgreSQL only
+        assert "Connected to redis://" in services_log
+        assert not sqlite_file.exists()
+    else:
+        assert sqlite_file.exists()
 
     # The Parquet result: every symbol, pred_len rows each, finite prices, labelled.
     parquet = out_dir / "forecast.parquet"
