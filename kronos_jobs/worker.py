@@ -141,16 +141,23 @@ class WorkerHeartbeat(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        from kronos_jobs.crud import workers as worker_crud
-        from kronos_jobs.db.session import session_scope
+        from sqlalchemy.orm import Session
+        from sqlalchemy.pool import NullPool
 
+        from kronos_jobs.crud import workers as worker_crud
+        from kronos_jobs.db.session import make_engine
+
+        # Its own engine, outside the process-wide engine cache: the parent forks pool children
+        # while this thread runs, and a child must never inherit a cache lock this thread held.
+        engine = make_engine(self.settings.effective_database_url, poolclass=NullPool)
         while not self._stop_event.wait(self.settings.heartbeat_seconds):
             try:
-                with session_scope(self.settings) as session:
+                with Session(engine) as session, session.begin():
                     if not worker_crud.heartbeat_worker(session, worker_id=self.identity.worker_id):
                         register(self.settings, self.identity, session=session)
             except Exception as exc:  # keep beating through a database hiccup
                 logger.warning("worker %s: heartbeat failed (%s)", self.identity.worker_id, exc)
+        engine.dispose()
 
     def stop(self) -> None:
         self._stop_event.set()
