@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -165,6 +166,11 @@ def _signal_group(child: Child, signum: int) -> None:
         pass
 
 
+def redacted(url: str) -> str:
+    """The URL with its password replaced, fit for a log line."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
 def api_is_up(url: str) -> bool:
     try:
         return httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200
@@ -190,8 +196,8 @@ def _raise_stop(signum: int, _frame: object) -> None:
 
 def up(settings: Settings, *, env: Mapping[str, str] | None = None) -> int:
     """Run the API, a CPU worker and beat until SIGINT/SIGTERM (0) or until a child dies (1)."""
-    print(f"kronos-jobs up: database {settings.effective_database_url}", flush=True)
-    print(f"kronos-jobs up: broker {settings.effective_broker_url}"
+    print(f"kronos-jobs up: database {redacted(settings.effective_database_url)}", flush=True)
+    print(f"kronos-jobs up: broker {redacted(settings.effective_broker_url)}"
           + (f" (folder {settings.broker_dir})" if settings.effective_broker_url.startswith("filesystem") else ""),
           flush=True)
     upgrade_database(settings)

@@ -114,3 +114,12 @@ def _is_zombie(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_urls_are_logged_without_passwords():
+    from kronos_jobs.launcher import redacted
+
+    assert redacted("postgresql+psycopg://kronos:change-me@postgres:5432/kronos") == "postgresql+psycopg://kronos:***@postgres:5432/kronos"
+    assert redacted("redis://:secret@redis:6379/0") == "redis://:***@redis:6379/0"
+    assert redacted("redis://redis:6379/0") == "redis://redis:6379/0"
+    assert redacted("postgresql+psycopg://postgres@127.0.0.1:5432/test") == "postgresql+psycopg://postgres@127.0.0.1:5432/test"
