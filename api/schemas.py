@@ -11,7 +11,7 @@ import dataclasses
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from kronos_jobs.jobs.finetune_submit import FinetuneParams
 from kronos_jobs.names import DevicePreference, JobKind, JobState
@@ -70,6 +70,7 @@ class ForecastParamsIn(_Strict):
     pred_len: int = Field(24, ge=1, le=MAX_STEPS, description="Future bars to forecast (at most the model's context length).")
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     quantiles: list[float] | None = Field(None, max_length=MAX_QUANTILES, description="Sample quantile levels in (0, 1), e.g. [0.1, 0.5, 0.9].")
+    calendar: dict[str, Any] | None = Field(None, description='Trading calendar for generated future timestamps (see the README): {"timezone", "weekdays", "open", "close", "holidays"}, or {"default": {...}, "symbols": {...}}. Default: weekends skipped for daily bars.')
 
     @field_validator("quantiles")
     @classmethod
@@ -84,10 +85,28 @@ class ForecastParamsIn(_Strict):
         return sorted(levels)
 
 
-class ForecastJobCreate(ForecastParamsIn):
-    """`POST /v1/jobs/forecast` as JSON."""
+class ForecastStoreSelection(_Strict):
+    """Forecast input read from the series store: each symbol's latest `lookback` bars."""
 
-    series: list[SeriesIn] = Field(min_length=1, description="One entry per symbol.")
+    symbols: list[str] = Field(min_length=1, max_length=100_000)
+    freq: str | None = Field(None, max_length=32, description="Needed only when a symbol is stored at several frequencies.")
+
+
+class ForecastJobCreate(ForecastParamsIn):
+    """`POST /v1/jobs/forecast` as JSON: inline `series`, or `series_store` symbols."""
+
+    series_store: ForecastStoreSelection | None = Field(None, description="Instead of `series`: symbols whose latest bars are read from the series store.")
+    series: list[SeriesIn] = Field(default_factory=list, validate_default=True, description="One entry per symbol.")
+
+    @field_validator("series")
+    @classmethod
+    def _one_input(cls, series: list[SeriesIn], info: ValidationInfo) -> list[SeriesIn]:
+        stored = info.data.get("series_store") is not None
+        if not series and not stored:
+            raise ValueError("give at least one series (or series_store symbols)")
+        if series and stored:
+            raise ValueError("give series or series_store, not both")
+        return series
 
 
 class ForecastUploadCreate(ForecastParamsIn):

@@ -419,6 +419,32 @@ def parse_symbol_bars(symbol: str, *, freq: str | None, bars: Sequence[Mapping[s
         raise _renamed(exc, "series[0].") from None
 
 
+def read_store_input(session, *, tenant_id: str, symbols: Sequence[str], freq: str | None, lookback: int,
+                     settings: Settings) -> SeriesInput:
+    """A forecast's input from the series store (`series_store` in the request): each symbol's
+    latest `lookback` bars; a symbol not stored is a 422 naming `series_store.symbols[i]`."""
+    from kronos_jobs.crud import series as series_crud
+    from kronos_jobs.errors import NotFound
+
+    if len(symbols) > settings.max_series_per_job:
+        raise _invalid("series_store.symbols", f"{len(symbols)} symbols, at most {settings.max_series_per_job} per job (KRONOS_MAX_SERIES_PER_JOB)")
+    freq = check_freq(freq, "series_store.freq") if freq else None
+    keys: dict[str, str] = {}
+    for i, value in enumerate(symbols):
+        symbol = check_symbol(value, f"series_store.symbols[{i}]")
+        if symbol in keys:
+            raise _invalid(f"series_store.symbols[{i}]", f"symbol {symbol!r} is listed twice")
+        try:
+            keys[symbol] = series_crud.resolve_freq(session, tenant_id=tenant_id, symbol=symbol, freq=freq)
+        except NotFound as exc:
+            raise _invalid(f"series_store.symbols[{i}]", exc.message) from None
+        except InvalidRequest as exc:
+            raise _invalid("series_store.freq", exc.message.removeprefix("freq: ")) from None
+    frame = series_crud.latest_bars(session, tenant_id=tenant_id, keys=keys.items(), lookback=lookback)
+    bars = frame.drop(columns="freq").dropna(axis=1, how="all")
+    return SeriesInput(bars=bars, future=None, freqs=keys, source="store")
+
+
 def store_freqs(series: SeriesInput) -> dict[str, str]:
     """Each symbol's frequency for the store key: as given, else inferred from its bars."""
     from kronos_jobs.jobs.series import infer_offset  # the one place that infers a frequency

@@ -47,8 +47,12 @@ class ForecastSubmission:
     params: ForecastParamsIn  # a ForecastJobCreate (JSON) or a ForecastUploadCreate (upload)
     upload: Upload | None = None
 
-    def series_input(self, settings: Settings) -> bar_input.SeriesInput:
+    def series_input(self, settings: Settings, session=None, tenant_id: str | None = None) -> bar_input.SeriesInput:
         """Parse and check the bars (CPU work: runs in the handler's thread, not the event loop)."""
+        store = getattr(self.params, "series_store", None)
+        if store is not None:  # the latest `lookback` bars of stored symbols
+            return bar_input.read_store_input(session, tenant_id=tenant_id, symbols=store.symbols, freq=store.freq,
+                                              lookback=self.params.lookback, settings=settings)
         if self.upload is None:
             series = [s.model_dump() for s in self.params.series]
             return bar_input.parse_inline_series(series, pred_len=self.params.pred_len, settings=settings)
@@ -140,7 +144,7 @@ def create_forecast_job(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)] = None,
 ) -> JobPublic:
     """Submit a forecast job."""
-    series = submission.series_input(settings)
+    series = submission.series_input(settings, session, caller.tenant_id)
     job = submit_forecast(
         session, settings, tenant_id=caller.tenant_id, request=submission.forecast_params(series.freqs, settings),
         bars=series.bars, future=series.future, source=series.source, idempotency_key=idempotency_key,

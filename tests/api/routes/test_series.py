@@ -129,3 +129,23 @@ def test_two_frequencies_need_a_choice(client: TestClient) -> None:
     r = client.get("/v1/series/AAA/bars")
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "freq"
     assert client.get("/v1/series/AAA/bars", params={"freq": "1D"}).json()["freq"] == "1D"
+
+
+def test_forecast_job_reads_series_store_symbols(client: TestClient) -> None:
+    bars = make_bars({"AAA": 30, "BBB": 30})
+    client.post("/v1/series?freq=5min", files={"file": ("b.csv", csv_bytes(bars), "text/csv")})
+    body = {"model": "random:mini", "lookback": 16, "pred_len": 2, "series_store": {"symbols": ["AAA", "BBB"]},
+            "calendar": {"timezone": "America/New_York", "open": "09:30", "close": "16:00"}}
+    job = client.post("/v1/jobs/forecast", json=body)
+    assert job.status_code == 202, job.text
+    params = job.json()["params"]
+    assert params["source"] == "store" and params["n_series"] == 2 and params["freq"] == {"AAA": "5min", "BBB": "5min"}
+    assert params["calendar"]["open"] == "09:30"
+    for change, field in [({"series_store": {"symbols": ["ZZZ"]}}, "series_store.symbols[0]"),
+                          ({"series_store": {"symbols": ["AAA"], "freq": "1h"}}, "series_store.symbols[0]"),
+                          ({"series_store": {"symbols": []}}, "series_store.symbols"),
+                          ({"series": [{"symbol": "AAA", "bars": [bar("2024-01-01T00:00Z")]}]}, "series"),
+                          ({"calendar": {"weekdays": []}}, "calendar.weekdays")]:
+        r = client.post("/v1/jobs/forecast", json={**body, **change})
+        assert r.status_code == 422, r.text
+        assert field in [d["field"] for d in r.json()["error"]["details"]], r.json()
