@@ -247,6 +247,13 @@ def _job_summary(job: dict[str, Any]) -> str:
     device = meta.get("device_resolved") or meta.get("device")
     if device:
         lines.append(f"device    {device}" + (f" ({meta['device_name']})" if meta.get("device_name") else ""))
+    detail = progress.get("detail") or {}
+    if job["kind"] == "finetune" and detail.get("phase"):
+        losses = "".join(f" {k.split('_')[0]} {detail[k]:.4g}" for k in ("train_loss", "val_loss") if detail.get(k) is not None)
+        lines.append(f"training  {detail['phase']} epoch {detail.get('epoch')}/{detail.get('epochs')} step "
+                     f"{detail.get('step')}/{detail.get('total_steps')}{losses} eta {detail.get('eta_seconds')} s")
+    if meta.get("finetuned_model_id"):
+        lines.append(f"model id  {meta['finetuned_model_id']} (name it as a forecast's model)")
     if meta.get("device_warning"):
         lines.append(f"warning   {meta['device_warning']}")
     if job.get("error"):
@@ -278,7 +285,7 @@ def wait(ctx: click.Context, job_id: str, timeout: float | None, interval: float
     client = _client(ctx)
     deadline = None if timeout is None else time.monotonic() + timeout
     job = client.json("GET", f"/v1/jobs/{job_id}")
-    with tqdm(total=job["progress"]["total"] or None, desc=job_id[:8], unit="symbol", file=sys.stderr, dynamic_ncols=True) as bar:
+    with tqdm(total=job["progress"]["total"] or None, desc=job_id[:8], unit="step" if job["kind"] == "finetune" else "symbol", file=sys.stderr, dynamic_ncols=True) as bar:
         while True:
             progress = job["progress"]
             if progress["total"] and bar.total != progress["total"]:
