@@ -109,7 +109,7 @@ class TradingCalendar:
     def in_session(self, stamps: pd.DatetimeIndex, intraday: bool) -> np.ndarray:
         """Boolean mask: which of the tz-aware `stamps` are trading timestamps."""
         local = stamps.tz_convert(self.timezone)
-        mask = np.isin(local.weekday, self.weekdays)
+        mask = np.isin(local.day_of_week, self.weekdays)
         if self.holidays:
             mask &= ~np.isin(local.date, list(self.holidays))
         if intraday and self.open is not None:
