@@ -148,6 +148,7 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
 
     params = run.params
     identity = current_identity(settings)
+    # A job without a seed still gets one, recorded, so any run can be repeated.
     seed = params.sampling.seed if params.sampling.seed is not None else random.SystemRandom().randrange(2**31)
     meta.update(identity.job_metadata())
     meta.update(device_requested=run.device_requested, queue=run.queue, attempt=run.attempt, seed=seed,
@@ -179,6 +180,8 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
             raise LeaseLost(f"job {run.job_id}: lease lost while running")
         chunk = inputs[index:index + size]
         started = time.perf_counter()
+        # Each chunk seeds its own generator from the job's seed: reproducible, and no two chunks
+        # replay the same random draws.
         outputs, errors = _predict_chunk(entry.predictor, chunk, params, seed + index // size)
         inference_seconds += time.perf_counter() - started
         parts += [result_rows(item, out, params.quantiles) for item, out in outputs]
