@@ -243,3 +243,37 @@ def test_predictor_sets_eval_mode_itself():
     assert not model.training and not tokenizer.training
     df, xt, yt = split(10, 3)
     pd.testing.assert_frame_equal(pred.predict(df, xt, yt, 3, top_k=1), pred.predict(df, xt, yt, 3, top_k=1))
+
+
+def test_weights_changed_in_place_are_picked_up():
+    model, tokenizer = make_modules(MINI_LIKE, seed=3)
+    pred = KronosPredictor(model, tokenizer, device="cpu", max_context=M)
+    df, xt, yt = split(12, 6)
+    pred.predict(df, xt, yt, 6, top_k=1)
+    with torch.no_grad():  # e.g. a fine-tuning step on the same module
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    got = pred.predict(df, xt, yt, 6, top_k=1)
+    want = oracle_predict_batch(tokenizer, model, [df], [xt], [yt], 6, max_context=M, top_k=1)
+    assert_frames_equal([got], want)
+
+
+def test_cpu_prediction_never_calls_torch_cuda(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("torch.cuda used on a CPU predictor")
+
+    for name in ("is_available", "synchronize", "empty_cache", "current_device", "device_count"):
+        monkeypatch.setattr(torch.cuda, name, boom)
+    model, tokenizer = make_modules(MINI_LIKE)
+    pred = KronosPredictor(model, tokenizer, device="cpu", max_context=M)
+    df, xt, yt = split(20, 5)
+    pred.predict(df, xt, yt, 5, sample_count=2, seed=0, quantiles=[0.5])
+
+
+def test_last_timings_are_recorded(modules):
+    model, tokenizer = modules
+    pred = KronosPredictor(model, tokenizer, device="cpu", max_context=M)
+    df, xt, yt = split(8, 3)
+    pred.predict(df, xt, yt, 3, top_k=1)
+    assert set(pred.last_timings) == {"prepare_s", "decode_s", "postprocess_s"}
+    assert all(v >= 0 for v in pred.last_timings.values())
