@@ -244,6 +244,9 @@ def submit_finetune(session, settings: Settings, *, tenant_id: str, request: Fin
     params = FinetuneParams.from_value(request)
     spec = resolve_model(params.model, session, tenant_id=tenant_id)
     validate_params(params, spec.max_context)
+    if params.max_seconds is not None and params.max_seconds >= settings.finetune_soft_time_limit:
+        raise invalid("max_seconds", f"must be below KRONOS_FINETUNE_SOFT_TIME_LIMIT ({settings.finetune_soft_time_limit} s), "
+                                     f"or the task is interrupted first; got {params.max_seconds:g}")
     summary = check_data(params, bars)
     summary["source"] = source
     digest = request_hash(params, bars)

@@ -93,6 +93,7 @@ SMALL = sample_bars(2, 30).to_csv(index=False).encode()
     ({"adam_beta1": 1.5}, None, "request.adam_beta1"),
     ({"max_seconds": 0}, None, "request.max_seconds"),
     ({"max_steps": 0}, None, "request.max_steps"),
+    ({"max_seconds": 10**6}, None, "max_seconds"),  # beyond KRONOS_FINETUNE_SOFT_TIME_LIMIT
     ({"learning_rate": 1e-3}, None, "request.learning_rate"),  # a typo is an error, not ignored
     ({"batch_size": 2, "accumulation_steps": 4}, None, "accumulation_steps"),
     ({"lookback": 60, "predict_window": 10}, None, "lookback"),  # beyond the tiny model's context 64
