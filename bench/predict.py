@@ -41,7 +41,6 @@ if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and __name__ == "__main__":
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "model"))
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -56,7 +55,7 @@ import torch  # noqa: E402
 from model.predictor import KronosPredictor  # noqa: E402
 from model.tokenizer import TOKENIZER_CONFIGS, KronosTokenizer  # noqa: E402
 from model.transformer import KRONOS_CONFIGS, Kronos  # noqa: E402
-from oracle import oracle_predict_batch  # noqa: E402  (tests/model/oracle.py, the one copy)
+from tests.model.oracle import oracle_predict_batch  # noqa: E402  (the one copy of the oracle)
 
 TOKENIZER_FOR = {"mini": "2k", "small": "base", "base": "base"}
 
