@@ -38,7 +38,7 @@ def submit_finetune_job(stack, **overrides) -> str:
 
 
 def test_killed_worker_child_resumes_from_its_checkpoint_and_succeeds_once(stack):
-    job_id = submit_finetune_job(stack)
+    job_id = submit_finetune_job(stack, epochs=4, samples_per_epoch=160)  # 80 steps, a few seconds each way
     job = wait_for(stack, job_id, lambda j: j.state == "running" and j.progress_done >= 2 * CHECKPOINT_EVERY + 2)
     child_pid = int(job.lease_owner.split(":")[1])
     assert child_pid != stack.proc.pid
