@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 
-import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
