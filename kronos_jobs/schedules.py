@@ -332,7 +332,8 @@ def _submit_batch(session: Session, settings: Settings, schedule: Schedule, run_
                   bars, submit_forecast) -> str:
     from kronos_jobs.crud import jobs as job_crud
 
-    freqs = dict(zip(bars["symbol"], bars["freq"]))
+    firsts = bars.drop_duplicates("symbol")
+    freqs = dict(zip(firsts["symbol"].tolist(), firsts["freq"].tolist()))
     key = f"schedule-run:{run_id}:{batch}"
     try:
         job = submit_forecast(session, settings, tenant_id=schedule.tenant_id, request=forecast_request(schedule, freqs),

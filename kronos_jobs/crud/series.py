@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import String, bindparam, delete, func, select, type_coerce
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from kronos_jobs.db.models import SeriesBar
@@ -62,15 +62,7 @@ def upsert_bars(session: Session, *, tenant_id: str, bars: pd.DataFrame, freqs: 
 
 def _frame(rows: Sequence[Any], with_freq: bool) -> pd.DataFrame:
     columns = ["symbol", *(["freq"] if with_freq else []), "timestamp", *BAR_COLUMNS]
-    frame = pd.DataFrame([tuple(r) for r in rows], columns=columns)
-    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")
-    for column in BAR_COLUMNS:
-        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
-    # A column no stored bar carries is absent, as in an upload without it (spec section 5.2).
-    for column in ("volume", "amount"):
-        if len(frame) and frame[column].isna().all():
-            frame = frame.drop(columns=column)
-    return frame
+    return _typed(pd.DataFrame.from_records([tuple(r) for r in rows], columns=columns), iso_text=False)
 
 
 def symbol_freqs(session: Session, *, tenant_id: str, symbol: str) -> list[str]:
@@ -112,22 +104,40 @@ def latest_bars(session: Session, *, tenant_id: str, keys: Iterable[tuple[str, s
     """The latest `lookback` bars of each (symbol, freq): long format with a `freq` column,
     sorted by symbol and timestamp.
 
-    One `ORDER BY timestamp DESC LIMIT n` query per key walks the primary-key index backwards and
-    stops after n rows; measured on SQLite it is 2-3x faster than one ROW_NUMBER() window query
-    over the batch, which sorts every stored bar of the batch's symbols.
+    The hot path of a nightly fan-out (1,000 symbols x 400 bars), so it is written for speed: one
+    `ORDER BY timestamp DESC LIMIT n` query per key walks the primary-key index backwards and stops
+    after n rows (on SQLite 2-3x faster than one ROW_NUMBER() window over the batch, which sorts
+    every stored bar of the batch's symbols), through the DBAPI cursor, and the rows become a frame
+    in one `from_records` call (half the time of ORM rows turned into a frame).
     """
-    table = SeriesBar.__table__
-    stamp = table.c.timestamp
-    if session.get_bind().dialect.name == "sqlite":
-        stamp = type_coerce(stamp, String)  # raw ISO text, parsed below in one vectorised call
-    stmt = (select(table.c.symbol, table.c.freq, stamp, *(table.c[c] for c in BAR_COLUMNS))
-            .where(table.c.tenant_id == tenant_id, table.c.symbol == bindparam("symbol"), table.c.freq == bindparam("freq"))
-            .order_by(table.c.timestamp.desc()).limit(lookback))
+    dialect = session.get_bind().dialect
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    columns = ("symbol", "freq", "timestamp", *BAR_COLUMNS)
+    sql = (f"SELECT {', '.join(columns)} FROM {SeriesBar.__tablename__} "
+           f"WHERE tenant_id = {mark} AND symbol = {mark} AND freq = {mark} ORDER BY timestamp DESC LIMIT {int(lookback)}")
+    cursor = session.connection().connection.driver_connection.cursor()
     rows: list[Any] = []
-    for symbol, freq in keys:
-        rows += session.execute(stmt, {"symbol": symbol, "freq": freq}).all()
-    frame = _frame(rows, with_freq=True)
+    try:
+        for symbol, freq in keys:
+            cursor.execute(sql, (tenant_id, symbol, freq))
+            rows += cursor.fetchall()
+    finally:
+        cursor.close()
+    frame = pd.DataFrame.from_records(rows, columns=list(columns))
+    frame = _typed(frame, iso_text=dialect.name == "sqlite")
     return frame.sort_values(["symbol", "timestamp"], kind="stable", ignore_index=True)
+
+
+def _typed(frame: pd.DataFrame, iso_text: bool) -> pd.DataFrame:
+    # Plain object strings: the job path iterates symbols, which is slow over Arrow-backed strings.
+    frame["symbol"] = frame["symbol"].astype(object)
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601" if iso_text else None)
+    for column in BAR_COLUMNS:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+    for column in ("volume", "amount"):  # a column no stored bar carries is absent (spec section 5.2)
+        if len(frame) and frame[column].isna().all():
+            frame = frame.drop(columns=column)
+    return frame
 
 
 def list_symbols(session: Session, *, tenant_id: str, freq: str | None = None,

@@ -169,7 +169,7 @@ def submit_forecast(session, settings: Settings, *, tenant_id: str, request: For
     from kronos_jobs.crud import jobs as job_crud, results as result_crud, workers as worker_crud
 
     params = ForecastParams.from_value(request)
-    symbols = list(dict.fromkeys(bars["symbol"].astype(str)))
+    symbols = pd.unique(bars["symbol"].astype(str)).tolist()  # first-seen order; vectorised (100k+ rows from the store)
     if not symbols:
         raise InvalidRequest("a forecast needs at least one series", field="series")
     spec = resolve_model(params.model, session, tenant_id=tenant_id)
