@@ -277,3 +277,20 @@ def test_last_timings_are_recorded(modules):
     pred.predict(df, xt, yt, 3, top_k=1)
     assert set(pred.last_timings) == {"prepare_s", "decode_s", "postprocess_s"}
     assert all(v >= 0 for v in pred.last_timings.values())
+
+
+def test_reduced_precision_path_runs_and_stays_close():
+    # The predictor allows autocast on CUDA only; CPU autocast exercises the same code path here
+    # (bf16 packed weights and caches, float32 sampling) without a GPU.
+    from model.decoding import PackedKronos, generate
+
+    model, tokenizer = make_modules({**MINI_LIKE, "ffn_dropout_p": 0.0, "resid_dropout_p": 0.0})
+    model.eval(), tokenizer.eval()
+    g = torch.Generator().manual_seed(0)
+    x, xs, ys = torch.randn(2, 12, 6, generator=g), torch.zeros(2, 12, 5), torch.zeros(2, 8, 5)
+    ref = generate(model, tokenizer, x, xs, ys, 8, M, top_k=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = generate(model, tokenizer, x, xs, ys, 8, M, top_k=1, packed=PackedKronos(model, torch.bfloat16))
+    assert out.shape == ref.shape == (2, 1, 8, 6)
+    assert torch.isfinite(out.float()).all()
+    assert (out.float() - ref).abs().max() < 0.5  # normalised units; bf16 is opt-in and not exact
