@@ -6,8 +6,10 @@ the next s1 from the final normed state and then, through a small "dependency-aw
 conditioned on the chosen s1, the next s2.
 
 Besides the upstream API (``forward``, ``decode_s1``, ``decode_s2``), the model exposes the pieces an
-incremental decoder needs (``trunk``, ``dep_kv``, ``s2_logits_last``); the predictor owns the caches
-and the loop. The modules stay pure functions of token ids.
+incremental decoder needs (``trunk`` with a key/value cache, ``dep_kv``, ``s2_logits_last``); they
+state the cached semantics and are checked against the full forward in the tests. The predictor
+(``model/predictor.py``, ``model/decoding.py``) owns the caches and the loop, and runs a packed copy
+of these weights (``PackedKronos``) with the same maths. The modules stay pure functions of token ids.
 """
 
 from __future__ import annotations
