@@ -25,39 +25,47 @@ WRITE_CHUNK_ROWS = 5_000  # rows per executemany call; bounds statement memory
 KEY = ("tenant_id", "symbol", "freq", "timestamp")
 
 
-def _insert(session: Session):
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(SeriesBar)
+SQLITE_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy stores DateTime on SQLite (UTC here)
 
 
 def upsert_bars(session: Session, *, tenant_id: str, bars: pd.DataFrame, freqs: dict[str, str]) -> int:
     """Insert or replace long-format `bars` (symbol, timestamp UTC, OHLC[, volume, amount]) under
-    each symbol's frequency in `freqs`; returns the number of rows written. Does not commit."""
+    each symbol's frequency in `freqs`; returns the number of rows written. Does not commit.
+
+    Bulk path: one `INSERT ... ON CONFLICT (key) DO UPDATE` executemany of plain tuples on the
+    DBAPI cursor (timestamps pre-formatted as SQLAlchemy stores them on SQLite), several times
+    faster than ORM-level dicts through the column types for the 100k-row files of a history import.
+    """
     if bars.empty:
         return 0
     missing = sorted(set(bars["symbol"].unique()) - set(freqs))
     if missing:
         raise InvalidRequest(f"freq: no frequency for symbol {missing[0]!r}", field="freq")
-    frame = pd.DataFrame({
-        "tenant_id": tenant_id,
-        "symbol": bars["symbol"].astype(str),
-        "freq": bars["symbol"].map(freqs).astype(str),
-        "timestamp": pd.to_datetime(bars["timestamp"], utc=True).dt.to_pydatetime(),
-    })
+    dialect = session.get_bind().dialect
+    stamps = pd.to_datetime(bars["timestamp"], utc=True)
+    columns: dict[str, list[Any]] = {
+        "tenant_id": [tenant_id] * len(bars),
+        "symbol": bars["symbol"].astype(str).tolist(),
+        "freq": bars["symbol"].map(freqs).astype(str).tolist(),
+        "timestamp": (stamps.dt.strftime(SQLITE_TIMESTAMP_FORMAT).tolist() if dialect.name == "sqlite"
+                      else list(stamps.dt.to_pydatetime())),
+    }
     for column in BAR_COLUMNS:
-        values = bars[column].astype("float64") if column in bars else pd.Series(np.nan, index=bars.index)
-        frame[column] = values.to_numpy(dtype=object)
-    frame[list(BAR_COLUMNS)] = frame[list(BAR_COLUMNS)].where(frame[list(BAR_COLUMNS)].notna(), None)
-    records = frame.to_dict("records")
-    stmt = _insert(session)
-    stmt = stmt.on_conflict_do_update(index_elements=list(KEY),
-                                      set_={c: getattr(stmt.excluded, c) for c in BAR_COLUMNS})
-    for start in range(0, len(records), WRITE_CHUNK_ROWS):
-        session.execute(stmt, records[start:start + WRITE_CHUNK_ROWS])
-    return len(records)
+        values = bars[column].astype("float64").to_numpy() if column in bars else np.full(len(bars), np.nan)
+        columns[column] = [None if v != v else float(v) for v in values.tolist()]  # NaN -> NULL
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    names = list(columns)
+    sql = (f"INSERT INTO {SeriesBar.__tablename__} ({', '.join(names)}) VALUES ({', '.join([mark] * len(names))}) "
+           f"ON CONFLICT ({', '.join(KEY)}) DO UPDATE SET "
+           + ", ".join(f"{c} = excluded.{c}" for c in BAR_COLUMNS))
+    rows = list(zip(*columns.values()))
+    cursor = session.connection().connection.driver_connection.cursor()
+    try:
+        for start in range(0, len(rows), WRITE_CHUNK_ROWS):
+            cursor.executemany(sql, rows[start:start + WRITE_CHUNK_ROWS])
+    finally:
+        cursor.close()
+    return len(rows)
 
 
 def _frame(rows: Sequence[Any], with_freq: bool) -> pd.DataFrame:
