@@ -99,19 +99,19 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Acknowledge after the task returns: a worker that dies mid-job leaves the message to be
         # delivered again. Safe because the DB lease makes a second delivery a no-op while the
         # first one lives, and results are written once per job.
-        "task_acks_late": True,
         # Fine-tunes (hours) keep late ack on purpose rather than early ack + a reaper: a killed
         # child's message comes back at once and the run resumes from its last checkpoint
         # (jobs/finetune.py). Two copies never train at once because of the DB lease with
         # heartbeat, which holds even when Redis redelivers past its visibility timeout.
-        # ...and also when the child is killed (SIGKILL, OOM): Celery would otherwise ack that
+        "task_acks_late": True,
+        # Redeliver also when the child is killed (SIGKILL, OOM): Celery would otherwise ack that
         # message on purpose. Loops are bounded by the job's attempt cap (jobs/forecast.py).
         "task_reject_on_worker_lost": True,
         # A task that raised has already recorded its outcome in the database; redelivering it
         # would re-run a poison message forever. (5.7 split of task_acks_on_failure_or_timeout.)
         "task_acks_on_failure": True,
         # A hard time limit means the job cannot finish inside its limit; running it again would
-        # hit the same wall. Ack it; the reconciler fails or re-sends it via its expired lease.
+        # hit the same wall. Ack it; tasks.JobTask.on_failure marks the job failed.
         "task_acks_on_timeout": True,
         # One message per child at a time: forecasts are long, and a prefetched backlog would sit
         # behind a busy child while another worker idles.
