@@ -11,7 +11,8 @@
     └── JobFailure                (-) raised inside workers; never reaches HTTP
         ├── TransientJobError     a retry with backoff may succeed (database, broker, hub hiccup)
         ├── LeaseLost             another worker holds the job's lease; this delivery stops quietly
-        └── JobCancelled          the job was cancelled while running
+        ├── JobCancelled          the job was cancelled while running
+        └── ModelUnavailable      the checkpoint cannot be loaded (hub unreachable, files missing)
 """
 
 from __future__ import annotations
@@ -100,3 +101,10 @@ class JobCancelled(JobFailure):
     """The job was cancelled while it ran; raised at the next batch or step boundary."""
 
     code = "cancelled"
+
+
+class ModelUnavailable(JobFailure):
+    """The model's checkpoint cannot be loaded (hub unreachable or offline, files missing or
+    mismatched); the message says how to use a local checkpoint or `random:small` instead."""
+
+    code = "model_unavailable"

@@ -16,19 +16,14 @@ from collections import OrderedDict
 
 import torch
 
-from kronos_jobs.errors import JobFailure
+from kronos_jobs.errors import ModelUnavailable
 from kronos_jobs.registry import RANDOM_SEED, ModelSpec
 from kronos_jobs.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class ModelUnavailable(JobFailure):
-    """The checkpoint cannot be loaded (hub unreachable, files missing or mismatched)."""
-
-    code = "model_unavailable"
+__all__ = ["LoadedModel", "ModelUnavailable", "cached_keys", "clear", "get_predictor", "load_pair"]
 
 
 @dataclasses.dataclass
