@@ -47,7 +47,7 @@ from kronos_jobs.settings import Settings
 logger = logging.getLogger(__name__)
 
 CRON_FIELDS = 5
-FANOUT_STALL_SECONDS = 300  # a queued run whose fan-out started this long ago is taken over
+FANOUT_STALL_SECONDS = 300  # a queued run whose fan-out made no progress for this long is taken over
 
 
 # --- cron in a time zone ---------------------------------------------------------------------------
@@ -217,7 +217,7 @@ def _advance_runs(settings: Settings, now: datetime) -> None:
         for run in crud.active_runs(session):
             if run.state == JobState.RUNNING.value:
                 refresh_run(session, run, persist=True)
-            elif run.started_at is None or run.started_at < now - timedelta(seconds=FANOUT_STALL_SECONDS):
+            elif run.started_at is None or run.updated_at < now - timedelta(seconds=FANOUT_STALL_SECONDS):
                 stalled.append(run.id)  # never fanned out (its process died before), or died midway
     for run_id in stalled:
         fan_out(settings, run_id, now=now)
@@ -232,7 +232,7 @@ def _claim_fanout(settings: Settings, run_id: str, now: datetime) -> bool:
         result = session.execute(
             update(ScheduleRun)
             .where(ScheduleRun.id == run_id, ScheduleRun.state == JobState.QUEUED.value,
-                   or_(ScheduleRun.started_at.is_(None), ScheduleRun.started_at < stale))
+                   or_(ScheduleRun.started_at.is_(None), ScheduleRun.updated_at < stale))
             .values(started_at=now, updated_at=now))
         return (result.rowcount or 0) == 1
 
@@ -280,9 +280,9 @@ def forecast_request(schedule: Schedule, freqs: dict[str, str]) -> dict[str, Any
 def fan_out(settings: Settings, run_id: str, *, now: datetime | None = None) -> ScheduleRun | None:
     """Read the universe's latest bars batch by batch and submit one forecast job per batch.
 
-    Returns the run, or None when another process holds the fan-out. A failure before every batch is
-    submitted leaves the run queued; the next tick after FANOUT_STALL_SECONDS retries it, and the
-    idempotency keys return the jobs already submitted.
+    Returns the run, or None when another process holds the fan-out. Each batch touches the run's
+    `updated_at`; a fan-out that dies leaves the run queued, and the first tick FANOUT_STALL_SECONDS
+    after its last batch retries it, the idempotency keys returning the jobs already submitted.
     """
     from kronos_jobs.crud import schedules as crud, series as series_crud
     from kronos_jobs.jobs.submit import submit_forecast
@@ -309,7 +309,9 @@ def fan_out(settings: Settings, run_id: str, *, now: datetime | None = None) -> 
                 read_seconds += time.perf_counter() - started
                 started = time.perf_counter()
                 job_id = _submit_batch(session, settings, schedule, run_id, batch, bars, submit_forecast)
-                crud.link_job(session, run=session.get(ScheduleRun, run_id), batch=batch, job_id=job_id)
+                run = session.get(ScheduleRun, run_id)
+                crud.link_job(session, run=run, batch=batch, job_id=job_id)
+                run.updated_at = utcnow()  # the fan-out's heartbeat: a stalled one is taken over
                 submit_seconds += time.perf_counter() - started
     except KronosJobsError as exc:  # e.g. the model was retired since the schedule was written
         return _fail(settings, run_id, {"code": exc.code, "message": exc.message})

@@ -210,3 +210,31 @@ def test_two_concurrent_manual_triggers_create_one_run(store):
     with session_scope(store) as session:
         assert session.scalar(select(func.count()).select_from(ScheduleRun)) == 1
         assert session.scalar(select(func.count()).select_from(Job)) == 1
+
+
+def test_a_fan_out_that_died_is_retried_without_duplicate_jobs(store, monkeypatch):
+    schedule_id = make_schedule(store, anchor=utc(2024, 6, 17, 12), symbols=["AAA", "BBB", "CCC"], enabled=False)
+    run, _ = schedules.trigger_run(store, tenant_id=DEFAULT_TENANT, schedule_id=schedule_id,
+                                   scheduled_for=utc(2024, 6, 18, 9))
+    real = schedules._submit_batch
+
+    def dies_on_second_batch(session, settings, schedule, run_id, batch, *args):
+        if batch == 1:
+            raise RuntimeError("process killed")
+        return real(session, settings, schedule, run_id, batch, *args)
+
+    monkeypatch.setattr(schedules, "_submit_batch", dies_on_second_batch)
+    with pytest.raises(RuntimeError):
+        schedules.fan_out(store, run.id)
+    monkeypatch.setattr(schedules, "_submit_batch", real)
+    now = datetime.now(UTC)
+    schedules.tick(store, now)  # the fan-out is fresh: not taken over yet
+    assert runs_of(store, schedule_id)[0].state == "queued"
+    with session_scope(store) as session:
+        session.get(ScheduleRun, run.id).updated_at = now - timedelta(seconds=schedules.FANOUT_STALL_SECONDS + 1)
+    schedules.tick(store, now)
+    (after,) = runs_of(store, schedule_id)
+    assert after.state == "running" and after.progress_total == 3
+    with session_scope(store) as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 2  # batch 0 was not submitted twice
+        assert len(schedule_crud.run_jobs(session, run_id=run.id)) == 2
