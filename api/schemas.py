@@ -461,3 +461,14 @@ class RunPublic(BaseModel):
 
 class RunsPublic(BaseModel):
     data: list[RunPublic]
+
+
+# --- latest forecasts --------------------------------------------------------------------------------
+
+
+class ForecastsPublic(BaseModel):
+    """`GET /v1/forecasts?format=json`."""
+
+    columns: list[str]
+    rows: list[dict[str, Any]] = Field(description="Per symbol, the rows of its latest forecast; `job_id` and "
+                                                   "`forecast_at` (when that job finished) say which.")

@@ -6,11 +6,10 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel, Field
 
 from api.deps import CallerDep, SessionDep
 from api.routes.jobs import RESULT_MEDIA_TYPES, ResultFormat, _csv_bytes, _json_rows, _parquet_bytes
-from api.schemas import ErrorResponse, as_utc
+from api.schemas import ErrorResponse, ForecastsPublic, as_utc
 from kronos_jobs import bars as bar_input
 from kronos_jobs.crud import forecasts as forecast_crud
 from kronos_jobs.crud import schedules as schedule_crud
@@ -18,12 +17,6 @@ from kronos_jobs.crud import schedules as schedule_crud
 router = APIRouter(prefix="/v1/forecasts", tags=["forecasts"])
 
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 422, 503)}
-
-
-class ForecastsPublic(BaseModel):
-    columns: list[str]
-    rows: list[dict[str, Any]] = Field(description="Per symbol, the rows of its latest forecast; `job_id` and "
-                                                   "`forecast_at` (when that job finished) say which.")
 
 
 @router.get("", response_model=ForecastsPublic,
