@@ -21,7 +21,9 @@ How to run
     python bench/predict.py --device cuda --batches 1,64,256 --oracle-batches 1
 
 The oracle is slow (about 0.2 s per step per series on 2 CPU threads), so ``--oracle-batches``
-limits where it runs; rows without an oracle show no ratio. The last line of stdout is one JSON object.
+limits where it runs; rows without an oracle show no ratio. "cpu ratio" compares process CPU
+seconds (both threads), which a busy shared machine disturbs less than wall time. The last line of
+stdout is one JSON object.
 """
 
 from __future__ import annotations
@@ -122,12 +124,12 @@ def timed(fn, device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     with PeakMemory(device) as mem:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-    return out, seconds, mem.peak_mib
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+    return out, seconds, cpu_seconds, mem.peak_mib
 
 
 def _fmt(value, spec: str, suffix: str = "") -> str:
@@ -176,7 +178,7 @@ def main() -> None:
                          device=str(device))
 
     header = (f"{'lookback':>8} {'batch':>5} {'ours s':>8} {'series-steps/s':>14} {'oracle s':>9} "
-              f"{'oracle ss/s':>11} {'ratio':>6} {'ours MiB':>8} {'oracle MiB':>10} {'identical':>9}")
+              f"{'oracle ss/s':>11} {'ratio':>6} {'cpu ratio':>9} {'ours MiB':>8} {'oracle MiB':>10} {'identical':>9}")
     print(header)
     print("-" * len(header))
     rows = []
@@ -184,21 +186,24 @@ def main() -> None:
         batches = args.full_window_batches if L >= args.max_context else args.batches
         for B in batches:
             dfs, xts, yts = make_series(B, L, P, seed=args.seed + L)
-            ours, t_ours, m_ours = timed(lambda: predictor.predict_batch(dfs, xts, yts, P, top_k=1), device)
-            row = {"lookback": L, "batch": B, "ours_s": t_ours, "ours_series_steps_per_s": B * P / t_ours,
+            ours, t_ours, c_ours, m_ours = timed(lambda: predictor.predict_batch(dfs, xts, yts, P, top_k=1), device)
+            row = {"lookback": L, "batch": B, "ours_s": t_ours, "ours_cpu_s": c_ours,
+                   "ours_series_steps_per_s": B * P / t_ours, "oracle_cpu_s": None, "cpu_ratio": None,
                    "ours_peak_mib": m_ours, "oracle_s": None, "oracle_series_steps_per_s": None, "ratio": None,
                    "oracle_peak_mib": None, "identical": None, "max_abs_diff": None}
             if B in args.oracle_batches:
-                ref, t_ref, m_ref = timed(lambda: oracle_predict_batch(
+                ref, t_ref, c_ref, m_ref = timed(lambda: oracle_predict_batch(
                     tokenizer, model, dfs, xts, yts, P, max_context=args.max_context, top_k=1,
                     device=str(device)), device)
                 diff = max(float(np.abs(a.to_numpy() - b.to_numpy()).max()) for a, b in zip(ours, ref))
                 same = all(np.allclose(a.to_numpy(), b.to_numpy(), rtol=1e-5, atol=1e-6) for a, b in zip(ours, ref))
                 row.update(oracle_s=t_ref, oracle_series_steps_per_s=B * P / t_ref, ratio=t_ref / t_ours,
+                           oracle_cpu_s=c_ref, cpu_ratio=c_ref / c_ours,
                            oracle_peak_mib=m_ref, identical=same, max_abs_diff=diff)
             rows.append(row)
             print(f"{L:>8} {B:>5} {t_ours:>8.3f} {B * P / t_ours:>14.1f} {_fmt(row['oracle_s'], '.3f'):>9} "
                   f"{_fmt(row['oracle_series_steps_per_s'], '.1f'):>11} {_fmt(row['ratio'], '.1f', 'x'):>6} "
+                  f"{_fmt(row['cpu_ratio'], '.1f', 'x'):>9} "
                   f"{m_ours:>8.0f} {_fmt(row['oracle_peak_mib'], '.0f'):>10} {_fmt(row['identical'], ''):>9}",
                   flush=True)
 
