@@ -4,6 +4,8 @@ listing, deletion, and bad rows rejected whole with their row numbers."""
 from __future__ import annotations
 
 import io
+import json
+import re
 
 import pandas as pd
 import pytest
@@ -149,3 +151,11 @@ def test_forecast_job_reads_series_store_symbols(client: TestClient) -> None:
         r = client.post("/v1/jobs/forecast", json={**body, **change})
         assert r.status_code == 422, r.text
         assert field in [d["field"] for d in r.json()["error"]["details"]], r.json()
+
+
+def test_openapi_documents_the_import_bodies(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    refs = set(re.findall(r'"#/components/schemas/([^"]+)"', json.dumps(schema)))
+    assert refs <= set(schema["components"]["schemas"]), refs - set(schema["components"]["schemas"])
+    body = schema["paths"]["/v1/series/{symbol}/bars"]["post"]["requestBody"]["content"]
+    assert {"application/json", "text/csv", "multipart/form-data"} <= set(body)
