@@ -65,3 +65,43 @@ def test_nightly_run_over_500_symbols(stack):  # noqa: F811 - pytest fixture
     first = rows[rows.symbol == "S000"]["timestamp"].tolist()
     assert first == list(pd.to_datetime(["2024-06-19 17:30", "2024-06-19 18:30", "2024-06-19 19:30",
                                          "2024-06-20 13:30"], utc=True))
+
+
+def test_beat_process_runs_a_schedule_created_after_it_started(tmp_path):
+    """A real `kronos-jobs beat`: a schedule written to the database while it runs fires, no restart."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from datetime import timedelta
+
+    from kronos_jobs.db.migrate import upgrade
+    from kronos_jobs.settings import Settings
+    from tests.e2e.test_forecast_e2e import REPO
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KRONOS_")}
+    env.update(KRONOS_DATA_DIR=str(tmp_path / "data"), KRONOS_SCHEDULER_INTERVAL="0.5", PYTHONPATH=str(REPO))
+    settings = Settings(data_dir=tmp_path / "data")
+    upgrade(settings)
+    log = tmp_path / "beat.log"
+    proc = subprocess.Popen([sys.executable, "-m", "kronos_jobs.cli", "beat"], cwd=REPO, env=env,
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        time.sleep(2)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        with session_scope(settings) as session:
+            schedule = schedules.create_schedule(session, tenant_id=DEFAULT_TENANT, fields=dict(
+                name="every-minute", cron="* * * * *", timezone="UTC", symbols=["NONE"], model="random:mini"))
+            schedule_crud.update_schedule(session, tenant_id=DEFAULT_TENANT, schedule_id=schedule.id, changes={
+                "anchor_at": datetime.now(timezone.utc) - timedelta(minutes=3)})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with session_scope(settings) as session:
+                runs = schedule_crud.list_runs(session, tenant_id=DEFAULT_TENANT, schedule_id=schedule.id)
+                if runs:
+                    break
+            time.sleep(0.3)
+        assert len(runs) == 1 and runs[0].trigger == "schedule", log.read_text()[-3000:]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
