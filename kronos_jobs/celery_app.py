@@ -18,6 +18,7 @@ from typing import Any
 
 from celery import Celery
 
+from kronos_jobs.filesystem_broker import TRANSPORT_PATH
 from kronos_jobs.names import TASK_REQUEUE_STALE_JOBS, TASK_RUN_FINETUNE, TASK_RUN_FORECAST, Queue
 from kronos_jobs.settings import Settings, get_settings
 
@@ -80,6 +81,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     visibility = settings.effective_visibility_timeout
     return {
         "broker_url": broker_url,
+        # kombu's filesystem transport can hand a consumer a half-written message (which kills the
+        # worker); ours publishes atomically. None keeps the URL's own transport (redis...).
+        "broker_transport": TRANSPORT_PATH if broker_url.startswith("filesystem://") else None,
         "broker_transport_options": transport_options,
         # Celery reads the visibility timeout from three places; set all three, or the shortest
         # (the default hour) silently wins (celery#7651, #9339).
