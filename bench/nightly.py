@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.queue import WORKER_ENV, Stack  # noqa: E402 - the worker-process harness, shared
+from bench.queue import WORKER_ENV, Stack, fresh_redis_and_schema  # noqa: E402 - the worker harness, shared
 
 NOW = datetime(2024, 6, 19, 22, 0, 5, tzinfo=timezone.utc)  # Wednesday 18:00:05 in New York
 
@@ -122,9 +122,11 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KRONOS_") or k.startswith("KRONOS_TEST_")}
     env.update(WORKER_ENV, KRONOS_DATA_DIR=str(root / "data"), PYTHONPATH=str(REPO),
                KRONOS_SCHEDULE_BATCH_SYMBOLS=str(args.batch_symbols))
-    if args.stack == "redis":
+    cleanup = None
+    if args.stack == "redis":  # an empty Redis DB and a fresh PostgreSQL schema, dropped at the end
         env.update(KRONOS_BROKER_URL=os.environ["KRONOS_TEST_REDIS_URL"],
                    KRONOS_DATABASE_URL=os.environ["KRONOS_TEST_DATABASE_URL"])
+        cleanup = fresh_redis_and_schema(env)
     stack = Stack(args.stack, env, root)
     load_s = store_bars(stack, args.symbols, args.bars or args.lookback + 50)
     print(f"stored {args.symbols} symbols x {args.bars or args.lookback + 50} bars in {load_s:.1f} s ({args.stack})")
@@ -140,6 +142,8 @@ def main() -> None:
                   f"(fan-out {r['fanout_s']:.2f} s, load {r['model_load_s']:.2f} s, inference {r['inference_s']:.2f} s)")
     finally:
         stack.stop()
+        if cleanup is not None:
+            cleanup()
     print(json.dumps({"bench": "nightly", "stack": args.stack, "cpu": platform.processor() or platform.machine(),
                       "cores": os.cpu_count(), "worker_processes": 2, "symbols": args.symbols, "lookback": args.lookback,
                       "pred_len": args.pred_len, "batch_symbols": args.batch_symbols, "store_load_s": round(load_s, 2),

@@ -116,24 +116,41 @@ def latest_bars(session: Session, *, tenant_id: str, keys: Iterable[tuple[str, s
     `ORDER BY timestamp DESC LIMIT n` query per key walks the primary-key index backwards and stops
     after n rows (on SQLite 2-3x faster than one ROW_NUMBER() window over the batch, which sorts
     every stored bar of the batch's symbols), through the DBAPI cursor, and the rows become a frame
-    in one `from_records` call (half the time of ORM rows turned into a frame).
+    in one `from_records` call (half the time of ORM rows turned into a frame). On PostgreSQL the
+    per-key queries are one `unnest ... CROSS JOIN LATERAL` statement: one round trip to a remote
+    database instead of one per symbol.
     """
     dialect = session.get_bind().dialect
     mark = "?" if dialect.paramstyle == "qmark" else "%s"
     columns = ("symbol", "freq", "timestamp", *BAR_COLUMNS)
     sql = (f"SELECT {', '.join(columns)} FROM {SeriesBar.__tablename__} "
            f"WHERE tenant_id = {mark} AND symbol = {mark} AND freq = {mark} ORDER BY timestamp DESC LIMIT {int(lookback)}")
+    keys = list(keys)
     cursor = session.connection().connection.driver_connection.cursor()
     rows: list[Any] = []
     try:
-        for symbol, freq in keys:
-            cursor.execute(sql, (tenant_id, symbol, freq))
-            rows += cursor.fetchall()
+        if dialect.name == "postgresql":  # one round trip: the same index walk per key, as a LATERAL join
+            cursor.execute(_LATERAL_SQL.format(lookback=int(lookback)),
+                           ([s for s, _ in keys], [f for _, f in keys], tenant_id))
+            rows = cursor.fetchall()
+        else:
+            for symbol, freq in keys:
+                cursor.execute(sql, (tenant_id, symbol, freq))
+                rows += cursor.fetchall()
     finally:
         cursor.close()
     frame = pd.DataFrame.from_records(rows, columns=list(columns))
     frame = _typed(frame, iso_text=dialect.name == "sqlite")
     return frame.sort_values(["symbol", "timestamp"], kind="stable", ignore_index=True)
+
+
+_LATERAL_SQL = (
+    "SELECT k.symbol, k.freq, b.timestamp, b.open, b.high, b.low, b.close, b.volume, b.amount "
+    "FROM unnest(%s::text[], %s::text[]) AS k(symbol, freq) CROSS JOIN LATERAL ("
+    " SELECT timestamp, open, high, low, close, volume, amount FROM series_bars"
+    " WHERE tenant_id = %s AND symbol = k.symbol AND freq = k.freq"
+    " ORDER BY timestamp DESC LIMIT {lookback}) AS b"
+)
 
 
 def _typed(frame: pd.DataFrame, iso_text: bool) -> pd.DataFrame:
