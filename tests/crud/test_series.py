@@ -56,3 +56,11 @@ def test_frequencies_and_delete(session):
         series_crud.delete_symbol(session, tenant_id="t", symbol="AAA")
     with pytest.raises(NotFound):
         series_crud.read_bars(session, tenant_id="t", symbol="AAA")
+
+
+def test_a_bar_given_twice_in_one_upsert_keeps_the_last(session):
+    bars = make_bars({"AAA": 3})
+    again = bars.iloc[[1]].assign(close=bars.close.iloc[1] + 0.001, high=bars.high.iloc[1] + 0.001)
+    series_crud.upsert_bars(session, tenant_id="t", bars=pd.concat([bars, again], ignore_index=True), freqs={"AAA": "5min"})
+    stored = series_crud.read_bars(session, tenant_id="t", symbol="AAA")
+    assert len(stored) == 3 and stored.close.iloc[1] == again.close.iloc[0]
