@@ -296,9 +296,14 @@ def fan_out(settings: Settings, run_id: str, *, now: datetime | None = None) -> 
         schedule = session.get(Schedule, run.schedule_id)
         session.expunge(schedule)
         lookback = int((schedule.params or {}).get("lookback", 400))
-        keys, errors = _universe(session, schedule, lookback)
+        if "universe" in (run.detail or {}):  # a retried fan-out keeps its batches (and job keys) as they were
+            keys, errors = [tuple(k) for k in run.detail["universe"]], [e for e in run.symbol_errors if not e.get("job_id")]
+        else:
+            keys, errors = _universe(session, schedule, lookback)
+            run.detail = {**(run.detail or {}), "universe": [list(k) for k in keys],
+                          "batch_symbols": settings.schedule_batch_symbols}
         run.progress_total, run.progress_done, run.symbol_errors = len(keys) + len(errors), len(errors), errors
-    size = settings.schedule_batch_symbols
+        size = int(run.detail["batch_symbols"])
     read_seconds = submit_seconds = 0.0
     try:
         for batch, start in enumerate(range(0, len(keys), size)):
@@ -318,7 +323,8 @@ def fan_out(settings: Settings, run_id: str, *, now: datetime | None = None) -> 
     with session_scope(settings) as session:
         run = session.get(ScheduleRun, run_id)
         run.state = JobState.RUNNING.value
-        run.detail = {**(run.detail or {}), "batches": -(-len(keys) // size) if keys else 0,
+        detail = {k: v for k, v in (run.detail or {}).items() if k != "universe"}
+        run.detail = {**detail, "batches": -(-len(keys) // size) if keys else 0,
                       "timings": {"fanout_seconds": round(time.perf_counter() - t0, 6),
                                   "store_read_seconds": round(read_seconds, 6),
                                   "submit_seconds": round(submit_seconds, 6)}}
