@@ -23,17 +23,18 @@ FREQ_SAMPLE_BARS = 64  # recent bars used to infer a series' frequency when none
 class SeriesInput:
     symbol: str
     context: pd.DataFrame  # (L, 4..6) open, high, low, close[, volume, amount]
-    x_timestamp: pd.Series  # (L,)
-    y_timestamp: pd.Series  # (pred_len,)
+    x_timestamp: pd.DatetimeIndex  # (L,)
+    y_timestamp: pd.DatetimeIndex  # (pred_len,)
 
 
 def _error(symbol: str, code: str, message: str) -> dict[str, str]:
     return {"symbol": symbol, "code": code, "message": message}
 
 
-def infer_offset(timestamps: pd.Series) -> pd.DateOffset | None:
+def infer_offset(timestamps: pd.Series | pd.DatetimeIndex) -> pd.DateOffset | None:
     """The series' bar frequency: pandas' inference on recent bars, else the most common gap."""
-    recent = pd.DatetimeIndex(timestamps.iloc[-FREQ_SAMPLE_BARS:])
+    recent = pd.DatetimeIndex(timestamps.iloc[-FREQ_SAMPLE_BARS:] if isinstance(timestamps, pd.Series)
+                              else timestamps[-FREQ_SAMPLE_BARS:])
     steps = np.diff(recent.as_unit("ns").asi8)
     if len(steps) >= 2 and steps[0] > 0 and (steps == steps[0]).all():
         # Evenly spaced (the common case): the step is the frequency, as pandas' slower inference says;
@@ -56,7 +57,8 @@ def infer_offset(timestamps: pd.Series) -> pd.DateOffset | None:
 
 
 def future_timestamps(symbol: str, last: pd.Timestamp, pred_len: int, freq: str | None,
-                      timestamps: pd.Series, calendar: dict[str, Any] | None = None) -> pd.Series | dict[str, str]:
+                      timestamps: pd.Series | pd.DatetimeIndex,
+                      calendar: dict[str, Any] | None = None) -> pd.DatetimeIndex | dict[str, str]:
     """`pred_len` trading timestamps after `last`, stepping by `freq` (or the inferred frequency);
     the trading calendar (kronos_jobs/calendar.py) skips weekends, holidays and out-of-session times."""
     from kronos_jobs import calendar as trading
@@ -70,51 +72,59 @@ def future_timestamps(symbol: str, last: pd.Timestamp, pred_len: int, freq: str 
         stamps = trading.future_timestamps(last, pred_len, offset, trading.TradingCalendar.from_spec(spec) if spec else None)
     except ValueError as exc:
         return _error(symbol, "calendar", str(exc))
-    return pd.Series(stamps, name="timestamp")
+    return pd.DatetimeIndex(stamps, name="timestamp")
 
 
-def _context_columns(frame: pd.DataFrame) -> list[str]:
+def build_one(symbol: str, stamps: pd.DatetimeIndex, values: np.ndarray, columns: list[str],
+              given: pd.DataFrame | None, params: Any) -> SeriesInput | dict:
+    """One symbol's input from its timestamps (N,) and bar values (N, len(columns))."""
+    if not stamps.is_monotonic_increasing:  # stored input is sorted; this is the rare path
+        order = np.argsort(stamps.asi8, kind="stable")
+        stamps, values = stamps[order], values[order]
+    if len(stamps) < MIN_CONTEXT_BARS:
+        return _error(symbol, "too_few_bars", f"{len(stamps)} bar(s); a forecast needs at least {MIN_CONTEXT_BARS}")
     # A column absent for this symbol (all NaN in the long format) is treated as not given (spec §5.2).
-    return [c for c in BAR_COLUMNS if c in frame.columns and (c in PRICE_COLUMNS or frame[c].notna().any())]
-
-
-def build_one(symbol: str, frame: pd.DataFrame, given: pd.DataFrame | None, params: Any) -> SeriesInput | dict:
-    if not frame["timestamp"].is_monotonic_increasing:  # stored input is sorted; skip the copy then
-        frame = frame.sort_values("timestamp")
-    if len(frame) < MIN_CONTEXT_BARS:
-        return _error(symbol, "too_few_bars", f"{len(frame)} bar(s); a forecast needs at least {MIN_CONTEXT_BARS}")
-    context = frame.iloc[-params.lookback:]
-    columns = _context_columns(frame)
-    values = context[columns].to_numpy(dtype="float64")  # (L, 4..6)
-    nan = np.isnan(values)
+    keep = [i for i, c in enumerate(columns) if c in PRICE_COLUMNS or not np.isnan(values[:, i]).all()]
+    context = values[-params.lookback:, keep]  # (L, 4..6)
+    nan = np.isnan(context)
     if nan.any():
         row, col = nan.nonzero()
-        return _error(symbol, "nan_values", f"{int(nan.sum())} missing value(s) in the last "
-                      f"{len(context)} bars, first in {columns[col[0]]!r} at {context['timestamp'].iloc[row[0]]}")
-    x_timestamp = context["timestamp"].reset_index(drop=True)
-    last = x_timestamp.iloc[-1]
+        return _error(symbol, "nan_values", f"{int(nan.sum())} missing value(s) in the last {len(context)} bars, "
+                      f"first in {columns[keep[col[0]]]!r} at {stamps[-len(context):][row[0]]}")
+    x_timestamp = stamps[-params.lookback:]
+    last = x_timestamp[-1]
     if given is not None and len(given):
-        y = pd.Series(pd.DatetimeIndex(given["timestamp"]).sort_values(), name="timestamp")
+        y = pd.DatetimeIndex(given["timestamp"]).sort_values()
         if len(y) != params.pred_len:
             return _error(symbol, "future_timestamps", f"{len(y)} future timestamps given, pred_len is {params.pred_len}")
-        if y.iloc[0] <= last:
-            return _error(symbol, "future_timestamps", f"future timestamp {y.iloc[0]} is not after the last bar {last}")
+        if y[0] <= last:
+            return _error(symbol, "future_timestamps", f"future timestamp {y[0]} is not after the last bar {last}")
     else:
-        y = future_timestamps(symbol, last, params.pred_len, params.freq.get(symbol), frame["timestamp"],
+        y = future_timestamps(symbol, last, params.pred_len, params.freq.get(symbol), stamps,
                               getattr(params, "calendar", None))
         if isinstance(y, dict):
             return y
-    return SeriesInput(symbol=symbol, context=pd.DataFrame(values, columns=columns),
-                       x_timestamp=x_timestamp, y_timestamp=y.reset_index(drop=True))
+    return SeriesInput(symbol=symbol, context=pd.DataFrame(context, columns=[columns[i] for i in keep]),
+                       x_timestamp=x_timestamp, y_timestamp=pd.DatetimeIndex(y))
 
 
 def build_inputs(bars: pd.DataFrame, future: pd.DataFrame | None, params: Any) -> tuple[list[SeriesInput], list[dict]]:
-    """Split long-format bars into per-symbol inputs (in first-seen order) and per-symbol errors."""
+    """Split long-format bars into per-symbol inputs (in first-seen order) and per-symbol errors.
+
+    The frame is converted to arrays once and sliced per symbol: per-symbol pandas operations cost
+    more than the whole forecast of a short series."""
     inputs: list[SeriesInput] = []
     errors: list[dict] = []
     given = dict(tuple(future.groupby("symbol", sort=False))) if future is not None and len(future) else {}
-    for symbol, frame in bars.groupby("symbol", sort=False):
-        item = build_one(str(symbol), frame, given.get(symbol), params)
+    columns = [c for c in BAR_COLUMNS if c in bars.columns]
+    values = bars[columns].to_numpy(dtype="float64")  # (N, len(columns))
+    stamps = pd.DatetimeIndex(bars["timestamp"])
+    codes, symbols = pd.factorize(bars["symbol"].astype(str), sort=False)  # first-seen order
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(symbols) + 1))
+    for k, symbol in enumerate(symbols):
+        rows = order[bounds[k]:bounds[k + 1]]
+        item = build_one(str(symbol), stamps[rows], values[rows], columns, given.get(symbol), params)
         (errors if isinstance(item, dict) else inputs).append(item)
     return inputs, errors
 
@@ -141,4 +151,4 @@ def rows_frame(parts: list[dict[str, Any]]) -> pd.DataFrame:
     # Epoch nanoseconds (UTC for tz-aware stamps) so parts with different units or zones concatenate.
     stamps = np.concatenate([p["timestamp"].as_unit("ns").asi8 for p in parts])
     return pd.DataFrame({"symbol": columns.pop("symbol"), "step": columns.pop("step"),
-                         "timestamp": pd.to_datetime(stamps, unit="ns", utc=True), **columns})
+                         "timestamp": pd.DatetimeIndex(stamps.view("datetime64[ns]")).tz_localize("UTC"), **columns})
