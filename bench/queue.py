@@ -228,11 +228,9 @@ def fresh_redis_and_schema(env: dict[str, str]) -> callable:
 
     from kronos_jobs.db.session import make_engine
 
-    for number in range(15, 0, -1):
-        url = str(make_url(env["KRONOS_BROKER_URL"]).set(database=str(number)))
-        if redis.Redis.from_url(url).dbsize() == 0:
-            env["KRONOS_BROKER_URL"] = url
-            break
+    from tests.jobs.conftest import claim_redis_db
+
+    env["KRONOS_BROKER_URL"] = claim_redis_db(env["KRONOS_BROKER_URL"])
     server = make_url(env["KRONOS_DATABASE_URL"])
     schema = f"kbench_{uuid.uuid4().hex[:8]}"
     admin = make_engine(server.render_as_string(hide_password=False))

@@ -28,7 +28,7 @@ from kronos_jobs.jobs.submit import submit_forecast
 from kronos_jobs.names import DEFAULT_TENANT, RESULT_COLUMNS, JobState
 from kronos_jobs.settings import Settings
 from tests.conftest import TEST_DATABASE_URL_ENV, TEST_REDIS_URL_ENV, require_service
-from tests.jobs.conftest import make_bars, save_tiny_checkpoint
+from tests.jobs.conftest import claim_redis_db, make_bars, save_tiny_checkpoint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -37,17 +37,6 @@ WORKER_ENV = {  # short leases so a killed child's job is taken over within seco
     "KRONOS_LEASE_SECONDS": "3", "KRONOS_HEARTBEAT_SECONDS": "0.5", "KRONOS_WORKER_STALE_SECONDS": "15",
     "KRONOS_MAX_BATCH_SIZE": "2", "KRONOS_TORCH_THREADS": "1", "KRONOS_LOG_LEVEL": "INFO",
 }
-
-
-def _free_redis_db(base_url: str) -> str:
-    """An empty Redis DB number on the test server, so queues never meet another session's."""
-    import redis
-
-    for number in range(15, 0, -1):
-        url = str(make_url(base_url).set(database=str(number)))
-        if redis.Redis.from_url(url).dbsize() == 0:
-            return url
-    pytest.fail(f"no empty Redis DB on {base_url}")
 
 
 def _fresh_schema(server_url: str) -> tuple[str, callable]:
@@ -107,7 +96,7 @@ def stack(request, tmp_path_factory):
     env.update(WORKER_ENV, KRONOS_DATA_DIR=str(root / "kronos-data"), PYTHONPATH=str(REPO))
     cleanup = []
     if request.param == "redis+postgresql":
-        redis_url = _free_redis_db(require_service(TEST_REDIS_URL_ENV))
+        redis_url = claim_redis_db(require_service(TEST_REDIS_URL_ENV))
         database_url, drop = _fresh_schema(require_service(TEST_DATABASE_URL_ENV))
         env.update(KRONOS_BROKER_URL=redis_url, KRONOS_DATABASE_URL=database_url)
         cleanup += [drop, lambda: __import__("redis").Redis.from_url(redis_url).flushdb()]
@@ -226,7 +215,10 @@ def test_reconciler_resends_a_message_the_broker_lost(stack):
     if stack.settings.effective_broker_url.startswith("redis"):
         import redis
 
-        redis.Redis.from_url(stack.settings.effective_broker_url).flushdb()
+        client = redis.Redis.from_url(stack.settings.effective_broker_url)
+        for key in client.scan_iter():  # everything but this session's claim on the DB
+            if key != b"kronos-test-claim":
+                client.delete(key)
     else:
         for message in broker_folders(stack.settings)["data"].glob("*.msg"):
             message.unlink()
