@@ -3,6 +3,7 @@ started is picked up on its next tick, without a restart."""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 
 from kronos_jobs import schedules
@@ -31,6 +32,9 @@ def test_beat_picks_up_a_new_schedule_without_restart(monkeypatch, tmp_path):
                 name="every-minute", cron="* * * * *", timezone="UTC", symbols=["NONE"], model="random:mini"))
             schedule_crud.update_schedule(session, tenant_id=DEFAULT_TENANT, schedule_id=schedule.id, changes={
                 "anchor_at": datetime.now(timezone.utc) - timedelta(minutes=5)})
+        # The database is ticked at most every KRONOS_SCHEDULER_INTERVAL; let one interval pass so
+        # the next tick is due however fast the lines above ran.
+        time.sleep(0.02)
         delay = beat.tick()
         assert 0 <= delay <= 0.01 + 1e-6
         with session_scope(settings) as session:
