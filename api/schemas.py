@@ -64,7 +64,7 @@ class SeriesIn(_Strict):
 class ForecastParamsIn(_Strict):
     """The forecast parameters: the JSON body minus `series`, or the `request` field of an upload."""
 
-    model: str | None = Field(None, max_length=256, description="Model name, random:<size>, local directory or fine-tuned id; default KRONOS_DEFAULT_MODEL.")
+    model: str | None = Field(None, max_length=256, description="Model name, random:<size>, directory under KRONOS_MODEL_DIRS or fine-tuned id; default KRONOS_DEFAULT_MODEL.")
     device: DevicePreference = Field(DevicePreference.AUTO, description="auto prefers a live GPU worker, else CPU.")
     lookback: int = Field(400, ge=1, le=MAX_STEPS, description="Past bars fed to the model (at most its context length).")
     pred_len: int = Field(24, ge=1, le=MAX_STEPS, description="Future bars to forecast (at most the model's context length).")

@@ -75,7 +75,8 @@ def run_schedule(stack: Stack, model: str, args) -> dict:
         schedule = schedules.create_schedule(session, tenant_id="default", fields=dict(
             name=f"bench-{time.time_ns()}", cron="0 18 * * 1-5", timezone="America/New_York", symbols=None,
             freq="5min", model=model, device="cpu", lookback=args.lookback, pred_len=args.pred_len,
-            sampling={"seed": 0, "sample_count": 1}, quantiles=None, calendar={}, min_history=None, enabled=True))
+            sampling={"seed": 0, "sample_count": 1}, quantiles=None, calendar={}, min_history=None, enabled=True),
+            model_dirs=stack.settings.effective_model_dirs)
         schedule_crud.update_schedule(session, tenant_id="default", schedule_id=schedule.id,
                                       changes={"anchor_at": datetime(2024, 6, 19, tzinfo=timezone.utc)})
     started = time.perf_counter()
@@ -120,7 +121,7 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="bench-nightly-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("KRONOS_") or k.startswith("KRONOS_TEST_")}
-    env.update(WORKER_ENV, KRONOS_DATA_DIR=str(root / "data"), PYTHONPATH=str(REPO),
+    env.update(WORKER_ENV, KRONOS_DATA_DIR=str(root / "data"), KRONOS_MODEL_DIRS=str(root / "models"), PYTHONPATH=str(REPO),
                KRONOS_SCHEDULE_BATCH_SYMBOLS=str(args.batch_symbols))
     cleanup = None
     if args.stack == "redis":  # an empty Redis DB and a fresh PostgreSQL schema, dropped at the end
@@ -130,7 +131,7 @@ def main() -> None:
     stack = Stack(args.stack, env, root)
     load_s = store_bars(stack, args.symbols, args.bars or args.lookback + 50)
     print(f"stored {args.symbols} symbols x {args.bars or args.lookback + 50} bars in {load_s:.1f} s ({args.stack})")
-    models = {"tiny": lambda: tiny_checkpoint(root / "tiny", max_context=512), "small": lambda: "random:small"}
+    models = {"tiny": lambda: tiny_checkpoint(root / "models" / "tiny", max_context=512), "small": lambda: "random:small"}
     results = {}
     stack.start(concurrency=2)
     try:

@@ -68,7 +68,8 @@ def in_process_forecast(checkpoint: Path, bars, n: int) -> list[float]:
 
     torch.set_num_threads(1)  # as each worker child runs (KRONOS_TORCH_THREADS=1)
     params = ForecastParams.from_value(request_for(checkpoint))
-    entry, _ = model_cache.get_predictor(resolve_model(str(checkpoint)), "cpu", Settings())
+    spec = resolve_model(str(checkpoint), model_dirs=[checkpoint.parent])
+    entry, _ = model_cache.get_predictor(spec, "cpu", Settings())
     (item,), _ = build_inputs(bars, None, params)
     times = []
     for i in range(n + 5):
@@ -207,6 +208,7 @@ def durable_commit_ms(settings, n: int = 50) -> float:
 
 def stack_envs(root: Path, names: list[str]) -> dict[str, dict[str, str]]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("KRONOS_") or k.startswith("KRONOS_TEST_")}
+    base["KRONOS_MODEL_DIRS"] = str(root / "models")  # where main() saves the tiny checkpoint
     base.update(WORKER_ENV, PYTHONPATH=str(REPO))
     envs = {}
     if "embedded" in names:
@@ -261,7 +263,7 @@ def main() -> None:
     from tests.jobs.conftest import make_bars, save_tiny_checkpoint
 
     root = Path(tempfile.mkdtemp(prefix="kronos-bench-queue-"))
-    checkpoint = save_tiny_checkpoint(root / "tiny-model")
+    checkpoint = save_tiny_checkpoint(root / "models" / "tiny-model")
     bars = make_bars({"BENCH": 32})
     base_times = in_process_forecast(checkpoint, bars, n=max(50, args.latency_jobs))
     baseline = float(np.median(base_times))

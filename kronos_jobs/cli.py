@@ -187,7 +187,7 @@ def _csv_floats(value: str | None) -> list[float] | None:
 
 @main.command()
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--model", default=None, help="Model name, random:<size>, local directory or fine-tuned id.")
+@click.option("--model", default=None, help="Model name, random:<size>, directory under KRONOS_MODEL_DIRS or fine-tuned id.")
 @click.option("--device", type=click.Choice([d.value for d in DevicePreference]), default=None)
 @click.option("--lookback", type=int, default=None)
 @click.option("--pred-len", type=int, default=None)
@@ -422,6 +422,7 @@ def _finetune_local(ctx: click.Context, params: dict[str, Any], data: bytes, fil
     from kronos_jobs import bars as bar_input
     from kronos_jobs.errors import InvalidRequest
     from kronos_jobs.jobs.finetune import run_local
+    from kronos_jobs.registry import local_model_dir
 
     settings = _settings(ctx)
     params.setdefault("model", settings.default_model)
@@ -440,7 +441,12 @@ def _finetune_local(ctx: click.Context, params: dict[str, Any], data: bytes, fil
         raise click.ClickException(exc.message) from None
     if summary["device_warning"]:
         click.echo(f"warning: {summary['device_warning']}", err=True)
-    click.echo(f"model saved to {summary['model_path']} (use it as --model / \"model\" in forecasts)", err=True)
+    if local_model_dir(summary["model_path"], settings.effective_model_dirs) is not None:
+        click.echo(f"model saved to {summary['model_path']} (use it as --model / \"model\" in forecasts)", err=True)
+    else:
+        roots = ", ".join(map(str, settings.effective_model_dirs))
+        click.echo(f"model saved to {summary['model_path']}; to forecast with it, move it under KRONOS_MODEL_DIRS "
+                   f"({roots}) or give --out-dir there", err=True)
     click.echo(json.dumps(summary, default=str))
 
 

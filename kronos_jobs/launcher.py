@@ -309,8 +309,9 @@ def _explain_failure(job: dict, model: str) -> None:
             f"\ndemo: model {model!r} could not be loaded; the Hugging Face hub is probably unreachable from here.\n"
             "      Try the whole pipeline offline with random weights (outputs are labelled as such):\n"
             "          ./scripts/demo.sh --model random:small\n"
-            "      or use a local checkpoint directory holding model/ and tokenizer/ in hub layout:\n"
-            "          ./scripts/demo.sh --model /path/to/kronos-small\n"
+            "      or use a local checkpoint directory holding model/ and tokenizer/ in hub layout,\n"
+            "      placed under KRONOS_MODEL_DIRS (default <KRONOS_DATA_DIR>/models):\n"
+            "          ./scripts/demo.sh --model kronos-small-offline\n"
             "      (see 'Models' in the README for how to fetch one on a connected machine).",
             file=sys.stderr,
         )

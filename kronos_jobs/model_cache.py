@@ -62,7 +62,7 @@ def _hub_help(spec: ModelSpec, exc: Exception) -> str:
         f"cannot load model {spec.name!r} ({spec.model_path}"
         f"{'@' + spec.model_revision if spec.model_revision else ''}, tokenizer {spec.tokenizer_path}): {exc}. "
         "If the Hugging Face hub is unreachable, download the checkpoints elsewhere and point the job's "
-        "`model` at a local directory holding model/ and tokenizer/ (see kronos_jobs.registry.save_local_model), "
+        "`model` at a directory under KRONOS_MODEL_DIRS holding model/ and tokenizer/ (see kronos_jobs.registry.save_local_model), "
         "set KRONOS_HF_CACHE_DIR to a pre-filled cache with HF_HUB_OFFLINE=1, or use model `random:small` "
         "to try the pipeline with random weights."
     )

@@ -7,7 +7,9 @@ A job's `model` field may be
 * `random:<mini|small|base>` — that architecture with random weights from a fixed seed, for trying
   the pipeline offline; every output made with it is labelled "random weights";
 * a local directory holding `model/` and `tokenizer/` subdirectories in hub layout (`config.json` +
-  `model.safetensors` each), as written by `save_local_model`;
+  `model.safetensors` each), as written by `save_local_model`, inside one of the roots of
+  KRONOS_MODEL_DIRS — named absolutely or relative to a root. The name comes from untrusted
+  clients, so any other path is an unknown model, with the same message whether or not it exists;
 * the id of a fine-tuned model in the `models` table (tenant-scoped).
 
 Upstream Kronos scatters hub ids and context lengths over a dozen files, so a copy can pair a model
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -105,11 +108,33 @@ class ModelSpec:
 
 
 def model_choices() -> list[str]:
-    return [*PUBLISHED_MODELS, *RANDOM_MODELS, "<local directory with model/ and tokenizer/>", "<fine-tuned model id>"]
+    return [*PUBLISHED_MODELS, *RANDOM_MODELS, "<directory with model/ and tokenizer/ under KRONOS_MODEL_DIRS>", "<fine-tuned model id>"]
 
 
 def _unknown(name: str, why: str) -> InvalidRequest:
     return InvalidRequest(f"model {name!r} {why}; expected one of: {', '.join(model_choices())}", field="model")
+
+
+# One message for every name that means nothing here: a path outside the roots gets it whether or
+# not the path exists, so the API cannot be used to probe the server's file system.
+NOT_A_MODEL = ("is not a published name, a random:<size> name, a registered model id or a checkpoint directory "
+               "under KRONOS_MODEL_DIRS (local checkpoints must live there)")
+
+
+def local_model_dir(name: str, roots: Sequence[Path]) -> Path | None:
+    """The directory `name` means, resolved (symlinks and `..` followed), when it lies inside one of
+    `roots`; None otherwise. A relative name is looked up under each root in order."""
+    resolved_roots = [Path(root).resolve() for root in roots]
+    path = Path(name)
+    candidates = [path] if path.is_absolute() else [root / path for root in resolved_roots]
+    for candidate in candidates:
+        try:
+            resolved = candidate.resolve()
+        except (OSError, ValueError, RuntimeError):  # a NUL byte, a symlink loop: no directory of ours
+            continue
+        if any(resolved.is_relative_to(root) for root in resolved_roots) and resolved.is_dir():
+            return resolved
+    return None
 
 
 def published_spec(name: str) -> ModelSpec:
@@ -147,7 +172,7 @@ def finetuned_spec(name: str, session: "Session", tenant_id: str) -> ModelSpec:
     try:
         row = model_crud.get_model(session, tenant_id=tenant_id, model_id=name)
     except NotFound:
-        raise _unknown(name, "is not a published name, a random:<size> name, a local directory or a registered model id") from None
+        raise _unknown(name, NOT_A_MODEL) from None
     if row.kind == "published" and row.id in PUBLISHED_MODELS:
         return published_spec(row.id)
     if getattr(row, "retired_at", None) is not None:
@@ -158,8 +183,13 @@ def finetuned_spec(name: str, session: "Session", tenant_id: str) -> ModelSpec:
     return dataclasses.replace(spec, source="finetuned", checksum=row.checksum, max_context=row.max_context)
 
 
-def resolve_model(name: str, session: "Session | None" = None, *, tenant_id: str = DEFAULT_TENANT) -> ModelSpec:
-    """Turn a job's `model` field into a `ModelSpec`; unknown names raise InvalidRequest(field="model")."""
+def resolve_model(name: str, session: "Session | None" = None, *, tenant_id: str = DEFAULT_TENANT,
+                  model_dirs: Sequence[Path] = ()) -> ModelSpec:
+    """Turn a job's `model` field into a `ModelSpec`; unknown names raise InvalidRequest(field="model").
+
+    `model_dirs` (settings.effective_model_dirs) are the roots a local checkpoint may live in; with
+    none, no local directory is accepted.
+    """
     if not isinstance(name, str) or not name.strip():
         raise _unknown(str(name), "is empty")
     name = name.strip()
@@ -167,12 +197,12 @@ def resolve_model(name: str, session: "Session | None" = None, *, tenant_id: str
         return published_spec(name)
     if name.startswith(RANDOM_PREFIX):
         return random_spec(name)
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return local_spec(name, path)
+    directory = local_model_dir(name, model_dirs)
+    if directory is not None:
+        return local_spec(name, directory)
     if session is not None:
         return finetuned_spec(name, session, tenant_id)
-    raise _unknown(name, "is not a published name, a random:<size> name or a local directory")
+    raise _unknown(name, NOT_A_MODEL)
 
 
 def save_local_model(directory: str | Path, model: Any, tokenizer: Any, *, max_context: int | None = None) -> Path:

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -100,12 +102,13 @@ def due_occurrence(schedule: Schedule, now: datetime) -> datetime | None:
 FORECAST_KEYS = ("lookback", "pred_len", "sampling", "quantiles")
 
 
-def validate_schedule(session: Session, *, tenant_id: str, fields: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
+def validate_schedule(session: Session, *, tenant_id: str, fields: dict[str, Any], now: datetime | None = None,
+                      model_dirs: Sequence[Path] = ()) -> dict[str, Any]:
     """Check a whole schedule (after a PATCH is merged in) and return the columns to store.
 
     `fields`: name, cron, timezone, symbols (None = every stored symbol), freq, model, device,
     lookback, pred_len, sampling, quantiles, calendar, min_history, enabled. Every problem is an
-    InvalidRequest naming the field.
+    InvalidRequest naming the field. `model_dirs`: the roots a local model may live in (settings).
     """
     from kronos_jobs import bars
     from kronos_jobs.calendar import check_timezone
@@ -122,7 +125,7 @@ def validate_schedule(session: Session, *, tenant_id: str, fields: dict[str, Any
     freq = bars.check_freq(fields["freq"], "freq") if fields.get("freq") else None
     calendar = fields.get("calendar") or {}
     check_calendar(calendar)
-    spec = resolve_model(fields["model"], session, tenant_id=tenant_id)
+    spec = resolve_model(fields["model"], session, tenant_id=tenant_id, model_dirs=model_dirs)
     params = ForecastParams.from_value({"model": fields["model"], "device": fields.get("device") or "auto",
                                         **{k: fields[k] for k in FORECAST_KEYS if fields.get(k) is not None}})
     validate_params(params, spec.max_context, [])
@@ -148,20 +151,23 @@ def schedule_fields(schedule: Schedule) -> dict[str, Any]:
             "min_history": schedule.min_history, "enabled": schedule.enabled}
 
 
-def create_schedule(session: Session, *, tenant_id: str, fields: dict[str, Any]) -> Schedule:
+def create_schedule(session: Session, *, tenant_id: str, fields: dict[str, Any],
+                    model_dirs: Sequence[Path] = ()) -> Schedule:
     from kronos_jobs.crud import schedules as crud
 
-    return crud.create_schedule(session, tenant_id=tenant_id, **validate_schedule(session, tenant_id=tenant_id, fields=fields))
+    values = validate_schedule(session, tenant_id=tenant_id, fields=fields, model_dirs=model_dirs)
+    return crud.create_schedule(session, tenant_id=tenant_id, **values)
 
 
-def update_schedule(session: Session, *, tenant_id: str, schedule_id: str, changes: dict[str, Any]) -> Schedule:
+def update_schedule(session: Session, *, tenant_id: str, schedule_id: str, changes: dict[str, Any],
+                    model_dirs: Sequence[Path] = ()) -> Schedule:
     """Merge `changes` into the schedule, validate the whole, store. A new cron, zone or a
     re-enable moves `anchor_at` to now: occurrences before the edit never fire."""
     from kronos_jobs.crud import schedules as crud
 
     schedule = crud.get_schedule(session, tenant_id=tenant_id, schedule_id=schedule_id)
     before = schedule_fields(schedule)
-    values = validate_schedule(session, tenant_id=tenant_id, fields={**before, **changes})
+    values = validate_schedule(session, tenant_id=tenant_id, fields={**before, **changes}, model_dirs=model_dirs)
     if any(values[k] != before[k] for k in ("cron", "timezone")) or (values["enabled"] and not before["enabled"]):
         values["anchor_at"] = utcnow()
     return crud.update_schedule(session, tenant_id=tenant_id, schedule_id=schedule_id, changes=values)

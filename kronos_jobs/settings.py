@@ -7,13 +7,14 @@ file and kombu's filesystem transport under `data_dir`, no server needed.
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -25,6 +26,12 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(None, description="Celery broker URL; default filesystem:// under <data_dir>/broker. Production: redis://host:6379/0")
     artifacts_dir: Path | None = Field(None, description="Fine-tune checkpoints and registered models; default <data_dir>/artifacts.")
     hf_cache_dir: Path | None = Field(None, description="Hugging Face cache for published checkpoints; default: huggingface_hub's own.")
+    # A job's `model` comes from untrusted clients: a local checkpoint directory is accepted only
+    # inside one of these roots (after symlinks and `..` are followed), never anywhere on disk.
+    model_dirs: Annotated[list[Path] | None, NoDecode] = Field(
+        None, description="Roots that may hold local checkpoint directories (model/ + tokenizer/), named by a job's "
+                          "`model` absolutely or relative to a root; a JSON list or paths separated by os.pathsep; "
+                          "default [<data_dir>/models].")
 
     # --- API and CLI -------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
@@ -70,6 +77,18 @@ class Settings(BaseSettings):
         except ValueError as exc:  # name the variable: the user set KRONOS_DEVICE, not "device"
             raise ValueError(f"KRONOS_DEVICE: {exc}") from None
 
+    @field_validator("model_dirs", mode="before")
+    @classmethod
+    def _path_list(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"KRONOS_MODEL_DIRS: not a JSON list of paths: {exc}") from None
+        return [part for part in value.split(os.pathsep) if part.strip()]
+
     @model_validator(mode="after")
     def _limits_are_ordered(self) -> "Settings":
         for kind in ("forecast", "finetune"):
@@ -111,6 +130,11 @@ class Settings(BaseSettings):
     @property
     def effective_artifacts_dir(self) -> Path:
         return (self.artifacts_dir or self.data_dir / "artifacts").resolve()
+
+    @property
+    def effective_model_dirs(self) -> list[Path]:
+        roots = self.model_dirs if self.model_dirs is not None else [self.data_dir / "models"]
+        return [root.expanduser().resolve() for root in roots]
 
     @property
     def effective_api_url(self) -> str:

@@ -88,8 +88,8 @@ def test_prepare_data_file_adds_the_symbol_and_drops_the_test_tail(tmp_path):
 
 
 @pytest.fixture
-def upstream_yaml(tmp_path):
-    checkpoint = save_tiny_checkpoint(tmp_path / "tiny")
+def upstream_yaml(tmp_path, settings):
+    checkpoint = save_tiny_checkpoint(settings.effective_model_dirs[0] / "tiny")  # default root: <data_dir>/models
     sample_bars(1, 300).drop(columns="symbol").rename(columns={"timestamp": "timestamps"}).to_csv(tmp_path / "bars.csv", index=False)
     config = {**UPSTREAM, "model_paths": {"pretrained_predictor": str(checkpoint), "pretrained_tokenizer": str(checkpoint)},
               "device": {"use_cuda": False}}
@@ -121,3 +121,4 @@ def test_cli_local_trains_in_process(settings, upstream_yaml, tmp_path):
     assert set(summary["metrics"]["phases"]) == {"tokenizer", "predictor"}
     assert (Path(summary["model_path"]) / "model" / "model.safetensors").is_file()
     assert "predictor epoch 1/1 step 4/4" in result.stderr
+    assert "to forecast with it, move it under KRONOS_MODEL_DIRS" in result.stderr  # out/ is outside the roots

@@ -20,13 +20,13 @@ def test_hit_after_miss_and_lru_eviction(settings, tiny_checkpoint, tmp_path):
     from tests.jobs.conftest import save_tiny_checkpoint
 
     settings = settings.model_copy(update={"model_cache_size": 1})
-    first = resolve_model(str(tiny_checkpoint))
+    first = resolve_model(str(tiny_checkpoint), model_dirs=[tiny_checkpoint.parent])
     entry, cached = model_cache.get_predictor(first, "cpu", settings)
     assert not cached and entry.load_seconds > 0 and len(entry.model_checksum) == 64
     again, cached = model_cache.get_predictor(first, "cpu", settings)
     assert cached and again is entry
 
-    other = resolve_model(str(save_tiny_checkpoint(tmp_path / "other", seed=8)))
+    other = resolve_model(str(save_tiny_checkpoint(tmp_path / "other", seed=8)), model_dirs=[tmp_path])
     model_cache.get_predictor(other, "cpu", settings)
     assert [key[0] for key in model_cache.cached_keys()] == [other.key]  # the first one was evicted
 
@@ -54,6 +54,7 @@ def test_unreachable_hub_says_what_to_do(settings, monkeypatch, tmp_path):
 def test_registered_checksum_mismatch_is_refused(settings, tiny_checkpoint):
     import dataclasses
 
-    spec = dataclasses.replace(resolve_model(str(tiny_checkpoint)), source="finetuned", checksum="0" * 64)
+    spec = dataclasses.replace(resolve_model(str(tiny_checkpoint), model_dirs=[tiny_checkpoint.parent]),
+                               source="finetuned", checksum="0" * 64)
     with pytest.raises(model_cache.ModelUnavailable, match="does not match"):
         model_cache.get_predictor(spec, "cpu", settings)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from kronos_jobs.errors import InvalidRequest
 from kronos_jobs.registry import PUBLISHED_MODELS, RANDOM_WEIGHTS_LABEL, resolve_model
-from tests.jobs.conftest import TINY_MAX_CONTEXT, tiny_checkpoint  # noqa: F401 (fixture)
+from tests.jobs.conftest import TINY_MAX_CONTEXT, save_tiny_checkpoint, tiny_checkpoint  # noqa: F401 (fixture)
 
 
 @pytest.mark.parametrize(
@@ -39,11 +41,76 @@ def test_random_weights_are_labelled():
 
 
 def test_local_directory(tiny_checkpoint, tmp_path):
-    spec = resolve_model(str(tiny_checkpoint))
+    spec = resolve_model(str(tiny_checkpoint), model_dirs=[tiny_checkpoint.parent])
     assert spec.source == "local" and spec.max_context == TINY_MAX_CONTEXT
     assert spec.model_path.endswith("/model") and spec.tokenizer_path.endswith("/tokenizer")
+    (tmp_path / "empty").mkdir()
     with pytest.raises(InvalidRequest, match="lacks a checkpoint"):
-        resolve_model(str(tmp_path))
+        resolve_model(str(tmp_path / "empty"), model_dirs=[tmp_path])
+
+
+@pytest.fixture
+def model_root(tmp_path):
+    """A models root holding `tiny/`, next to a directory outside it that also holds a checkpoint."""
+    root = tmp_path / "models"
+    save_tiny_checkpoint(root / "tiny")
+    shutil.copytree(root / "tiny", tmp_path / "outside")
+    return root
+
+
+def test_names_relative_to_a_root_and_absolute_inside_it(model_root, tmp_path):
+    relative = resolve_model("tiny", model_dirs=[tmp_path / "elsewhere", model_root])
+    absolute = resolve_model(str(model_root / "tiny"), model_dirs=[model_root])
+    assert relative.source == absolute.source == "local"
+    assert relative.model_path == absolute.model_path == str((model_root / "tiny" / "model").resolve())
+    assert relative.name == "tiny"  # the job keeps the name it was given
+    inner = resolve_model("sub/../tiny", model_dirs=[model_root])  # `..` that stays inside is fine
+    assert inner.model_path == relative.model_path
+
+
+def test_symlinked_root_is_followed(model_root, tmp_path):
+    (tmp_path / "link-to-models").symlink_to(model_root)
+    spec = resolve_model("tiny", model_dirs=[tmp_path / "link-to-models"])
+    assert spec.model_path == str((model_root / "tiny" / "model").resolve())
+
+
+def escapes(model_root, tmp_path):
+    (model_root / "escape").symlink_to(tmp_path / "outside")
+    return ["../outside", "tiny/../../outside", str(tmp_path / "outside"), str(model_root / ".." / "outside"),
+            "escape", str(model_root / "escape"), "/etc", "/", "..", "~"]
+
+
+def test_paths_out_of_the_roots_are_unknown_models(model_root, tmp_path):
+    for name in escapes(model_root, tmp_path):  # every one of them holds or is a real directory
+        with pytest.raises(InvalidRequest) as caught:
+            resolve_model(name, model_dirs=[model_root])
+        assert caught.value.field == "model", name
+        assert "KRONOS_MODEL_DIRS" in caught.value.message
+
+
+def test_no_existence_oracle(model_root, tmp_path):
+    """An existing path outside the roots and a missing one get the same message, name aside."""
+    def message(name: str) -> str:
+        with pytest.raises(InvalidRequest) as caught:
+            resolve_model(name, model_dirs=[model_root])
+        return caught.value.message.replace(repr(name), "<name>")
+
+    assert message("/etc") == message("/no-such-dir-here") == message(str(tmp_path / "outside"))
+    assert message("../outside") == message("../missing") == message("missing") == message("x\x00y")
+
+
+def test_without_roots_no_local_directory_is_accepted(tiny_checkpoint):
+    with pytest.raises(InvalidRequest) as caught:
+        resolve_model(str(tiny_checkpoint))
+    assert caught.value.field == "model"
+
+
+def test_outside_paths_reach_the_models_table_as_ids_only(session, model_root, tmp_path):
+    """With a session, an outside path is looked up as a registered id: the same message again."""
+    for name in ("/etc", "/no-such-dir-here", str(tmp_path / "outside")):
+        with pytest.raises(InvalidRequest) as caught:
+            resolve_model(name, session, model_dirs=[model_root])
+        assert "KRONOS_MODEL_DIRS" in caught.value.message and caught.value.field == "model"
 
 
 @pytest.mark.parametrize("name", ["kronos-large", "", "NeoQuasar/Kronos-small"])

@@ -21,6 +21,7 @@ ENVIRONMENT: dict[str, tuple[str, object]] = {
     "broker_url": ("redis://redis:6379/0", "redis://redis:6379/0"),
     "artifacts_dir": ("/srv/artifacts", Path("/srv/artifacts")),
     "hf_cache_dir": ("/srv/hf", Path("/srv/hf")),
+    "model_dirs": ("/srv/models:/mnt/models", [Path("/srv/models"), Path("/mnt/models")]),  # os.pathsep-separated
     "api_host": ("0.0.0.0", "0.0.0.0"),
     "api_port": ("9001", 9001),
     "api_url": ("http://api:9001/", "http://api:9001/"),
@@ -76,6 +77,7 @@ def test_all_variables_together(monkeypatch):
     assert settings.effective_database_url == "postgresql+psycopg://kronos@db:5432/kronos"
     assert settings.effective_broker_url == "redis://redis:6379/0"
     assert settings.effective_artifacts_dir == Path("/srv/artifacts")
+    assert settings.effective_model_dirs == [Path("/srv/models"), Path("/mnt/models")]
     assert settings.effective_api_url == "http://api:9001"
     assert settings.effective_visibility_timeout == 200000
     assert settings.effective_torch_threads() == 2
@@ -87,8 +89,21 @@ def test_defaults_derive_from_data_dir(monkeypatch, tmp_path):
     assert settings.effective_database_url == f"sqlite:///{tmp_path.resolve() / 'kronos.db'}"
     assert settings.broker_dir == tmp_path.resolve() / "broker"
     assert settings.effective_artifacts_dir == tmp_path.resolve() / "artifacts"
+    assert settings.effective_model_dirs == [tmp_path.resolve() / "models"]
     assert settings.effective_visibility_timeout == 2 * settings.longest_time_limit
     assert settings.effective_api_url == "http://127.0.0.1:8000"
+
+
+def test_model_dirs_also_read_a_json_list_and_resolve(monkeypatch, tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    monkeypatch.setenv("KRONOS_MODEL_DIRS", f'["{tmp_path / "link"}", "{tmp_path / "a:b"}"]')
+    settings = Settings()
+    assert settings.model_dirs == [tmp_path / "link", tmp_path / "a:b"]
+    assert settings.effective_model_dirs == [(tmp_path / "real").resolve(), (tmp_path / "a:b").resolve()]
+    monkeypatch.setenv("KRONOS_MODEL_DIRS", "[not json")
+    with pytest.raises(ValidationError, match="KRONOS_MODEL_DIRS"):
+        Settings()
 
 
 @pytest.mark.parametrize("environment, named", [

@@ -54,7 +54,8 @@ def create_schedule(body: ScheduleCreate, session: SessionDep, settings: Setting
     """Create a schedule."""
     fields = body.model_dump()
     fields["model"] = fields["model"] or settings.default_model
-    schedule = schedule_service.create_schedule(session, tenant_id=caller.tenant_id, fields=fields)
+    schedule = schedule_service.create_schedule(session, tenant_id=caller.tenant_id, fields=fields,
+                                                model_dirs=settings.effective_model_dirs)
     response.headers["Location"] = f"{router.prefix}/{schedule.id}"
     return _public(schedule)
 
@@ -73,14 +74,15 @@ def read_schedule(schedule_id: ScheduleId, session: SessionDep, caller: CallerDe
 
 
 @router.patch("/{schedule_id}", response_model=SchedulePublic, responses=ERRORS)
-def update_schedule(schedule_id: ScheduleId, body: ScheduleUpdate, session: SessionDep, caller: CallerDep) -> SchedulePublic:
+def update_schedule(schedule_id: ScheduleId, body: ScheduleUpdate, session: SessionDep, settings: SettingsDep,
+                    caller: CallerDep) -> SchedulePublic:
     """Change a schedule; only the fields given change."""
     changes = body.model_dump(exclude_unset=True)
     for key in ("name", "cron", "lookback", "pred_len", "device", "enabled", "sampling", "timezone", "model"):
         if key in changes and changes[key] is None:
             changes.pop(key)  # null for a required field means "leave it"
     return _public(schedule_service.update_schedule(session, tenant_id=caller.tenant_id, schedule_id=schedule_id,
-                                                    changes=changes))
+                                                    changes=changes, model_dirs=settings.effective_model_dirs))
 
 
 @router.delete("/{schedule_id}", status_code=204, responses=ERRORS)

@@ -50,7 +50,7 @@ from kronos_jobs.errors import JobCancelled, JobFailure, LeaseLost
 from kronos_jobs.jobs.finetune_submit import FinetuneParams, check_data, phase_steps, split_series, validate_params, window_count
 from kronos_jobs.jobs.lease import LeaseHeartbeat, is_transient, raise_if_held, release_lease
 from kronos_jobs.names import JobState
-from kronos_jobs.registry import ModelSpec, resolve_model, save_local_model
+from kronos_jobs.registry import ModelSpec, local_spec, resolve_model, save_local_model
 from kronos_jobs.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -293,7 +293,7 @@ def train_pair(params: FinetuneParams, bars: pd.DataFrame, spec: ModelSpec, *, w
     evaluation: dict[str, Any] = {"n_windows": 0}
     if windows:
         base_model, base_tokenizer = load_pair(spec, settings)
-        tuned = resolve_model(str(final_dir))
+        tuned = local_spec(str(final_dir), final_dir)  # our own output, not a client's path
         tuned_model, tuned_tokenizer = load_pair(tuned, settings)
         predictors = {name: KronosPredictor(m, t, device=device, max_context=spec.max_context)
                       for name, (m, t) in {"base": (base_model, base_tokenizer),
@@ -310,7 +310,7 @@ def run_local(params: FinetuneParams | dict[str, Any], bars: pd.DataFrame, *, de
               settings: Settings, on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """`kronos-jobs finetune --local`: the same training in this process, no queue and no database."""
     params = FinetuneParams.from_value(params)
-    spec = resolve_model(params.model)
+    spec = resolve_model(params.model, model_dirs=settings.effective_model_dirs)
     validate_params(params, spec.max_context)
     summary = check_data(params, bars)
     outcome = train_pair(params, bars, spec, work_dir=Path(work_dir).resolve(), device=device, settings=settings,
@@ -416,7 +416,7 @@ def _train_and_register(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat
                 train=params.train)
     with session_scope(settings) as session:
         bars, _ = result_crud.load_job_input(session, job_id=run.job_id)
-        spec = resolve_model(params.model, session, tenant_id=run.tenant_id)
+        spec = resolve_model(params.model, session, tenant_id=run.tenant_id, model_dirs=settings.effective_model_dirs)
     meta.update(spec.metadata())
     work_dir = artifacts_dir(settings, run.job_id)
     holder: dict[str, JobProgress] = {}

@@ -242,7 +242,7 @@ def submit_finetune(session, settings: Settings, *, tenant_id: str, request: Fin
     from kronos_jobs.jobs.submit import send_job
 
     params = FinetuneParams.from_value(request)
-    spec = resolve_model(params.model, session, tenant_id=tenant_id)
+    spec = resolve_model(params.model, session, tenant_id=tenant_id, model_dirs=settings.effective_model_dirs)
     validate_params(params, spec.max_context)
     if params.max_seconds is not None and params.max_seconds >= settings.finetune_soft_time_limit:
         raise invalid("max_seconds", f"must be below KRONOS_FINETUNE_SOFT_TIME_LIMIT ({settings.finetune_soft_time_limit} s), "

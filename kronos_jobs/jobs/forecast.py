@@ -17,6 +17,8 @@ import socket
 import time
 import traceback
 import uuid
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -157,11 +159,12 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
 
     # --- input and model ------------------------------------------------------------------------
     bars, future = job_input
-    if _needs_session(params.model):
+    model_dirs = settings.effective_model_dirs
+    if _needs_session(params.model, model_dirs):
         with session_scope(settings) as session:
-            spec = resolve_model(params.model, session, tenant_id=run.tenant_id)
+            spec = resolve_model(params.model, session, tenant_id=run.tenant_id, model_dirs=model_dirs)
     else:
-        spec = resolve_model(params.model)
+        spec = resolve_model(params.model, model_dirs=model_dirs)
     inputs, symbol_errors = build_inputs(bars, future, params)
     total = len(inputs) + len(symbol_errors)
     entry, cached = model_cache.get_predictor(spec, identity.device, settings)
@@ -211,11 +214,12 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
                    progress=(total, total))
 
 
-def _needs_session(model: str) -> bool:
+def _needs_session(model: str, model_dirs: Sequence[Path]) -> bool:
     """Only fine-tuned ids live in the database; published, random and local models do not."""
-    from kronos_jobs.registry import PUBLISHED_MODELS, RANDOM_PREFIX
+    from kronos_jobs.registry import PUBLISHED_MODELS, RANDOM_PREFIX, local_model_dir
 
-    return not (model in PUBLISHED_MODELS or model.startswith(RANDOM_PREFIX) or os.path.isdir(model))
+    return not (model in PUBLISHED_MODELS or model.startswith(RANDOM_PREFIX)
+                or local_model_dir(model, model_dirs) is not None)
 
 
 def _predict_chunk(predictor, chunk: list[SeriesInput], params: ForecastParams, seed: int):

@@ -172,7 +172,7 @@ def submit_forecast(session, settings: Settings, *, tenant_id: str, request: For
     symbols = pd.unique(bars["symbol"].astype(str)).tolist()  # first-seen order; vectorised (100k+ rows from the store)
     if not symbols:
         raise InvalidRequest("a forecast needs at least one series", field="series")
-    spec = resolve_model(params.model, session, tenant_id=tenant_id)
+    spec = resolve_model(params.model, session, tenant_id=tenant_id, model_dirs=settings.effective_model_dirs)
     validate_params(params, spec.max_context, symbols)
     digest = request_hash(params, bars, future)
     if idempotency_key:

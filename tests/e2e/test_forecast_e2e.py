@@ -93,7 +93,8 @@ class Stack:
 def stack(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"e2e-{request.param.replace('+', '-')}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KRONOS_") or k.startswith("KRONOS_TEST_")}
-    env.update(WORKER_ENV, KRONOS_DATA_DIR=str(root / "kronos-data"), PYTHONPATH=str(REPO))
+    env.update(WORKER_ENV, KRONOS_DATA_DIR=str(root / "kronos-data"), KRONOS_MODEL_DIRS=str(root / "models"),
+               PYTHONPATH=str(REPO))  # the worker resolves the local checkpoint again: it needs the same roots
     cleanup = []
     if request.param == "redis+postgresql":
         redis_url = claim_redis_db(require_service(TEST_REDIS_URL_ENV))
@@ -106,7 +107,7 @@ def stack(request, tmp_path_factory):
 
     upgrade(settings)
     stack = Stack(settings, env, root / "worker.log")
-    stack.checkpoint = save_tiny_checkpoint(root / "tiny-model")
+    stack.checkpoint = save_tiny_checkpoint(root / "models" / "tiny-model")
     stack.start_worker()
     yield stack
     stack.stop_worker()

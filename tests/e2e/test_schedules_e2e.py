@@ -34,7 +34,8 @@ def test_nightly_run_over_500_symbols(stack):  # noqa: F811 - pytest fixture
         schedule = schedules.create_schedule(session, tenant_id=DEFAULT_TENANT, fields=dict(
             name="nightly-e2e", cron="0 18 * * 1-5", timezone="America/New_York", symbols=None, freq="1h",
             model=str(stack.checkpoint), device="cpu", lookback=32, pred_len=4, sampling={"seed": 5}, quantiles=None,
-            calendar={"timezone": "America/New_York", "open": "09:30", "close": "16:00"}, min_history=None, enabled=True))
+            calendar={"timezone": "America/New_York", "open": "09:30", "close": "16:00"}, min_history=None, enabled=True),
+            model_dirs=settings.effective_model_dirs)
         schedule_crud.update_schedule(session, tenant_id=DEFAULT_TENANT, schedule_id=schedule.id,
                                       changes={"anchor_at": datetime(2024, 6, 19, tzinfo=timezone.utc)})
         schedule_id = schedule.id

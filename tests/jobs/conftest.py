@@ -47,7 +47,8 @@ def make_bars(symbols: dict[str, int], freq: str = "5min", start: str = "2024-06
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-local-model"))
+    """A tiny checkpoint alone in its own models root: settings use `model_dirs=[tiny_checkpoint.parent]`."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("models") / "tiny")
 
 
 REDIS_CLAIM_KEY = "kronos-test-claim"

@@ -27,8 +27,9 @@ TINY_FINETUNE = {"device": "cpu", "train": "both", "epochs": 2, "batch_size": 8,
 
 
 @pytest.fixture
-def job_settings(db_settings):
-    return db_settings.model_copy(update={"lease_seconds": 4, "heartbeat_seconds": 0.5})
+def job_settings(db_settings, tiny_checkpoint):
+    return db_settings.model_copy(update={"lease_seconds": 4, "heartbeat_seconds": 0.5,
+                                          "model_dirs": [tiny_checkpoint.parent]})
 
 
 @pytest.fixture(scope="module")
@@ -234,5 +235,6 @@ def test_amp_is_asked_for_and_used_only_on_cuda(tiny_checkpoint, bars, tmp_path)
     params = FinetuneParams.from_value({"model": str(tiny_checkpoint), **TINY_FINETUNE, "train": "tokenizer",
                                         "max_steps": 2, "eval_windows": 2})
     assert loop_config(params, "predictor").amp is True and loop_config(params, "predictor").amp_dtype == "bfloat16"
-    summary = run_local(params, bars, device="cpu", work_dir=tmp_path, settings=Settings(data_dir=tmp_path / "d"))
+    summary = run_local(params, bars, device="cpu", work_dir=tmp_path,
+                        settings=Settings(data_dir=tmp_path / "d", model_dirs=[tiny_checkpoint.parent]))
     assert summary["amp"] is False and summary["device"] == "cpu"

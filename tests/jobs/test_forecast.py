@@ -18,8 +18,9 @@ from tests.jobs.conftest import TINY_MAX_CONTEXT, make_bars
 
 
 @pytest.fixture
-def job_settings(db_settings):
-    return db_settings.model_copy(update={"lease_seconds": 4, "heartbeat_seconds": 0.5, "max_batch_size": 2})
+def job_settings(db_settings, tiny_checkpoint):
+    return db_settings.model_copy(update={"lease_seconds": 4, "heartbeat_seconds": 0.5, "max_batch_size": 2,
+                                          "model_dirs": [tiny_checkpoint.parent]})
 
 
 def submit(settings, checkpoint, bars, future=None, **overrides):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -19,7 +20,13 @@ PARAMS = {"lookback": 24, "predict_window": 4, "epochs": 1, "batch_size": 8}
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    return str(save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-ft-api")))
+    return str(save_tiny_checkpoint(tmp_path_factory.mktemp("models") / "tiny-ft-api"))
+
+
+@pytest.fixture
+def settings(settings, checkpoint):
+    """The root `settings` with the checkpoint's folder as the one root of KRONOS_MODEL_DIRS."""
+    return settings.model_copy(update={"model_dirs": [Path(checkpoint).parent]})
 
 
 @pytest.fixture(scope="module")

@@ -333,6 +333,8 @@ CATALOGUE = [
     ("quantile-1.0", post(make_forecast_request(quantiles=[0.5, 1.0])), 422, "invalid_request", "quantiles"),
     ("quantile-duplicate", post(make_forecast_request(quantiles=[0.5, 0.5])), 422, "invalid_request", "quantiles"),
     ("unknown-model", post(make_forecast_request(model="kronos-huge")), 422, "invalid_request", "model"),
+    ("model-dir-outside-roots", post(make_forecast_request(model="/etc")), 422, "invalid_request", "model"),
+    ("model-dir-traversal", post(make_forecast_request(model="../../../../etc")), 422, "invalid_request", "model"),
     ("bad-device", post(make_forecast_request(device="tpu")), 422, "invalid_request", "device"),
     ("malformed-json", lambda c, db: c.post(FORECAST, content=b'{"model": ', headers={"Content-Type": "application/json"}), 400, "malformed_json", "body"),
     ("wrong-content-type", lambda c, db: c.post(FORECAST, content=b"model=x", headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type", None),
@@ -389,6 +391,31 @@ def test_bad_request_catalogue(strict_client: TestClient, settings: Settings, ca
     if field is not None:
         assert field in [detail["field"] for detail in error["details"]], error
         assert field in error["message"] or status >= 404
+
+
+def test_model_paths_outside_the_roots_are_one_unknown_model(settings: Settings, tmp_path) -> None:
+    """A client cannot tell an existing server directory from a missing one, nor load from either;
+    a checkpoint inside KRONOS_MODEL_DIRS, named relative to the root, is accepted."""
+    from tests.jobs.conftest import save_tiny_checkpoint
+
+    root = tmp_path / "models"
+    save_tiny_checkpoint(root / "tiny")
+    save_tiny_checkpoint(tmp_path / "outside")
+    (root / "escape").symlink_to(tmp_path / "outside")
+    with TestClient(create_app(settings.model_copy(update={"model_dirs": [root]}))) as client:
+        def error(model: str) -> str:
+            response = client.post(FORECAST, json=make_forecast_request(model=model))
+            assert response.status_code == 422, response.text
+            body = response.json()["error"]
+            assert [d["field"] for d in body["details"]] == ["model"] and "KRONOS_MODEL_DIRS" in body["message"]
+            return json.dumps(body).replace(json.dumps(repr(model))[1:-1], "<name>")  # all but the echoed name
+
+        outside = [error(name) for name in ("/etc", "/no/such/dir", str(tmp_path / "outside"), "../outside",
+                                            "escape", str(root / "escape"))]
+        assert all(e == outside[0] for e in outside), outside
+        response = client.post(FORECAST, json=make_forecast_request(model="tiny"))
+        assert response.status_code == 202, response.text
+        assert response.json()["model"] == "tiny"
 
 
 def test_catalogue_is_large_enough() -> None:
