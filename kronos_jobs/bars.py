@@ -2,13 +2,16 @@
 
 Input arrives three ways: inline JSON series, an uploaded CSV file or an uploaded Parquet file. All
 three end in the same frame (docs/contracts.md): columns `symbol` (str), `timestamp` (tz-aware UTC),
-`open, high, low, close` (float64) and, when given, `volume` and `amount` (float64), sorted by
+`open, high, low, close` (float64), when given `volume` and `amount` (float64), and
+`utc_offset_minutes` (int32: each timestamp's UTC offset as given, 0 for naive or UTC input), sorted by
 symbol then timestamp. Every problem raises `InvalidRequest` naming where it is:
 `series[2].bars[5].high` for inline bars, `file row 17: high` for files (rows count from 1, the CSV
 header not counted).
 
 Policies (the README repeats them):
-- Timestamps with a UTC offset are converted to UTC; timestamps without one are taken as UTC.
+- Timestamps with a UTC offset are converted to UTC; timestamps without one are taken as UTC. The
+  offset is kept per row (`utc_offset_minutes`) because the model sees the bars' local wall-clock
+  time (UTC + offset; kronos_jobs/jobs/series.py), as upstream Kronos does.
 - Bars of one symbol may come in any order; they are sorted by timestamp. Two bars of one symbol
   with the same timestamp are rejected.
 - `volume` and `amount` are optional, but all or none of the bars of a request carry each column
@@ -34,7 +37,7 @@ import pandas as pd
 from pandas.tseries.frequencies import to_offset
 
 from kronos_jobs.errors import InvalidRequest, PayloadTooLarge
-from kronos_jobs.names import PRICE_COLUMNS
+from kronos_jobs.names import PRICE_COLUMNS, UTC_OFFSET_COLUMN
 from kronos_jobs.settings import Settings
 
 SYMBOL_MAX_LENGTH = 64
@@ -179,10 +182,12 @@ def parse_inline_series(series: Sequence[Mapping[str, Any]], *, pred_len: int, s
         elif optional_seen[column] < len(frame):
             missing = int(np.flatnonzero(frame[column].isna().to_numpy())[0])
             raise _invalid(locate(missing, column), f"missing, but other bars carry {column}; give it on every bar or on none")
+    offsets = utc_offsets(frame["timestamp"])
     frame["timestamp"] = _parse_timestamps(frame["timestamp"], locate, problems)
     for column in (*PRICE_COLUMNS, *OPTIONAL_COLUMNS):
         if column in frame:
             frame[column] = _to_float(frame[column], column, locate, problems)
+    frame[UTC_OFFSET_COLUMN] = offsets
     problems.raise_if_any()
     bars = _check_bars(frame, locate)
 
@@ -201,7 +206,8 @@ def _inline_future(futures: dict[str, tuple[int, list[Any]]], bars: pd.DataFrame
         if len(values) != pred_len:
             raise _invalid(field, f"{len(values)} timestamps given, pred_len is {pred_len}")
         problems = _Problems()
-        stamps = _parse_timestamps(pd.Series(values, dtype=object), lambda pos, _c: f"{field}[{pos}]", problems)
+        raw = pd.Series(values, dtype=object)
+        stamps = _parse_timestamps(raw, lambda pos, _c: f"{field}[{pos}]", problems)
         problems.raise_if_any()
         steps = stamps.diff().iloc[1:].to_numpy()
         if (steps <= np.timedelta64(0)).any():
@@ -209,7 +215,7 @@ def _inline_future(futures: dict[str, tuple[int, list[Any]]], bars: pd.DataFrame
             raise _invalid(f"{field}[{pos}]", "future timestamps must be strictly increasing")
         if stamps.iloc[0] <= last[symbol]:
             raise _invalid(f"{field}[0]", f"{stamps.iloc[0].isoformat()} is not after the last bar ({last[symbol].isoformat()})")
-        parts.append(pd.DataFrame({"symbol": symbol, "timestamp": stamps.to_numpy()}))
+        parts.append(pd.DataFrame({"symbol": symbol, "timestamp": stamps.to_numpy(), UTC_OFFSET_COLUMN: utc_offsets(raw)}))
     future = pd.concat(parts, ignore_index=True)
     future["timestamp"] = pd.to_datetime(future["timestamp"], utc=True)
     return future.sort_values(["symbol", "timestamp"], kind="stable").reset_index(drop=True)
@@ -313,6 +319,7 @@ def _frame_from_file(raw: pd.DataFrame, settings: Settings) -> tuple[pd.DataFram
     for column in (*PRICE_COLUMNS, *OPTIONAL_COLUMNS):
         if column in raw:
             frame[column] = _to_float(raw[column], column, locate, problems)
+    frame[UTC_OFFSET_COLUMN] = utc_offsets(raw["timestamp"])
     problems.raise_if_any()
     file_freqs = _file_freqs(raw, frame["symbol"]) if "freq" in raw else {}
     counts = frame["symbol"].value_counts()
@@ -357,6 +364,38 @@ def _parse_timestamps(values: pd.Series, locate: Locate, problems: _Problems) ->
         shown = values.iloc[pos]
         problems.add(locate(int(pos), "timestamp"), f"{str(shown)[:40]!r} is not an ISO 8601 timestamp such as 2024-06-18T11:15:00+08:00")
     return stamps.astype("datetime64[us, UTC]")
+
+
+# The UTC offset at the end of an ISO 8601 timestamp with a time part: `...T11:15:00+08:00`, `-0500`, `Z`.
+_OFFSET_SUFFIX = r"[Tt ]\d.*?(?:[Zz]|(?P<sign>[+-])(?P<hh>\d{2}):?(?P<mm>\d{2})?)\s*$"
+
+
+def utc_offsets(values: pd.Series) -> np.ndarray:
+    """(N,) int32: each raw timestamp's UTC offset in minutes as given (0 when naive, UTC or unparseable).
+
+    Kept next to the UTC timestamps so the forecast can show the model the bars' local wall-clock
+    time: `2024-06-18T11:15:00+08:00` is stored as 03:15 UTC with offset 480 (hour 11 for the model)."""
+    out = np.zeros(len(values), dtype="int32")
+    if isinstance(values.dtype, pd.DatetimeTZDtype):  # a zoned datetime column (Parquet): DST-aware per row
+        wall = values.dt.tz_localize(None)
+        utc = values.dt.tz_convert("UTC").dt.tz_localize(None)
+        minutes = ((wall - utc) // pd.Timedelta(minutes=1)).to_numpy(dtype="float64")
+        return np.nan_to_num(minutes).astype("int32")
+    if pd.api.types.is_datetime64_any_dtype(values.dtype) or values.empty:
+        return out  # naive datetimes: UTC
+    is_text = values.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
+    if is_text.any():
+        found = values[is_text].astype(str).str.extract(_OFFSET_SUFFIX)
+        sign = np.where(found["sign"].to_numpy(dtype=object) == "-", -1, 1)
+        hours = pd.to_numeric(found["hh"], errors="coerce").fillna(0).to_numpy()
+        mins = pd.to_numeric(found["mm"], errors="coerce").fillna(0).to_numpy()
+        out[is_text] = (sign * (hours * 60 + mins)).astype("int32")
+    for pos in np.flatnonzero(~is_text):  # datetime / Timestamp objects (rare): their own offset
+        value = values.iloc[pos]
+        offset = value.utcoffset() if hasattr(value, "utcoffset") and getattr(value, "tzinfo", None) is not None else None
+        if offset is not None:
+            out[pos] = int(offset.total_seconds() // 60)
+    return out
 
 
 def _one_timestamp(value: Any) -> pd.Timestamp:

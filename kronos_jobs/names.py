@@ -8,6 +8,11 @@ from __future__ import annotations
 from enum import Enum
 
 
+# Input bars (and given future timestamps) carry each timestamp's UTC offset in minutes next to the
+# UTC `timestamp`: the model sees local wall-clock time = UTC + offset (kronos_jobs/jobs/series.py).
+UTC_OFFSET_COLUMN = "utc_offset_minutes"
+
+
 class JobState(str, Enum):
     QUEUED = "queued"  # row committed, task sent (or about to be re-sent by the reconciler)
     RUNNING = "running"  # a worker holds the lease and heartbeats it

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pandas as pd
 import pytest
 
@@ -28,10 +30,38 @@ def test_offsets_become_utc_and_naive_is_utc() -> None:
     assert list(frame["timestamp"]) == list(pd.date_range("2024-06-18 01:30", periods=3, freq="5min", tz="UTC"))
 
 
+def test_each_rows_utc_offset_is_kept_for_the_models_wall_clock() -> None:
+    bars = make_bars(4)
+    for b, stamp in zip(bars, ["2024-06-18T09:30:00+08:00", "2024-06-18T01:35:00", "2024-06-18T01:40:00Z",
+                               "2024-06-17T21:45:00-0400"]):
+        b["timestamp"] = stamp
+    frame = inline({"symbol": "A", "freq": "5min", "bars": bars},
+                   {"symbol": "B", "bars": make_bars(2), "future_timestamps": ["2024-06-18T12:00:00+05:30", "2024-06-18T06:35Z"]}).bars
+    a = frame[frame.symbol == "A"]
+    assert list(a["utc_offset_minutes"]) == [480, 0, 0, -240] and a["utc_offset_minutes"].dtype == "int32"
+    assert list(a["timestamp"]) == list(pd.date_range("2024-06-18 01:30", periods=4, freq="5min", tz="UTC"))
+    future = inline({"symbol": "B", "bars": make_bars(2), "future_timestamps": ["2024-06-18T12:00:00+05:30", "2024-06-18T06:35Z"]}).future
+    assert list(future["utc_offset_minutes"]) == [330, 0]
+    assert list(frame.loc[frame.symbol == "B", "utc_offset_minutes"]) == [0, 0]
+
+
+def test_file_offsets_per_row_csv_text_and_parquet_zone() -> None:
+    frame = bars_frame(n_symbols=1, n_bars=3)
+    frame["timestamp"] = ["2024-06-18T09:30:00+08:00", "2024-06-18 09:35:00+08:00", "2024-06-18 01:40:00"]
+    csv = parse_upload(make_csv(frame=frame), filename="x.csv", content_type=None, freq="5min", settings=Settings()).bars
+    assert list(csv["utc_offset_minutes"]) == [480, 480, 0]
+    zoned = frame.assign(timestamp=pd.date_range("2024-11-03 05:30", periods=3, freq="1h", tz="UTC").tz_convert("America/New_York"))
+    buffer = io.BytesIO()
+    zoned.to_parquet(buffer, index=False)
+    parquet = parse_upload(buffer.getvalue(), filename=None, content_type=None, freq="1h", settings=Settings()).bars
+    assert list(parquet["utc_offset_minutes"]) == [-240, -300, -300]  # EDT, then EST (DST per row)
+    assert str(parquet["timestamp"].dt.tz) == "UTC"
+
+
 def test_frame_is_sorted_typed_and_keeps_optional_columns() -> None:
     result = inline({"symbol": "B", "bars": make_bars(5)[::-1]}, {"symbol": "A", "bars": make_bars(5)})
     frame = result.bars
-    assert list(frame.columns) == ["symbol", "timestamp", "open", "high", "low", "close", "volume", "amount"]
+    assert list(frame.columns) == ["symbol", "timestamp", "open", "high", "low", "close", "volume", "amount", "utc_offset_minutes"]
     assert list(frame["symbol"].unique()) == ["A", "B"]
     assert frame.groupby("symbol")["timestamp"].apply(lambda s: s.is_monotonic_increasing).all()
     assert all(frame[c].dtype == "float64" for c in ("open", "close", "volume"))
@@ -40,7 +70,7 @@ def test_frame_is_sorted_typed_and_keeps_optional_columns() -> None:
 
 def test_volume_and_amount_may_be_absent_everywhere() -> None:
     bars = [{k: v for k, v in bar.items() if k not in ("volume", "amount")} for bar in make_bars(4)]
-    assert list(inline({"symbol": "A", "freq": "5min", "bars": bars}).bars.columns) == ["symbol", "timestamp", "open", "high", "low", "close"]
+    assert list(inline({"symbol": "A", "freq": "5min", "bars": bars}).bars.columns) == ["symbol", "timestamp", "open", "high", "low", "close", "utc_offset_minutes"]
 
 
 def test_freq_is_optional_and_checked_when_given() -> None:

@@ -2,6 +2,21 @@
 
 A series that cannot be forecast (too few bars, a NaN, future timestamps that do not fit, no
 frequency to generate them from) becomes a per-symbol error; the other series go on.
+
+Time zones, decided here and only here. Bars are stored and results returned in UTC, but Kronos'
+temporal embedding (minute, hour, weekday, day, month) must see the bars' LOCAL wall-clock time, as
+upstream users pass it (`2024-06-18T11:15:00+08:00` is hour 11, not 3). So the model gets naive
+local timestamps:
+- past bars: UTC + each row's `utc_offset_minutes` (kept by kronos_jobs/bars.py; 0 for naive input,
+  so naive input is UTC = wall clock as before). Bars without that column (the series store keeps
+  UTC only; job inputs stored before the column existed) are shown in the symbol's calendar
+  `timezone` when its calendar names one, else in UTC.
+- future timestamps: given ones use their own offsets. Generated ones are found by the trading
+  calendar in its `timezone` when it names one, otherwise in the last bar's fixed offset (a calendar
+  without `timezone` then means the bars' local days and hours; naive input: UTC, as before). The
+  model sees them in the calendar's zone when the bars are in it (their last offset is the zone's,
+  or they carry no offsets), else shifted by the last bar's offset: the same local frame as the
+  past. The results keep the UTC instants (`SeriesInput.y_utc`).
 """
 
 from __future__ import annotations
@@ -13,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kronos_jobs.names import BAR_COLUMNS, PRICE_COLUMNS, quantile_column
+from kronos_jobs.names import BAR_COLUMNS, PRICE_COLUMNS, UTC_OFFSET_COLUMN, quantile_column
 
 MIN_CONTEXT_BARS = 2  # one bar has no spread to normalise by; any longer context is the user's call
 FREQ_SAMPLE_BARS = 64  # recent bars used to infer a series' frequency when none was given
@@ -23,8 +38,14 @@ FREQ_SAMPLE_BARS = 64  # recent bars used to infer a series' frequency when none
 class SeriesInput:
     symbol: str
     context: pd.DataFrame  # (L, 4..6) open, high, low, close[, volume, amount]
-    x_timestamp: pd.DatetimeIndex  # (L,)
-    y_timestamp: pd.DatetimeIndex  # (pred_len,)
+    x_timestamp: pd.DatetimeIndex  # (L,) naive local wall-clock time: what the model sees
+    y_timestamp: pd.DatetimeIndex  # (pred_len,) naive local wall-clock time: what the model sees
+    y_utc: pd.DatetimeIndex | None = None  # (pred_len,) tz-aware UTC: the result timestamps
+
+    def __post_init__(self) -> None:
+        if self.y_utc is None:  # built by hand (tests): timestamps are UTC already
+            y = pd.DatetimeIndex(self.y_timestamp)
+            self.y_utc = y.tz_localize("UTC") if y.tz is None else y.tz_convert("UTC")
 
 
 def _error(symbol: str, code: str, message: str) -> dict[str, str]:
@@ -75,12 +96,38 @@ def future_timestamps(symbol: str, last: pd.Timestamp, pred_len: int, freq: str 
     return pd.DatetimeIndex(stamps, name="timestamp")
 
 
+def calendar_zone(calendar: dict[str, Any] | None, symbol: str) -> str | None:
+    """The IANA zone the symbol's calendar names explicitly, or None."""
+    from kronos_jobs import calendar as trading
+
+    spec = trading.calendar_for(calendar, symbol)
+    zone = spec.get("timezone") if spec else None
+    return str(zone) if zone else None
+
+
+def _wall(utc: pd.DatetimeIndex, offsets: np.ndarray | None, zone: str | None) -> pd.DatetimeIndex:
+    """Naive local wall-clock times of tz-aware `utc`: UTC + per-row offset minutes, else in `zone`, else UTC."""
+    if offsets is not None:
+        return utc.tz_convert("UTC").tz_localize(None) + pd.to_timedelta(np.asarray(offsets, dtype="int64"), unit="min")
+    if zone:
+        return utc.tz_convert(zone).tz_localize(None)
+    return utc.tz_convert("UTC").tz_localize(None)
+
+
+def _zone_offset_minutes(zone: str, at: pd.Timestamp) -> int:
+    return int(at.tz_convert(zone).utcoffset().total_seconds() // 60)
+
+
 def build_one(symbol: str, stamps: pd.DatetimeIndex, values: np.ndarray, columns: list[str],
-              given: pd.DataFrame | None, params: Any) -> SeriesInput | dict:
-    """One symbol's input from its timestamps (N,) and bar values (N, len(columns))."""
+              given: pd.DataFrame | None, params: Any, offsets: np.ndarray | None = None) -> SeriesInput | dict:
+    """One symbol's input from its UTC timestamps (N,), bar values (N, len(columns)) and, when the
+    input kept them, the timestamps' UTC offsets in minutes (N,) (see the module docstring)."""
+    if stamps.tz is None:
+        stamps = stamps.tz_localize("UTC")  # naive is UTC (kronos_jobs/bars.py)
     if not stamps.is_monotonic_increasing:  # stored input is sorted; this is the rare path
         order = np.argsort(stamps.asi8, kind="stable")
         stamps, values = stamps[order], values[order]
+        offsets = None if offsets is None else np.asarray(offsets)[order]
     if len(stamps) < MIN_CONTEXT_BARS:
         return _error(symbol, "too_few_bars", f"{len(stamps)} bar(s); a forecast needs at least {MIN_CONTEXT_BARS}")
     # A column absent for this symbol (all NaN in the long format) is treated as not given (spec §5.2).
@@ -91,21 +138,43 @@ def build_one(symbol: str, stamps: pd.DatetimeIndex, values: np.ndarray, columns
         row, col = nan.nonzero()
         return _error(symbol, "nan_values", f"{int(nan.sum())} missing value(s) in the last {len(context)} bars, "
                       f"first in {columns[keep[col[0]]]!r} at {stamps[-len(context):][row[0]]}")
-    x_timestamp = stamps[-params.lookback:]
-    last = x_timestamp[-1]
+    calendar = getattr(params, "calendar", None)
+    zone = calendar_zone(calendar, symbol)
+    wall = _wall(stamps, offsets, zone)  # (N,) naive local
+    x_timestamp = wall[-params.lookback:]
+    last = stamps[-1]
+    # The future's frame: the calendar's zone when the bars are in it, else the last bar's offset.
+    last_offset = 0 if offsets is None else int(offsets[-1])
+    use_zone = zone is not None and (offsets is None or _zone_offset_minutes(zone, last) == last_offset)
+    shift = pd.Timedelta(minutes=last_offset)
     if given is not None and len(given):
-        y = pd.DatetimeIndex(given["timestamp"]).sort_values()
-        if len(y) != params.pred_len:
-            return _error(symbol, "future_timestamps", f"{len(y)} future timestamps given, pred_len is {params.pred_len}")
-        if y[0] <= last:
-            return _error(symbol, "future_timestamps", f"future timestamp {y[0]} is not after the last bar {last}")
-    else:
-        y = future_timestamps(symbol, last, params.pred_len, params.freq.get(symbol), stamps,
-                              getattr(params, "calendar", None))
-        if isinstance(y, dict):
-            return y
+        y_utc = pd.DatetimeIndex(given["timestamp"])
+        y_utc = y_utc.tz_localize("UTC") if y_utc.tz is None else y_utc
+        order = np.argsort(y_utc.asi8, kind="stable")
+        y_utc = y_utc[order]
+        if len(y_utc) != params.pred_len:
+            return _error(symbol, "future_timestamps", f"{len(y_utc)} future timestamps given, pred_len is {params.pred_len}")
+        if y_utc[0] <= last:
+            return _error(symbol, "future_timestamps", f"future timestamp {y_utc[0]} is not after the last bar {last}")
+        if UTC_OFFSET_COLUMN in given:
+            y = _wall(y_utc, given[UTC_OFFSET_COLUMN].to_numpy()[order], None)
+        else:
+            y = _wall(y_utc, None, zone) if use_zone else y_utc.tz_convert("UTC").tz_localize(None) + shift
+    elif zone is not None:  # the calendar finds session times in its zone
+        y_utc = future_timestamps(symbol, last, params.pred_len, params.freq.get(symbol), wall, calendar)
+        if isinstance(y_utc, dict):
+            return y_utc
+        y = _wall(y_utc, None, zone) if use_zone else y_utc.tz_convert("UTC").tz_localize(None) + shift
+    else:  # step in the last bar's local frame: local days, weekends and session hours
+        local = future_timestamps(symbol, last.tz_convert("UTC") + shift, params.pred_len,
+                                  params.freq.get(symbol), wall, calendar)
+        if isinstance(local, dict):
+            return local
+        y = local.tz_convert("UTC").tz_localize(None)
+        y_utc = (y - shift).tz_localize("UTC")
     return SeriesInput(symbol=symbol, context=pd.DataFrame(context, columns=[columns[i] for i in keep]),
-                       x_timestamp=x_timestamp, y_timestamp=pd.DatetimeIndex(y))
+                       x_timestamp=x_timestamp, y_timestamp=pd.DatetimeIndex(y, name="timestamp"),
+                       y_utc=pd.DatetimeIndex(y_utc, name="timestamp").tz_convert("UTC"))
 
 
 def build_inputs(bars: pd.DataFrame, future: pd.DataFrame | None, params: Any) -> tuple[list[SeriesInput], list[dict]]:
@@ -119,12 +188,14 @@ def build_inputs(bars: pd.DataFrame, future: pd.DataFrame | None, params: Any) -
     columns = [c for c in BAR_COLUMNS if c in bars.columns]
     values = bars[columns].to_numpy(dtype="float64")  # (N, len(columns))
     stamps = pd.DatetimeIndex(bars["timestamp"])
+    offsets = bars[UTC_OFFSET_COLUMN].to_numpy(dtype="int64") if UTC_OFFSET_COLUMN in bars.columns else None
     codes, symbols = pd.factorize(bars["symbol"].astype(str), sort=False)  # first-seen order
     order = np.argsort(codes, kind="stable")
     bounds = np.searchsorted(codes[order], np.arange(len(symbols) + 1))
     for k, symbol in enumerate(symbols):
         rows = order[bounds[k]:bounds[k + 1]]
-        item = build_one(str(symbol), stamps[rows], values[rows], columns, given.get(symbol), params)
+        item = build_one(str(symbol), stamps[rows], values[rows], columns, given.get(symbol), params,
+                         None if offsets is None else offsets[rows])
         (errors if isinstance(item, dict) else inputs).append(item)
     return inputs, errors
 
@@ -137,7 +208,7 @@ def result_rows(item: SeriesInput, output: Any, quantiles: list[float] | None) -
     mean = output.mean if hasattr(output, "mean") and isinstance(output.mean, pd.DataFrame) else output
     n = len(mean)
     columns: dict[str, Any] = {"symbol": np.full(n, item.symbol, dtype=object), "step": np.arange(n),
-                               "timestamp": pd.DatetimeIndex(item.y_timestamp)}
+                               "timestamp": pd.DatetimeIndex(item.y_utc)}
     columns.update((c, mean[c].to_numpy(dtype="float64")) for c in BAR_COLUMNS)
     for level in quantiles or ():
         frame = output.quantiles[float(level)]

@@ -222,3 +222,61 @@ def test_soft_time_limit_fails_the_job_and_keeps_no_rows(job_settings, tiny_chec
     assert run_forecast_job(job_id, settings=job_settings) is JobState.FAILED
     job, rows = load(job_settings, job_id)
     assert job.error["code"] == "time_limit" and rows.empty and job.lease_owner is None
+
+
+# --- time zones: the model sees the input's local wall-clock time, results stay UTC -------------------
+
+
+def inline_series(settings, suffix: str, periods: int = 40):
+    """make_bars values at local times 09:30, 09:35, ... given with `suffix` ("" naive, "+08:00")."""
+    from kronos_jobs.bars import parse_inline_series
+
+    frame = make_bars({"AAA": periods})
+    local = pd.date_range("2024-06-18 09:30", periods=periods, freq="5min")
+    bars = [{"timestamp": t.isoformat() + suffix, **{c: float(frame[c].iloc[i]) for c in ("open", "high", "low", "close", "volume", "amount")}}
+            for i, t in enumerate(local)]
+    return parse_inline_series([{"symbol": "AAA", "bars": bars}], pred_len=4, settings=settings), local
+
+
+def spy_model_timestamps(monkeypatch) -> list[tuple]:
+    """Record the (x_timestamp, y_timestamp) lists every predict_batch call receives."""
+    real, calls = model_cache.get_predictor, []
+
+    class Spy:
+        def __init__(self, predictor):
+            self.predictor = predictor
+
+        def predict_batch(self, df_list, x_list, y_list, **kwargs):
+            calls.append((list(x_list), list(y_list)))
+            return self.predictor.predict_batch(df_list, x_list, y_list, **kwargs)
+
+    def patched(spec, device, settings):
+        entry, cached = real(spec, device, settings)
+        return type(entry)(**{**entry.__dict__, "predictor": Spy(entry.predictor)}), cached
+
+    monkeypatch.setattr(model_cache, "get_predictor", patched)
+    return calls
+
+
+def test_offset_input_reaches_the_model_in_local_hours(job_settings, tiny_checkpoint, monkeypatch):
+    series, local = inline_series(job_settings, "+08:00")
+    calls = spy_model_timestamps(monkeypatch)
+    job_id = submit(job_settings, tiny_checkpoint, series.bars)
+    assert run_forecast_job(job_id, settings=job_settings) is JobState.SUCCEEDED
+    [([x], [y])] = calls
+    assert list(x) == list(local) and list(x.hour)[:6] == [9] * 6  # 09:30 +08:00, not 01:30 UTC
+    assert list(y) == list(pd.date_range(local[-1] + pd.Timedelta("5min"), periods=4, freq="5min"))
+    _, rows = load(job_settings, job_id)
+    assert list(rows.timestamp) == list((y - pd.Timedelta(hours=8)).tz_localize("UTC"))  # results in UTC
+
+
+def test_naive_local_and_offset_input_forecast_identically(job_settings, tiny_checkpoint):
+    naive, _ = inline_series(job_settings, "")
+    offset, _ = inline_series(job_settings, "+08:00")
+    first, second = submit(job_settings, tiny_checkpoint, naive.bars), submit(job_settings, tiny_checkpoint, offset.bars)
+    for job_id in (first, second):
+        assert run_forecast_job(job_id, settings=job_settings) is JobState.SUCCEEDED
+    a, b = load(job_settings, first)[1], load(job_settings, second)[1]
+    pd.testing.assert_frame_equal(a.drop(columns="timestamp"), b.drop(columns="timestamp"))  # identical values
+    assert list(b.timestamp) == list(a.timestamp - pd.Timedelta(hours=8))
+    assert str(b.timestamp.dt.tz) == "UTC" and b.timestamp.iloc[0] == pd.Timestamp("2024-06-18 04:50", tz="UTC")
