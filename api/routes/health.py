@@ -15,11 +15,10 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 
 from api.deps import SettingsDep
-from kronos_jobs.crud import workers as worker_crud
-from kronos_jobs.db.models import Job
+from kronos_jobs.crud import jobs as job_crud, workers as worker_crud
 from kronos_jobs.db.session import session_scope
 from kronos_jobs.names import JobKind, JobState, Pool
 from kronos_jobs.settings import Settings
@@ -98,7 +97,7 @@ def read_metrics(settings: SettingsDep) -> PlainTextResponse:
     lines: list[str] = []
     try:
         with session_scope(settings) as session:
-            counts = dict(((k, s), n) for k, s, n in session.execute(select(Job.kind, Job.state, func.count()).group_by(Job.kind, Job.state)))
+            counts = job_crud.count_by_state(session)
             live = worker_crud.live_workers(session, stale_seconds=settings.worker_stale_seconds)
         up = 1
     except Exception as exc:

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -181,6 +181,14 @@ def list_jobs(
         return rows, None
     page = rows[:limit]
     return page, encode_cursor(page[-1].created_at, page[-1].id)
+
+
+def count_by_state(session: Session, *, tenant_id: str | None = None) -> dict[tuple[str, str], int]:
+    """Job counts keyed by (kind, state), over every tenant unless `tenant_id` is given; absent pairs are 0."""
+    query = select(Job.kind, Job.state, func.count()).group_by(Job.kind, Job.state)
+    if tenant_id is not None:
+        query = query.where(Job.tenant_id == tenant_id)
+    return {(kind, state): n for kind, state, n in session.execute(query)}
 
 
 # --- leases: claim, renew, progress, finish -----------------------------------------------------

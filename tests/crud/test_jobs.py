@@ -181,6 +181,19 @@ def test_invalid_filters_name_the_field(session, filters, field):
 # --- leases ----------------------------------------------------------------------------------------
 
 
+def test_count_by_state_per_kind_and_tenant(session):
+    first = make_job(session)
+    make_job(session)
+    make_job(session, kind="finetune", queue="finetune.cpu")
+    make_job(session, tenant_id="other")
+    job_crud.claim_job(session, job_id=first.id, owner="w", lease_seconds=60)
+    session.commit()
+    assert job_crud.count_by_state(session) == {("forecast", "queued"): 2, ("forecast", "running"): 1,
+                                                ("finetune", "queued"): 1}
+    assert job_crud.count_by_state(session, tenant_id="other") == {("forecast", "queued"): 1}
+    assert job_crud.count_by_state(session, tenant_id="nobody") == {}
+
+
 def test_claim_renew_progress_finish(session):
     job = make_job(session)
     claimed = job_crud.claim_job(session, job_id=job.id, owner="w1", lease_seconds=LEASE)
