@@ -173,8 +173,6 @@ def finetuned_spec(name: str, session: "Session", tenant_id: str) -> ModelSpec:
         row = model_crud.get_model(session, tenant_id=tenant_id, model_id=name)
     except NotFound:
         raise _unknown(name, NOT_A_MODEL) from None
-    if row.kind == "published" and row.id in PUBLISHED_MODELS:
-        return published_spec(row.id)
     if getattr(row, "retired_at", None) is not None:
         raise _unknown(name, "was retired")
     if not row.artifact_path:

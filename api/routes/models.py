@@ -9,14 +9,14 @@ from fastapi import APIRouter, Path
 from api.deps import CallerDep, SessionDep
 from api.schemas import ErrorResponse, ModelPublic, ModelsPublic
 from kronos_jobs.crud import models as model_crud
-from kronos_jobs.errors import InvalidTransition, NotFound
+from kronos_jobs.errors import InvalidTransition
 from kronos_jobs.registry import PUBLISHED_MODELS, PublishedModel
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 def _published(name: str, spec: PublishedModel) -> ModelPublic:
-    # The registry is the home of published models; a database not yet seeded still lists them.
+    # The registry is the one home of published models; the models table holds fine-tuned ones only.
     return ModelPublic(
         id=name, kind="published", model_repo=spec.model_repo, model_revision=spec.model_revision,
         tokenizer_repo=spec.tokenizer_repo, tokenizer_revision=spec.tokenizer_revision, max_context=spec.max_context,
@@ -27,21 +27,17 @@ def _published(name: str, spec: PublishedModel) -> ModelPublic:
 @router.get("", response_model=ModelsPublic)
 def list_models(session: SessionDep, caller: CallerDep) -> ModelsPublic:
     """List published and fine-tuned models."""
+    published = [_published(name, spec) for name, spec in PUBLISHED_MODELS.items()]
     stored = [ModelPublic.from_row(row) for row in model_crud.list_models(session, tenant_id=caller.tenant_id)]
-    known = {m.id for m in stored}
-    published = [_published(name, spec) for name, spec in PUBLISHED_MODELS.items() if name not in known]
     return ModelsPublic(data=published + stored)
 
 
 @router.get("/{model_id}", response_model=ModelPublic, responses={404: {"model": ErrorResponse}})
 def read_model(model_id: Annotated[str, Path(max_length=128)], session: SessionDep, caller: CallerDep) -> ModelPublic:
     """Read one model."""
-    try:
-        return ModelPublic.from_row(model_crud.get_model(session, tenant_id=caller.tenant_id, model_id=model_id))
-    except NotFound:
-        if model_id in PUBLISHED_MODELS:
-            return _published(model_id, PUBLISHED_MODELS[model_id])
-        raise
+    if model_id in PUBLISHED_MODELS:
+        return _published(model_id, PUBLISHED_MODELS[model_id])
+    return ModelPublic.from_row(model_crud.get_model(session, tenant_id=caller.tenant_id, model_id=model_id))
 
 
 @router.delete("/{model_id}", response_model=ModelPublic, responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})

@@ -1,44 +1,37 @@
-"""The model registry table: published checkpoints (seeded from kronos_jobs/registry.py) and
-fine-tuned versions.
+"""The model registry table: fine-tuned versions, each visible only to the tenant that made it.
 
-Published models are visible to every tenant; fine-tuned ones only to the tenant that made them.
+Published checkpoints are not stored here: their one home is `kronos_jobs/registry.py`
+(`PUBLISHED_MODELS`), which `GET /v1/models` lists ahead of these rows.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from kronos_jobs.db.models import ModelVersion, utcnow
-from kronos_jobs.errors import Conflict, InvalidTransition, NotFound
-from kronos_jobs.names import DEFAULT_TENANT
+from kronos_jobs.errors import Conflict, NotFound
 
 logger = logging.getLogger(__name__)
 
-PUBLISHED = "published"  # ModelVersion.kind of a hub checkpoint
 FINETUNED = "finetuned"  # ModelVersion.kind of a fine-tune's output
 
 
-def _visible_to(tenant_id: str):  # type: ignore[no-untyped-def]
-    return or_(ModelVersion.tenant_id == tenant_id, ModelVersion.kind == PUBLISHED)
-
-
 def list_models(session: Session, *, tenant_id: str, include_retired: bool = False) -> list[ModelVersion]:
-    """Models the tenant can name: published ones first, then its own, each by creation time."""
-    query = select(ModelVersion).where(_visible_to(tenant_id))
+    """The tenant's models, by creation time."""
+    query = select(ModelVersion).where(ModelVersion.tenant_id == tenant_id)
     if not include_retired:
         query = query.where(ModelVersion.retired_at.is_(None))
-    query = query.order_by((ModelVersion.kind != PUBLISHED), ModelVersion.created_at, ModelVersion.id)
+    query = query.order_by(ModelVersion.created_at, ModelVersion.id)
     return list(session.scalars(query))
 
 
 def get_model(session: Session, *, tenant_id: str, model_id: str) -> ModelVersion:
     """The model (retired ones included, so old jobs still resolve); NotFound otherwise."""
-    model = session.scalar(select(ModelVersion).where(ModelVersion.id == model_id, _visible_to(tenant_id)))
+    model = session.scalar(select(ModelVersion).where(ModelVersion.id == model_id, ModelVersion.tenant_id == tenant_id))
     if model is None:
         raise NotFound(f"no model {model_id!r}", details=[{"field": "model", "message": "not found"}])
     return model
@@ -79,30 +72,9 @@ def register_model(
     return model
 
 
-def seed_published_models(session: Session, *, entries: Iterable[Mapping[str, Any]]) -> int:
-    """Insert or update published models from the registry table (`id`, `max_context`, repos,
-    revisions); idempotent, so every process may call it at start-up. Returns rows changed."""
-    changed = 0
-    for entry in entries:
-        fields = {k: v for k, v in entry.items() if k != "id"}
-        model = session.get(ModelVersion, entry["id"])
-        if model is None:
-            session.add(ModelVersion(id=entry["id"], tenant_id=DEFAULT_TENANT, kind=PUBLISHED, created_at=utcnow(),
-                                     data_summary={}, hyperparameters={}, metrics={}, **fields))
-            changed += 1
-        elif any(getattr(model, k) != v for k, v in fields.items()):
-            for name, value in fields.items():
-                setattr(model, name, value)
-            changed += 1
-    session.flush()
-    return changed
-
-
 def retire_model(session: Session, *, tenant_id: str, model_id: str) -> ModelVersion:
-    """Hide the tenant's model from listings and new jobs; published models cannot be retired."""
+    """Hide the tenant's model from listings and new jobs (published models have no row to retire)."""
     model = get_model(session, tenant_id=tenant_id, model_id=model_id)
-    if model.kind == PUBLISHED or model.tenant_id != tenant_id:
-        raise InvalidTransition(f"model {model_id!r} is published and cannot be retired")
     if model.retired_at is None:
         model.retired_at = utcnow()
         session.flush()

@@ -1,37 +1,21 @@
-"""crud.models: published models for everyone, fine-tuned ones per tenant, retirement."""
+"""crud.models: fine-tuned models per tenant, retirement (published ones live in the registry)."""
 
 from __future__ import annotations
 
 import pytest
 
 from kronos_jobs.crud import models as model_crud
-from kronos_jobs.errors import Conflict, InvalidTransition, NotFound
+from kronos_jobs.errors import Conflict, NotFound
 from tests.factories import make_job
 
-PUBLISHED = [
-    {"id": "kronos-mini", "max_context": 2048, "model_repo": "NeoQuasar/Kronos-mini", "model_revision": "a"},
-    {"id": "kronos-small", "max_context": 512, "model_repo": "NeoQuasar/Kronos-small", "model_revision": "b"},
-]
-
-
-def test_seeding_is_idempotent_and_updates_revisions(session):
-    assert model_crud.seed_published_models(session, entries=PUBLISHED) == 2
-    assert model_crud.seed_published_models(session, entries=PUBLISHED) == 0
-    bumped = [{**PUBLISHED[0], "model_revision": "c"}]
-    assert model_crud.seed_published_models(session, entries=bumped) == 1
-    session.commit()
-    assert model_crud.get_model(session, tenant_id="anyone", model_id="kronos-mini").model_revision == "c"
-
-
 def test_finetuned_models_are_tenant_scoped(session):
-    model_crud.seed_published_models(session, entries=PUBLISHED)
     job = make_job(session, tenant_id="acme", kind="finetune")
     model_crud.register_model(session, model_id="ft-1", tenant_id="acme", kind=model_crud.FINETUNED,
                               max_context=512, base_model="kronos-small", artifact_path="/a/ft-1", checksum="c" * 64,
                               job_id=job.id, metrics={"val_loss": 1.5})
     session.commit()
-    assert [m.id for m in model_crud.list_models(session, tenant_id="acme")] == ["kronos-mini", "kronos-small", "ft-1"]
-    assert [m.id for m in model_crud.list_models(session, tenant_id="other")] == ["kronos-mini", "kronos-small"]
+    assert [m.id for m in model_crud.list_models(session, tenant_id="acme")] == ["ft-1"]
+    assert [m.id for m in model_crud.list_models(session, tenant_id="other")] == []
     assert model_crud.get_model(session, tenant_id="acme", model_id="ft-1").metrics == {"val_loss": 1.5}
     with pytest.raises(NotFound):
         model_crud.get_model(session, tenant_id="other", model_id="ft-1")
@@ -44,7 +28,6 @@ def test_duplicate_id_conflicts(session):
 
 
 def test_retire_hides_from_listing_but_still_resolves(session):
-    model_crud.seed_published_models(session, entries=PUBLISHED)
     model_crud.register_model(session, model_id="ft-1", tenant_id="acme", kind="finetuned", max_context=512)
     retired = model_crud.retire_model(session, tenant_id="acme", model_id="ft-1")
     session.commit()
@@ -52,5 +35,5 @@ def test_retire_hides_from_listing_but_still_resolves(session):
     assert "ft-1" not in [m.id for m in model_crud.list_models(session, tenant_id="acme")]
     assert "ft-1" in [m.id for m in model_crud.list_models(session, tenant_id="acme", include_retired=True)]
     assert model_crud.get_model(session, tenant_id="acme", model_id="ft-1").retired_at is not None
-    with pytest.raises(InvalidTransition):
+    with pytest.raises(NotFound):  # published models have no row; the route refuses them first (409)
         model_crud.retire_model(session, tenant_id="acme", model_id="kronos-mini")

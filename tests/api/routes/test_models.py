@@ -14,8 +14,10 @@ def test_list_models_has_published_and_finetuned(client: TestClient, db: Session
     model_crud.register_model(db, model_id="ft-abc", tenant_id=DEFAULT_TENANT, kind="finetuned", max_context=512,
                               base_model="kronos-small", artifact_path="/tmp/ft-abc", checksum="0" * 64)
     db.commit()
-    models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
-    assert set(PUBLISHED_MODELS) <= set(models)
+    listed = client.get("/v1/models").json()["data"]
+    assert [m["id"] for m in listed] == [*PUBLISHED_MODELS, "ft-abc"]  # registry order, then the tenant's rows
+    models = {m["id"]: m for m in listed}
+    assert models["kronos-mini"]["hyperparameters"] == {"size": "mini", "params": "4.1M"}
     assert models["kronos-small"]["model_repo"] == "NeoQuasar/Kronos-small"
     assert models["kronos-small"]["max_context"] == 512
     assert models["ft-abc"]["kind"] == "finetuned" and models["ft-abc"]["base_model"] == "kronos-small"
