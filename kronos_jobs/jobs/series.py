@@ -119,15 +119,18 @@ def _zone_offset_minutes(zone: str, at: pd.Timestamp) -> int:
 
 
 def build_one(symbol: str, stamps: pd.DatetimeIndex, values: np.ndarray, columns: list[str],
-              given: pd.DataFrame | None, params: Any, offsets: np.ndarray | None = None) -> SeriesInput | dict:
+              given: pd.DataFrame | None, params: Any, offsets: np.ndarray | None = None,
+              wall: pd.DatetimeIndex | None = None) -> SeriesInput | dict:
     """One symbol's input from its UTC timestamps (N,), bar values (N, len(columns)) and, when the
-    input kept them, the timestamps' UTC offsets in minutes (N,) (see the module docstring)."""
+    input kept them, the timestamps' UTC offsets in minutes (N,) (see the module docstring).
+    `wall` (N,): the local wall-clock times when the caller computed them for many symbols at once."""
     if stamps.tz is None:
         stamps = stamps.tz_localize("UTC")  # naive is UTC (kronos_jobs/bars.py)
     if not stamps.is_monotonic_increasing:  # stored input is sorted; this is the rare path
         order = np.argsort(stamps.asi8, kind="stable")
         stamps, values = stamps[order], values[order]
         offsets = None if offsets is None else np.asarray(offsets)[order]
+        wall = None if wall is None else wall[order]
     if len(stamps) < MIN_CONTEXT_BARS:
         return _error(symbol, "too_few_bars", f"{len(stamps)} bar(s); a forecast needs at least {MIN_CONTEXT_BARS}")
     # A column absent for this symbol (all NaN in the long format) is treated as not given (spec §5.2).
@@ -140,7 +143,8 @@ def build_one(symbol: str, stamps: pd.DatetimeIndex, values: np.ndarray, columns
                       f"first in {columns[keep[col[0]]]!r} at {stamps[-len(context):][row[0]]}")
     calendar = getattr(params, "calendar", None)
     zone = calendar_zone(calendar, symbol)
-    wall = _wall(stamps, offsets, zone)  # (N,) naive local
+    if wall is None:
+        wall = _wall(stamps, offsets, zone)  # (N,) naive local
     x_timestamp = wall[-params.lookback:]
     last = stamps[-1]
     # The future's frame: the calendar's zone when the bars are in it, else the last bar's offset.
@@ -166,15 +170,14 @@ def build_one(symbol: str, stamps: pd.DatetimeIndex, values: np.ndarray, columns
             return y_utc
         y = _wall(y_utc, None, zone) if use_zone else y_utc.tz_convert("UTC").tz_localize(None) + shift
     else:  # step in the last bar's local frame: local days, weekends and session hours
-        local = future_timestamps(symbol, last.tz_convert("UTC") + shift, params.pred_len,
+        local = future_timestamps(symbol, last + shift if last_offset else last, params.pred_len,
                                   params.freq.get(symbol), wall, calendar)
         if isinstance(local, dict):
             return local
-        y = local.tz_convert("UTC").tz_localize(None)
-        y_utc = (y - shift).tz_localize("UTC")
+        y = local.tz_localize(None)  # `local` is the wall clock written as UTC
+        y_utc = local - shift if last_offset else local
     return SeriesInput(symbol=symbol, context=pd.DataFrame(context, columns=[columns[i] for i in keep]),
-                       x_timestamp=x_timestamp, y_timestamp=pd.DatetimeIndex(y, name="timestamp"),
-                       y_utc=pd.DatetimeIndex(y_utc, name="timestamp").tz_convert("UTC"))
+                       x_timestamp=x_timestamp, y_timestamp=y, y_utc=y_utc)
 
 
 def build_inputs(bars: pd.DataFrame, future: pd.DataFrame | None, params: Any) -> tuple[list[SeriesInput], list[dict]]:
@@ -188,16 +191,40 @@ def build_inputs(bars: pd.DataFrame, future: pd.DataFrame | None, params: Any) -
     columns = [c for c in BAR_COLUMNS if c in bars.columns]
     values = bars[columns].to_numpy(dtype="float64")  # (N, len(columns))
     stamps = pd.DatetimeIndex(bars["timestamp"])
+    stamps = stamps.tz_localize("UTC") if stamps.tz is None else stamps.tz_convert("UTC")
     offsets = bars[UTC_OFFSET_COLUMN].to_numpy(dtype="int64") if UTC_OFFSET_COLUMN in bars.columns else None
     codes, symbols = pd.factorize(bars["symbol"].astype(str), sort=False)  # first-seen order
+    wall = _wall_all(stamps, offsets, codes, symbols, getattr(params, "calendar", None))
     order = np.argsort(codes, kind="stable")
     bounds = np.searchsorted(codes[order], np.arange(len(symbols) + 1))
     for k, symbol in enumerate(symbols):
         rows = order[bounds[k]:bounds[k + 1]]
         item = build_one(str(symbol), stamps[rows], values[rows], columns, given.get(symbol), params,
-                         None if offsets is None else offsets[rows])
+                         None if offsets is None else offsets[rows], wall[rows])
         (errors if isinstance(item, dict) else inputs).append(item)
     return inputs, errors
+
+
+def _wall_all(stamps: pd.DatetimeIndex, offsets: np.ndarray | None, codes: np.ndarray, symbols: pd.Index,
+              calendar: dict[str, Any] | None) -> pd.DatetimeIndex:
+    """`_wall` for every row at once (per-symbol index arithmetic would dominate a 1,000-symbol job)."""
+    naive = stamps.tz_localize(None)
+    if offsets is not None:
+        if not offsets.any():
+            return naive
+        per_minute = pd.Timedelta(minutes=1).as_unit(naive.unit)._value
+        return pd.DatetimeIndex((naive.asi8 + offsets * per_minute).view(f"M8[{naive.unit}]"), name=naive.name)
+    zones: dict[str, list[int]] = {}
+    for k, symbol in enumerate(symbols):
+        if zone := calendar_zone(calendar, str(symbol)):
+            zones.setdefault(zone, []).append(k)
+    if not zones:
+        return naive
+    i8 = naive.asi8.copy()
+    for zone, ks in zones.items():
+        mask = np.isin(codes, ks)
+        i8[mask] = stamps[mask].tz_convert(zone).tz_localize(None).asi8
+    return pd.DatetimeIndex(i8.view(f"M8[{naive.unit}]"), name=naive.name)
 
 
 def result_rows(item: SeriesInput, output: Any, quantiles: list[float] | None) -> dict[str, Any]:

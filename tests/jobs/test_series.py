@@ -108,3 +108,14 @@ def test_naive_local_and_offset_input_give_the_model_the_same_timestamps(setting
     pd.testing.assert_index_equal(a.y_timestamp, b.y_timestamp)
     pd.testing.assert_frame_equal(a.context, b.context)
     assert list(b.y_utc) == list(a.y_utc - pd.Timedelta(hours=8))
+
+
+def test_per_symbol_calendar_zones_for_bars_without_offsets(settings):
+    utc = pd.date_range("2024-06-18 01:30", periods=4, freq="5min", tz="UTC")
+    series = parse_inline_series([{"symbol": s, "bars": [bar(t.isoformat()) for t in utc]} for s in ("NY", "SH", "UTC")],
+                                 pred_len=2, settings=settings)
+    calendar = {"default": {"timezone": "America/New_York"}, "symbols": {"SH": {"timezone": "Asia/Shanghai"}, "UTC": {}}}
+    inputs, errors = build_inputs(series.bars.drop(columns=UTC_OFFSET_COLUMN), None,
+                                  SimpleNamespace(lookback=64, pred_len=2, freq={}, calendar=calendar))
+    hours = {i.symbol: (i.x_timestamp[0].hour, i.y_timestamp[0].hour) for i in inputs}
+    assert errors == [] and hours == {"NY": (21, 21), "SH": (9, 9), "UTC": (1, 1)}
