@@ -230,7 +230,7 @@ def fresh_redis_and_schema(env: dict[str, str]) -> callable:
 
     from kronos_jobs.db.session import make_engine
 
-    from tests.jobs.conftest import claim_redis_db
+    from tests.conftest import claim_redis_db
 
     env["KRONOS_BROKER_URL"] = claim_redis_db(env["KRONOS_BROKER_URL"])
     server = make_url(env["KRONOS_DATABASE_URL"])

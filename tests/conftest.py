@@ -4,7 +4,7 @@ their own conftest.py, factories in tests/factories.py.
 External services follow one rule, applied by `require_service`: a test that needs PostgreSQL or
 Redis reads its URL from KRONOS_TEST_DATABASE_URL / KRONOS_TEST_REDIS_URL. Unset: the test is
 skipped, except under CI=true where it fails (CI must never go green by skipping). Set but not
-answering: the test fails.
+answering: the test fails. Worker processes get a Redis DB of their own from `claim_redis_db`.
 """
 
 from __future__ import annotations
@@ -65,6 +65,33 @@ def require_service(url_env_var: str) -> str:
     if _probed[url] is not None:
         pytest.fail(f"{url_env_var}={url} does not answer: {_probed[url]}", pytrace=False)
     return url
+
+
+REDIS_CLAIM_KEY = "kronos-test-claim"
+
+
+def claim_redis_db(base_url: str, ttl_seconds: int = 3600) -> str:
+    """A Redis URL on a DB number no one else uses, claimed atomically for this test session.
+
+    Test sessions of several engineers share one Redis server; a worker consuming another session's
+    queue would take its messages (and drop them: no such job in its database). An empty DB is
+    claimed with SET NX before any worker touches it, so two sessions never pick the same one; the
+    DB of `base_url` itself is skipped because plain tests use it directly. Release with FLUSHDB.
+    """
+    import redis
+
+    base = make_url(base_url)
+    token = uuid.uuid4().hex
+    for number in range(14, 0, -1):
+        if str(number) == str(base.database or "0"):
+            continue
+        url = str(base.set(database=str(number)))
+        client = redis.Redis.from_url(url)
+        if client.dbsize() == 0 and client.set(REDIS_CLAIM_KEY, token, nx=True, ex=ttl_seconds):
+            if client.dbsize() == 1:
+                return url
+            client.delete(REDIS_CLAIM_KEY)  # someone else's keys arrived meanwhile; keep looking
+    pytest.fail(f"no free Redis DB on {base_url}")
 
 
 # --- settings --------------------------------------------------------------------------------------

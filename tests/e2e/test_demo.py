@@ -44,27 +44,15 @@ def kronos_env(tmp_path: Path, port: int) -> dict[str, str]:
     return env
 
 
-def empty_redis_db(server_url: str) -> str:
-    """A Redis URL on an empty DB number, so the demo's queues meet no one else's."""
-    import redis
-    from sqlalchemy.engine import make_url
-
-    for number in range(14, 0, -1):
-        url = str(make_url(server_url).set(database=str(number)))
-        if redis.Redis.from_url(url).dbsize() == 0:
-            return url
-    pytest.fail(f"no empty Redis DB on {server_url}")
-
-
 @pytest.fixture(params=["embedded", pytest.param("redis+postgresql", marks=pytest.mark.integration)])
 def stack_env(request, tmp_path) -> dict[str, str]:
     """The embedded default (nothing configured), or production URLs: Redis and PostgreSQL."""
     if request.param == "embedded":
         yield {}
         return
-    from tests.conftest import TEST_REDIS_URL_ENV, require_service
+    from tests.conftest import TEST_REDIS_URL_ENV, claim_redis_db, require_service
 
-    redis_url = empty_redis_db(require_service(TEST_REDIS_URL_ENV))
+    redis_url = claim_redis_db(require_service(TEST_REDIS_URL_ENV))  # atomically ours: no other session's queues
     yield {"KRONOS_BROKER_URL": redis_url, "KRONOS_DATABASE_URL": request.getfixturevalue("pg_url")}
     import redis
 

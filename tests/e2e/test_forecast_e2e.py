@@ -27,8 +27,8 @@ from kronos_jobs.db.session import dispose_engines, make_engine, session_scope
 from kronos_jobs.jobs.submit import submit_forecast
 from kronos_jobs.names import DEFAULT_TENANT, RESULT_COLUMNS, JobState
 from kronos_jobs.settings import Settings
-from tests.conftest import TEST_DATABASE_URL_ENV, TEST_REDIS_URL_ENV, require_service
-from tests.jobs.conftest import claim_redis_db, make_bars, save_tiny_checkpoint
+from tests.conftest import TEST_DATABASE_URL_ENV, TEST_REDIS_URL_ENV, claim_redis_db, require_service
+from tests.jobs.conftest import make_bars, save_tiny_checkpoint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

@@ -49,33 +49,3 @@ def make_bars(symbols: dict[str, int], freq: str = "5min", start: str = "2024-06
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A tiny checkpoint alone in its own models root: settings use `model_dirs=[tiny_checkpoint.parent]`."""
     return save_tiny_checkpoint(tmp_path_factory.mktemp("models") / "tiny")
-
-
-REDIS_CLAIM_KEY = "kronos-test-claim"
-
-
-def claim_redis_db(base_url: str, ttl_seconds: int = 3600) -> str:
-    """A Redis URL on a DB number no one else uses, claimed atomically for this test session.
-
-    Test sessions of several engineers share one Redis server; a worker consuming another session's
-    queue would take its messages (and drop them: no such job in its database). An empty DB is
-    claimed with SET NX before any worker touches it, so two sessions never pick the same one; the
-    DB of `base_url` itself is skipped because plain tests use it directly. Release with FLUSHDB.
-    """
-    import uuid
-
-    import redis
-    from sqlalchemy.engine import make_url
-
-    base = make_url(base_url)
-    token = uuid.uuid4().hex
-    for number in range(14, 0, -1):
-        if str(number) == str(base.database or "0"):
-            continue
-        url = str(base.set(database=str(number)))
-        client = redis.Redis.from_url(url)
-        if client.dbsize() == 0 and client.set(REDIS_CLAIM_KEY, token, nx=True, ex=ttl_seconds):
-            if client.dbsize() == 1:
-                return url
-            client.delete(REDIS_CLAIM_KEY)  # someone else's keys arrived meanwhile; keep looking
-    pytest.fail(f"no free Redis DB on {base_url}")
