@@ -11,7 +11,7 @@ header not counted).
 Policies (the README repeats them):
 - Timestamps with a UTC offset are converted to UTC; timestamps without one are taken as UTC. The
   offset is kept per row (`utc_offset_minutes`) because the model sees the bars' local wall-clock
-  time (UTC + offset; kronos_jobs/jobs/series.py), as upstream Kronos does.
+  time (UTC + offset; kronos_jobs/wall_clock.py), as upstream Kronos does.
 - Bars of one symbol may come in any order; they are sorted by timestamp. Two bars of one symbol
   with the same timestamp are rejected.
 - `volume` and `amount` are optional, but all or none of the bars of a request carry each column

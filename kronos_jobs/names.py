@@ -9,7 +9,7 @@ from enum import Enum
 
 
 # Input bars (and given future timestamps) carry each timestamp's UTC offset in minutes next to the
-# UTC `timestamp`: the model sees local wall-clock time = UTC + offset (kronos_jobs/jobs/series.py).
+# UTC `timestamp`: the model sees local wall-clock time = UTC + offset (kronos_jobs/wall_clock.py).
 UTC_OFFSET_COLUMN = "utc_offset_minutes"
 
 

@@ -1,8 +1,10 @@
 """Held-out evaluation of a fine-tune: base model vs fine-tuned model vs a last-value baseline.
 
 Windows come from the validation part of each series (`finetune_submit.split_series`), which no
-training step saw: `lookback` bars of context, then `predict_window` bars to forecast. Both models
-decode greedily (top_k=1), so the comparison has no sampling noise and repeats exactly.
+training step saw: `lookback` bars of context, then `predict_window` bars to forecast. Their
+timestamps are the bars' naive local wall-clock time, as in training and forecasts (`split_series`
+converts them; kronos_jobs/wall_clock.py). Both models decode greedily (top_k=1), so the comparison
+has no sampling noise and repeats exactly.
 
 Metrics per contender:
 * `mse_close` — mean squared error of the forecast close over every window and step (price units);
@@ -26,7 +28,7 @@ logger = logging.getLogger(__name__)
 @dataclasses.dataclass
 class HoldoutWindow:
     symbol: str
-    context: pd.DataFrame  # lookback rows: timestamp, open..amount
+    context: pd.DataFrame  # lookback rows: timestamp (naive local wall clock), open..amount
     future: pd.DataFrame  # predict_window rows: the truth
 
 

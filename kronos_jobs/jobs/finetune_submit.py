@@ -27,6 +27,7 @@ from kronos_jobs.names import DevicePreference, JobKind, Queue
 from kronos_jobs.registry import resolve_model
 from kronos_jobs.routing import choose_queue, consumers_of
 from kronos_jobs.settings import Settings
+from kronos_jobs.wall_clock import local_bars
 
 logger = logging.getLogger(__name__)
 
@@ -156,9 +157,13 @@ def split_series(bars: pd.DataFrame, validation_split: float) -> tuple[dict[str,
 
     Chronological and disjoint, like upstream's CSV pipeline (spec §6.2): a validation window never
     overlaps a training row, so neither the validation loss nor the evaluation sees trained targets.
+
+    The frames are what the model gets (training windows, validation, evaluation): `timestamp` is the
+    bars' naive local wall-clock time and the offset column is gone (kronos_jobs/wall_clock.py, the
+    rule forecasts use too); the stored bars stay UTC.
     """
     train, val = {}, {}
-    for symbol, frame in bars.groupby("symbol", sort=True):
+    for symbol, frame in local_bars(bars).groupby("symbol", sort=True):
         frame = frame.drop(columns="symbol").reset_index(drop=True)
         n_val = int(round(len(frame) * validation_split))
         train[str(symbol)] = frame.iloc[: len(frame) - n_val].reset_index(drop=True)

@@ -3,14 +3,14 @@
 A series that cannot be forecast (too few bars, a NaN, future timestamps that do not fit, no
 frequency to generate them from) becomes a per-symbol error; the other series go on.
 
-Time zones, decided here and only here. Bars are stored and results returned in UTC, but Kronos'
-temporal embedding (minute, hour, weekday, day, month) must see the bars' LOCAL wall-clock time, as
-upstream users pass it (`2024-06-18T11:15:00+08:00` is hour 11, not 3). So the model gets naive
-local timestamps:
-- past bars: UTC + each row's `utc_offset_minutes` (kept by kronos_jobs/bars.py; 0 for naive input,
-  so naive input is UTC = wall clock as before). Bars without that column (the series store keeps
-  UTC only; job inputs stored before the column existed) are shown in the symbol's calendar
-  `timezone` when its calendar names one, else in UTC.
+Time zones. Bars are stored and results returned in UTC, but Kronos' temporal embedding (minute,
+hour, weekday, day, month) must see the bars' LOCAL wall-clock time, as upstream users pass it
+(`2024-06-18T11:15:00+08:00` is hour 11, not 3). So the model gets naive local timestamps:
+- past bars: by the rule in kronos_jobs/wall_clock.py, shared with fine-tune training and evaluation:
+  UTC + each row's `utc_offset_minutes` (kept by kronos_jobs/bars.py; 0 for naive input, so naive
+  input is UTC = wall clock as before). Bars without that column (the series store keeps UTC only;
+  job inputs stored before the column existed) are shown in the symbol's calendar `timezone` when
+  its calendar names one, else in UTC.
 - future timestamps: given ones use their own offsets. Generated ones are found by the trading
   calendar in its `timezone` when it names one, otherwise in the last bar's fixed offset (a calendar
   without `timezone` then means the bars' local days and hours; naive input: UTC, as before). The
@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from kronos_jobs.names import BAR_COLUMNS, PRICE_COLUMNS, UTC_OFFSET_COLUMN, quantile_column
+from kronos_jobs.wall_clock import as_utc, calendar_zone, row_offsets, wall_clock, wall_clock_all, zone_offset_minutes
 
 MIN_CONTEXT_BARS = 2  # one bar has no spread to normalise by; any longer context is the user's call
 FREQ_SAMPLE_BARS = 64  # recent bars used to infer a series' frequency when none was given
@@ -96,28 +97,6 @@ def future_timestamps(symbol: str, last: pd.Timestamp, pred_len: int, freq: str 
     return pd.DatetimeIndex(stamps, name="timestamp")
 
 
-def calendar_zone(calendar: dict[str, Any] | None, symbol: str) -> str | None:
-    """The IANA zone the symbol's calendar names explicitly, or None."""
-    from kronos_jobs import calendar as trading
-
-    spec = trading.calendar_for(calendar, symbol)
-    zone = spec.get("timezone") if spec else None
-    return str(zone) if zone else None
-
-
-def _wall(utc: pd.DatetimeIndex, offsets: np.ndarray | None, zone: str | None) -> pd.DatetimeIndex:
-    """Naive local wall-clock times of tz-aware `utc`: UTC + per-row offset minutes, else in `zone`, else UTC."""
-    if offsets is not None:
-        return utc.tz_convert("UTC").tz_localize(None) + pd.to_timedelta(np.asarray(offsets, dtype="int64"), unit="min")
-    if zone:
-        return utc.tz_convert(zone).tz_localize(None)
-    return utc.tz_convert("UTC").tz_localize(None)
-
-
-def _zone_offset_minutes(zone: str, at: pd.Timestamp) -> int:
-    return int(at.tz_convert(zone).utcoffset().total_seconds() // 60)
-
-
 def build_one(symbol: str, stamps: pd.DatetimeIndex, values: np.ndarray, columns: list[str],
               given: pd.DataFrame | None, params: Any, offsets: np.ndarray | None = None,
               wall: pd.DatetimeIndex | None = None) -> SeriesInput | dict:
@@ -144,12 +123,12 @@ def build_one(symbol: str, stamps: pd.DatetimeIndex, values: np.ndarray, columns
     calendar = getattr(params, "calendar", None)
     zone = calendar_zone(calendar, symbol)
     if wall is None:
-        wall = _wall(stamps, offsets, zone)  # (N,) naive local
+        wall = wall_clock(stamps, offsets, zone)  # (N,) naive local
     x_timestamp = wall[-params.lookback:]
     last = stamps[-1]
     # The future's frame: the calendar's zone when the bars are in it, else the last bar's offset.
     last_offset = 0 if offsets is None else int(offsets[-1])
-    use_zone = zone is not None and (offsets is None or _zone_offset_minutes(zone, last) == last_offset)
+    use_zone = zone is not None and (offsets is None or zone_offset_minutes(zone, last) == last_offset)
     shift = pd.Timedelta(minutes=last_offset)
     if given is not None and len(given):
         y_utc = pd.DatetimeIndex(given["timestamp"])
@@ -161,14 +140,14 @@ def build_one(symbol: str, stamps: pd.DatetimeIndex, values: np.ndarray, columns
         if y_utc[0] <= last:
             return _error(symbol, "future_timestamps", f"future timestamp {y_utc[0]} is not after the last bar {last}")
         if UTC_OFFSET_COLUMN in given:
-            y = _wall(y_utc, given[UTC_OFFSET_COLUMN].to_numpy()[order], None)
+            y = wall_clock(y_utc, given[UTC_OFFSET_COLUMN].to_numpy()[order], None)
         else:
-            y = _wall(y_utc, None, zone) if use_zone else y_utc.tz_convert("UTC").tz_localize(None) + shift
+            y = wall_clock(y_utc, None, zone) if use_zone else y_utc.tz_convert("UTC").tz_localize(None) + shift
     elif zone is not None:  # the calendar finds session times in its zone
         y_utc = future_timestamps(symbol, last, params.pred_len, params.freq.get(symbol), wall, calendar)
         if isinstance(y_utc, dict):
             return y_utc
-        y = _wall(y_utc, None, zone) if use_zone else y_utc.tz_convert("UTC").tz_localize(None) + shift
+        y = wall_clock(y_utc, None, zone) if use_zone else y_utc.tz_convert("UTC").tz_localize(None) + shift
     else:  # step in the last bar's local frame: local days, weekends and session hours
         local = future_timestamps(symbol, last + shift if last_offset else last, params.pred_len,
                                   params.freq.get(symbol), wall, calendar)
@@ -190,11 +169,10 @@ def build_inputs(bars: pd.DataFrame, future: pd.DataFrame | None, params: Any) -
     given = dict(tuple(future.groupby("symbol", sort=False))) if future is not None and len(future) else {}
     columns = [c for c in BAR_COLUMNS if c in bars.columns]
     values = bars[columns].to_numpy(dtype="float64")  # (N, len(columns))
-    stamps = pd.DatetimeIndex(bars["timestamp"])
-    stamps = stamps.tz_localize("UTC") if stamps.tz is None else stamps.tz_convert("UTC")
-    offsets = bars[UTC_OFFSET_COLUMN].to_numpy(dtype="int64") if UTC_OFFSET_COLUMN in bars.columns else None
+    stamps = as_utc(bars["timestamp"])
+    offsets = row_offsets(bars)
     codes, symbols = pd.factorize(bars["symbol"].astype(str), sort=False)  # first-seen order
-    wall = _wall_all(stamps, offsets, codes, symbols, getattr(params, "calendar", None))
+    wall = wall_clock_all(stamps, offsets, codes, symbols, getattr(params, "calendar", None))
     order = np.argsort(codes, kind="stable")
     bounds = np.searchsorted(codes[order], np.arange(len(symbols) + 1))
     for k, symbol in enumerate(symbols):
@@ -203,28 +181,6 @@ def build_inputs(bars: pd.DataFrame, future: pd.DataFrame | None, params: Any) -
                          None if offsets is None else offsets[rows], wall[rows])
         (errors if isinstance(item, dict) else inputs).append(item)
     return inputs, errors
-
-
-def _wall_all(stamps: pd.DatetimeIndex, offsets: np.ndarray | None, codes: np.ndarray, symbols: pd.Index,
-              calendar: dict[str, Any] | None) -> pd.DatetimeIndex:
-    """`_wall` for every row at once (per-symbol index arithmetic would dominate a 1,000-symbol job)."""
-    naive = stamps.tz_localize(None)
-    if offsets is not None:
-        if not offsets.any():
-            return naive
-        per_minute = pd.Timedelta(minutes=1).as_unit(naive.unit)._value
-        return pd.DatetimeIndex((naive.asi8 + offsets * per_minute).view(f"M8[{naive.unit}]"), name=naive.name)
-    zones: dict[str, list[int]] = {}
-    for k, symbol in enumerate(symbols):
-        if zone := calendar_zone(calendar, str(symbol)):
-            zones.setdefault(zone, []).append(k)
-    if not zones:
-        return naive
-    i8 = naive.asi8.copy()
-    for zone, ks in zones.items():
-        mask = np.isin(codes, ks)
-        i8[mask] = stamps[mask].tz_convert(zone).tz_localize(None).asi8
-    return pd.DatetimeIndex(i8.view(f"M8[{naive.unit}]"), name=naive.name)
 
 
 def result_rows(item: SeriesInput, output: Any, quantiles: list[float] | None) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import threading
 import time
 from unittest import mock
 
+import pandas as pd
 import pytest
 
 from kronos_jobs.crud import jobs as job_crud, models as model_crud
@@ -238,3 +239,61 @@ def test_amp_is_asked_for_and_used_only_on_cuda(tiny_checkpoint, bars, tmp_path)
     summary = run_local(params, bars, device="cpu", work_dir=tmp_path,
                         settings=Settings(data_dir=tmp_path / "d", model_dirs=[tiny_checkpoint.parent]))
     assert summary["amp"] is False and summary["device"] == "cpu"
+
+
+def _csv(frame, stamps) -> bytes:
+    return frame.assign(timestamp=stamps).to_csv(index=False).encode()
+
+
+def test_finetune_trains_and_evaluates_on_the_bars_local_wall_clock(settings):
+    """+08:00 bars: training windows and the held-out evaluation see local hours (11:00, not 03:00 UTC),
+    exactly as the same bars given as naive local times, and the stored bars stay UTC."""
+    from model.windows import BarWindows
+
+    from kronos_jobs.bars import parse_upload
+    from kronos_jobs.jobs.evaluation import evaluate, holdout_windows
+    from kronos_jobs.jobs.finetune_submit import split_series
+    from kronos_jobs.names import UTC_OFFSET_COLUMN
+    from tests.jobs.conftest import make_bars
+
+    frame = make_bars({"A": 60, "B": 50}, freq="1h", start="2024-06-17 17:00")  # UTC, from 01:00 local
+    local = frame["timestamp"].dt.tz_localize(None) + pd.Timedelta(hours=8)
+    offset = parse_upload(_csv(frame, local.dt.strftime("%Y-%m-%dT%H:%M:%S+08:00")), filename="b.csv",
+                          content_type=None, freq=None, settings=settings).bars
+    naive = parse_upload(_csv(frame, local.dt.strftime("%Y-%m-%dT%H:%M:%S")), filename="b.csv",
+                         content_type=None, freq=None, settings=settings).bars
+    assert (offset[UTC_OFFSET_COLUMN] == 480).all() and offset["timestamp"].iloc[0] == pd.Timestamp("2024-06-17 17:00", tz="UTC")
+
+    train, val = split_series(offset, 0.4)
+    expected = {s: pd.DatetimeIndex(local[frame["symbol"] == s]) for s in ("A", "B")}
+    for symbol in ("A", "B"):
+        got = pd.concat([train[symbol], val[symbol]])["timestamp"]
+        assert got.dt.tz is None and list(got) == list(expected[symbol])
+        assert UTC_OFFSET_COLUMN not in train[symbol].columns
+    naive_train, naive_val = split_series(naive, 0.4)
+    for symbol in ("A", "B"):  # the +08:00 input trains and evaluates on the same frames as naive local input
+        pd.testing.assert_frame_equal(train[symbol], naive_train[symbol])
+        pd.testing.assert_frame_equal(val[symbol], naive_val[symbol])
+
+    windows = BarWindows(train, lookback=8, predict_window=3)
+    _, stamp = windows.batch(range(len(windows)))  # (B, W, 5): minute, hour, weekday, day, month
+    first = windows[0][1].numpy()
+    assert first[:, 1].tolist() == list(expected["A"].hour[:12]) and first[0, 1] == 1  # 01:00 local, not 17:00 UTC
+    assert first[:, 3].tolist() == list(expected["A"].day[:12])
+    assert stamp.shape[1] == 12
+
+    seen = []
+
+    class Spy:
+        def predict_batch(self, dfs, xs, ys, pred_len, **_):
+            seen.extend(zip(xs, ys))
+            return [pd.DataFrame({"close": df["close"].iloc[-1]}, index=range(pred_len)) for df in dfs]
+
+    held_out = holdout_windows(val, 8, 3, 64)
+    metrics = evaluate({"finetuned": Spy()}, held_out, 3)
+    assert metrics["n_windows"] == len(held_out) == len(seen) > 0
+    for window, (x, y) in zip(held_out, seen):
+        truth = expected[window.symbol]
+        assert pd.DatetimeIndex(x).tz is None and set(pd.DatetimeIndex(x)) <= set(truth)
+        assert set(pd.DatetimeIndex(y)) <= set(truth) and pd.DatetimeIndex(y)[0] > pd.DatetimeIndex(x)[-1]
+    assert pd.DatetimeIndex(seen[0][0])[0] == expected[held_out[0].symbol][len(train[held_out[0].symbol])]
