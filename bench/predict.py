@@ -32,12 +32,6 @@ import os
 import sys
 from pathlib import Path
 
-# Peak memory on CPU is read from the process RSS. glibc keeps freed heap memory and raises its
-# mmap threshold on the fly, so a later run would reuse memory and look free; a fixed threshold
-# makes every large tensor its own mapping, returned on free. Re-exec once with it set.
-if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and __name__ == "__main__":
-    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576"})
-
 # Run as a script, this folder is sys.path[0]; sibling benches (e.g. bench/queue.py) would then
 # shadow standard-library modules that torch imports. Put the repository root there instead.
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +77,12 @@ def make_series(n_series: int, lookback: int, pred_len: int, seed: int = 0):
 
 
 class PeakMemory:
-    """Peak memory of a block above its start: CUDA allocator stats, or sampled process RSS on CPU."""
+    """Peak memory of a block above its start: CUDA allocator stats, or sampled process RSS on CPU.
+
+    On CPU this is a lower bound: memory freed by an earlier run and kept by the C allocator is
+    reused without growing the RSS. (Forcing large blocks onto fresh mappings would fix that but
+    makes every large allocation page-fault, which slowed batched decoding tenfold.)
+    """
 
     def __init__(self, device: torch.device):
         self.device, self.peak_mib = device, 0.0
