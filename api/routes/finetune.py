@@ -13,13 +13,13 @@ from typing import Annotated
 import pandas as pd
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
 from api.deps import CallerDep, SessionDep, SettingsDep
-from api.routes.jobs import ERRORS, Upload, _validate
+from api.routes.jobs import ERRORS
+from api.uploads import Upload, read_upload, upload_body_doc, validate_json
 from api.schemas import FinetuneJobCreate, FinetuneJobPublic, FinetuneParamsIn, JobPublic
 from kronos_jobs import bars as bar_input
-from kronos_jobs.errors import InvalidRequest, NotFound, PayloadTooLarge
+from kronos_jobs.errors import InvalidRequest, NotFound
 from kronos_jobs.jobs.finetune_submit import invalid, submit_finetune
 from kronos_jobs.settings import Settings
 
@@ -70,7 +70,7 @@ async def read_finetune_submission(request: Request) -> FinetuneSubmission:
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == "application/json" or media.endswith("+json"):
         body = await request.body()
-        return FinetuneSubmission(params=await run_in_threadpool(_validate, FinetuneJobCreate, body, ("body",)))
+        return FinetuneSubmission(params=await run_in_threadpool(validate_json, FinetuneJobCreate, body, ("body",)))
     if media == "multipart/form-data":
         return await _read_upload(request)
     raise HTTPException(415, f"Content-Type {media or '(none)'!r} is not accepted; send multipart/form-data with a "
@@ -78,41 +78,17 @@ async def read_finetune_submission(request: Request) -> FinetuneSubmission:
 
 
 async def _read_upload(request: Request) -> FinetuneSubmission:
-    limit = request.app.state.settings.max_upload_bytes
-    async with request.form(max_files=1, max_fields=4, max_part_size=1024 * 1024) as form:
-        file = form.get("file")
-        if not isinstance(file, UploadFile):
-            raise InvalidRequest("file: attach the CSV or Parquet training bars as the multipart field `file`", field="file")
-        data = await file.read(limit + 1)
-        if len(data) > limit:
-            raise PayloadTooLarge(f"file: more than {limit} bytes (KRONOS_MAX_UPLOAD_BYTES)", field="file")
-        raw = form.get("request") or "{}"
-        if not isinstance(raw, str):
-            raise InvalidRequest("request: send the parameters as a JSON text field, not a file", field="request")
-        params = _validate(FinetuneParamsIn, raw, ("request",))
-        return FinetuneSubmission(params=params, upload=Upload(data, file.filename, file.content_type))
+    params, upload = await read_upload(request, FinetuneParamsIn, what="the CSV or Parquet training bars")
+    return FinetuneSubmission(params=params, upload=upload)
 
 
 FinetuneSubmissionDep = Annotated[FinetuneSubmission, Depends(read_finetune_submission)]
 
-FINETUNE_BODY_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/FinetuneJobCreate"}},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary", "description": "Long-format CSV or Parquet: symbol, timestamp, open, high, low, close[, volume, amount]."},
-                        "request": {"type": "string", "description": "JSON of FinetuneParamsIn."},
-                    },
-                }
-            },
-        },
-    }
-}
+FINETUNE_BODY_DOC = upload_body_doc(
+    "FinetuneJobCreate",
+    file_description="Long-format CSV or Parquet: symbol, timestamp, open, high, low, close[, volume, amount].",
+    request_description="JSON of FinetuneParamsIn.",
+)
 
 
 @router.post("/finetune", status_code=202, response_model=FinetuneJobPublic, responses=ERRORS, openapi_extra=FINETUNE_BODY_DOC)

@@ -11,17 +11,15 @@ from typing import Annotated, Any
 
 import pandas as pd
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
 from api.deps import CallerDep, SessionDep, SettingsDep
+from api.uploads import Upload, read_upload, upload_body_doc, validate_json
 from api.schemas import ErrorResponse, ForecastJobCreate, ForecastParamsIn, ForecastUploadCreate, JobPublic, JobsPublic, ResultPublic
 from kronos_jobs import bars as bar_input
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import results as result_crud
-from kronos_jobs.errors import Conflict, InvalidRequest, PayloadTooLarge
+from kronos_jobs.errors import Conflict
 from kronos_jobs.jobs.submit import submit_forecast
 from kronos_jobs.names import JobKind, JobState
 from kronos_jobs.settings import Settings
@@ -33,13 +31,6 @@ JobId = Annotated[str, Path(max_length=64, description="The job id returned by P
 
 
 # --- reading a forecast submission (JSON body or multipart upload) --------------------------------
-
-
-@dataclass
-class Upload:
-    data: bytes
-    filename: str | None
-    content_type: str | None
 
 
 @dataclass
@@ -69,66 +60,29 @@ class ForecastSubmission:
         return params
 
 
-def _validate(schema: type[BaseModel], raw: bytes | str, prefix: tuple[str, ...]) -> Any:
-    try:
-        return schema.model_validate_json(raw)
-    except ValidationError as exc:
-        errors = [{**e, "loc": (*prefix, *e["loc"])} for e in exc.errors(include_url=False, include_context=False)]
-        raise RequestValidationError(errors) from None
-
-
 async def read_forecast_submission(request: Request) -> ForecastSubmission:
     """Read the body as JSON or as a multipart upload (`file` + a `request` JSON field)."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == "application/json" or media.endswith("+json"):
         body = await request.body()
-        return ForecastSubmission(params=await run_in_threadpool(_validate, ForecastJobCreate, body, ("body",)))
+        return ForecastSubmission(params=await run_in_threadpool(validate_json, ForecastJobCreate, body, ("body",)))
     if media == "multipart/form-data":
         return await _read_upload(request)
     raise HTTPException(415, f"Content-Type {media or '(none)'!r} is not accepted; send application/json or multipart/form-data with a file")
 
 
 async def _read_upload(request: Request) -> ForecastSubmission:
-    limit = request.app.state.settings.max_upload_bytes
-    async with request.form(max_files=1, max_fields=4, max_part_size=1024 * 1024) as form:
-        file = form.get("file")
-        if not isinstance(file, UploadFile):
-            raise _invalid("file", "attach the CSV or Parquet file as the multipart field `file`")
-        data = await file.read(limit + 1)
-        if len(data) > limit:
-            problem = f"more than {limit} bytes (KRONOS_MAX_UPLOAD_BYTES)"
-            raise PayloadTooLarge(f"file: {problem}", field="file", details=[{"field": "file", "message": problem}])
-        raw = form.get("request") or "{}"
-        if not isinstance(raw, str):
-            raise _invalid("request", "send the parameters as a JSON text field, not a file")
-        params = _validate(ForecastUploadCreate, raw, ("request",))
-        return ForecastSubmission(params=params, upload=Upload(data, file.filename, file.content_type))
-
-
-def _invalid(field: str, problem: str) -> InvalidRequest:
-    return InvalidRequest(f"{field}: {problem}", field=field, details=[{"field": field, "message": problem}])
+    params, upload = await read_upload(request, ForecastUploadCreate, what="the CSV or Parquet file")
+    return ForecastSubmission(params=params, upload=upload)
 
 
 SubmissionDep = Annotated[ForecastSubmission, Depends(read_forecast_submission)]
 
-FORECAST_BODY_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/ForecastJobCreate"}},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary", "description": "Long-format CSV or Parquet: symbol, timestamp, open, high, low, close[, volume, amount, freq]."},
-                        "request": {"type": "string", "description": "JSON of ForecastUploadCreate: the parameters without `series`, plus `freq`."},
-                    },
-                }
-            },
-        },
-    }
-}
+FORECAST_BODY_DOC = upload_body_doc(
+    "ForecastJobCreate",
+    file_description="Long-format CSV or Parquet: symbol, timestamp, open, high, low, close[, volume, amount, freq].",
+    request_description="JSON of ForecastUploadCreate: the parameters without `series`, plus `freq`.",
+)
 
 
 # --- handlers -------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api.deps import CallerDep, SessionDep, SettingsDep
-from api.routes.jobs import RESULT_MEDIA_TYPES, ResultFormat, Upload, _csv_bytes, _json_rows, _parquet_bytes, _validate
+from api.routes.jobs import RESULT_MEDIA_TYPES, ResultFormat, _csv_bytes, _json_rows, _parquet_bytes
+from api.uploads import Upload, validate_json
 from api.schemas import BarsPublic, ErrorResponse, SeriesBarsCreate, SeriesDeletedPublic, SeriesImportPublic, SeriesListPublic, SeriesPublic
 from kronos_jobs import bars as bar_input
 from kronos_jobs.crud import series as series_crud
@@ -58,7 +59,7 @@ async def read_import(request: Request) -> SeriesBarsCreate | StoreUpload:
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     limit = request.app.state.settings.max_upload_bytes
     if media == "application/json" or media.endswith("+json"):
-        return await run_in_threadpool(_validate, SeriesBarsCreate, await request.body(), ("body",))
+        return await run_in_threadpool(validate_json, SeriesBarsCreate, await request.body(), ("body",))
     if media == "multipart/form-data":
         async with request.form(max_files=1, max_fields=4, max_part_size=1024 * 1024) as form:
             file = form.get("file")
