@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from kronos_jobs.errors import InvalidRequest, PayloadTooLarge
@@ -58,6 +59,21 @@ async def read_upload(request: Request, params_schema: type[BaseModel], *, what:
             raise invalid("request", "send the parameters as a JSON text field, not a file")
         params = validate_json(params_schema, raw, ("request",))
         return params, Upload(data, file.filename, file.content_type)
+
+
+async def read_json_or_upload(request: Request, json_schema: type[BaseModel], upload_schema: type[BaseModel], *,
+                              what: str, accepted: str) -> tuple[Any, Upload | None]:
+    """A JSON body parsed as `json_schema`, or a multipart upload whose `request` field is `upload_schema`.
+
+    Anything else is a 415 whose message ends with `accepted` (what this route takes).
+    """
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        body = await request.body()
+        return await run_in_threadpool(validate_json, json_schema, body, ("body",)), None
+    if media == "multipart/form-data":
+        return await read_upload(request, upload_schema, what=what)
+    raise HTTPException(415, f"Content-Type {media or '(none)'!r} is not accepted; send {accepted}")
 
 
 def upload_body_doc(json_schema: str, *, file_description: str, request_description: str) -> dict[str, Any]:

@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import pandas as pd
-from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter, Depends, Header, Request, Response
 
 from api.deps import CallerDep, SessionDep, SettingsDep
 from api.routes.jobs import ERRORS
-from api.uploads import Upload, read_upload, upload_body_doc, validate_json
+from api.uploads import Upload, read_json_or_upload, upload_body_doc
 from api.schemas import FinetuneJobCreate, FinetuneJobPublic, FinetuneParamsIn, JobPublic
 from kronos_jobs import bars as bar_input
 from kronos_jobs.errors import InvalidRequest, NotFound
@@ -67,18 +66,9 @@ def _store_bars(session, data, tenant_id: str) -> pd.DataFrame:
 
 async def read_finetune_submission(request: Request) -> FinetuneSubmission:
     """Read the body as JSON (series store) or as a multipart upload (`file` + a `request` JSON field)."""
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media == "application/json" or media.endswith("+json"):
-        body = await request.body()
-        return FinetuneSubmission(params=await run_in_threadpool(validate_json, FinetuneJobCreate, body, ("body",)))
-    if media == "multipart/form-data":
-        return await _read_upload(request)
-    raise HTTPException(415, f"Content-Type {media or '(none)'!r} is not accepted; send multipart/form-data with a "
-                             "file, or application/json naming series-store symbols in `data`")
-
-
-async def _read_upload(request: Request) -> FinetuneSubmission:
-    params, upload = await read_upload(request, FinetuneParamsIn, what="the CSV or Parquet training bars")
+    params, upload = await read_json_or_upload(
+        request, FinetuneJobCreate, FinetuneParamsIn, what="the CSV or Parquet training bars",
+        accepted="multipart/form-data with a file, or application/json naming series-store symbols in `data`")
     return FinetuneSubmission(params=params, upload=upload)
 
 

@@ -10,11 +10,10 @@ from enum import Enum
 from typing import Annotated, Any
 
 import pandas as pd
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
 from api.deps import CallerDep, SessionDep, SettingsDep
-from api.uploads import Upload, read_upload, upload_body_doc, validate_json
+from api.uploads import Upload, read_json_or_upload, upload_body_doc
 from api.schemas import ErrorResponse, ForecastJobCreate, ForecastParamsIn, ForecastUploadCreate, JobPublic, JobsPublic, ResultPublic
 from kronos_jobs import bars as bar_input
 from kronos_jobs.crud import jobs as job_crud
@@ -62,17 +61,9 @@ class ForecastSubmission:
 
 async def read_forecast_submission(request: Request) -> ForecastSubmission:
     """Read the body as JSON or as a multipart upload (`file` + a `request` JSON field)."""
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media == "application/json" or media.endswith("+json"):
-        body = await request.body()
-        return ForecastSubmission(params=await run_in_threadpool(validate_json, ForecastJobCreate, body, ("body",)))
-    if media == "multipart/form-data":
-        return await _read_upload(request)
-    raise HTTPException(415, f"Content-Type {media or '(none)'!r} is not accepted; send application/json or multipart/form-data with a file")
-
-
-async def _read_upload(request: Request) -> ForecastSubmission:
-    params, upload = await read_upload(request, ForecastUploadCreate, what="the CSV or Parquet file")
+    params, upload = await read_json_or_upload(
+        request, ForecastJobCreate, ForecastUploadCreate, what="the CSV or Parquet file",
+        accepted="application/json or multipart/form-data with a file")
     return ForecastSubmission(params=params, upload=upload)
 
 
