@@ -48,7 +48,7 @@ from kronos_jobs.db.models import utcnow
 from kronos_jobs.db.session import session_scope
 from kronos_jobs.errors import JobCancelled, JobFailure, LeaseLost
 from kronos_jobs.jobs.finetune_submit import FinetuneParams, check_data, phase_steps, split_series, validate_params, window_count
-from kronos_jobs.jobs.lease import LeaseHeartbeat, is_transient, raise_if_held, release_lease
+from kronos_jobs.jobs.lease import Delivery, LeaseHeartbeat, is_transient, raise_if_held, release_lease
 from kronos_jobs.names import JobState
 from kronos_jobs.registry import ModelSpec, local_spec, resolve_model, save_local_model
 from kronos_jobs.settings import Settings
@@ -325,21 +325,9 @@ def run_local(params: FinetuneParams | dict[str, Any], bars: pd.DataFrame, *, de
 
 
 @dataclasses.dataclass
-class _Run:
-    job_id: str
-    owner: str
-    tenant_id: str
+class _Run(Delivery):
     params: FinetuneParams
     data_summary: dict[str, Any]
-    queue: str
-    device_requested: str
-    attempt: int
-    queued_at: Any
-    started_at: Any
-    t0: float
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
 
 
 def run_finetune_job(job_id: str, *, settings: Settings) -> JobState | None:

@@ -27,6 +27,7 @@ from kronos_jobs.db.models import utcnow
 from kronos_jobs.db.session import session_scope
 from kronos_jobs.errors import JobCancelled, JobFailure, LeaseLost
 from kronos_jobs.jobs.lease import (
+    Delivery,
     TRANSIENT_ERRORS,
     LeaseHeartbeat,
     LeaseHeld,
@@ -48,22 +49,8 @@ logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class _Run:
-    """What one delivery knows about its job while it runs."""
-
-    job_id: str
-    owner: str
-    tenant_id: str
+class _Run(Delivery):
     params: ForecastParams
-    queue: str
-    device_requested: str
-    attempt: int
-    queued_at: Any
-    started_at: Any
-    t0: float
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
 
 
 def _log(run: _Run, state: JobState | str, extra: str = "") -> None:

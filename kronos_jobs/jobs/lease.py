@@ -9,8 +9,11 @@ held (LeaseHeld: look again when it would lapse, in case the holder died) or the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+import time
+from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
@@ -108,3 +111,21 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     return isinstance(exc, TRANSIENT_ERRORS)
+
+
+@dataclasses.dataclass
+class Delivery:
+    """What one delivery knows about the job it claimed while it runs (kind-specific fields in subclasses)."""
+
+    job_id: str
+    owner: str
+    tenant_id: str
+    queue: str
+    device_requested: str
+    attempt: int
+    queued_at: Any
+    started_at: Any
+    t0: float  # time.perf_counter() when the delivery began
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
