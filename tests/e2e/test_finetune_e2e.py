@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -75,4 +76,9 @@ def test_cancel_a_running_finetune(stack):
         job_crud.request_cancel(session, tenant_id=DEFAULT_TENANT, job_id=job_id)
     job = wait_for(stack, job_id, finished, timeout=60)
     assert job.state == "cancelled" and job.progress_done < job.progress_total and job.attempts == 1
+    # The worker removes partial artifacts just after recording `cancelled` (only once it knows it
+    # still owned the job), so the folder may outlive the state change by a moment.
+    deadline = time.monotonic() + 15
+    while artifacts_dir(stack.settings, job_id).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not artifacts_dir(stack.settings, job_id).exists()
