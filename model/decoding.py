@@ -130,11 +130,28 @@ class PackedKronos:
         n1, qkv = self.layers[0][:2]
         return x, qkv(_rms(x, n1, self.eps))
 
+    # Rows of activations per window pass on a CPU. Every block's intermediates (the largest is
+    # rows x 2*ff_dim floats, 8 MiB for Kronos-small) then stay in the last-level cache: a batch of
+    # 8 full windows ran ~16% faster in 2-sequence passes than in one. GPUs want the whole batch.
+    CPU_WINDOW_ROWS = 1024
+
     def window(self, x: torch.Tensor, qkv0: torch.Tensor, caches=None) -> torch.Tensor:
         """A fresh window at positions 0..T-1, from ``token_inputs`` (R, T, d), (R, T, 3d) -> x̂ (R, T, d).
 
         With ``caches`` (prefill) the rotated keys and values are stored at positions 0..T-1.
         """
+        R, T, _ = x.shape
+        per = max(1, self.CPU_WINDOW_ROWS // T)
+        if x.device.type != "cpu" or R <= per:
+            return self._window(x, qkv0, caches)
+        parts = []
+        for r in range(0, R, per):  # sequences are independent: same numbers, pass by pass
+            rows = slice(r, r + per)
+            part_caches = None if caches is None else [(k[rows], v[rows]) for k, v in caches]
+            parts.append(self._window(x[rows], qkv0[rows], part_caches))
+        return torch.cat(parts)
+
+    def _window(self, x: torch.Tensor, qkv0: torch.Tensor, caches) -> torch.Tensor:
         R, T, _ = x.shape
         H, hd = self.n_heads, self.head_dim
         cos, sin = self.rotary(0, T, x.device)  # (T, hd)

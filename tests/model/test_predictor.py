@@ -64,6 +64,20 @@ def test_greedy_equals_oracle(modules, L, P, B):
     assert_frames_equal(got, want)
 
 
+def test_window_recomputes_split_into_passes_equal_oracle(modules, monkeypatch):
+    from model.decoding import PackedKronos
+
+    # One sequence per pass: the prefill of the growing windows (length 10, with a cache to fill)
+    # and the sliding recomputes (length 20 > M) both run pass by pass.
+    monkeypatch.setattr(PackedKronos, "CPU_WINDOW_ROWS", 12)
+    model, tokenizer = modules
+    dfs, xts, yts = batch([10, 20, 10, 20, 10], 5)
+    got = KronosPredictor(model, tokenizer, device="cpu", max_context=M).predict_batch(dfs, xts, yts, 5, top_k=1)
+    want = [oracle_predict_batch(tokenizer, model.eval(), [d], [x], [y], 5, max_context=M, top_k=1)[0]
+            for d, x, y in zip(dfs, xts, yts)]
+    assert_frames_equal(got, want)
+
+
 def test_mixed_context_lengths_equal_oracle_per_length(modules):
     model, tokenizer = modules
     lengths, P = [5, 20, 12, 5, 16], 6
