@@ -198,6 +198,15 @@ def _refetch(session: Session, job_id: str) -> Job | None:
     return session.get(Job, job_id, populate_existing=True)
 
 
+def _update_returning(session: Session, statement) -> Job | None:
+    """Run a conditional UPDATE of one job; the updated row (None when the WHERE matched nothing).
+
+    RETURNING hands back the row the UPDATE wrote, so the hot path (claim, finish) needs no
+    second SELECT (PostgreSQL, and SQLite >= 3.35)."""
+    return session.scalars(statement.returning(Job).execution_options(
+        synchronize_session=False, populate_existing=True)).one_or_none()
+
+
 def claim_job(session: Session, *, job_id: str, owner: str, lease_seconds: float) -> Job:
     """Take the job for `owner`: queued, or running under an expired lease, becomes running.
 
@@ -208,16 +217,12 @@ def claim_job(session: Session, *, job_id: str, owner: str, lease_seconds: float
     now = utcnow()
     claimable = or_(Job.state == JobState.QUEUED.value,
                     and_(Job.state == JobState.RUNNING.value, Job.lease_expires_at < now))
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.cancel_requested.is_(False), claimable)
-        .values(state=JobState.RUNNING.value, lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds),
-                attempts=Job.attempts + 1, started_at=now, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount == 1:
-        job = _refetch(session, job_id)
-        assert job is not None
+    job = _update_returning(session, update(Job)
+                            .where(Job.id == job_id, Job.cancel_requested.is_(False), claimable)
+                            .values(state=JobState.RUNNING.value, lease_owner=owner,
+                                    lease_expires_at=now + timedelta(seconds=lease_seconds),
+                                    attempts=Job.attempts + 1, started_at=now, updated_at=now))
+    if job is not None:
         logger.info("job %s claimed by %s (attempt %d)", job_id, owner, job.attempts)
         return job
     # A cancel that arrived while the job waited (or while its last owner was dying) wins.
@@ -284,8 +289,13 @@ def finish_job(
     error: dict[str, Any] | None = None,
     symbol_errors: list[dict[str, Any]] | None = None,
     execution_metadata: dict[str, Any] | None = None,
+    progress: tuple[int, int] | None = None,
 ) -> Job:
-    """Move `owner`'s running job to the terminal `state`; LeaseLost if the owner lost the lease."""
+    """Move `owner`'s running job to the terminal `state`; LeaseLost if the owner lost the lease.
+
+    With `progress` (done, total) the final progress is recorded too, and the last batch
+    boundary's cancel check rides in the same UPDATE: a cancel requested meanwhile raises
+    JobCancelled and leaves the job running (the caller rolls back and records the cancel)."""
     state = JobState(_value(state))
     if not state.is_terminal:
         raise ValueError(f"finish_job: state must be terminal, got {state.value!r}")
@@ -296,16 +306,17 @@ def finish_job(
         values["symbol_errors"] = symbol_errors
     if execution_metadata is not None:
         values["execution_metadata"] = execution_metadata
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.RUNNING.value)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
+    held = and_(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.RUNNING.value)
+    condition = held
+    if progress is not None:
+        values.update(progress_done=progress[0], progress_total=progress[1])
+        condition = and_(held, Job.cancel_requested.is_(False))
+    job = _update_returning(session, update(Job).where(condition).values(**values))
+    if job is None:
+        # The rare path: tell a cancel apart from a lost lease.
+        if progress is not None and session.scalar(select(Job.cancel_requested).where(held)):
+            raise JobCancelled(f"job {job_id} was cancelled before it could be marked {state.value}")
         raise LeaseLost(f"job {job_id} is no longer leased by {owner}; not marking it {state.value}")
-    job = _refetch(session, job_id)
-    assert job is not None
     logger.info("job %s %s", job_id, state.value)
     return job
 

@@ -248,14 +248,12 @@ def _finish(run: _Run, settings: Settings, state: JobState, *, meta: dict[str, A
         started_at=run.started_at.isoformat() if run.started_at else None,
         finished_at=finished_at.isoformat(), elapsed_seconds=round(run.elapsed(), 6))
     with session_scope(settings) as session:
-        if progress is not None and job_crud.update_progress(session, job_id=run.job_id, owner=run.owner,
-                                                             done=progress[0], total=progress[1]):
-            raise JobCancelled(f"job {run.job_id} cancelled during its last chunk")
         if rows is not None:
             frame = _empty_rows() if rows is _EMPTY else rows
             result_crud.write_forecasts(session, job_id=run.job_id, tenant_id=run.tenant_id, rows=frame)
+        # Raises JobCancelled (rolling the rows back) when a cancel arrived during the last chunk.
         job_crud.finish_job(session, job_id=run.job_id, owner=run.owner, state=state, error=error,
-                            symbol_errors=symbol_errors or [], execution_metadata=meta)
+                            symbol_errors=symbol_errors or [], execution_metadata=meta, progress=progress)
     _log(run, state, f"errors={len(symbol_errors or [])}" + (f" code={error['code']}" if error else ""))
     return state
 

@@ -107,8 +107,12 @@ def test_given_future_timestamps_are_used(job_settings, tiny_checkpoint):
     assert list(load(job_settings, job_id)[1].timestamp) == list(future.timestamp)
 
 
-def test_cancel_between_chunks(job_settings, tiny_checkpoint, monkeypatch):
-    job_id = submit(job_settings, tiny_checkpoint, make_bars({"A": 30, "B": 30, "C": 30, "D": 30, "E": 30}))
+@pytest.mark.parametrize(("symbols", "progress_done"), [
+    ("ABCDE", 2),  # noticed at the boundary after the first chunk of 2
+    ("A", 0),  # the only chunk is the last: noticed by the finish, which rolls back and cancels
+], ids=["between-chunks", "during-the-last-chunk"])
+def test_cancel_while_running(job_settings, tiny_checkpoint, monkeypatch, symbols, progress_done):
+    job_id = submit(job_settings, tiny_checkpoint, make_bars({s: 30 for s in symbols}))
     real = model_cache.get_predictor
 
     class CancelAfterFirstChunk:
@@ -132,7 +136,7 @@ def test_cancel_between_chunks(job_settings, tiny_checkpoint, monkeypatch):
     assert run_forecast_job(job_id, settings=job_settings) is JobState.CANCELLED
     job, rows = load(job_settings, job_id)
     assert job.state == "cancelled" and rows.empty and patched.proxy.calls == 1
-    assert job.progress_done == 2 and job.error["code"] == "cancelled"
+    assert job.progress_done == progress_done and job.error["code"] == "cancelled"
 
 
 def test_queued_cancel_never_starts(job_settings, tiny_checkpoint):
