@@ -32,7 +32,7 @@ _IDLE_SINCE = "kronos_idle_since"
 
 _lock = threading.Lock()
 _engines: dict[tuple[int, str], Engine] = {}
-_sessionmakers: dict[tuple[int, str], sessionmaker[Session]] = {}
+_sessionmakers: dict[tuple[int, str, bool], sessionmaker[Session]] = {}  # (pid, url, autocommit)
 
 
 def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -106,7 +106,8 @@ def _forget_inherited_engines(pid: int) -> None:
     for key in [k for k in _engines if k[0] != pid]:
         # close=False: closing would send a terminate on sockets the parent still uses.
         _engines.pop(key).dispose(close=False)
-        _sessionmakers.pop(key, None)
+    for key in [k for k in _sessionmakers if k[0] != pid]:
+        del _sessionmakers[key]
 
 
 def get_engine(settings: Settings | None = None) -> Engine:
@@ -123,26 +124,33 @@ def get_engine(settings: Settings | None = None) -> Engine:
         return engine
 
 
-def get_sessionmaker(settings: Settings | None = None) -> sessionmaker[Session]:
+def get_sessionmaker(settings: Settings | None = None, *, autocommit: bool = False) -> sessionmaker[Session]:
     """A session factory bound to get_engine(settings).
 
     expire_on_commit=False: callers return the rows they just committed (the API serialises a
     job after session_scope commits), which must not trigger a reload on a closed session.
+    autocommit=True: each statement is its own transaction (see session_scope).
     """
     engine = get_engine(settings)
-    key = (os.getpid(), _url_of(settings))
+    key = (os.getpid(), _url_of(settings), autocommit)
     with _lock:
         factory = _sessionmakers.get(key)
         if factory is None:
-            factory = sessionmaker(bind=engine, expire_on_commit=False)
+            bind = engine.execution_options(isolation_level="AUTOCOMMIT") if autocommit else engine
+            factory = sessionmaker(bind=bind, expire_on_commit=False)
             _sessionmakers[key] = factory
         return factory
 
 
 @contextmanager
-def session_scope(settings: Settings | None = None) -> Iterator[Session]:
-    """A session that commits when the block succeeds and rolls back when it raises."""
-    session = get_sessionmaker(settings)()
+def session_scope(settings: Settings | None = None, *, autocommit: bool = False) -> Iterator[Session]:
+    """A session that commits when the block succeeds and rolls back when it raises.
+
+    autocommit=True: every statement commits on its own and nothing rolls back. Only for a block
+    that writes with ONE statement (a job claim) and otherwise reads: it saves the BEGIN and
+    COMMIT round trips a transaction costs.
+    """
+    session = get_sessionmaker(settings, autocommit=autocommit)()
     try:
         yield session
         session.commit()
@@ -157,7 +165,7 @@ def dispose_engines() -> None:
     """Close this process's engines (worker shutdown, tests); the next call builds new ones."""
     pid = os.getpid()
     with _lock:
+        _sessionmakers.clear()
         for key in list(_engines):
             engine = _engines.pop(key)
-            _sessionmakers.pop(key, None)
             engine.dispose(close=key[0] == pid)

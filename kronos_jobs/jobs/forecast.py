@@ -70,9 +70,12 @@ def run_forecast_job(job_id: str, *, settings: Settings) -> JobState | None:
     t0 = time.perf_counter()
     # --- claim --------------------------------------------------------------------------------
     try:
-        with session_scope(settings) as session:
+        # The claim is one conditional UPDATE, atomic on its own: run it without a transaction
+        # around it (no BEGIN/COMMIT round trips). The input is read first, as the job's own
+        # immutable data, so a failure to read it leaves the job unclaimed as before.
+        with session_scope(settings, autocommit=True) as session:
+            job_input = result_crud.load_job_input(session, job_id=job_id)
             job = job_crud.claim_job(session, job_id=job_id, owner=owner, lease_seconds=settings.lease_seconds)
-            job_input = result_crud.load_job_input(session, job_id=job_id)  # same transaction: one round trip less
             run = _Run(job_id=job.id, owner=owner, tenant_id=job.tenant_id,
                        params=ForecastParams.from_value({k: v for k, v in job.params.items()
                                                          if k not in ("source", "n_series")}),

@@ -100,6 +100,15 @@ def test_session_scope_commits_and_rolls_back(db_settings):
         assert set(session.scalars(select(Job.id))) == {kept}
 
 
+def test_autocommit_scope_commits_each_statement(db_settings):
+    with pytest.raises(RuntimeError):
+        with db_session.session_scope(db_settings, autocommit=True) as session:
+            make_job(session, commit=False, job_id="a" * 32)  # its INSERT is committed at once
+            raise RuntimeError("boom")
+    with db_session.session_scope(db_settings) as session:
+        assert set(session.scalars(select(Job.id))) == {"a" * 32}
+
+
 def test_dispose_engines_builds_fresh_ones(db_settings):
     before = db_session.get_engine(db_settings)
     db_session.dispose_engines()
