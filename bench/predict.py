@@ -10,6 +10,15 @@ What is measured
     slides) and 512 (every step slides, so every step is a full-window recompute for any exact
     decoder). Finally the pandas pre/post-processing share of a call at batch 32.
 
+    With ``--dtypes fp32,bf16`` (CUDA only for bf16/fp16, which set the predictor's
+    ``autocast_dtype``) each setting is also timed in reduced precision, and the two extra columns
+    give that forecast's deviation from the float32 forecast of the same inputs in the same run:
+    mean |close - fp32 close| over the mean |fp32 close| in percent ("vs fp32 %", the issue's
+    "within 1% of fp32" target), and the same mean difference in units of each series' context
+    standard deviation of close ("vs fp32 sd", which price levels do not hide). Reduced precision is
+    not exact: a near-tie can flip a token and the paths then drift apart. The oracle runs in
+    float32 only, so it is compared with the float32 rows.
+
 Why it matters
     Upstream re-runs the whole window for every generated bar. A cache turns most steps into one
     token per row; the steps after the window starts sliding must still be recomputed to stay exact
@@ -19,6 +28,7 @@ How to run
     python bench/predict.py                       # full sweep, CPU, 2 threads (slow: the oracle)
     python bench/predict.py --batches 1 --lookbacks 392 --oracle-batches 1 --pred-len 30
     python bench/predict.py --device cuda --batches 1,64,256 --oracle-batches 1
+    python bench/predict.py --device cuda --batches 1,64,256 --oracle-batches 1,64 --dtypes fp32,bf16
 
 The oracle is slow (about 0.2 s per step per series on 2 CPU threads), so ``--oracle-batches``
 limits where it runs; rows without an oracle show no ratio. "cpu ratio" compares process CPU
@@ -54,6 +64,7 @@ from model.transformer import KRONOS_CONFIGS, Kronos  # noqa: E402
 from tests.model.oracle import oracle_predict_batch  # noqa: E402  (the one copy of the oracle)
 
 TOKENIZER_FOR = {"mini": "2k", "small": "base", "base": "base"}
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # name -> autocast_dtype
 
 
 def make_series(n_series: int, lookback: int, pred_len: int, seed: int = 0):
@@ -141,6 +152,49 @@ def ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
+def dtype_names(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [n for n in names if n not in DTYPES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(DTYPES)}, got {text!r}")
+    return sorted(set(names), key=list(DTYPES).index)  # fp32 first: the reference of the others
+
+
+def close_deviation(got, ref, dfs) -> tuple[float, float]:
+    """Close forecast vs the fp32 one: (mean abs diff / mean abs fp32 close in %, mean abs diff / context sd)."""
+    diff = [np.abs(g["close"].to_numpy(np.float64) - r["close"].to_numpy(np.float64)) for g, r in zip(got, ref)]
+    level = np.mean([np.abs(r["close"].to_numpy(np.float64)).mean() for r in ref])
+    sd = [float(df["close"].std()) + 1e-12 for df in dfs]
+    return float(100 * np.mean(diff) / level), float(np.mean([d.mean() / s for d, s in zip(diff, sd)]))
+
+
+def dtype_name(predictor) -> str:
+    return next(name for name, dtype in DTYPES.items() if dtype == predictor.autocast_dtype)
+
+
+def measure(predictor, reference, dfs, xts, yts, P, max_context: int, run_oracle: bool) -> tuple[dict, list]:
+    """One table row: time ``predictor``; the oracle (float32) or the fp32 ``reference`` forecast to compare."""
+    device, (B, L) = predictor.device, (len(dfs), len(dfs[0]))
+    ours, t_ours, c_ours, m_ours = timed(lambda: predictor.predict_batch(dfs, xts, yts, P, top_k=1), device)
+    row = {"lookback": L, "batch": B, "ours_s": t_ours, "ours_cpu_s": c_ours,
+           "ours_series_steps_per_s": B * P / t_ours, "oracle_cpu_s": None, "cpu_ratio": None,
+           "ours_peak_mib": m_ours, "oracle_s": None, "oracle_series_steps_per_s": None, "ratio": None,
+           "oracle_peak_mib": None, "identical": None, "max_abs_diff": None,
+           "dtype": dtype_name(predictor), "close_err_pct": None, "close_err_sd": None}
+    if run_oracle:
+        ref, t_ref, c_ref, m_ref = timed(lambda: oracle_predict_batch(
+            predictor.tokenizer, predictor.model, dfs, xts, yts, P, max_context=max_context, top_k=1,
+            device=str(device)), device)
+        diff = max(float(np.abs(a.to_numpy() - b.to_numpy()).max()) for a, b in zip(ours, ref))
+        same = all(np.allclose(a.to_numpy(), b.to_numpy(), rtol=1e-5, atol=1e-6) for a, b in zip(ours, ref))
+        row.update(oracle_s=t_ref, oracle_series_steps_per_s=B * P / t_ref, ratio=t_ref / t_ours,
+                   oracle_cpu_s=c_ref, cpu_ratio=c_ref / c_ours,
+                   oracle_peak_mib=m_ref, identical=same, max_abs_diff=diff)
+    if reference is not None:
+        row["close_err_pct"], row["close_err_sd"] = close_deviation(ours, reference, dfs)
+    return row, ours
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="small", choices=sorted(KRONOS_CONFIGS))
@@ -155,7 +209,11 @@ def main() -> None:
     ap.add_argument("--max-context", type=int, default=512)
     ap.add_argument("--pandas-batch", type=int, default=32, help="batch for the pandas cost row (0 = skip)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtypes", type=dtype_names, default=None,
+                    help="comma list of fp32, bf16, fp16; bf16/fp16 (the predictor's autocast_dtype) need "
+                         "CUDA and add two columns: the close forecast's deviation from fp32 (default fp32)")
     args = ap.parse_args()
+    dtypes = args.dtypes or ["fp32"]
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -164,20 +222,32 @@ def main() -> None:
     predictor = KronosPredictor(model, tokenizer, device=args.device, max_context=args.max_context,
                                 max_batch_size=max(args.batches))
     device = predictor.device
+    reduced = [name for name in dtypes if DTYPES[name] is not None]
+    if reduced and device.type != "cuda":
+        ap.error(f"--dtypes {','.join(reduced)} needs a CUDA device; the device is {device}"
+                 + (f" ({predictor.device_warning})" if predictor.device_warning else ""))
+    # fp32 is always built: the pandas row and the reference of the reduced-precision rows.
+    predictors = {"fp32": predictor} | {
+        name: KronosPredictor(model, tokenizer, device=device, max_context=args.max_context,
+                              max_batch_size=max(args.batches), autocast_dtype=DTYPES[name]) for name in reduced}
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     P = args.pred_len
-    print(f"# Kronos-{args.model} (random weights), tokenizer {TOKENIZER_FOR[args.model]}, float32, greedy top_k=1, "
+    print(f"# Kronos-{args.model} (random weights), tokenizer {TOKENIZER_FOR[args.model]}, "
+          f"{'float32' if args.dtypes is None else 'dtypes ' + ','.join(dtypes)}, greedy top_k=1, "
           f"pred_len {P}, max_context {args.max_context}, device {device} ({card}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
 
     # Warm-up: first calls pay for allocations and lazy initialisation.
     dfs, xts, yts = make_series(1, 64, 8)
-    predictor.predict_batch(dfs, xts, yts, 8, top_k=1)
+    for pred in predictors.values():
+        pred.predict_batch(dfs, xts, yts, 8, top_k=1)
     oracle_predict_batch(tokenizer, model, dfs, xts, yts, 8, max_context=args.max_context, top_k=1,
                          device=str(device))
 
     header = (f"{'lookback':>8} {'batch':>5} {'ours s':>8} {'series-steps/s':>14} {'oracle s':>9} "
               f"{'oracle ss/s':>11} {'ratio':>6} {'cpu ratio':>9} {'ours MiB':>8} {'oracle MiB':>10} {'identical':>9}")
+    if args.dtypes is not None:  # new columns go last, so the default table is unchanged
+        header += f" {'dtype':>5} {'vs fp32 %':>9} {'vs fp32 sd':>10}"
     print(header)
     print("-" * len(header))
     rows = []
@@ -185,26 +255,24 @@ def main() -> None:
         batches = args.full_window_batches if L >= args.max_context else args.batches
         for B in batches:
             dfs, xts, yts = make_series(B, L, P, seed=args.seed + L)
-            ours, t_ours, c_ours, m_ours = timed(lambda: predictor.predict_batch(dfs, xts, yts, P, top_k=1), device)
-            row = {"lookback": L, "batch": B, "ours_s": t_ours, "ours_cpu_s": c_ours,
-                   "ours_series_steps_per_s": B * P / t_ours, "oracle_cpu_s": None, "cpu_ratio": None,
-                   "ours_peak_mib": m_ours, "oracle_s": None, "oracle_series_steps_per_s": None, "ratio": None,
-                   "oracle_peak_mib": None, "identical": None, "max_abs_diff": None}
-            if B in args.oracle_batches:
-                ref, t_ref, c_ref, m_ref = timed(lambda: oracle_predict_batch(
-                    tokenizer, model, dfs, xts, yts, P, max_context=args.max_context, top_k=1,
-                    device=str(device)), device)
-                diff = max(float(np.abs(a.to_numpy() - b.to_numpy()).max()) for a, b in zip(ours, ref))
-                same = all(np.allclose(a.to_numpy(), b.to_numpy(), rtol=1e-5, atol=1e-6) for a, b in zip(ours, ref))
-                row.update(oracle_s=t_ref, oracle_series_steps_per_s=B * P / t_ref, ratio=t_ref / t_ours,
-                           oracle_cpu_s=c_ref, cpu_ratio=c_ref / c_ours,
-                           oracle_peak_mib=m_ref, identical=same, max_abs_diff=diff)
-            rows.append(row)
-            print(f"{L:>8} {B:>5} {t_ours:>8.3f} {B * P / t_ours:>14.1f} {_fmt(row['oracle_s'], '.3f'):>9} "
-                  f"{_fmt(row['oracle_series_steps_per_s'], '.1f'):>11} {_fmt(row['ratio'], '.1f', 'x'):>6} "
-                  f"{_fmt(row['cpu_ratio'], '.1f', 'x'):>9} "
-                  f"{m_ours:>8.0f} {_fmt(row['oracle_peak_mib'], '.0f'):>10} {_fmt(row['identical'], ''):>9}",
-                  flush=True)
+            fp32 = None  # the fp32 forecast of these inputs, once computed
+            for name in dtypes:
+                pred = predictors[name]
+                if name != "fp32" and fp32 is None:  # reference not timed in this run: compute it untimed
+                    fp32 = predictor.predict_batch(dfs, xts, yts, P, top_k=1)
+                row, out = measure(pred, fp32, dfs, xts, yts, P, args.max_context,
+                                   run_oracle=name == "fp32" and B in args.oracle_batches)
+                fp32 = out if name == "fp32" else fp32
+                rows.append(row)
+                line = (f"{L:>8} {B:>5} {row['ours_s']:>8.3f} {row['ours_series_steps_per_s']:>14.1f} "
+                        f"{_fmt(row['oracle_s'], '.3f'):>9} {_fmt(row['oracle_series_steps_per_s'], '.1f'):>11} "
+                        f"{_fmt(row['ratio'], '.1f', 'x'):>6} {_fmt(row['cpu_ratio'], '.1f', 'x'):>9} "
+                        f"{row['ours_peak_mib']:>8.0f} {_fmt(row['oracle_peak_mib'], '.0f'):>10} "
+                        f"{_fmt(row['identical'], ''):>9}")
+                if args.dtypes is not None:
+                    line += (f" {name:>5} {_fmt(row['close_err_pct'], '.3f', '%'):>9} "
+                             f"{_fmt(row['close_err_sd'], '.3f'):>10}")
+                print(line, flush=True)
 
     pandas_cost = None
     if args.pandas_batch:
@@ -219,7 +287,7 @@ def main() -> None:
 
     print(json.dumps({"bench": "predict", "model": args.model, "device": str(device), "card": card,
                       "threads": torch.get_num_threads(), "torch": torch.__version__, "pred_len": P,
-                      "max_context": args.max_context, "rows": rows, "pandas": pandas_cost},
+                      "max_context": args.max_context, "dtypes": dtypes, "rows": rows, "pandas": pandas_cost},
                      separators=(",", ":")))
 
 
