@@ -12,6 +12,7 @@ import math
 import re
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,6 +23,7 @@ from kronos_jobs.db.models import ForecastRow, JobInput
 from kronos_jobs.errors import NotFound
 from kronos_jobs.names import BAR_COLUMNS, RESULT_COLUMNS
 
+_THREADED_DECODE_BYTES = 1 << 20  # stored inputs this large decode on Arrow's thread pool
 # q<level>_<column>, as names.quantile_column writes it.
 _QUANTILE_COLUMN = re.compile(rf"^q(?P<level>[0-9.eE+-]+)_(?P<column>{'|'.join(BAR_COLUMNS)})$")
 
@@ -36,7 +38,10 @@ def _to_parquet(frame: pd.DataFrame) -> bytes:
 
 
 def _from_parquet(data: bytes) -> pd.DataFrame:
-    frame = pq.read_table(io.BytesIO(data)).to_pandas()
+    # ParquetFile reads the bytes directly; pq.read_table goes through the dataset layer, which
+    # costs more than decoding a small job's input. Arrow's thread pool only pays off on big ones.
+    threads = len(data) >= _THREADED_DECODE_BYTES
+    frame = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=threads).to_pandas(use_threads=threads)
     if "timestamp" in frame.columns:
         frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
     return frame
@@ -57,18 +62,20 @@ def save_job_input(
         future_parquet=None if future is None else _to_parquet(future), source=source,
         n_series=int(bars["symbol"].nunique()) if len(bars) else 0, n_bars=len(bars),
     )
-    row = session.merge(row)  # a resubmitted input replaces the old one
+    session.add(row)  # a new job's input: an INSERT, no lookup first
     session.flush()
     return row
 
 
 def load_job_input(session: Session, *, job_id: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """The bars and future timestamps of a job, timestamps tz-aware UTC; NotFound if none."""
-    row = session.get(JobInput, job_id)
+    # The two columns only: workers read each input once, so an ORM object would be pure overhead.
+    row = session.execute(select(JobInput.bars_parquet, JobInput.future_parquet)
+                          .where(JobInput.job_id == job_id)).first()
     if row is None:
         raise NotFound(f"job {job_id!r} has no stored input")
-    future = None if row.future_parquet is None else _from_parquet(row.future_parquet)
-    return _from_parquet(row.bars_parquet), future
+    bars, future = row
+    return _from_parquet(bars), None if future is None else _from_parquet(future)
 
 
 # --- forecasts -----------------------------------------------------------------------------------
@@ -92,34 +99,40 @@ def write_forecasts(session: Session, *, job_id: str, tenant_id: str, rows: pd.D
     missing = [c for c in RESULT_COLUMNS if c not in rows.columns]
     if missing:
         raise ValueError(f"write_forecasts: rows lack columns {missing}; expected {list(RESULT_COLUMNS)}")
-    frame = rows.sort_values(["symbol", "timestamp"], kind="stable").reset_index(drop=True)
-    for column in BAR_COLUMNS:
-        bad = frame[column].isna()
-        if bad.any():
-            symbols = sorted(frame.loc[bad, "symbol"].astype(str).unique())[:5]
-            raise ValueError(f"write_forecasts: column {column} has {int(bad.sum())} NaN values (symbols {symbols}); "
-                             "report failed symbols in symbol_errors instead of writing them")
-    steps = frame["step"] if "step" in frame.columns else frame.groupby("symbol", sort=False).cumcount()
-    stamps = pd.to_datetime(frame["timestamp"], utc=True)
+    if "step" in rows.columns:  # readers order by (symbol, step): the row order here is free
+        frame = rows.reset_index(drop=True)
+        steps = frame["step"].to_numpy()
+    else:
+        frame = rows.sort_values(["symbol", "timestamp"], kind="stable", ignore_index=True)
+        steps = frame.groupby("symbol", sort=False).cumcount().to_numpy()
+    # Whole-array work below: per-column pandas calls cost more than writing a small job's rows.
+    values = np.column_stack([frame[c].to_numpy(dtype="float64") for c in BAR_COLUMNS])  # (N, 6)
+    nan = np.isnan(values)
+    if nan.any():
+        column = int(nan.any(axis=0).argmax())
+        bad = nan[:, column]
+        symbols = sorted(frame.loc[bad, "symbol"].astype(str).unique())[:5]
+        raise ValueError(f"write_forecasts: column {BAR_COLUMNS[column]} has {int(bad.sum())} NaN values "
+                         f"(symbols {symbols}); report failed symbols in symbol_errors instead of writing them")
+    stamps = pd.DatetimeIndex(pd.to_datetime(frame["timestamp"], utc=True)).to_pydatetime()
     q_columns = quantile_columns(frame.columns)
     quantiles: list[dict[str, Any] | None]
     if q_columns:
-        quantiles = [{k: _none_if_nan(v) for k, v in zip(q_columns, values)}
-                     for values in frame[q_columns].astype(float).itertuples(index=False, name=None)]
+        quantiles = [{k: _none_if_nan(v) for k, v in zip(q_columns, row)}
+                     for row in frame[q_columns].to_numpy(dtype="float64").tolist()]
     else:
         quantiles = [None] * len(frame)
-    values = {c: frame[c].astype(float).tolist() for c in BAR_COLUMNS}
     records = [
-        {"job_id": job_id, "tenant_id": tenant_id, "symbol": str(symbol), "step": int(step),
-         "timestamp": stamp.to_pydatetime(), "open": o, "high": h, "low": lo, "close": c, "volume": v,
-         "amount": a, "quantiles": q}
-        for symbol, step, stamp, o, h, lo, c, v, a, q in zip(
-            frame["symbol"], steps, stamps, values["open"], values["high"], values["low"], values["close"],
-            values["volume"], values["amount"], quantiles)
+        {"job_id": job_id, "tenant_id": tenant_id, "symbol": str(symbol), "step": step, "timestamp": stamp,
+         "open": o, "high": h, "low": lo, "close": c, "volume": v, "amount": a, "quantiles": q}
+        for symbol, step, stamp, (o, h, lo, c, v, a), q in zip(
+            frame["symbol"].tolist(), steps.astype("int64").tolist(), stamps, values.tolist(), quantiles)
     ]
-    session.execute(delete(ForecastRow).where(ForecastRow.job_id == job_id).execution_options(synchronize_session=False))
+    # Core statements on the table: the ORM's bulk machinery adds nothing for plain rows.
+    table = ForecastRow.__table__
+    session.execute(delete(table).where(table.c.job_id == job_id))
     if records:
-        session.execute(insert(ForecastRow.__table__), records)  # Core executemany: no ORM objects
+        session.execute(insert(table), records)  # one executemany (insertmanyvalues batches it)
     return len(records)
 
 
