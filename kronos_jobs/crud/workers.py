@@ -85,6 +85,14 @@ def live_workers(session: Session, *, stale_seconds: float, pool: str | None = N
     return list(session.scalars(query.order_by(Worker.id)))
 
 
+def live_worker_queues(session: Session, *, stale_seconds: float) -> list[dict[str, Any]]:
+    """The queues of each live worker, as `{"queues": [...]}`: all that routing.choose_queue reads,
+    without loading whole rows on every submit."""
+    cutoff = utcnow() - timedelta(seconds=stale_seconds)
+    query = select(Worker.queues).where(Worker.stopped_at.is_(None), Worker.heartbeat_at >= cutoff)
+    return [{"queues": queues} for queues in session.scalars(query)]
+
+
 def list_workers(session: Session) -> list[Worker]:
     """Every registered worker, live or not, by id (for diagnostics)."""
     return list(session.scalars(select(Worker).order_by(Worker.id)))

@@ -255,7 +255,7 @@ def submit_finetune(session, settings: Settings, *, tenant_id: str, request: Fin
     summary = check_data(params, bars)
     summary["source"] = source
     digest = request_hash(params, bars)
-    live = worker_crud.live_workers(session, stale_seconds=settings.worker_stale_seconds)
+    live = worker_crud.live_worker_queues(session, stale_seconds=settings.worker_stale_seconds)
     queue, reason = choose_finetune_queue(params.device, live)
     warning = no_consumer_warning(queue, live)
     warnings = [warning] if warning else []

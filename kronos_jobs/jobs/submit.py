@@ -174,13 +174,14 @@ def submit_forecast(session, settings: Settings, *, tenant_id: str, request: For
         raise InvalidRequest("a forecast needs at least one series", field="series")
     spec = resolve_model(params.model, session, tenant_id=tenant_id, model_dirs=settings.effective_model_dirs)
     validate_params(params, spec.max_context, symbols)
-    digest = request_hash(params, bars, future)
-    if idempotency_key:
+    digest = None
+    if idempotency_key:  # the hash only tells a retried request from a different one under the same key
+        digest = request_hash(params, bars, future)
         existing = _existing(session, tenant_id, idempotency_key, digest)
         if existing is not None:
             return existing
 
-    live = worker_crud.live_workers(session, stale_seconds=settings.worker_stale_seconds)
+    live = worker_crud.live_worker_queues(session, stale_seconds=settings.worker_stale_seconds)
     queue, reason = choose_queue(JobKind.FORECAST, params.device, live)
     job_id = uuid.uuid4().hex
     try:

@@ -60,6 +60,9 @@ def test_live_versus_stale_and_stopped(session):
     assert [w.id for w in worker_crud.live_workers(session, stale_seconds=60)] == ["cpu@a", "gpu@a"]
     assert [w.id for w in worker_crud.live_workers(session, stale_seconds=60, pool=Pool.GPU)] == ["gpu@a"]
     assert [w.id for w in worker_crud.live_workers(session, stale_seconds=600, pool="cpu")] == ["cpu@a", "cpu@b"]
+    # What routing reads on every submit: the queues of the same live workers.
+    assert sorted(w["queues"] for w in worker_crud.live_worker_queues(session, stale_seconds=60)) == sorted(
+        [q.value for q in POOL_QUEUES[pool]] for pool in (Pool.CPU, Pool.GPU))
 
 
 def test_heartbeat_revives_a_stale_worker(session):
