@@ -67,7 +67,7 @@ stage() {
 }
 
 # --- environment -----------------------------------------------------------------------------------
-stage environment 60 "$PYTHON" - "$DEVICE" <<'EOF'
+stage environment 45 "$PYTHON" - "$DEVICE" <<'EOF'
 import sys, torch
 from model.device import device_info, resolve_device
 device, warning = resolve_device(sys.argv[1])
@@ -93,7 +93,7 @@ fi
 stage pytest-model 120 env KRONOS_REQUIRE_CUDA="$REQUIRE_CUDA" "$PYTHON" -m pytest "${PYTEST_ARGS[@]}" "${TESTS[@]}"
 
 # --- bench-predict ---------------------------------------------------------------------------------
-stage bench-predict 180 env PYTHONUNBUFFERED=1 "$PYTHON" bench/predict.py "${BENCH_ARGS[@]}"
+stage bench-predict 150 env PYTHONUNBUFFERED=1 "$PYTHON" bench/predict.py "${BENCH_ARGS[@]}"
 tail -n 1 "$OUT_DIR/bench-predict.log" > "$OUT_DIR/bench-predict.json"
 
 # --- summary ---------------------------------------------------------------------------------------
