@@ -172,19 +172,27 @@ def dtype_name(predictor) -> str:
     return next(name for name, dtype in DTYPES.items() if dtype == predictor.autocast_dtype)
 
 
-def measure(predictor, reference, dfs, xts, yts, P, max_context: int, run_oracle: bool) -> tuple[dict, list]:
-    """One table row: time ``predictor``; the oracle (float32) or the fp32 ``reference`` forecast to compare."""
+def measure(predictor, reference, dfs, xts, yts, P, max_context: int, run_oracle: bool,
+            oracle_run: tuple | None = None) -> tuple[dict, list, tuple | None]:
+    """One table row: time ``predictor``; the oracle (float32) or the fp32 ``reference`` forecast to compare.
+
+    ``oracle_run`` reuses an earlier oracle run of the same inputs (output, seconds, CPU seconds, MiB),
+    which is returned either way.
+    """
     device, (B, L) = predictor.device, (len(dfs), len(dfs[0]))
     ours, t_ours, c_ours, m_ours = timed(lambda: predictor.predict_batch(dfs, xts, yts, P, top_k=1), device)
     row = {"lookback": L, "batch": B, "ours_s": t_ours, "ours_cpu_s": c_ours,
            "ours_series_steps_per_s": B * P / t_ours, "oracle_cpu_s": None, "cpu_ratio": None,
            "ours_peak_mib": m_ours, "oracle_s": None, "oracle_series_steps_per_s": None, "ratio": None,
            "oracle_peak_mib": None, "identical": None, "max_abs_diff": None,
-           "dtype": dtype_name(predictor), "close_err_pct": None, "close_err_sd": None}
+           "dtype": dtype_name(predictor), "cuda_graphs": predictor.cuda_graphs,
+           "close_err_pct": None, "close_err_sd": None}
     if run_oracle:
-        ref, t_ref, c_ref, m_ref = timed(lambda: oracle_predict_batch(
-            predictor.tokenizer, predictor.model, dfs, xts, yts, P, max_context=max_context, top_k=1,
-            device=str(device)), device)
+        if oracle_run is None:
+            oracle_run = timed(lambda: oracle_predict_batch(
+                predictor.tokenizer, predictor.model, dfs, xts, yts, P, max_context=max_context, top_k=1,
+                device=str(device)), device)
+        ref, t_ref, c_ref, m_ref = oracle_run
         diff = max(float(np.abs(a.to_numpy() - b.to_numpy()).max()) for a, b in zip(ours, ref))
         same = all(np.allclose(a.to_numpy(), b.to_numpy(), rtol=1e-5, atol=1e-6) for a, b in zip(ours, ref))
         row.update(oracle_s=t_ref, oracle_series_steps_per_s=B * P / t_ref, ratio=t_ref / t_ours,
@@ -192,7 +200,7 @@ def measure(predictor, reference, dfs, xts, yts, P, max_context: int, run_oracle
                    oracle_peak_mib=m_ref, identical=same, max_abs_diff=diff)
     if reference is not None:
         row["close_err_pct"], row["close_err_sd"] = close_deviation(ours, reference, dfs)
-    return row, ours
+    return row, ours, oracle_run
 
 
 def main() -> None:
@@ -212,6 +220,9 @@ def main() -> None:
     ap.add_argument("--dtypes", type=dtype_names, default=None,
                     help="comma list of fp32, bf16, fp16; bf16/fp16 (the predictor's autocast_dtype) need "
                          "CUDA and add two columns: the close forecast's deviation from fp32 (default fp32)")
+    ap.add_argument("--cuda-graphs", action="store_true",
+                    help="CUDA only: also time each dtype with cuda_graphs=True (rows marked 'graph'; the "
+                         "oracle run of the same inputs is reused)")
     args = ap.parse_args()
     dtypes = args.dtypes or ["fp32"]
 
@@ -223,17 +234,22 @@ def main() -> None:
                                 max_batch_size=max(args.batches))
     device = predictor.device
     reduced = [name for name in dtypes if DTYPES[name] is not None]
-    if reduced and device.type != "cuda":
-        ap.error(f"--dtypes {','.join(reduced)} needs a CUDA device; the device is {device}"
+    if (reduced or args.cuda_graphs) and device.type != "cuda":
+        what = "--cuda-graphs" if args.cuda_graphs else f"--dtypes {','.join(reduced)}"
+        ap.error(f"{what} needs a CUDA device; the device is {device}"
                  + (f" ({predictor.device_warning})" if predictor.device_warning else ""))
     # fp32 is always built: the pandas row and the reference of the reduced-precision rows.
-    predictors = {"fp32": predictor} | {
-        name: KronosPredictor(model, tokenizer, device=device, max_context=args.max_context,
-                              max_batch_size=max(args.batches), autocast_dtype=DTYPES[name]) for name in reduced}
+    predictors = {("fp32", False): predictor} | {
+        (name, graphs): KronosPredictor(model, tokenizer, device=device, max_context=args.max_context,
+                                        max_batch_size=max(args.batches), autocast_dtype=DTYPES[name],
+                                        cuda_graphs=graphs)
+        for name in dtypes for graphs in ((False, True) if args.cuda_graphs else (False,))
+        if (name, graphs) != ("fp32", False)}
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     P = args.pred_len
     print(f"# Kronos-{args.model} (random weights), tokenizer {TOKENIZER_FOR[args.model]}, "
-          f"{'float32' if args.dtypes is None else 'dtypes ' + ','.join(dtypes)}, greedy top_k=1, "
+          f"{'float32' if args.dtypes is None else 'dtypes ' + ','.join(dtypes)}"
+          f"{', CUDA graphs too' if args.cuda_graphs else ''}, greedy top_k=1, "
           f"pred_len {P}, max_context {args.max_context}, device {device} ({card}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
 
@@ -246,8 +262,9 @@ def main() -> None:
 
     header = (f"{'lookback':>8} {'batch':>5} {'ours s':>8} {'series-steps/s':>14} {'oracle s':>9} "
               f"{'oracle ss/s':>11} {'ratio':>6} {'cpu ratio':>9} {'ours MiB':>8} {'oracle MiB':>10} {'identical':>9}")
-    if args.dtypes is not None:  # new columns go last, so the default table is unchanged
-        header += f" {'dtype':>5} {'vs fp32 %':>9} {'vs fp32 sd':>10}"
+    extra_columns = args.dtypes is not None or args.cuda_graphs
+    if extra_columns:  # new columns go last, so the default table is unchanged
+        header += f" {'dtype':>5} {'graph':>5} {'vs fp32 %':>9} {'vs fp32 sd':>10}"
     print(header)
     print("-" * len(header))
     rows = []
@@ -255,22 +272,24 @@ def main() -> None:
         batches = args.full_window_batches if L >= args.max_context else args.batches
         for B in batches:
             dfs, xts, yts = make_series(B, L, P, seed=args.seed + L)
-            fp32 = None  # the fp32 forecast of these inputs, once computed
-            for name in dtypes:
-                pred = predictors[name]
-                if name != "fp32" and fp32 is None:  # reference not timed in this run: compute it untimed
+            fp32 = oracle_run = None  # the eager fp32 forecast and the oracle run of these inputs, once computed
+            for (name, graphs), pred in predictors.items():
+                if name not in dtypes:  # the fp32 reference predictor when only reduced dtypes are asked for
+                    continue
+                if (name, graphs) != ("fp32", False) and fp32 is None:  # reference not timed: compute it untimed
                     fp32 = predictor.predict_batch(dfs, xts, yts, P, top_k=1)
-                row, out = measure(pred, fp32, dfs, xts, yts, P, args.max_context,
-                                   run_oracle=name == "fp32" and B in args.oracle_batches)
-                fp32 = out if name == "fp32" else fp32
+                row, out, oracle_run = measure(pred, fp32, dfs, xts, yts, P, args.max_context,
+                                               run_oracle=name == "fp32" and B in args.oracle_batches,
+                                               oracle_run=oracle_run)
+                fp32 = out if (name, graphs) == ("fp32", False) else fp32
                 rows.append(row)
                 line = (f"{L:>8} {B:>5} {row['ours_s']:>8.3f} {row['ours_series_steps_per_s']:>14.1f} "
                         f"{_fmt(row['oracle_s'], '.3f'):>9} {_fmt(row['oracle_series_steps_per_s'], '.1f'):>11} "
                         f"{_fmt(row['ratio'], '.1f', 'x'):>6} {_fmt(row['cpu_ratio'], '.1f', 'x'):>9} "
                         f"{row['ours_peak_mib']:>8.0f} {_fmt(row['oracle_peak_mib'], '.0f'):>10} "
                         f"{_fmt(row['identical'], ''):>9}")
-                if args.dtypes is not None:
-                    line += (f" {name:>5} {_fmt(row['close_err_pct'], '.3f', '%'):>9} "
+                if extra_columns:
+                    line += (f" {name:>5} {'yes' if graphs else 'no':>5} {_fmt(row['close_err_pct'], '.3f', '%'):>9} "
                              f"{_fmt(row['close_err_sd'], '.3f'):>10}")
                 print(line, flush=True)
 

@@ -20,6 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from .dense import Dense
+from .step_graph import StepGraph
+
+STEP_MODES = ("eager", "static", "cuda_graph")
 
 
 def sample_tokens(logits: torch.Tensor, T: float, top_k: int, top_p: float,
@@ -179,18 +182,43 @@ class PackedKronos:
 
         Writes its rotated keys and values into ``caches`` at ``pos`` and attends to 0..pos.
         """
-        R, H, hd = x.shape[0], self.n_heads, self.head_dim
         cos, sin = self.rotary(pos, 1, x.device)  # (1, hd)
-        qkv = qkv0
+
+        def store_and_attend(q, k, v, k_buf, v_buf):
+            k_buf[:, :, pos], v_buf[:, :, pos] = k, v
+            # One query sees every cached position: no mask.
+            return F.scaled_dot_product_attention(q[:, :, None], k_buf[:, :, :pos + 1], v_buf[:, :, :pos + 1])
+
+        return self._step(x, qkv0, caches, cos, sin, store_and_attend)
+
+    def step_static(self, x: torch.Tensor, qkv0: torch.Tensor, caches, pos: torch.Tensor,
+                    rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """``step`` with every shape fixed, so one CUDA graph can replay any growth step (model/step_graph.py).
+
+        ``pos`` is a 0-d int64 tensor on the device and ``rope`` the (cos, sin) tables of all cache
+        positions. Attention reads the whole cache under a mask instead of a slice up to ``pos``;
+        the caches must start zeroed, since a masked slot still enters the products (0 x NaN).
+        Same maths as ``step``; the kernels' order of additions may differ (~1e-6 relative).
+        """
+        at = pos.view(1)
+        cos, sin = rope[0].index_select(0, at), rope[1].index_select(0, at)  # (1, hd)
+        visible = (torch.arange(caches[0][0].shape[2], device=x.device) <= pos)[None]  # (1, N), True = attend
+
+        def store_and_attend(q, k, v, k_buf, v_buf):
+            k_buf.index_copy_(2, at, k[:, :, None])
+            v_buf.index_copy_(2, at, v[:, :, None])
+            return F.scaled_dot_product_attention(q[:, :, None], k_buf, v_buf, attn_mask=visible)
+
+        return self._step(x, qkv0, caches, cos, sin, store_and_attend)
+
+    def _step(self, x, qkv, caches, cos, sin, store_and_attend) -> torch.Tensor:
+        R, H, hd = x.shape[0], self.n_heads, self.head_dim
         for li, ((n1, w_qkv, w_out, n2, w13, w2), (k_buf, v_buf)) in enumerate(zip(self.layers, caches)):
             if li:
                 qkv = w_qkv(_rms(x, n1, self.eps))
             qkv = qkv.view(R, 3, H, hd)
             qk = _rope(qkv[:, :2], cos, sin)  # (R, 2, H, hd)
-            k_buf[:, :, pos] = qk[:, 1]
-            v_buf[:, :, pos] = qkv[:, 2]
-            # One query sees every cached position: no mask.
-            y = F.scaled_dot_product_attention(qk[:, 0, :, None], k_buf[:, :, :pos + 1], v_buf[:, :, :pos + 1])
+            y = store_and_attend(qk[:, 0], qk[:, 1], qkv[:, 2], k_buf, v_buf)  # (R, H, 1, hd)
             x = x + w_out(y.view(R, -1))
             x = x + self._ffn(_rms(x, n2, self.eps), w13, w2)
         return _rms(x, self.norm, self.eps)
@@ -214,17 +242,19 @@ class PackedKronos:
         return self.proj_s2(_rms(last + self.dep_out(a), self.dep_norm, self.eps))
 
 
-def _alloc_caches(packed: PackedKronos, rows: int, length: int, dtype, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _alloc_caches(packed: PackedKronos, rows: int, length: int, dtype, device,
+                  zeroed: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Preallocated key/value buffers, one (B, H, N, hd) pair per block: no concatenation per step."""
     shape = (rows, packed.n_heads, length, packed.head_dim)
-    return [(torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device))
-            for _ in packed.layers]
+    new = torch.zeros if zeroed else torch.empty
+    return [(new(shape, dtype=dtype, device=device), new(shape, dtype=dtype, device=device)) for _ in packed.layers]
 
 
 @torch.inference_mode()
 def generate(model, tokenizer, x: torch.Tensor, x_stamp: torch.Tensor, y_stamp: torch.Tensor, pred_len: int,
              max_context: int, T: float = 1.0, top_k: int = 0, top_p: float = 0.9, sample_count: int = 1,
-             generator: torch.Generator | None = None, packed: PackedKronos | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, packed: PackedKronos | None = None,
+             step_mode: str = "eager") -> torch.Tensor:
     """Forecast in normalised space.
 
     Parameters
@@ -235,11 +265,15 @@ def generate(model, tokenizer, x: torch.Tensor, x_stamp: torch.Tensor, y_stamp: 
     T, top_k, top_p, generator : sampling (spec §5.6).
     sample_count : S sample paths per series; rows are ordered series-major (b0s0, b0s1, ...).
     packed : a ``PackedKronos`` of ``model`` to reuse across calls (built here when None).
+    step_mode : how growth steps run: ``eager`` (``PackedKronos.step``), ``static`` (the fixed-shape
+        ``step_static``, eagerly) or ``cuda_graph`` (``step_static`` captured once and replayed).
 
     Returns
     -------
     (B, S, P, 6) decoded sample paths (normalised).
     """
+    if step_mode not in STEP_MODES:
+        raise ValueError(f"step_mode must be one of {STEP_MODES}, got {step_mode!r}")
     B, L, _ = x.shape
     S, P, M = sample_count, pred_len, max_context
     R = B * S
@@ -264,7 +298,7 @@ def generate(model, tokenizer, x: torch.Tensor, x_stamp: torch.Tensor, y_stamp: 
     cache_len = min(L + P - 1, M)
     base = max(0, L - M)  # oldest token any window will hold
     W = L - base
-    caches = _alloc_caches(packed, B, cache_len, dtype, dev) if cached else None
+    caches = _alloc_caches(packed, B, cache_len, dtype, dev, zeroed=step_mode != "eager") if cached else None
     x0, q0 = packed.token_inputs(s1_ctx[:, base:].reshape(-1), s2_ctx[:, base:].reshape(-1),
                                  stamps[:, base:L].reshape(B * W, -1))  # (B*W, d), (B*W, 3d)
     x0, q0 = x0.view(B, W, -1), q0.view(B, W, -1)
@@ -285,6 +319,17 @@ def generate(model, tokenizer, x: torch.Tensor, x_stamp: torch.Tensor, y_stamp: 
         dep_k, dep_v = dep_k.repeat_interleave(S, dim=0), dep_v.repeat_interleave(S, dim=0)
         if cached:
             caches = [(k.repeat_interleave(S, dim=0), v.repeat_interleave(S, dim=0)) for k, v in caches]
+    if cached and step_mode == "cuda_graph":
+        step = StepGraph(packed, caches, R, L, dtype, dev)
+    elif cached and step_mode == "static":
+        rope, pos = packed.rotary(0, cache_len, dev), torch.zeros((), dtype=torch.long, device=dev)
+
+        def step(x_new, q_new, n):
+            pos.fill_(n)
+            return packed.step_static(x_new, q_new, caches, pos, rope)
+    else:
+        def step(x_new, q_new, n):
+            return packed.step(x_new, q_new, caches, n)
 
     # ---- one K-line per step ------------------------------------------------------------------
     for i in range(P):
@@ -298,7 +343,7 @@ def generate(model, tokenizer, x: torch.Tensor, x_stamp: torch.Tensor, y_stamp: 
         if slides:
             tok_x[:, n - base], tok_q[:, n - base] = x_new, q_new
         if n + 1 <= M:  # growth: the new token enters at window position n
-            last = packed.step(x_new, q_new, caches, n)  # (R, d)
+            last = step(x_new, q_new, n)  # (R, d)
             dep_k[:, :, n:n + 1], dep_v[:, :, n:n + 1] = packed.dep_keys(last[:, None])
             W = n + 1
         else:  # sliding: exact full recompute of the window (positions restart at 0)

@@ -141,10 +141,14 @@ class KronosPredictor:
         but **not exact**: tokens can differ from the float32 reference.
     max_batch_size : int
         Default number of rows (series x samples) decoded together; bounds the cache memory.
+    cuda_graphs : bool
+        CUDA only, opt-in: replay each call's one-token steps as one captured CUDA graph
+        (model/step_graph.py) instead of launching every kernel; same maths as the default path.
     """
 
     def __init__(self, model, tokenizer, device="auto", max_context: int = 512, clip: float = 5.0,
-                 autocast_dtype: torch.dtype | None = None, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE):
+                 autocast_dtype: torch.dtype | None = None, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+                 cuda_graphs: bool = False):
         self.device, self.device_warning = resolve_device(device)
         if self.device_warning:
             logger.warning(self.device_warning)
@@ -157,6 +161,9 @@ class KronosPredictor:
                 raise ValueError(f"autocast_dtype must be one of {AUTOCAST_DTYPES} or None, got {autocast_dtype}")
             if self.device.type != "cuda":
                 raise ValueError(f"autocast_dtype is CUDA-only; the device is {self.device}")
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"cuda_graphs is CUDA-only; the device is {self.device}")
+        self.cuda_graphs = bool(cuda_graphs)
         self.max_context, self.clip = int(max_context), float(clip)
         self.autocast_dtype = autocast_dtype
         self.max_batch_size = _check_positive_int(max_batch_size, "max_batch_size")
@@ -173,7 +180,7 @@ class KronosPredictor:
                         cache_dir=None, **kwargs) -> "KronosPredictor":
         """Load both checkpoints (hub ids or local directories) and build a predictor.
 
-        ``kwargs`` go to the constructor (``clip``, ``autocast_dtype``, ``max_batch_size``).
+        ``kwargs`` go to the constructor (``clip``, ``autocast_dtype``, ``max_batch_size``, ``cuda_graphs``).
         """
         from .tokenizer import KronosTokenizer
         from .transformer import Kronos
@@ -309,7 +316,8 @@ class KronosPredictor:
                     with self._autocast():
                         y = generate(self.model, self.tokenizer, x, xs, ys, pred_len, self.max_context,
                                      T=T, top_k=top_k, top_p=top_p, sample_count=n_s, generator=generator,
-                                     packed=self._packed_model())
+                                     packed=self._packed_model(),
+                                     step_mode="cuda_graph" if self.cuda_graphs else "eager")
                     parts.append(y.float().cpu().numpy())  # (b, n_s, P, 6)
                 y = np.concatenate(parts, axis=1)
                 for j, i in enumerate(chunk):

@@ -10,7 +10,8 @@
 #   pytest-model   every test under tests/model, CPU ones too, with KRONOS_REQUIRE_CUDA=1 so the CUDA
 #                  tests fail rather than skip; --confcutdir keeps out tests/conftest.py, which needs
 #                  SQLAlchemy and pydantic-settings (tests/model uses none of its fixtures)
-#   bench-predict  bench/predict.py on the GPU, float32 and bfloat16, with the oracle at batch 1 and 64
+#   bench-predict  bench/predict.py on the GPU, float32 and bfloat16, each eager and with CUDA graphs,
+#                  with the oracle at batch 1 and 64
 #
 # Everything goes to ${OUT:-/tmp/gpu-check}: gpu_check.log (all output), <stage>.log, pytest-model.xml,
 # bench-predict.json (the bench's JSON line) and summary.txt. Exits 1 when any stage failed.
@@ -33,7 +34,8 @@ case "$DEVICE" in
     cuda)
         REQUIRE_CUDA=1
         BENCH_ARGS=(--device cuda --threads 4 --lookbacks 392,400,512 --batches 1,64,256
-                    --full-window-batches 1,64 --oracle-batches 1,64 --pandas-batch 0 --dtypes fp32,bf16) ;;
+                    --full-window-batches 1,64 --oracle-batches 1,64 --pandas-batch 0 --dtypes fp32,bf16
+                    --cuda-graphs) ;;
     cpu)
         REQUIRE_CUDA=0
         BENCH_ARGS=(--device cpu --threads 1 --lookbacks 12,20 --batches 1,2 --full-window-batches 1
@@ -93,7 +95,7 @@ fi
 stage pytest-model 120 env KRONOS_REQUIRE_CUDA="$REQUIRE_CUDA" "$PYTHON" -m pytest "${PYTEST_ARGS[@]}" "${TESTS[@]}"
 
 # --- bench-predict ---------------------------------------------------------------------------------
-stage bench-predict 150 env PYTHONUNBUFFERED=1 "$PYTHON" bench/predict.py "${BENCH_ARGS[@]}"
+stage bench-predict 210 env PYTHONUNBUFFERED=1 "$PYTHON" bench/predict.py "${BENCH_ARGS[@]}"
 tail -n 1 "$OUT_DIR/bench-predict.log" > "$OUT_DIR/bench-predict.json"
 
 # --- summary ---------------------------------------------------------------------------------------

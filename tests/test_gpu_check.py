@@ -34,7 +34,7 @@ def test_dry_run_runs_every_stage_and_summarises(tmp_path):
     assert "--confcutdir tests/model" in log and "KRONOS_REQUIRE_CUDA=0" in log
     assert "passed" in (tmp_path / "pytest-model.log").read_text()
     assert (tmp_path / "pytest-model.xml").is_file()
-    assert "dtype vs fp32 %" in (tmp_path / "bench-predict.log").read_text()  # the --dtypes columns
+    assert "dtype graph vs fp32 %" in (tmp_path / "bench-predict.log").read_text()  # the --dtypes columns
 
     bench = json.loads((tmp_path / "bench-predict.json").read_text())
     assert bench["device"] == "cpu" and bench["dtypes"] == ["fp32"]
