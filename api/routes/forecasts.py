@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query
 
 from api.deps import CallerDep, SessionDep
-from api.routes.jobs import RESULT_MEDIA_TYPES, ResultFormat, _csv_bytes, _json_rows, _parquet_bytes
 from api.schemas import ErrorResponse, ForecastsPublic, as_utc
+from api.tables import FILE_RESPONSES, ResultFormat, file_response, json_rows
 from kronos_jobs import bars as bar_input
 from kronos_jobs.crud import forecasts as forecast_crud
 from kronos_jobs.crud import schedules as schedule_crud
@@ -20,7 +20,7 @@ ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 422, 503)}
 
 
 @router.get("", response_model=ForecastsPublic,
-            responses={**ERRORS, 200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}}})
+            responses={**ERRORS, **FILE_RESPONSES})
 def read_latest_forecasts(
     session: SessionDep,
     caller: CallerDep,
@@ -36,9 +36,5 @@ def read_latest_forecasts(
     rows = forecast_crud.latest_forecasts(session, tenant_id=caller.tenant_id, symbols=symbols or None,
                                           as_of=as_utc(as_of), schedule_id=schedule)
     if format is ResultFormat.JSON:
-        out = rows.copy()
-        out["forecast_at"] = out["forecast_at"].map(lambda t: t.isoformat().replace("+00:00", "Z"))
-        return ForecastsPublic(columns=list(rows.columns), rows=_json_rows(out))
-    content = _csv_bytes(rows) if format is ResultFormat.CSV else _parquet_bytes(rows)
-    return Response(content, media_type=RESULT_MEDIA_TYPES[format],
-                    headers={"Content-Disposition": f'attachment; filename="forecasts.{format.value}"'})
+        return ForecastsPublic(columns=list(rows.columns), rows=json_rows(rows))
+    return file_response(rows, format, "forecasts")

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import io
-import json
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
 from typing import Annotated, Any
 
-import pandas as pd
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
 from api.deps import CallerDep, SessionDep, SettingsDep
+from api.tables import FILE_RESPONSES, ResultFormat, file_response, json_rows
 from api.uploads import Upload, read_json_or_upload, upload_body_doc
 from api.schemas import ErrorResponse, ForecastJobCreate, ForecastParamsIn, ForecastUploadCreate, JobPublic, JobsPublic, ResultPublic
 from kronos_jobs import bars as bar_input
@@ -123,19 +120,10 @@ def read_job(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobPublic
     return JobPublic.from_row(job_crud.get_job(session, tenant_id=caller.tenant_id, job_id=job_id))
 
 
-class ResultFormat(str, Enum):
-    JSON = "json"
-    CSV = "csv"
-    PARQUET = "parquet"
-
-
-RESULT_MEDIA_TYPES = {ResultFormat.CSV: "text/csv; charset=utf-8", ResultFormat.PARQUET: "application/vnd.apache.parquet"}
-
-
 @router.get(
     "/{job_id}/result",
     response_model=ResultPublic,
-    responses={**ERRORS, 200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}}},
+    responses={**ERRORS, **FILE_RESPONSES},
 )
 def read_job_result(
     job_id: JobId,
@@ -152,45 +140,12 @@ def read_job_result(
         )
     rows = result_crud.read_forecasts(session, job_id=job.id)
     if format is ResultFormat.JSON:
-        return ResultPublic(job_id=job.id, state=job.state, columns=list(rows.columns), rows=_json_rows(rows), errors=job.symbol_errors or [])
-    content = _csv_bytes(rows) if format is ResultFormat.CSV else _parquet_bytes(rows)
-    disposition = f'attachment; filename="{job.id}.{format.value}"'
-    return Response(content, media_type=RESULT_MEDIA_TYPES[format], headers={"Content-Disposition": disposition})
+        return ResultPublic(job_id=job.id, state=job.state, columns=list(rows.columns), rows=json_rows(rows),
+                            errors=job.symbol_errors or [])
+    return file_response(rows, format, job.id)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=ERRORS)
 def cancel_job(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobPublic:
     """Cancel a job: a queued one never starts, a running one stops at its next batch."""
     return JobPublic.from_row(job_crud.request_cancel(session, tenant_id=caller.tenant_id, job_id=job_id))
-
-
-# --- result encodings (one schema: names.RESULT_COLUMNS, then q<level>_<column>) -------------------
-
-
-def _utc(rows: pd.DataFrame) -> pd.DataFrame:
-    out = rows.copy()
-    if "timestamp" in out:
-        out["timestamp"] = pd.to_datetime(out["timestamp"], utc=True)
-    return out
-
-
-def _iso_timestamps(rows: pd.DataFrame) -> pd.DataFrame:
-    out = _utc(rows)
-    if "timestamp" in out:
-        out["timestamp"] = out["timestamp"].map(lambda t: t.isoformat().replace("+00:00", "Z"))
-    return out
-
-
-def _json_rows(rows: pd.DataFrame) -> list[dict[str, Any]]:
-    # NaN (e.g. a quantile that was not computed) becomes null, which JSON can carry.
-    return json.loads(_iso_timestamps(rows).to_json(orient="records", double_precision=15)) if len(rows) else []
-
-
-def _csv_bytes(rows: pd.DataFrame) -> bytes:
-    return _iso_timestamps(rows).to_csv(index=False).encode("utf-8")
-
-
-def _parquet_bytes(rows: pd.DataFrame) -> bytes:
-    buffer = io.BytesIO()
-    _utc(rows).to_parquet(buffer, index=False)
-    return buffer.getvalue()

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api.deps import CallerDep, SessionDep, SettingsDep
-from api.routes.jobs import RESULT_MEDIA_TYPES, ResultFormat, _csv_bytes, _json_rows, _parquet_bytes
+from api.tables import FILE_RESPONSES, ResultFormat, file_response, json_rows
 from api.uploads import Upload, validate_json
 from api.schemas import BarsPublic, ErrorResponse, SeriesBarsCreate, SeriesDeletedPublic, SeriesImportPublic, SeriesListPublic, SeriesPublic
 from kronos_jobs import bars as bar_input
@@ -122,7 +122,7 @@ def list_series(session: SessionDep, caller: CallerDep, freq: Freq = None) -> Se
 
 
 @router.get("/{symbol:path}/bars", response_model=BarsPublic,
-            responses={**ERRORS, 200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}}})
+            responses={**ERRORS, **FILE_RESPONSES})
 def read_symbol_bars(
     symbol: Symbol,
     session: SessionDep,
@@ -140,10 +140,8 @@ def read_symbol_bars(
     rows = series_crud.read_bars(session, tenant_id=caller.tenant_id, symbol=symbol, freq=freq,
                                  start=_utc(start), end=_utc(end), limit=limit)
     if format is ResultFormat.JSON:
-        return BarsPublic(symbol=symbol, freq=freq, columns=list(rows.columns), rows=_json_rows(rows))
-    content = _csv_bytes(rows) if format is ResultFormat.CSV else _parquet_bytes(rows)
-    disposition = f'attachment; filename="{symbol.replace("/", "_")}.{format.value}"'
-    return Response(content, media_type=RESULT_MEDIA_TYPES[format], headers={"Content-Disposition": disposition})
+        return BarsPublic(symbol=symbol, freq=freq, columns=list(rows.columns), rows=json_rows(rows))
+    return file_response(rows, format, symbol.replace("/", "_"))
 
 
 @router.delete("/{symbol:path}", response_model=SeriesDeletedPublic, responses=ERRORS)
