@@ -19,6 +19,10 @@ What is measured
     not exact: a near-tie can flip a token and the paths then drift apart. The oracle runs in
     float32 only, so it is compared with the float32 rows.
 
+    With ``--cuda-graphs`` (CUDA only) each dtype is also timed with ``cuda_graphs=True`` (the
+    "graph" column): the growth steps replay one captured CUDA graph. The oracle run of the same
+    inputs is reused for those rows' ratio and identity check.
+
 Why it matters
     Upstream re-runs the whole window for every generated bar. A cache turns most steps into one
     token per row; the steps after the window starts sliding must still be recomputed to stay exact
@@ -28,9 +32,9 @@ How to run
     python bench/predict.py                       # full sweep, CPU, 2 threads (slow: the oracle)
     python bench/predict.py --batches 1 --lookbacks 392 --oracle-batches 1 --pred-len 30
     python bench/predict.py --device cuda --batches 1,64,256 --oracle-batches 1
-    python bench/predict.py --device cuda --batches 1,64,256 --oracle-batches 1,64 --dtypes fp32,bf16
+    python bench/predict.py --device cuda --batches 1,64,256 --oracle-batches 1,64 --dtypes fp32,bf16 --cuda-graphs
 
-The oracle is slow (about 0.2 s per step per series on 2 CPU threads), so ``--oracle-batches``
+The oracle is slow (about 0.15 s per step per series on 2 CPU threads), so ``--oracle-batches``
 limits where it runs; rows without an oracle show no ratio. "cpu ratio" compares process CPU
 seconds (both threads), which a busy shared machine disturbs less than wall time. The last line of
 stdout is one JSON object.
