@@ -10,7 +10,9 @@ checks, normalisation, the decoding loop with its key/value cache, sampling and 
   changes every remaining hidden state (§7.4) — this keeps the output identical to the reference;
 * the s1 head and the dependency layer run at the last position only;
 * all series and samples of a call share one batched loop (series of different context lengths are
-  grouped by length), sampling stays on the device and draws from one ``torch.Generator`` per call.
+  grouped by length), sampling stays on the device and draws from one ``torch.Generator`` per call;
+* on CUDA, a chunk that runs out of memory is retried with half the rows, and later calls start
+  from the smaller size (``KronosPredictor._decode``; reported in ``last_decode_info``).
 
 The low-level loop lives in ``model/decoding.py``; this module is the user-facing API.
 """
@@ -144,6 +146,23 @@ class KronosPredictor:
     cuda_graphs : bool
         CUDA only, opt-in: replay each call's one-token steps as one captured CUDA graph
         (model/step_graph.py) instead of launching every kernel; same maths as the default path.
+
+    Attributes
+    ----------
+    oom_backoff : bool
+        Retry a chunk with half the rows when decoding it raises ``torch.OutOfMemoryError``. True on
+        CUDA, where allocation failures raise that class; False elsewhere (a CPU allocation failure
+        is a plain ``RuntimeError`` and propagates as before).
+    oom_rows_cap : int or None
+        Rows per chunk learned from out-of-memory errors: every later call decodes at most
+        ``min(max_batch_size, oom_rows_cap)`` rows together. It only shrinks; set it to ``None`` to
+        try larger chunks again (e.g. after another process freed the GPU).
+    last_timings : dict
+        Wall-clock split of the last call (``prepare_s``, ``decode_s``, ``postprocess_s``).
+    last_decode_info : dict
+        Chunking of the last call: ``requested_rows_per_chunk`` (the argument or ``max_batch_size``),
+        ``rows_per_chunk`` (the limit in force when the call ended) and ``oom_retries`` (chunks
+        retried after an out-of-memory error); also set when the call gave up.
     """
 
     def __init__(self, model, tokenizer, device="auto", max_context: int = 512, clip: float = 5.0,
@@ -170,7 +189,10 @@ class KronosPredictor:
         # .to() drops the rotary tables' cache, so nothing stale stays on the old device.
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer.to(self.device).eval()
+        self.oom_backoff = self.device.type == "cuda"
+        self.oom_rows_cap: int | None = None
         self.last_timings: dict[str, float] = {}
+        self.last_decode_info: dict[str, int] = {}
         self._packed: PackedKronos | None = None
         self._packed_key: tuple | None = None
 
@@ -218,13 +240,14 @@ class KronosPredictor:
             Log progress at INFO level.
         seed : int, optional
             Seeds this call's own ``torch.Generator``; same inputs + seed + batch size give the same
-            output. ``None`` draws a fresh seed.
+            output (a batch size lowered after a CUDA out-of-memory error changes the draws of
+            sampled, not greedy, forecasts). ``None`` draws a fresh seed.
         quantiles : sequence of float in (0, 1), optional
             Levels computed over the S de-normalised sample paths.
         return_samples : bool
             Also return the (S, P, 6) sample paths.
         max_batch_size : int, optional
-            Rows decoded together (default: the predictor's).
+            Rows decoded together (default: the predictor's); capped by ``oom_rows_cap``.
 
         Returns
         -------
@@ -245,6 +268,7 @@ class KronosPredictor:
         Context lengths may differ between series (they are decoded in groups of equal length).
         Returns a list in input order, of DataFrames or of ``Forecast`` objects (see ``predict``).
         """
+        self.last_decode_info = {}  # filled by _decode, kept up to date when it raises
         pred_len = self._check_pred_len(pred_len)
         T, top_k, top_p, sample_count = _check_sampling(T, top_k, top_p, sample_count)
         levels = _check_quantiles(quantiles)
@@ -294,35 +318,80 @@ class KronosPredictor:
         return pred_len
 
     def _decode(self, series: list[_Series], pred_len, T, top_k, top_p, S, generator, rows, verbose):
-        """Run the groups/chunks; returns one (S, P, 6) float32 array (normalised) per series."""
+        """Run the groups/chunks; returns one (S, P, 6) float32 array (normalised) per series.
+
+        A chunk holds at most ``rows`` rows (series x samples), or ``oom_rows_cap`` when smaller.
+        On a CUDA out-of-memory error the chunk is retried with half the rows
+        (``_generate_or_back_off``); the smaller size holds for the rest of the call and later calls.
+        """
+        info = self.last_decode_info = {"requested_rows_per_chunk": rows,
+                                        "rows_per_chunk": min(rows, self.oom_rows_cap or rows), "oom_retries": 0}
         out: list[np.ndarray | None] = [None] * len(series)
         by_len: dict[int, list[int]] = {}
         for i, s in enumerate(series):
             by_len.setdefault(len(s.x), []).append(i)
         for L, idx in by_len.items():
-            # A chunk holds whole series when their samples fit, else slices of one series' samples.
-            per_chunk = max(1, rows // S)
-            for c in range(0, len(idx), per_chunk):
-                chunk = idx[c:c + per_chunk]
+            c = 0
+            while c < len(idx):
+                # A chunk holds whole series when their samples fit, else slices of one series' samples.
+                chunk = idx[c:c + max(1, info["rows_per_chunk"] // S)]
                 x = self._tensor(np.stack([series[i].x for i in chunk]))  # (b, L, 6)
                 xs = self._tensor(np.stack([series[i].x_stamp for i in chunk]))  # (b, L, 5)
                 ys = self._tensor(np.stack([series[i].y_stamp for i in chunk]))  # (b, P, 5)
-                parts = []
-                for s0 in range(0, S, rows):
-                    n_s = min(rows, S - s0)
+                parts, s0 = [], 0
+                while s0 < S:
+                    n_s = min(info["rows_per_chunk"], S - s0)
                     if verbose:
                         logger.info("decoding %d series x %d samples, context %d, pred_len %d",
                                     len(chunk), n_s, L, pred_len)
-                    with self._autocast():
-                        y = generate(self.model, self.tokenizer, x, xs, ys, pred_len, self.max_context,
-                                     T=T, top_k=top_k, top_p=top_p, sample_count=n_s, generator=generator,
-                                     packed=self._packed_model(),
-                                     step_mode="cuda_graph" if self.cuda_graphs else "eager")
-                    parts.append(y.float().cpu().numpy())  # (b, n_s, P, 6)
-                y = np.concatenate(parts, axis=1)
-                for j, i in enumerate(chunk):
-                    out[i] = y[j]
+                    y = self._generate_or_back_off(x, xs, ys, pred_len, T, top_k, top_p, n_s, generator, info)
+                    if y is not None:
+                        parts.append(y)  # (b, n_s, P, 6)
+                        s0 += n_s
+                    elif len(chunk) > 1:
+                        break  # backed off: take fewer series (all samples of a chunk of several are one part)
+                else:
+                    y = np.concatenate(parts, axis=1)  # (b, S, P, 6)
+                    for j, i in enumerate(chunk):
+                        out[i] = y[j]
+                    c += len(chunk)
         return out
+
+    def _generate_or_back_off(self, x, xs, ys, pred_len, T, top_k, top_p, n_s, generator, info) -> np.ndarray | None:
+        """One chunk through ``generate``: (b, n_s, P, 6) float32 on the host, or None after a back-off.
+
+        When ``generate`` raises ``torch.OutOfMemoryError`` and ``oom_backoff`` is on (CUDA): log a
+        warning, halve the rows of the failed chunk into ``info["rows_per_chunk"]`` and
+        ``oom_rows_cap``, count the retry, rewind ``generator`` to where the chunk started, release
+        the failed attempt's memory and return None so the caller retries. The original error is
+        re-raised when a single row did not fit, or when back-off is off (other devices). Greedy
+        outputs do not depend on the chunking; seeded sampling does (chunk composition changes the
+        draws), so a back-off changes sampled forecasts.
+        """
+        rows = x.shape[0] * n_s
+        state = generator.get_state() if self.oom_backoff else None
+        try:
+            with self._autocast():
+                y = generate(self.model, self.tokenizer, x, xs, ys, pred_len, self.max_context,
+                             T=T, top_k=top_k, top_p=top_p, sample_count=n_s, generator=generator,
+                             packed=self._packed_model(),
+                             step_mode="cuda_graph" if self.cuda_graphs else "eager")
+            return y.float().cpu().numpy()  # no device tensor outlives the call
+        except torch.OutOfMemoryError:
+            if not self.oom_backoff or rows <= 1:
+                raise
+        # Outside the except block the error and its traceback, which hold the failed attempt's
+        # tensors, are gone: only now can the allocator give that memory back.
+        old, new = info["rows_per_chunk"], rows // 2
+        logger.warning("CUDA out of memory decoding %d rows (%d series x %d samples, pred_len %d) on %s; "
+                       "retrying with at most %d rows per chunk (was %d) for this and later calls. Greedy "
+                       "outputs are unchanged; seeded sampling draws differ from a run at the larger size.",
+                       rows, x.shape[0], n_s, pred_len, self.device, new, old)
+        info["rows_per_chunk"] = self.oom_rows_cap = new
+        info["oom_retries"] += 1
+        generator.set_state(state)
+        _release_cached_memory(self.device)
+        return None
 
     def _packed_model(self) -> PackedKronos:
         """The decoding copy of the weights, rebuilt only when a parameter changed (e.g. fine-tuning)."""
@@ -340,6 +409,12 @@ class KronosPredictor:
         if self.autocast_dtype is None:
             return torch.autocast(device_type=self.device.type, enabled=False)
         return torch.autocast(device_type="cuda", dtype=self.autocast_dtype)
+
+
+def _release_cached_memory(device: torch.device) -> None:
+    """Give the CUDA caching allocator's free blocks back after an out-of-memory error (CUDA only)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _check_positive_int(value, name: str) -> int:
