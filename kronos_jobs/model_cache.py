@@ -3,7 +3,8 @@
 Loading happens in the worker child on the first task that needs a model — never in the parent
 (which forks) and never in `worker_process_init` (Celery kills a child whose init takes over 4 s).
 Each process holds at most `settings.model_cache_size` predictors; the least recently used one is
-dropped first.
+dropped first. A cached predictor keeps the smaller chunk size it learned from a CUDA out-of-memory
+error (`KronosPredictor.oom_rows_cap`) for the jobs after it; `clear()` forgets it with the predictor.
 """
 
 from __future__ import annotations

@@ -167,6 +167,8 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
     prepare_seconds = run.elapsed()  # claim, input, series, model lookup (or load)
     parts: list[dict[str, Any]] = []
     done, inference_seconds = len(symbol_errors), 0.0
+    # How the predictor chunked its rows; kept current so a failed job records it too.
+    meta["decode"] = decode = {"requested_rows_per_chunk": None, "rows_per_chunk": None, "oom_retries": 0}
     size = settings.max_batch_size
     for index in range(0, len(inputs), size):
         if heartbeat.lost:
@@ -175,7 +177,7 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
         started = time.perf_counter()
         # Each chunk seeds its own generator from the job's seed: reproducible, and no two chunks
         # replay the same random draws.
-        outputs, errors = _predict_chunk(entry.predictor, chunk, params, seed + index // size)
+        outputs, errors = _predict_chunk(entry.predictor, chunk, params, seed + index // size, decode)
         inference_seconds += time.perf_counter() - started
         parts += [result_rows(item, out, params.quantiles) for item, out in outputs]
         symbol_errors += errors
@@ -212,15 +214,22 @@ def _needs_session(model: str, model_dirs: Sequence[Path]) -> bool:
                 or local_model_dir(model, model_dirs) is not None)
 
 
-def _predict_chunk(predictor, chunk: list[SeriesInput], params: ForecastParams, seed: int):
-    """Run one chunk; a ValueError from one bad series is isolated by re-running the series alone."""
+def _predict_chunk(predictor, chunk: list[SeriesInput], params: ForecastParams, seed: int, decode: dict[str, Any]):
+    """Run one chunk; a ValueError from one bad series is isolated by re-running the series alone.
+
+    After every predictor call (even one that raised), its `last_decode_info` is folded into `decode`:
+    the smallest rows per chunk seen (lowered by CUDA out-of-memory back-off) and the retries summed.
+    """
     s = params.sampling
     kwargs = dict(pred_len=params.pred_len, T=s.temperature, top_k=s.top_k, top_p=s.top_p,
                   sample_count=s.sample_count, seed=seed, quantiles=params.quantiles or None)
 
     def call(items: list[SeriesInput]):
-        return predictor.predict_batch([i.context for i in items], [i.x_timestamp for i in items],
-                                       [i.y_timestamp for i in items], **kwargs)
+        try:
+            return predictor.predict_batch([i.context for i in items], [i.x_timestamp for i in items],
+                                           [i.y_timestamp for i in items], **kwargs)
+        finally:
+            _record_decode(decode, getattr(predictor, "last_decode_info", None) or {})
 
     try:
         return list(zip(chunk, call(chunk))), []
@@ -229,10 +238,19 @@ def _predict_chunk(predictor, chunk: list[SeriesInput], params: ForecastParams, 
             return [], [{"symbol": chunk[0].symbol, "code": "predictor_rejected", "message": str(exc)}]
     outputs, errors = [], []
     for item in chunk:
-        one_out, one_err = _predict_chunk(predictor, [item], params, seed)
+        one_out, one_err = _predict_chunk(predictor, [item], params, seed, decode)
         outputs += one_out
         errors += one_err
     return outputs, errors
+
+
+def _record_decode(decode: dict[str, Any], info: dict[str, int]) -> None:
+    if not info:  # the call failed before decoding (a rejected series)
+        return
+    decode["requested_rows_per_chunk"] = info["requested_rows_per_chunk"]
+    rows = decode["rows_per_chunk"]
+    decode["rows_per_chunk"] = info["rows_per_chunk"] if rows is None else min(rows, info["rows_per_chunk"])
+    decode["oom_retries"] += info["oom_retries"]
 
 
 def _finish(run: _Run, settings: Settings, state: JobState, *, meta: dict[str, Any] | None = None,

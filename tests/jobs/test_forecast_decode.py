@@ -1,0 +1,53 @@
+"""A forecast job records how the predictor chunked its rows, CUDA out-of-memory back-off included."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import model.predictor as predictor_module
+from kronos_jobs import model_cache
+from kronos_jobs.jobs.forecast import run_forecast_job
+from kronos_jobs.names import JobState
+from tests.jobs.conftest import make_bars
+from tests.jobs.test_forecast import job_settings, load, submit  # noqa: F401 (job_settings is a fixture)
+
+
+@pytest.fixture
+def fresh_model_cache():
+    # The back-off test changes the cached predictor; no other test may see it.
+    model_cache.clear()
+    yield
+    model_cache.clear()
+
+
+def test_decode_info_is_in_the_metadata(job_settings, tiny_checkpoint, monkeypatch, fresh_model_cache):  # noqa: F811
+    bars = make_bars({"AAA": 40, "BBB": 40, "CCC": 40})
+    plain = submit(job_settings, tiny_checkpoint, bars)
+    assert run_forecast_job(plain, settings=job_settings) is JobState.SUCCEEDED
+    meta = load(job_settings, plain)[0].execution_metadata
+    assert meta["decode"] == {"requested_rows_per_chunk": 64, "rows_per_chunk": 64, "oom_retries": 0}
+    assert "inference_seconds" in meta["timings"]
+
+    # The same worker on a GPU that fits 2 rows: 2 series x 3 samples -> 3 -> 1 row per chunk.
+    real = predictor_module.generate
+
+    def oom_above_two_rows(model, tokenizer, x, *args, sample_count=1, **kwargs):
+        if x.shape[0] * sample_count > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        return real(model, tokenizer, x, *args, sample_count=sample_count, **kwargs)
+
+    monkeypatch.setattr(predictor_module, "generate", oom_above_two_rows)
+    entry, _ = model_cache.get_predictor(*_cache_key_args(job_settings, tiny_checkpoint))
+    entry.predictor.oom_backoff = True  # as on CUDA
+    job_id = submit(job_settings, tiny_checkpoint, bars)
+    assert run_forecast_job(job_id, settings=job_settings) is JobState.SUCCEEDED
+    job, rows = load(job_settings, job_id)
+    assert len(rows) == 3 * 4
+    assert job.execution_metadata["decode"] == {"requested_rows_per_chunk": 64, "rows_per_chunk": 1, "oom_retries": 2}
+
+
+def _cache_key_args(settings, checkpoint):
+    from kronos_jobs.registry import resolve_model
+
+    return resolve_model(str(checkpoint), model_dirs=settings.effective_model_dirs), "cpu", settings
