@@ -135,8 +135,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # On broker connection loss Celery redelivers running late-ack tasks anyway, so they could
         # run twice in parallel; cancel them instead (the default from Celery 6).
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        # A warm shutdown (deploy) gives running jobs this long, then re-queues them at once
-        # instead of leaving them for the visibility timeout.
+        # A cold shutdown (SIGQUIT) first gives running jobs this long, then cancels them and
+        # re-queues their messages at once instead of leaving them for the visibility timeout. A
+        # warm one (SIGTERM) waits for the running tasks: forecasts finish, and fine-tunes
+        # checkpoint at their next step and give their job back (worker.draining, jobs/finetune.py).
         "worker_soft_shutdown_timeout": 30.0,
         # Task events (received, started, succeeded...) feed Flower and celery-exporter.
         "worker_send_task_events": True,
