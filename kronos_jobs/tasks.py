@@ -3,7 +3,8 @@
 Outcomes: the service records every final state itself. Transient errors (database or broker down)
 retry with exponential backoff and jitter, up to KRONOS_MAX_RETRIES; LeaseLost means another
 delivery owns the job, so this one returns quietly; LeaseHeld (the other delivery may have died)
-looks again when its lease would lapse. A hard time limit kills the child before the service can
+looks again when its lease would lapse; JobGivenBack (a fine-tune checkpointed because its worker is
+shutting down, and went back to `queued`) sends the task again at once. A hard time limit kills the child before the service can
 record anything, so `JobTask.on_failure` (run in the worker parent) fails the job instead.
 `shared_task` binds the tasks to whichever app the process runs (the lazily configured
 `celery_app.app`, or `make_celery(settings)` in a worker).
@@ -45,7 +46,7 @@ class JobTask(Task):
 
 def deliver(task: Task, job_id: str, service: Callable[..., object]) -> str | None:
     """Run `service(job_id, settings=...)` for one delivery and map its exceptions to an outcome."""
-    from kronos_jobs.jobs.lease import TRANSIENT_ERRORS, LeaseHeld
+    from kronos_jobs.jobs.lease import TRANSIENT_ERRORS, JobGivenBack, LeaseHeld
 
     settings = get_settings()
     try:
@@ -57,6 +58,13 @@ def deliver(task: Task, job_id: str, service: Callable[..., object]) -> str | No
         countdown = exc.retry_after + random.uniform(0.2, 1.0)
         logger.info("job %s: lease held by another delivery; checking again in %.1f s", job_id, countdown)
         raise task.retry(countdown=countdown, max_retries=None)
+    except JobGivenBack as exc:
+        # The job is `queued` again with its checkpoint saved; this worker is shutting down, so the
+        # re-sent task goes to another one (or to this one after its restart). Acks late: the old
+        # message is acknowledged once the new one is sent. Should the send fail, the job is still
+        # queued in the database and the beat reconciler re-sends it (jobs/recovery.py).
+        logger.info("job %s: %s; sending its task again", job_id, exc)
+        raise task.retry(countdown=0, max_retries=None)
     except LeaseLost as exc:
         logger.info("job %s: this delivery stops (%s)", job_id, exc)
         return None

@@ -75,3 +75,11 @@ def test_hard_time_limit_fails_the_running_job(db_settings, monkeypatch):
     with session_scope(db_settings) as session:
         job = job_crud.get_job(session, tenant_id="default", job_id="hard1")
         assert job.state == "failed" and job.error["code"] == "hard_time_limit" and job.lease_owner is None
+
+
+def test_a_given_back_job_is_sent_again_at_once(task):
+    from kronos_jobs.jobs.lease import JobGivenBack
+
+    with pytest.raises(Retried) as caught:
+        tasks.deliver(task, "j1", service_raising(JobGivenBack("checkpointed for worker shutdown at step 5")))
+    assert caught.value.kwargs == {"countdown": 0, "max_retries": None}

@@ -321,6 +321,28 @@ def finish_job(
     return job
 
 
+def give_back_job(session: Session, *, job_id: str, owner: str,
+                  execution_metadata: dict[str, Any] | None = None) -> Job:
+    """Return `owner`'s running job to `queued` with its lease released and this attempt uncounted
+    (its worker is shutting down and the job checkpointed; it is not a failed delivery).
+
+    A cancel requested meanwhile wins: JobCancelled, and the job stays running under `owner` so
+    the caller records the cancel. LeaseLost if `owner` no longer holds the job."""
+    now = utcnow()
+    held = and_(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.RUNNING.value)
+    values: dict[str, Any] = {"state": JobState.QUEUED.value, "lease_owner": None, "lease_expires_at": None,
+                              "attempts": Job.attempts - 1, "updated_at": now}
+    if execution_metadata is not None:
+        values["execution_metadata"] = execution_metadata
+    job = _update_returning(session, update(Job).where(held, Job.cancel_requested.is_(False)).values(**values))
+    if job is None:
+        if session.scalar(select(Job.cancel_requested).where(held)):
+            raise JobCancelled(f"job {job_id} was cancelled before it could be given back")
+        raise LeaseLost(f"job {job_id} is no longer leased by {owner}; not giving it back")
+    logger.info("job %s given back to the queue by %s", job_id, owner)
+    return job
+
+
 # --- cancellation and the reconciler -----------------------------------------------------------
 
 

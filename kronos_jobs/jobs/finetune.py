@@ -21,6 +21,13 @@ Delivery and resume (the choice, and why):
   scheduler, AMP scaler, step counters and RNG state, written atomically (temp file + rename) every
   `checkpoint_every_steps` steps and at each epoch end. The steps since the last checkpoint are
   redone; the batches are the same because the epoch order depends only on (seed, epoch).
+* A warm shutdown of the worker (SIGTERM: a deploy) loses no steps: the parent raises the drain
+  flag (`worker.draining()`), the loop stops at its next step boundary and checkpoints, and the job
+  is given back (`queued`, lease released, the attempt not counted, `given_back` in its metadata)
+  and its task sent again, so another worker resumes from exactly that step. A cancel requested
+  meanwhile wins. If the re-send fails, the job is still `queued` in the database and the beat
+  reconciler re-sends it. A cold shutdown (SIGQUIT) or a kill resumes from the last periodic
+  checkpoint, as above.
 
 Artifacts policy: succeeded → only `<artifacts>/<job id>/final/` (model/, tokenizer/, the
 registered version) is kept; the training states are deleted. Cancelled or failed → the whole
@@ -48,7 +55,7 @@ from kronos_jobs.db.models import utcnow
 from kronos_jobs.db.session import session_scope
 from kronos_jobs.errors import JobCancelled, JobFailure, LeaseLost
 from kronos_jobs.jobs.finetune_submit import FinetuneParams, check_data, phase_steps, split_series, validate_params, window_count
-from kronos_jobs.jobs.lease import Delivery, LeaseHeartbeat, is_transient, raise_if_held, release_lease
+from kronos_jobs.jobs.lease import Delivery, JobGivenBack, LeaseHeartbeat, is_transient, raise_if_held, release_lease
 from kronos_jobs.names import JobState
 from kronos_jobs.registry import ModelSpec, local_spec, resolve_model, save_local_model
 from kronos_jobs.settings import Settings
@@ -64,6 +71,14 @@ class ArtifactVerificationError(JobFailure):
     """The saved checkpoint does not reload to the trained weights (keys, shapes, values or checksum)."""
 
     code = "artifact_verification_failed"
+
+
+class StoppedForShutdown(Exception):
+    """The loop stopped at a step boundary because the worker is shutting down; its checkpoint is saved."""
+
+    def __init__(self, phase: str, step: int):
+        super().__init__(f"checkpointed for worker shutdown at step {step} ({phase} phase)")
+        self.phase, self.step = phase, step
 
 
 def model_id_for(job_id: str) -> str:
@@ -91,6 +106,7 @@ class Progress:
         self.detail: dict[str, Any] = {}
         self.t0 = time.perf_counter()
         self.first_done: int | None = None
+        self.stop_reason: str | None = None  # why should_stop said yes: "cancelled" | "worker_shutdown"
 
     def start_phase(self, phase: str, loop) -> None:
         self.phase, self.loop = phase, loop
@@ -126,18 +142,23 @@ class Progress:
         return False
 
     def should_stop(self) -> bool:
-        return self.flush()
+        if self.flush():
+            self.stop_reason = "cancelled"
+        return self.stop_reason is not None
 
 
 class JobProgress(Progress):
     """Writes progress to the job row (at most every `interval` s, and on every loop report) and
-    turns the job's cancel flag into the loop's stop signal."""
+    turns the job's cancel flag, or the worker's drain flag, into the loop's stop signal."""
 
     def __init__(self, totals: dict[str, int], *, settings: Settings, job_id: str, owner: str,
-                 heartbeat: LeaseHeartbeat, interval: float = 1.0):
+                 heartbeat: LeaseHeartbeat, interval: float = 1.0, draining: Callable[[], bool] | None = None):
         super().__init__(totals)
         self.settings, self.job_id, self.owner, self.heartbeat = settings, job_id, owner, heartbeat
         self.interval = interval
+        if draining is None:
+            from kronos_jobs.worker import draining
+        self.draining = draining
         self.last_write = 0.0
         self.cancelled = False
 
@@ -154,6 +175,14 @@ class JobProgress(Progress):
             self.cancelled = job_crud.update_progress(session, job_id=self.job_id, owner=self.owner, done=self.done,
                                                       total=self.total, detail=self.snapshot())
         return self.cancelled
+
+    def should_stop(self) -> bool:
+        # The drain flag is one byte of shared memory, so it is read before every step; the cancel
+        # flag costs a query, so it is read every `interval`. A cancel seen first wins; one arriving
+        # after the drain is caught by give_back_job's WHERE clause.
+        if not super().should_stop() and self.draining():
+            self.stop_reason = "worker_shutdown"
+        return self.stop_reason is not None
 
 
 # --- training: shared by the worker and `kronos-jobs finetune --local` --------------------------------
@@ -275,7 +304,9 @@ def train_pair(params: FinetuneParams, bars: pd.DataFrame, spec: ModelSpec, *, w
             continue
         loop.config.max_seconds = left
         result = loop.fit()
-        if result.stopped == "cancelled":
+        if result.stopped == "cancelled":  # the loop saved a checkpoint before returning
+            if progress.stop_reason == "worker_shutdown":
+                raise StoppedForShutdown(phase, loop.step)
             raise JobCancelled(f"cancelled during the {phase} phase at step {loop.step}")
         seconds_used += result.elapsed
         after = _keep_best(loop, result)
@@ -328,16 +359,24 @@ def run_local(params: FinetuneParams | dict[str, Any], bars: pd.DataFrame, *, de
 class _Run(Delivery):
     params: FinetuneParams
     data_summary: dict[str, Any]
+    given_back: list[dict[str, Any]]  # earlier deliveries that checkpointed for a worker shutdown
 
 
 def run_finetune_job(job_id: str, *, settings: Settings) -> JobState | None:
     """Run one delivery of a fine-tune job; the final state, or None when this delivery did nothing.
 
-    Raises LeaseLost / LeaseHeld (another delivery owns the job) and transient errors (the task
-    retries). Every other outcome is recorded on the job before returning.
+    Raises LeaseLost / LeaseHeld (another delivery owns the job), JobGivenBack (this worker is
+    shutting down: the job is queued again and its task must be re-sent) and transient errors (the
+    task retries). Every other outcome is recorded on the job before returning.
     """
     from kronos_jobs.crud import jobs as job_crud
+    from kronos_jobs.worker import draining
 
+    if draining():
+        # Celery's consumer goes on taking messages for a moment after the shutdown signal, so a
+        # draining worker can be handed this job, even the task it just re-sent. Leave the job
+        # queued, unclaimed, and send the task again for a worker that is not shutting down.
+        raise JobGivenBack(f"job {job_id} not started: this worker is shutting down")
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     t0 = time.perf_counter()
     try:
@@ -346,7 +385,8 @@ def run_finetune_job(job_id: str, *, settings: Settings) -> JobState | None:
             run = _Run(job_id=job.id, owner=owner, tenant_id=job.tenant_id, params=FinetuneParams.from_value(job.params),
                        data_summary=dict(job.params.get("data_summary") or {}), queue=job.queue,
                        device_requested=job.device_requested, attempt=job.attempts, queued_at=job.created_at,
-                       started_at=job.started_at, t0=t0)
+                       started_at=job.started_at, t0=t0,
+                       given_back=list((job.execution_metadata or {}).get("given_back") or []))
     except JobCancelled:
         _remove_artifacts(settings, job_id)
         logger.info("job %s cancelled elapsed=%.3fs (before it started)", job_id, time.perf_counter() - t0)
@@ -378,6 +418,8 @@ def _execute(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat) -> JobSta
     except JobCancelled as exc:
         return _finish(run, settings, JobState.CANCELLED, meta=meta,
                        error={"code": "cancelled", "message": f"cancelled by request while running ({exc})"})
+    except StoppedForShutdown as exc:
+        return _give_back(run, settings, exc, meta)  # raises JobGivenBack unless a cancel won
     except SoftTimeLimitExceeded:
         return _finish(run, settings, JobState.FAILED, meta=meta, error={
             "code": "time_limit", "message": f"the fine-tune exceeded its {settings.finetune_soft_time_limit} s soft "
@@ -401,7 +443,7 @@ def _train_and_register(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat
     params = run.params
     meta.update(identity.job_metadata())
     meta.update(device_requested=run.device_requested, queue=run.queue, attempt=run.attempt, seed=params.seed,
-                train=params.train)
+                train=params.train, given_back=run.given_back)
     with session_scope(settings) as session:
         bars, _ = result_crud.load_job_input(session, job_id=run.job_id)
         spec = resolve_model(params.model, session, tenant_id=run.tenant_id, model_dirs=settings.effective_model_dirs)
@@ -441,6 +483,25 @@ def _train_and_register(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat
     for phase in params.phases:  # the registered model is in final/; training states are not needed
         shutil.rmtree(work_dir / phase, ignore_errors=True)
     return JobState.SUCCEEDED
+
+
+def _give_back(run: _Run, settings: Settings, stop: StoppedForShutdown, meta: dict[str, Any]) -> JobState:
+    """The worker is shutting down and the loop checkpointed: put the job back in the queue (lease
+    released, attempt not counted) and raise JobGivenBack so the task is sent again. The artifacts
+    stay: the next delivery resumes from them. A cancel requested meanwhile wins."""
+    from kronos_jobs.crud import jobs as job_crud
+
+    entry = {"reason": "worker_shutdown", "phase": stop.phase, "step": stop.step, "worker_id": meta.get("worker_id"),
+             "worker_pid": os.getpid(), "at": utcnow().isoformat(), "message": str(stop)}
+    try:
+        with session_scope(settings) as session:
+            job_crud.give_back_job(session, job_id=run.job_id, owner=run.owner,
+                                   execution_metadata={"given_back": [*run.given_back, entry]})
+    except JobCancelled as exc:
+        return _finish(run, settings, JobState.CANCELLED, meta=meta,
+                       error={"code": "cancelled", "message": f"cancelled by request while running ({exc})"})
+    _log(run, JobState.QUEUED, f"{stop}; given back to the queue")
+    raise JobGivenBack(f"job {run.job_id}: {stop}")
 
 
 def _finish_row(session, run: _Run, state: JobState, meta: dict[str, Any], error: dict[str, Any] | None) -> None:

@@ -4,7 +4,10 @@ someone else holds it. Shared by the forecast and fine-tune lifecycles.
 A delivery claims the job (a conditional UPDATE in crud.jobs.claim_job); while it runs,
 `LeaseHeartbeat` renews the lease every KRONOS_HEARTBEAT_SECONDS. A second delivery finds the lease
 held (LeaseHeld: look again when it would lapse, in case the holder died) or the job finished
-(LeaseLost: stop). A transient failure releases the lease so its retry can claim at once.
+(LeaseLost: stop). A transient failure releases the lease so its retry can claim at once. A
+fine-tune whose worker begins a warm shutdown checkpoints, gives the job back (queued, lease
+released, attempt uncounted: crud.jobs.give_back_job) and raises JobGivenBack so its task is sent
+again.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 from kronos_jobs.db.models import utcnow
 from kronos_jobs.db.session import session_scope
-from kronos_jobs.errors import LeaseLost, TransientJobError
+from kronos_jobs.errors import JobFailure, LeaseLost, TransientJobError
 from kronos_jobs.names import JobState
 from kronos_jobs.settings import Settings
 
@@ -34,6 +37,13 @@ class LeaseHeld(LeaseLost):
     def __init__(self, message: str, *, retry_after: float):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class JobGivenBack(JobFailure):
+    """This delivery gave its job back to the queue (its worker is shutting down and the job saved a
+    checkpoint); the task must be sent again so another worker resumes the job."""
+
+    code = "given_back"
 
 
 def raise_if_held(job_id: str, settings: Settings, exc: LeaseLost) -> None:

@@ -2,7 +2,9 @@
 
 * `requeue_stale_jobs` (beat, every minute) re-sends tasks a broker lost: queued jobs nobody
   claimed for a while (Redis without AOF, a filesystem-broker worker killed after taking the
-  message) and running jobs whose lease lapsed (their worker died and no redelivery came).
+  message, a fine-tune given back at a warm shutdown whose re-send failed: give_back_job leaves it
+  queued with a fresh `updated_at`) and running jobs whose lease lapsed (their worker died and no
+  redelivery came).
 * `fail_after_hard_time_limit` (the worker parent, when Celery's hard limit killed a child) fails
   the job, which the killed child could not record itself.
 """
