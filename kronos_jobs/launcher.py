@@ -40,7 +40,9 @@ PROCESSES: dict[str, list[str]] = {
     "beat": ["beat"],
 }
 READY_TIMEOUT_SECONDS = 120.0  # first start imports torch and migrates; slow disks need the margin
-STOP_TIMEOUT_SECONDS = 45.0  # Celery's warm shutdown gives running tasks 30 s (celery_app.py)
+# A warm shutdown waits for running forecasts and lets a fine-tune checkpoint and requeue itself;
+# whatever still runs after this long is killed, and its late-acked message is delivered again.
+STOP_TIMEOUT_SECONDS = 45.0
 INTERRUPT_STOP_TIMEOUT_SECONDS = 5.0  # an interrupted demo stops its own processes promptly
 POLL_SECONDS = 0.2
 
