@@ -131,8 +131,15 @@ def read_job_result(
     caller: CallerDep,
     format: ResultFormat = ResultFormat.JSON,  # noqa: A002 - the query parameter's public name
 ) -> Any:
-    """Read a finished job's forecast rows as JSON, CSV or Parquet."""
+    """Read a finished forecast job's rows as JSON, CSV or Parquet (a fine-tune's result is its model: 409)."""
     job = job_crud.get_job(session, tenant_id=caller.tenant_id, job_id=job_id)
+    if job.kind == JobKind.FINETUNE.value:
+        # A fine-tune's result is a model, not rows: say where it is instead of an empty table.
+        model_id = (job.execution_metadata or {}).get("finetuned_model_id")
+        where = (f"its trained model is {model_id} (GET /v1/models/{model_id})" if model_id
+                 else f"it is {job.state}; GET /v1/jobs/{job.id} shows its state and, once it succeeds, its model")
+        raise Conflict(f"job {job.id} is a fine-tune and has no forecast rows; {where}",
+                       details=[{"field": "kind", "message": "fine-tune jobs have no result rows"}])
     if not JobState(job.state).is_terminal:
         raise Conflict(
             f"job {job.id} is {job.state}; its result is available once it finishes",

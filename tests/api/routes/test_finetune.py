@@ -123,6 +123,24 @@ def test_other_bad_bodies(client, checkpoint):
     assert client.post("/v1/jobs/finetune", content=b"x", headers={"Content-Type": "text/plain"}).status_code == 415
 
 
+def test_result_of_a_finetune_points_at_its_model(client, db: Session, checkpoint, csv_bytes):
+    from sqlalchemy import update
+
+    from kronos_jobs.db.models import Job
+
+    job_id = post(client, {"model": checkpoint, **PARAMS}, csv_bytes).json()["id"]
+    queued = client.get(f"/v1/jobs/{job_id}/result")
+    assert queued.status_code == 409 and queued.json()["error"]["details"][0]["field"] == "kind"
+    assert "GET /v1/jobs/" in queued.json()["error"]["message"]
+    db.execute(update(Job).where(Job.id == job_id).values(
+        state="succeeded", execution_metadata={"finetuned_model_id": "ft-abc"}))
+    db.commit()
+    for fmt in ("json", "csv"):
+        done = client.get(f"/v1/jobs/{job_id}/result?format={fmt}")
+        assert done.status_code == 409, done.text
+        assert "its trained model is ft-abc (GET /v1/models/ft-abc)" in done.json()["error"]["message"]
+
+
 def test_retire_a_finetuned_model(client, db: Session):
     model_crud.register_model(db, model_id="ft-x", tenant_id=DEFAULT_TENANT, kind="finetuned", max_context=64,
                               base_model="kronos-small", artifact_path="/nowhere", checksum="0" * 64)
