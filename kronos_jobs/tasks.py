@@ -4,8 +4,9 @@ Outcomes: the service records every final state itself. Transient errors (databa
 retry with exponential backoff and jitter, up to KRONOS_MAX_RETRIES; LeaseLost means another
 delivery owns the job, so this one returns quietly; LeaseHeld (the other delivery may have died)
 looks again when its lease would lapse; JobGivenBack (a fine-tune checkpointed because its worker is
-shutting down, and went back to `queued`) sends the task again at once. A hard time limit kills the child before the service can
-record anything, so `JobTask.on_failure` (run in the worker parent) fails the job instead.
+shutting down, and went back to `queued`) sends the task again at once. A hard time limit kills the
+child before the service can record anything, so `JobTask.on_failure` (run in the worker parent)
+fails the job instead.
 `shared_task` binds the tasks to whichever app the process runs (the lazily configured
 `celery_app.app`, or `make_celery(settings)` in a worker).
 """

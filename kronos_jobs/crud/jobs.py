@@ -207,6 +207,18 @@ def _update_returning(session: Session, statement) -> Job | None:
         synchronize_session=False, populate_existing=True)).one_or_none()
 
 
+def _held_by(job_id: str, owner: str):
+    """WHERE clause: the job is running under `owner`'s lease."""
+    return and_(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.RUNNING.value)
+
+
+def _cancelled_or_lost(session: Session, held, job_id: str, owner: str, action: str) -> Exception:
+    """Why a conditional UPDATE guarded by `held` and "no cancel requested" matched nothing."""
+    if session.scalar(select(Job.cancel_requested).where(held)):
+        return JobCancelled(f"job {job_id} was cancelled before it could be {action}")
+    return LeaseLost(f"job {job_id} is no longer leased by {owner}; not {action}")
+
+
 def claim_job(session: Session, *, job_id: str, owner: str, lease_seconds: float) -> Job:
     """Take the job for `owner`: queued, or running under an expired lease, becomes running.
 
@@ -246,7 +258,7 @@ def renew_lease(session: Session, *, job_id: str, owner: str, lease_seconds: flo
     now = utcnow()
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.RUNNING.value)
+        .where(_held_by(job_id, owner))
         .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
         .execution_options(synchronize_session=False)
     )
@@ -270,7 +282,7 @@ def update_progress(
         values["progress_detail"] = detail
     row = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.RUNNING.value)
+        .where(_held_by(job_id, owner))
         .values(**values)
         .returning(Job.cancel_requested)
         .execution_options(synchronize_session=False)
@@ -306,17 +318,16 @@ def finish_job(
         values["symbol_errors"] = symbol_errors
     if execution_metadata is not None:
         values["execution_metadata"] = execution_metadata
-    held = and_(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.RUNNING.value)
+    held = _held_by(job_id, owner)
     condition = held
     if progress is not None:
         values.update(progress_done=progress[0], progress_total=progress[1])
         condition = and_(held, Job.cancel_requested.is_(False))
     job = _update_returning(session, update(Job).where(condition).values(**values))
-    if job is None:
-        # The rare path: tell a cancel apart from a lost lease.
-        if progress is not None and session.scalar(select(Job.cancel_requested).where(held)):
-            raise JobCancelled(f"job {job_id} was cancelled before it could be marked {state.value}")
-        raise LeaseLost(f"job {job_id} is no longer leased by {owner}; not marking it {state.value}")
+    if job is None:  # the rare path: a cancel (checked only with `progress`) or a lost lease
+        if progress is None:
+            raise LeaseLost(f"job {job_id} is no longer leased by {owner}; not marking it {state.value}")
+        raise _cancelled_or_lost(session, held, job_id, owner, f"marked {state.value}")
     logger.info("job %s %s", job_id, state.value)
     return job
 
@@ -329,16 +340,14 @@ def give_back_job(session: Session, *, job_id: str, owner: str,
     A cancel requested meanwhile wins: JobCancelled, and the job stays running under `owner` so
     the caller records the cancel. LeaseLost if `owner` no longer holds the job."""
     now = utcnow()
-    held = and_(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.RUNNING.value)
+    held = _held_by(job_id, owner)
     values: dict[str, Any] = {"state": JobState.QUEUED.value, "lease_owner": None, "lease_expires_at": None,
                               "attempts": Job.attempts - 1, "updated_at": now}
     if execution_metadata is not None:
         values["execution_metadata"] = execution_metadata
     job = _update_returning(session, update(Job).where(held, Job.cancel_requested.is_(False)).values(**values))
     if job is None:
-        if session.scalar(select(Job.cancel_requested).where(held)):
-            raise JobCancelled(f"job {job_id} was cancelled before it could be given back")
-        raise LeaseLost(f"job {job_id} is no longer leased by {owner}; not giving it back")
+        raise _cancelled_or_lost(session, held, job_id, owner, "given back")
     logger.info("job %s given back to the queue by %s", job_id, owner)
     return job
 

@@ -11,7 +11,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.orm import Session
 
 from kronos_jobs.db.models import Worker, utcnow
@@ -76,10 +76,14 @@ def mark_worker_stopped(session: Session, *, worker_id: str) -> bool:
     return result.rowcount == 1
 
 
+def _live(stale_seconds: float):
+    """WHERE clause: the worker heartbeated within `stale_seconds` and has not stopped."""
+    return and_(Worker.stopped_at.is_(None), Worker.heartbeat_at >= utcnow() - timedelta(seconds=stale_seconds))
+
+
 def live_workers(session: Session, *, stale_seconds: float, pool: str | None = None) -> list[Worker]:
     """Workers that heartbeated within `stale_seconds` and have not stopped, by id."""
-    cutoff = utcnow() - timedelta(seconds=stale_seconds)
-    query = select(Worker).where(Worker.stopped_at.is_(None), Worker.heartbeat_at >= cutoff)
+    query = select(Worker).where(_live(stale_seconds))
     if pool is not None:
         query = query.where(Worker.pool == _value(pool))
     return list(session.scalars(query.order_by(Worker.id)))
@@ -88,9 +92,7 @@ def live_workers(session: Session, *, stale_seconds: float, pool: str | None = N
 def live_worker_queues(session: Session, *, stale_seconds: float) -> list[dict[str, Any]]:
     """The queues of each live worker, as `{"queues": [...]}`: all that routing.choose_queue reads,
     without loading whole rows on every submit."""
-    cutoff = utcnow() - timedelta(seconds=stale_seconds)
-    query = select(Worker.queues).where(Worker.stopped_at.is_(None), Worker.heartbeat_at >= cutoff)
-    return [{"queues": queues} for queues in session.scalars(query)]
+    return [{"queues": queues} for queues in session.scalars(select(Worker.queues).where(_live(stale_seconds)))]
 
 
 def list_workers(session: Session) -> list[Worker]:

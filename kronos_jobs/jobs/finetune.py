@@ -416,8 +416,7 @@ def _execute(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat) -> JobSta
     try:
         return _train_and_register(run, settings, heartbeat, meta)
     except JobCancelled as exc:
-        return _finish(run, settings, JobState.CANCELLED, meta=meta,
-                       error={"code": "cancelled", "message": f"cancelled by request while running ({exc})"})
+        return _cancelled(run, settings, meta, exc)
     except StoppedForShutdown as exc:
         return _give_back(run, settings, exc, meta)  # raises JobGivenBack unless a cancel won
     except SoftTimeLimitExceeded:
@@ -485,6 +484,11 @@ def _train_and_register(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat
     return JobState.SUCCEEDED
 
 
+def _cancelled(run: _Run, settings: Settings, meta: dict[str, Any], exc: JobCancelled) -> JobState:
+    return _finish(run, settings, JobState.CANCELLED, meta=meta,
+                   error={"code": "cancelled", "message": f"cancelled by request while running ({exc})"})
+
+
 def _give_back(run: _Run, settings: Settings, stop: StoppedForShutdown, meta: dict[str, Any]) -> JobState:
     """The worker is shutting down and the loop checkpointed: put the job back in the queue (lease
     released, attempt not counted) and raise JobGivenBack so the task is sent again. The artifacts
@@ -498,8 +502,7 @@ def _give_back(run: _Run, settings: Settings, stop: StoppedForShutdown, meta: di
             job_crud.give_back_job(session, job_id=run.job_id, owner=run.owner,
                                    execution_metadata={"given_back": [*run.given_back, entry]})
     except JobCancelled as exc:
-        return _finish(run, settings, JobState.CANCELLED, meta=meta,
-                       error={"code": "cancelled", "message": f"cancelled by request while running ({exc})"})
+        return _cancelled(run, settings, meta, exc)
     _log(run, JobState.QUEUED, f"{stop}; given back to the queue")
     raise JobGivenBack(f"job {run.job_id}: {stop}")
 

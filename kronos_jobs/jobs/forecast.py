@@ -41,8 +41,6 @@ from kronos_jobs.jobs.submit import ForecastParams
 from kronos_jobs.names import JobState
 from kronos_jobs.settings import Settings
 
-# Older names, kept for importers (jobs/finetune.py).
-_is_transient, _raise_if_held = is_transient, raise_if_held
 __all__ = ["TRANSIENT_ERRORS", "LeaseHeld", "fail_after_hard_time_limit", "requeue_stale_jobs", "run_forecast_job"]
 
 logger = logging.getLogger(__name__)
