@@ -8,37 +8,12 @@ import pandas as pd
 import pytest
 
 from kronos_jobs import model_cache
-from kronos_jobs.crud import jobs as job_crud, results as result_crud
+from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.db.session import session_scope
 from kronos_jobs.errors import LeaseLost
 from kronos_jobs.jobs.forecast import requeue_stale_jobs, run_forecast_job
-from kronos_jobs.jobs.submit import submit_forecast
 from kronos_jobs.names import DEFAULT_TENANT, RESULT_COLUMNS, JobState, quantile_column
-from tests.jobs.conftest import TINY_MAX_CONTEXT, make_bars
-
-
-@pytest.fixture
-def job_settings(db_settings, tiny_checkpoint):
-    return db_settings.model_copy(update={"lease_seconds": 4, "heartbeat_seconds": 0.5, "max_batch_size": 2,
-                                          "model_dirs": [tiny_checkpoint.parent]})
-
-
-def submit(settings, checkpoint, bars, future=None, **overrides):
-    request = {"model": str(checkpoint), "device": "cpu", "lookback": 48, "pred_len": 4,
-               "sampling": {"temperature": 1.0, "top_k": 0, "top_p": 0.9, "sample_count": 3, "seed": 7},
-               "quantiles": [0.1, 0.9], **overrides}
-    with session_scope(settings) as session:
-        job = submit_forecast(session, settings, tenant_id=DEFAULT_TENANT, request=request, bars=bars,
-                              future=future, source="inline")
-        return job.id
-
-
-def load(settings, job_id):
-    with session_scope(settings) as session:
-        job = job_crud.get_job(session, tenant_id=DEFAULT_TENANT, job_id=job_id)
-        rows = result_crud.read_forecasts(session, job_id=job_id)
-        session.expunge(job)
-    return job, rows
+from tests.jobs.conftest import TINY_MAX_CONTEXT, load, make_bars, submit
 
 
 def test_all_rows_and_metadata(job_settings, tiny_checkpoint):

@@ -9,8 +9,7 @@ import model.predictor as predictor_module
 from kronos_jobs import model_cache
 from kronos_jobs.jobs.forecast import run_forecast_job
 from kronos_jobs.names import JobState
-from tests.jobs.conftest import make_bars
-from tests.jobs.test_forecast import job_settings, load, submit  # noqa: F401 (job_settings is a fixture)
+from tests.jobs.conftest import load, make_bars, submit
 
 
 @pytest.fixture
