@@ -8,15 +8,17 @@ offending bar; these schemas check shapes, types and parameter ranges.
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from kronos_jobs.core.names import DevicePreference, JobKind, JobState
+from kronos_jobs.inputs.wall_clock import utc_instant
 from kronos_jobs.jobs.finetune_submit import FinetuneParams
+from kronos_jobs.jobs.submit import SAMPLING_LIMITS, Sampling
 
-MAX_SAMPLE_COUNT = 256  # paths averaged per forecast; memory grows linearly with it
+_SAMPLING = Sampling()  # the defaults
 MAX_QUANTILES = 32
 MAX_STEPS = 1_000_000  # sanity bound on lookback / pred_len; the model's context is the real limit
 
@@ -32,10 +34,10 @@ class _Strict(BaseModel):
 class SamplingParams(_Strict):
     """How each future bar is drawn (the same T, top_k, top_p for both token halves)."""
 
-    temperature: float = Field(1.0, gt=0, description="Softmax temperature, > 0.")
-    top_k: int = Field(0, ge=0, description="Keep the k most likely tokens; 0 = no top-k filter.")
-    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus mass in (0, 1]; 1 = no nucleus filter.")
-    sample_count: int = Field(1, ge=1, le=MAX_SAMPLE_COUNT, description="Sampled paths per series, averaged.")
+    temperature: float = Field(_SAMPLING.temperature, **SAMPLING_LIMITS["temperature"], description="Softmax temperature, > 0.")
+    top_k: int = Field(_SAMPLING.top_k, **SAMPLING_LIMITS["top_k"], description="Keep the k most likely tokens; 0 = no top-k filter.")
+    top_p: float = Field(_SAMPLING.top_p, **SAMPLING_LIMITS["top_p"], description="Nucleus mass in (0, 1]; 1 = no nucleus filter.")
+    sample_count: int = Field(_SAMPLING.sample_count, **SAMPLING_LIMITS["sample_count"], description="Sampled paths per series, averaged.")
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Seed for reproducible sampling.")
 
 
@@ -118,13 +120,6 @@ class ForecastUploadCreate(ForecastParamsIn):
 # --- jobs ----------------------------------------------------------------------------------------
 
 
-def as_utc(value: datetime | None) -> datetime | None:
-    """Stored timestamps are UTC; SQLite hands them back naive."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-
-
 class Progress(BaseModel):
     done: int = Field(description="Symbols (or fine-tune steps) finished.")
     total: int
@@ -158,8 +153,8 @@ class JobPublic(BaseModel):
             progress=Progress(done=job.progress_done or 0, total=job.progress_total or 0, detail=job.progress_detail or {}),
             error=job.error, symbol_errors=job.symbol_errors or [], cancel_requested=bool(job.cancel_requested),
             params=job.params or {}, metadata=job.execution_metadata or {},
-            created_at=as_utc(job.created_at), started_at=as_utc(job.started_at),
-            finished_at=as_utc(job.finished_at), updated_at=as_utc(job.updated_at),
+            created_at=utc_instant(job.created_at), started_at=utc_instant(job.started_at),
+            finished_at=utc_instant(job.finished_at), updated_at=utc_instant(job.updated_at),
         )
 
 
@@ -262,8 +257,8 @@ class WorkerPublic(BaseModel):
             concurrency=worker.concurrency, torch_threads=worker.torch_threads,
             device_requested=worker.device_requested, device_resolved=worker.device_resolved,
             device_name=worker.device_name, device_warning=worker.device_warning, device_info=worker.device_info or {},
-            live=live, started_at=as_utc(worker.started_at), heartbeat_at=as_utc(worker.heartbeat_at),
-            stopped_at=as_utc(worker.stopped_at),
+            live=live, started_at=utc_instant(worker.started_at), heartbeat_at=utc_instant(worker.heartbeat_at),
+            stopped_at=utc_instant(worker.stopped_at),
         )
 
 
@@ -291,7 +286,7 @@ class ModelPublic(BaseModel):
     @classmethod
     def from_row(cls, row: Any) -> "ModelPublic":
         fields = {name: getattr(row, name, None) for name in cls.model_fields}
-        fields.update(created_at=as_utc(row.created_at), retired_at=as_utc(row.retired_at))
+        fields.update(created_at=utc_instant(row.created_at), retired_at=utc_instant(row.retired_at))
         for name in ("hyperparameters", "metrics", "data_summary"):
             fields[name] = fields[name] or {}
         return cls(**fields)
@@ -430,7 +425,7 @@ class SchedulePublic(BaseModel):
     @classmethod
     def from_row(cls, row: Any, fields: dict[str, Any]) -> "SchedulePublic":
         return cls(id=row.id, **{**fields, "sampling": fields.get("sampling") or {}},
-                   next_run_at=as_utc(row.next_run_at), created_at=as_utc(row.created_at), updated_at=as_utc(row.updated_at))
+                   next_run_at=utc_instant(row.next_run_at), created_at=utc_instant(row.created_at), updated_at=utc_instant(row.updated_at))
 
 
 class SchedulesPublic(BaseModel):

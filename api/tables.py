@@ -29,7 +29,7 @@ MEDIA_TYPES = {ResultFormat.CSV: "text/csv; charset=utf-8", ResultFormat.PARQUET
 FILE_RESPONSES = {200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}}}
 
 
-def _utc(rows: pd.DataFrame) -> pd.DataFrame:
+def _utc_columns(rows: pd.DataFrame) -> pd.DataFrame:
     out = rows.copy()
     for column in out.columns:
         if pd.api.types.is_datetime64_any_dtype(out[column]) or column == "timestamp":
@@ -38,7 +38,7 @@ def _utc(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _iso(rows: pd.DataFrame) -> pd.DataFrame:
-    out = _utc(rows)
+    out = _utc_columns(rows)
     for column in out.columns:
         if isinstance(out[column].dtype, pd.DatetimeTZDtype):
             out[column] = out[column].map(lambda t: t.isoformat().replace("+00:00", "Z"))
@@ -56,7 +56,7 @@ def csv_bytes(rows: pd.DataFrame) -> bytes:
 
 def parquet_bytes(rows: pd.DataFrame) -> bytes:
     buffer = io.BytesIO()
-    _utc(rows).to_parquet(buffer, index=False)
+    _utc_columns(rows).to_parquet(buffer, index=False)
     return buffer.getvalue()
 
 

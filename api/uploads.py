@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from kronos_jobs.core.errors import InvalidRequest, PayloadTooLarge
+from kronos_jobs.core.errors import PayloadTooLarge, invalid
 
 # Multipart limits besides the file's own size cap: one file, a few small text fields.
 MAX_FORM_FIELDS = 4
@@ -37,10 +37,6 @@ def validate_json(schema: type[BaseModel], raw: bytes | str, prefix: tuple[str, 
     except ValidationError as exc:
         errors = [{**e, "loc": (*prefix, *e["loc"])} for e in exc.errors(include_url=False, include_context=False)]
         raise RequestValidationError(errors) from None
-
-
-def invalid(field: str, problem: str) -> InvalidRequest:
-    return InvalidRequest(f"{field}: {problem}", field=field, details=[{"field": field, "message": problem}])
 
 
 async def read_upload(request: Request, params_schema: type[BaseModel], *, what: str) -> tuple[Any, Upload]:

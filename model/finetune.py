@@ -53,7 +53,14 @@ STATE_FORMAT = 1
 
 @dataclasses.dataclass
 class FinetuneConfig:
-    """Hyper-parameters of one fine-tuning phase (defaults: upstream's Qlib pipeline, spec §6.1).
+    """Hyper-parameters of one fine-tuning phase: the one declaration of their defaults.
+
+    The optimisation defaults are upstream's Qlib pipeline (spec §6.1). The three run-keeping
+    defaults are the job service's, so a job and a direct library call train alike: ``amp`` (mixed
+    precision, only ever applied on CUDA), ``log_interval`` (steps between progress reports) and
+    ``checkpoint_every_steps`` (besides every epoch end; a no-op without a ``checkpoint_dir``).
+    ``kronos_jobs.jobs.finetune_submit.FinetuneParams`` mirrors these fields for the API, which
+    cannot import torch; tests/jobs/test_finetune_defaults.py keeps the two equal.
 
     ``max_steps`` counts optimiser steps over the whole run (resumes included); ``max_seconds``
     bounds one ``fit`` call. ``samples_per_epoch`` caps the windows drawn per epoch (upstream's
@@ -76,14 +83,14 @@ class FinetuneConfig:
     tokenizer_grad_clip: float = 2.0
     predictor_grad_clip: float = 3.0
     accumulation_steps: int = 1
-    amp: bool = False
+    amp: bool = True
     amp_dtype: str = "bfloat16"
     pct_start: float = 0.03
     div_factor: float = 10.0
     samples_per_epoch: int | None = None
     val_max_windows: int | None = None
-    log_interval: int = 50
-    checkpoint_every_steps: int | None = None
+    log_interval: int = 10
+    checkpoint_every_steps: int | None = 100
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "lookback", "predict_window", "accumulation_steps", "log_interval"):

@@ -17,10 +17,10 @@ from api.deps import CallerDep, SessionDep, SettingsDep
 from api.routes.jobs import ERRORS
 from api.schemas import FinetuneJobCreate, FinetuneJobPublic, FinetuneParamsIn, JobPublic
 from api.uploads import Upload, read_json_or_upload, upload_body_doc
-from kronos_jobs.core.errors import InvalidRequest, NotFound
+from kronos_jobs.core.errors import InvalidRequest, NotFound, invalid
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.inputs.parsing import parse_upload
-from kronos_jobs.jobs.finetune_submit import invalid, submit_finetune
+from kronos_jobs.jobs.finetune_submit import submit_finetune
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

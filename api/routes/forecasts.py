@@ -8,11 +8,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from api.deps import CallerDep, SessionDep
-from api.schemas import ErrorResponse, ForecastsPublic, as_utc
+from api.schemas import ErrorResponse, ForecastsPublic
 from api.tables import FILE_RESPONSES, ResultFormat, file_response, json_rows
 from kronos_jobs.crud import forecasts as forecast_crud
 from kronos_jobs.crud import schedules as schedule_crud
 from kronos_jobs.inputs.checks import check_symbol
+from kronos_jobs.inputs.wall_clock import utc_instant
 
 router = APIRouter(prefix="/v1/forecasts", tags=["forecasts"])
 
@@ -34,7 +35,7 @@ def read_latest_forecasts(
     if schedule is not None:
         schedule_crud.get_schedule(session, tenant_id=caller.tenant_id, schedule_id=schedule)
     rows = forecast_crud.latest_forecasts(session, tenant_id=caller.tenant_id, symbols=symbols or None,
-                                          as_of=as_utc(as_of), schedule_id=schedule)
+                                          as_of=utc_instant(as_of), schedule_id=schedule)
     if format is ResultFormat.JSON:
         return ForecastsPublic(columns=list(rows.columns), rows=json_rows(rows))
     return file_response(rows, format, "forecasts")

@@ -25,7 +25,7 @@ from kronos_jobs.core.names import JobKind, JobState
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import results as result_crud
-from kronos_jobs.inputs.parsing import SeriesInput, parse_inline_series, parse_upload
+from kronos_jobs.inputs.parsing import BarsInput, parse_inline_series, parse_upload
 from kronos_jobs.inputs.store import read_store_input
 from kronos_jobs.jobs.submit import submit_forecast
 
@@ -43,7 +43,7 @@ class ForecastSubmission:
     params: ForecastParamsIn  # a ForecastJobCreate (JSON) or a ForecastUploadCreate (upload)
     upload: Upload | None = None
 
-    def series_input(self, settings: Settings, session=None, tenant_id: str | None = None) -> SeriesInput:
+    def series_input(self, settings: Settings, session=None, tenant_id: str | None = None) -> BarsInput:
         """Parse and check the bars (CPU work: runs in the handler's thread, not the event loop)."""
         store = getattr(self.params, "series_store", None)
         if store is not None:  # the latest `lookback` bars of stored symbols

@@ -21,10 +21,10 @@ from api.schemas import (
     SchedulePublic,
     SchedulesPublic,
     ScheduleUpdate,
-    as_utc,
 )
 from kronos_jobs.crud import schedules as schedule_crud
 from kronos_jobs.db.models import Schedule, ScheduleRun
+from kronos_jobs.inputs.wall_clock import utc_instant
 from kronos_jobs.jobs import schedules as schedule_service
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
@@ -41,10 +41,10 @@ def _public(schedule: Schedule) -> SchedulePublic:
 def _run_public(session, run: ScheduleRun) -> RunPublic:
     view = schedule_service.refresh_run(session, run)  # live progress from the run's jobs; stores nothing
     return RunPublic(
-        id=run.id, schedule_id=run.schedule_id, scheduled_for=as_utc(run.scheduled_for), trigger=run.trigger,
+        id=run.id, schedule_id=run.schedule_id, scheduled_for=utc_instant(run.scheduled_for), trigger=run.trigger,
         state=view["state"], progress=Progress(done=min(view["done"], run.progress_total), total=run.progress_total),
         symbol_errors=view["errors"], error=run.error, job_ids=view["job_ids"], detail=run.detail or {},
-        created_at=as_utc(run.created_at), started_at=as_utc(run.started_at), finished_at=as_utc(run.finished_at),
+        created_at=utc_instant(run.created_at), started_at=utc_instant(run.started_at), finished_at=utc_instant(run.finished_at),
     )
 
 

@@ -34,6 +34,7 @@ from kronos_jobs.crud import series as series_crud
 from kronos_jobs.inputs.checks import check_symbol
 from kronos_jobs.inputs.parsing import parse_symbol_bars, parse_upload
 from kronos_jobs.inputs.store import store_freqs
+from kronos_jobs.inputs.wall_clock import utc_instant
 
 router = APIRouter(prefix="/v1/series", tags=["series"])
 
@@ -144,11 +145,11 @@ def read_symbol_bars(
     format: ResultFormat = ResultFormat.JSON,  # noqa: A002 - the query parameter's public name
 ) -> Any:
     """Read a symbol's bars in a time range, as JSON, CSV or Parquet."""
-    if start is not None and end is not None and _utc(start) > _utc(end):
+    if start is not None and end is not None and utc_instant(start) > utc_instant(end):
         raise InvalidRequest(f"start: {start.isoformat()} is after end {end.isoformat()}", field="start")
     freq = series_crud.resolve_freq(session, tenant_id=caller.tenant_id, symbol=symbol, freq=freq)
     rows = series_crud.read_bars(session, tenant_id=caller.tenant_id, symbol=symbol, freq=freq,
-                                 start=_utc(start), end=_utc(end), limit=limit)
+                                 start=utc_instant(start), end=utc_instant(end), limit=limit)
     if format is ResultFormat.JSON:
         return BarsPublic(symbol=symbol, freq=freq, columns=list(rows.columns), rows=json_rows(rows))
     return file_response(rows, format, symbol.replace("/", "_"))
@@ -159,9 +160,3 @@ def delete_symbol(symbol: Symbol, session: SessionDep, caller: CallerDep, freq: 
     """Delete a symbol's bars (at one frequency, or all)."""
     deleted = series_crud.delete_symbol(session, tenant_id=caller.tenant_id, symbol=symbol, freq=freq)
     return SeriesDeletedPublic(symbol=symbol, freq=freq, deleted_rows=deleted)
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    from api.schemas import as_utc
-
-    return as_utc(value)

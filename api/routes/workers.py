@@ -8,9 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from api.deps import SessionDep, SettingsDep
-from api.schemas import ErrorResponse, WorkerPublic, WorkersPublic, as_utc
+from api.schemas import ErrorResponse, WorkerPublic, WorkersPublic
 from kronos_jobs.crud import workers as worker_crud
 from kronos_jobs.db.models import utcnow
+from kronos_jobs.inputs.wall_clock import utc_instant
 
 router = APIRouter(prefix="/v1/workers", tags=["workers"])
 
@@ -24,5 +25,5 @@ def list_workers(
     """List live workers and those seen recently, with their devices."""
     live = {w.id for w in worker_crud.live_workers(session, stale_seconds=settings.worker_stale_seconds)}
     cutoff = utcnow() - timedelta(seconds=seen_within)
-    workers = [w for w in worker_crud.list_workers(session) if w.id in live or as_utc(w.heartbeat_at) >= cutoff]
+    workers = [w for w in worker_crud.list_workers(session) if w.id in live or utc_instant(w.heartbeat_at) >= cutoff]
     return WorkersPublic(data=[WorkerPublic.from_row(w, live=w.id in live) for w in workers])

@@ -43,6 +43,11 @@ class InvalidRequest(KronosJobsError):
         self.field = field
 
 
+def invalid(field: str, problem: str) -> InvalidRequest:
+    """An InvalidRequest whose message starts with the field and whose one detail names it."""
+    return InvalidRequest(f"{field}: {problem}", field=field, details=[{"field": field, "message": problem}])
+
+
 class PayloadTooLarge(InvalidRequest):
     """A request body or uploaded file is larger than KRONOS_MAX_UPLOAD_BYTES."""
 

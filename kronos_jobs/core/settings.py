@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# KRONOS_DEVICE takes model/device.py's device grammar. It is checked here with this pattern rather
+# than by importing model.device, because settings load in the API, which never imports torch;
+# tests/core/test_settings.py checks that both accept exactly the same specs.
+DEVICE_SPEC_FORMS = "auto, cpu, cuda, cuda:N, mps"
+_DEVICE_SPEC = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 
 
 class Settings(BaseSettings):
@@ -70,12 +77,10 @@ class Settings(BaseSettings):
     @field_validator("device")
     @classmethod
     def _device_form(cls, value: str) -> str:
-        from kronos_jobs.core.devices import check_device_spec  # no torch import at settings time
-
-        try:
-            return check_device_spec(value)
-        except ValueError as exc:  # name the variable: the user set KRONOS_DEVICE, not "device"
-            raise ValueError(f"KRONOS_DEVICE: {exc}") from None
+        spec = str(value).strip().lower()
+        if not _DEVICE_SPEC.match(spec):  # name the variable: the user set KRONOS_DEVICE, not "device"
+            raise ValueError(f"KRONOS_DEVICE: device {value!r} is not one of {DEVICE_SPEC_FORMS}")
+        return spec
 
     @field_validator("model_dirs", mode="before")
     @classmethod

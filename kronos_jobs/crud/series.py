@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from kronos_jobs.core.errors import InvalidRequest, NotFound
 from kronos_jobs.core.names import BAR_COLUMNS
 from kronos_jobs.db.models import SeriesBar
+from kronos_jobs.inputs.wall_clock import utc_instant  # func.min/max bypass the column type on SQLite (text comes back)
 
 WRITE_CHUNK_ROWS = 5_000  # rows per executemany call; bounds statement memory
 KEY = ("tenant_id", "symbol", "freq", "timestamp")
@@ -197,14 +198,8 @@ def list_symbols(session: Session, *, tenant_id: str, freq: str | None = None,
         stmt = stmt.where(SeriesBar.freq == freq)
     if symbols is not None:
         stmt = stmt.where(SeriesBar.symbol.in_(list(symbols)))
-    return [{"symbol": s, "freq": f, "first_timestamp": _utc(first), "last_timestamp": _utc(last), "rows": int(n)}
+    return [{"symbol": s, "freq": f, "first_timestamp": utc_instant(first), "last_timestamp": utc_instant(last), "rows": int(n)}
             for s, f, first, last, n in session.execute(stmt).all()]
-
-
-def _utc(value: Any) -> datetime:
-    # func.min/max bypass the column type on SQLite (text comes back); parse it the same way.
-    return pd.Timestamp(value).tz_localize("UTC").to_pydatetime() if pd.Timestamp(value).tzinfo is None \
-        else pd.Timestamp(value).tz_convert("UTC").to_pydatetime()
 
 
 def delete_symbol(session: Session, *, tenant_id: str, symbol: str, freq: str | None = None) -> int:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from pandas.tseries.frequencies import to_offset
 
-from kronos_jobs.core.errors import InvalidRequest
+from kronos_jobs.core.errors import InvalidRequest, invalid
 from kronos_jobs.core.names import PRICE_COLUMNS
 
 SYMBOL_MAX_LENGTH = 64
@@ -54,10 +54,6 @@ class Problems:
         first = self.details[0]
         more = f" (and {self.count - 1} more problems)" if self.count > 1 else ""
         raise InvalidRequest(f"{first['field']}: {first['message']}{more}", field=first["field"], details=self.details)
-
-
-def invalid(field: str, problem: str) -> InvalidRequest:
-    return InvalidRequest(f"{field}: {problem}", field=field, details=[{"field": field, "message": problem}])
 
 
 # --- single values ------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kronos_jobs.core.errors import InvalidRequest, PayloadTooLarge
+from kronos_jobs.core.errors import InvalidRequest, PayloadTooLarge, invalid
 from kronos_jobs.core.names import PRICE_COLUMNS, UTC_OFFSET_COLUMN
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.inputs.checks import (
@@ -43,7 +43,6 @@ from kronos_jobs.inputs.checks import (
     Problems,
     check_bars,
     check_freq,
-    invalid,
     is_missing,
     parse_timestamps,
     symbol_problem,
@@ -56,8 +55,9 @@ TIMESTAMP_ALIASES = {"timestamps": "timestamp"}
 
 
 @dataclass(frozen=True)
-class SeriesInput:
-    """Validated bars of one request, ready for `crud.results.save_job_input`."""
+class BarsInput:
+    """Validated bars of one request, ready for `crud.results.save_job_input` (the model's per-symbol
+    input built from them is `kronos_jobs.jobs.series.SeriesInput`)."""
 
     bars: pd.DataFrame  # long format, see the module docstring
     future: pd.DataFrame | None  # symbol, timestamp: given future timestamps, or None
@@ -72,8 +72,8 @@ class SeriesInput:
 # --- inline JSON ---------------------------------------------------------------------------------
 
 
-def parse_inline_series(series: Sequence[Mapping[str, Any]], *, pred_len: int, settings: Settings) -> SeriesInput:
-    """Validate `series[i]` dicts (symbol, freq, bars, future_timestamps) into a SeriesInput."""
+def parse_inline_series(series: Sequence[Mapping[str, Any]], *, pred_len: int, settings: Settings) -> BarsInput:
+    """Validate `series[i]` dicts (symbol, freq, bars, future_timestamps) into a BarsInput."""
     if not series:
         raise invalid("series", "give at least one series")
     if len(series) > settings.max_series_per_job:
@@ -135,7 +135,7 @@ def parse_inline_series(series: Sequence[Mapping[str, Any]], *, pred_len: int, s
 
     future = _inline_future(futures, bars, pred_len)
     freqs = {s: _series_freq(freqs_given.get(s), f"series[{i}].freq") for s, i in symbols.items()}
-    return SeriesInput(bars=bars, future=future, freqs=freqs, source="inline")
+    return BarsInput(bars=bars, future=future, freqs=freqs, source="inline")
 
 
 def _inline_future(futures: dict[str, tuple[int, list[Any]]], bars: pd.DataFrame, pred_len: int) -> pd.DataFrame | None:
@@ -180,7 +180,7 @@ def parse_upload(
     freq: str | None,
     settings: Settings,
     symbol: str | None = None,
-) -> SeriesInput:
+) -> BarsInput:
     """Validate an uploaded long-format CSV or Parquet file (one row per symbol and bar).
 
     `symbol` (the series store's `/v1/series/{symbol}/bars`): a file without a `symbol` column is
@@ -196,7 +196,7 @@ def parse_upload(
         raw = _with_symbol(raw, symbol)
     bars, file_freqs = _frame_from_file(raw, settings)
     freqs = {symbol: _series_freq(file_freqs.get(symbol) or freq, f"freq (symbol {symbol})") for symbol in bars["symbol"].unique()}
-    return SeriesInput(bars=bars, future=None, freqs=freqs, source=source)
+    return BarsInput(bars=bars, future=None, freqs=freqs, source=source)
 
 
 def upload_format(data: bytes, *, filename: str | None, content_type: str | None) -> str:
@@ -289,7 +289,7 @@ def _file_freqs(raw: pd.DataFrame, symbols: pd.Series) -> dict[str, str]:
 # Store ingest reuses the parsing above; what differs: the symbol comes from the URL.
 
 
-def parse_symbol_bars(symbol: str, *, freq: str | None, bars: Sequence[Mapping[str, Any]], settings: Settings) -> SeriesInput:
+def parse_symbol_bars(symbol: str, *, freq: str | None, bars: Sequence[Mapping[str, Any]], settings: Settings) -> BarsInput:
     """JSON bars of one symbol (`/v1/series/{symbol}/bars`); problems name `bars[3].high`."""
     try:
         return parse_inline_series([{"symbol": symbol, "freq": freq, "bars": list(bars)}], pred_len=1, settings=settings)

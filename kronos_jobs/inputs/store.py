@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kronos_jobs.core.errors import InvalidRequest, NotFound
+from kronos_jobs.core.errors import InvalidRequest, NotFound, invalid
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.crud import series as series_crud
-from kronos_jobs.inputs.checks import check_freq, check_symbol, invalid
+from kronos_jobs.inputs.checks import check_freq, check_symbol
 from kronos_jobs.inputs.frequency import infer_offset
-from kronos_jobs.inputs.parsing import SeriesInput
+from kronos_jobs.inputs.parsing import BarsInput
 
 
 def read_store_input(session, *, tenant_id: str, symbols: Sequence[str], freq: str | None, lookback: int,
-                     settings: Settings) -> SeriesInput:
+                     settings: Settings) -> BarsInput:
     """A forecast's input from the series store (`series_store` in the request): each symbol's
     latest `lookback` bars; a symbol not stored is a 422 naming `series_store.symbols[i]`."""
     if len(symbols) > settings.max_series_per_job:
@@ -32,10 +32,10 @@ def read_store_input(session, *, tenant_id: str, symbols: Sequence[str], freq: s
             raise invalid("series_store.freq", exc.message.removeprefix("freq: ")) from None
     frame = series_crud.latest_bars(session, tenant_id=tenant_id, keys=keys.items(), lookback=lookback)
     bars = frame.drop(columns="freq").dropna(axis=1, how="all")
-    return SeriesInput(bars=bars, future=None, freqs=keys, source="store")
+    return BarsInput(bars=bars, future=None, freqs=keys, source="store")
 
 
-def store_freqs(series: SeriesInput) -> dict[str, str]:
+def store_freqs(series: BarsInput) -> dict[str, str]:
     """Each symbol's frequency for the store key: as given, else inferred from its bars."""
     freqs: dict[str, str] = {}
     for symbol, given in series.freqs.items():

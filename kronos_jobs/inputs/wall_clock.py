@@ -9,22 +9,26 @@ UTC + each row's `utc_offset_minutes` (kept by kronos_jobs/inputs/parsing.py; 0 
 is UTC = wall clock). Bars without that column (the series store keeps UTC only; job inputs stored
 before the column existed) are shown in the symbol's calendar `timezone` when a calendar names one,
 else in UTC. `model/` never sees offsets or zones.
+
+Everywhere else a timestamp is an instant in UTC, and a naive one (as SQLite hands stored values
+back, or as a user may send) is taken as UTC: `as_utc` for a column or index, `utc_instant` for one
+value. Those two are the only implementations of that rule.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from kronos_jobs.core.names import UTC_OFFSET_COLUMN
+from kronos_jobs.inputs import calendar as trading
 
 
 def calendar_zone(calendar: dict[str, Any] | None, symbol: str) -> str | None:
     """The IANA zone the symbol's calendar names explicitly, or None."""
-    from kronos_jobs.inputs import calendar as trading
-
     spec = trading.calendar_for(calendar, symbol)
     zone = spec.get("timezone") if spec else None
     return str(zone) if zone else None
@@ -39,6 +43,14 @@ def as_utc(stamps: Any) -> pd.DatetimeIndex:
     """Timestamps as a tz-aware UTC index; naive ones are UTC (kronos_jobs/inputs/parsing.py)."""
     stamps = pd.DatetimeIndex(stamps)
     return stamps.tz_localize("UTC") if stamps.tz is None else stamps.tz_convert("UTC")
+
+
+def utc_instant(value: Any) -> datetime | None:
+    """One timestamp (datetime, pandas Timestamp or ISO text) as a tz-aware UTC datetime; naive is UTC."""
+    if value is None:
+        return None
+    stamp = pd.Timestamp(value)
+    return (stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")).to_pydatetime()
 
 
 def row_offsets(frame: pd.DataFrame) -> np.ndarray | None:

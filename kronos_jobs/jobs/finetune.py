@@ -211,18 +211,17 @@ class TrainingOutcome:
         return {"evaluation": self.evaluation, "phases": self.phases}
 
 
+# FinetuneConfig fields a job sets under another meaning: epochs per phase, max_seconds for the whole job.
+JOB_LEVEL_FIELDS = frozenset({"epochs", "max_seconds"})
+
+
 def loop_config(params: FinetuneParams, phase: str):
+    """The phase's FinetuneConfig: every field the two dataclasses share, plus the phase's epochs."""
     from model.finetune import FinetuneConfig
 
-    return FinetuneConfig(
-        epochs=params.phase_epochs(phase), batch_size=params.batch_size,
-        tokenizer_learning_rate=params.tokenizer_learning_rate, predictor_learning_rate=params.predictor_learning_rate,
-        adam_beta1=params.adam_beta1, adam_beta2=params.adam_beta2, adam_weight_decay=params.adam_weight_decay,
-        lookback=params.lookback, predict_window=params.predict_window, clip=params.clip, seed=params.seed,
-        max_steps=params.max_steps, accumulation_steps=params.accumulation_steps, amp=params.amp,
-        samples_per_epoch=params.samples_per_epoch, log_interval=params.log_interval,
-        checkpoint_every_steps=params.checkpoint_every_steps,
-    )
+    loop_fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    shared = ({f.name for f in dataclasses.fields(FinetuneParams)} & loop_fields) - JOB_LEVEL_FIELDS
+    return FinetuneConfig(epochs=params.phase_epochs(phase), **{name: getattr(params, name) for name in shared})
 
 
 def _val_loss_before(loop, directory: Path) -> float | None:

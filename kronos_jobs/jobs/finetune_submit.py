@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy.exc import IntegrityError
 
-from kronos_jobs.core.errors import IdempotencyConflict, InvalidRequest
+from kronos_jobs.core.errors import IdempotencyConflict, invalid
 from kronos_jobs.core.names import DevicePreference, JobKind, Queue
 from kronos_jobs.core.routing import choose_queue, consumers_of
 from kronos_jobs.core.settings import Settings
@@ -37,7 +37,15 @@ DATA_FIELD = "file"  # the request field named when the data is too short
 
 @dataclasses.dataclass
 class FinetuneParams:
-    """A fine-tune request minus its bars; stored as the job's `params` (spec §6 defaults)."""
+    """A fine-tune request minus its bars; stored as the job's `params`.
+
+    The training-loop fields (epochs .. amp) and their defaults are `model.finetune.FinetuneConfig`'s,
+    written out here because this module runs in the API, which must not import torch (and `model/`
+    does); tests/jobs/test_finetune_defaults.py checks that every shared default is equal, and the
+    worker builds its FinetuneConfig from the shared names (`jobs/finetune.py` `loop_config`). The
+    job-level fields are the service's own: train, per-phase epochs, validation_split, max_seconds
+    (the whole job, resumes included), eval_windows, name, description.
+    """
 
     model: str
     device: DevicePreference = DevicePreference.AUTO
@@ -108,11 +116,6 @@ class FinetuneParams:
 
 
 # --- validation ------------------------------------------------------------------------------------
-
-
-def invalid(field: str, problem: str) -> InvalidRequest:
-    """An InvalidRequest whose message starts with the field and whose detail names it."""
-    return InvalidRequest(f"{field}: {problem}", field=field, details=[{"field": field, "message": problem}])
 
 
 def _check(ok: bool, field: str, message: str) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from kronos_jobs.core.names import BAR_COLUMNS, PRICE_COLUMNS, UTC_OFFSET_COLUMN, quantile_column
+from kronos_jobs.inputs import calendar as trading
 from kronos_jobs.inputs.frequency import infer_offset
 from kronos_jobs.inputs.wall_clock import (
     as_utc,
@@ -51,21 +52,18 @@ class SeriesInput:
 
     def __post_init__(self) -> None:
         if self.y_utc is None:  # built by hand (tests): timestamps are UTC already
-            y = pd.DatetimeIndex(self.y_timestamp)
-            self.y_utc = y.tz_localize("UTC") if y.tz is None else y.tz_convert("UTC")
+            self.y_utc = as_utc(self.y_timestamp)
 
 
 def _error(symbol: str, code: str, message: str) -> dict[str, str]:
     return {"symbol": symbol, "code": code, "message": message}
 
 
-def future_timestamps(symbol: str, last: pd.Timestamp, pred_len: int, freq: str | None,
+def future_for_symbol(symbol: str, last: pd.Timestamp, pred_len: int, freq: str | None,
                       timestamps: pd.Series | pd.DatetimeIndex,
                       calendar: dict[str, Any] | None = None) -> pd.DatetimeIndex | dict[str, str]:
     """`pred_len` trading timestamps after `last`, stepping by `freq` (or the inferred frequency);
     the trading calendar (kronos_jobs/inputs/calendar.py) skips weekends, holidays and out-of-session times."""
-    from kronos_jobs.inputs import calendar as trading
-
     offset = pd.tseries.frequencies.to_offset(freq) if freq else infer_offset(timestamps)
     if offset is None:
         return _error(symbol, "no_freq", "cannot infer the bar frequency from fewer than two distinct "
@@ -125,12 +123,12 @@ def build_one(symbol: str, stamps: pd.DatetimeIndex, values: np.ndarray, columns
         else:
             y = wall_clock(y_utc, None, zone) if use_zone else y_utc.tz_convert("UTC").tz_localize(None) + shift
     elif zone is not None:  # the calendar finds session times in its zone
-        y_utc = future_timestamps(symbol, last, params.pred_len, params.freq.get(symbol), wall, calendar)
+        y_utc = future_for_symbol(symbol, last, params.pred_len, params.freq.get(symbol), wall, calendar)
         if isinstance(y_utc, dict):
             return y_utc
         y = wall_clock(y_utc, None, zone) if use_zone else y_utc.tz_convert("UTC").tz_localize(None) + shift
     else:  # step in the last bar's local frame: local days, weekends and session hours
-        local = future_timestamps(symbol, last + shift if last_offset else last, params.pred_len,
+        local = future_for_symbol(symbol, last + shift if last_offset else last, params.pred_len,
                                   params.freq.get(symbol), wall, calendar)
         if isinstance(local, dict):
             return local

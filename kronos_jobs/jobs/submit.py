@@ -26,6 +26,19 @@ from kronos_jobs.jobs.registry import resolve_model
 logger = logging.getLogger(__name__)
 
 
+MAX_SAMPLE_COUNT = 256  # paths averaged per forecast; memory grows linearly with it
+
+# Each sampling parameter's bounds, declared once (pydantic's names: gt, ge, le). The API schema
+# enforces them so a request hears of every problem at once; `validate_params` for every caller.
+SAMPLING_LIMITS: dict[str, dict[str, float]] = {
+    "temperature": {"gt": 0},
+    "top_k": {"ge": 0},
+    "top_p": {"gt": 0, "le": 1},
+    "sample_count": {"ge": 1, "le": MAX_SAMPLE_COUNT},
+}
+_BOUND_TEXT = {"gt": ">", "ge": ">=", "le": "<="}
+
+
 @dataclasses.dataclass
 class Sampling:
     """Sampling parameters of `KronosPredictor.predict_batch` (names as in DESIGN.md)."""
@@ -85,15 +98,7 @@ def validate_params(params: ForecastParams, max_context: int, symbols: list[str]
             f"pred_len must be between 1 and the model's context length {max_context}, got {params.pred_len}",
             field="pred_len",
         )
-    s = params.sampling
-    if s.temperature <= 0:
-        raise InvalidRequest(f"temperature must be > 0, got {s.temperature}", field="sampling.temperature")
-    if s.top_k < 0:
-        raise InvalidRequest(f"top_k must be >= 0, got {s.top_k}", field="sampling.top_k")
-    if not 0 < s.top_p <= 1:
-        raise InvalidRequest(f"top_p must be in (0, 1], got {s.top_p}", field="sampling.top_p")
-    if s.sample_count < 1:
-        raise InvalidRequest(f"sample_count must be >= 1, got {s.sample_count}", field="sampling.sample_count")
+    check_sampling(params.sampling)
     for level in params.quantiles or ():
         if not 0 < float(level) < 1:
             raise InvalidRequest(f"quantile levels must be in (0, 1), got {level}", field="quantiles")
@@ -106,6 +111,16 @@ def validate_params(params: ForecastParams, max_context: int, symbols: list[str]
         except ValueError:
             raise InvalidRequest(f"freq {freq!r} of {symbol!r} is not a pandas frequency such as 5min, 1h, 1D",
                                  field=f"freq.{symbol}") from None
+
+
+def check_sampling(sampling: Sampling) -> None:
+    """Raise InvalidRequest naming `sampling.<name>` for the first value outside SAMPLING_LIMITS."""
+    for name, limits in SAMPLING_LIMITS.items():
+        value = getattr(sampling, name)
+        for bound, limit in limits.items():
+            within = value > limit if bound == "gt" else value >= limit if bound == "ge" else value <= limit
+            if not within:
+                raise InvalidRequest(f"{name} must be {_BOUND_TEXT[bound]} {limit:g}, got {value}", field=f"sampling.{name}")
 
 
 def check_calendar(spec: dict[str, Any] | None, field: str = "calendar") -> None:

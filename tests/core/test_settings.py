@@ -13,6 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from kronos_jobs.core.settings import Settings, get_settings
+from model.device import resolve_device  # the device grammar; settings checks it without torch
 
 # field -> (value of KRONOS_<FIELD>, value the Settings field must then hold); none is the default.
 ENVIRONMENT: dict[str, tuple[str, object]] = {
@@ -129,3 +130,20 @@ def test_out_of_range_values_are_refused(monkeypatch, field, raw):
     with pytest.raises(ValidationError) as err:
         Settings()
     assert err.value.errors()[0]["loc"] == (field,)
+
+
+@pytest.mark.parametrize("spec", ["auto", "cpu", "cuda", "cuda:0", "cuda:12", " CUDA:1 ", "MPS", "gpu", "cuda:",
+                                  "cuda:x", "cuda:-1", "tpu", "", "cpu:0"])
+def test_kronos_device_accepts_exactly_what_model_device_accepts(monkeypatch, spec):
+    try:
+        resolve_device(spec)
+        model_accepts = True
+    except ValueError:
+        model_accepts = False
+    monkeypatch.setenv("KRONOS_DEVICE", spec)
+    try:
+        Settings()
+        settings_accept = True
+    except ValidationError:
+        settings_accept = False
+    assert settings_accept == model_accepts, spec

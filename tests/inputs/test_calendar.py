@@ -8,7 +8,7 @@ import pytest
 
 from kronos_jobs.core.errors import InvalidRequest
 from kronos_jobs.inputs.calendar import TradingCalendar, calendar_for, future_timestamps
-from kronos_jobs.jobs.series import future_timestamps as pipeline_future_timestamps
+from kronos_jobs.jobs.series import future_for_symbol as pipeline_future_timestamps
 
 off = pd.tseries.frequencies.to_offset
 NY = {"timezone": "America/New_York", "open": "09:30", "close": "16:00"}
