@@ -121,15 +121,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # behind a busy child while another worker idles.
         "worker_prefetch_multiplier": 1,
         # Soft limit raises SoftTimeLimitExceeded inside the job so it can record `failed`; the
-        # hard limit kills a child stuck in native code (Kronos#403-style hangs).
+        # hard limit kills a child stuck in native code (Kronos#403-style hangs). max_retries caps
+        # the automatic retries of transient errors (runtime/tasks.py) at KRONOS_MAX_RETRIES.
         "task_annotations": {
             TASK_RUN_FORECAST: {
                 "soft_time_limit": settings.forecast_soft_time_limit,
                 "time_limit": settings.forecast_time_limit,
+                "max_retries": settings.max_retries,
             },
             TASK_RUN_FINETUNE: {
                 "soft_time_limit": settings.finetune_soft_time_limit,
                 "time_limit": settings.finetune_time_limit,
+                "max_retries": settings.max_retries,
             },
         },
         # On broker connection loss Celery redelivers running late-ack tasks anyway, so they could

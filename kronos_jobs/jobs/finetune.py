@@ -22,9 +22,10 @@ Delivery and resume (the choice, and why):
   `checkpoint_every_steps` steps and at each epoch end. The steps since the last checkpoint are
   redone; the batches are the same because the epoch order depends only on (seed, epoch).
 * A warm shutdown of the worker (SIGTERM: a deploy) loses no steps: the parent raises the drain
-  flag (`worker.draining()`), the loop stops at its next step boundary and checkpoints, and the job
-  is given back (`queued`, lease released, the attempt not counted, `given_back` in its metadata)
-  and its task sent again, so another worker resumes from exactly that step. A cancel requested
+  flag (`worker.draining`, which the task hands in), the loop stops at its next step boundary and
+  checkpoints, and the job is given back (`queued`, lease released, the attempt not counted,
+  `given_back` in its metadata) and its task sent again, so another worker resumes from exactly
+  that step. A cancel requested
   meanwhile wins. If the re-send fails, the job is still `queued` in the database and the beat
   reconciler re-sends it. A cold shutdown (SIGQUIT) or a kill resumes from the last periodic
   checkpoint, as above.
@@ -52,6 +53,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from kronos_jobs.core.errors import JobCancelled, JobFailure, LeaseLost
+from kronos_jobs.core.identity import WorkerIdentity
 from kronos_jobs.core.names import JobState
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.db.models import utcnow
@@ -159,12 +161,10 @@ class JobProgress(Progress):
     turns the job's cancel flag, or the worker's drain flag, into the loop's stop signal."""
 
     def __init__(self, totals: dict[str, int], *, settings: Settings, job_id: str, owner: str,
-                 heartbeat: LeaseHeartbeat, interval: float = 1.0, draining: Callable[[], bool] | None = None):
+                 heartbeat: LeaseHeartbeat, draining: Callable[[], bool], interval: float = 1.0):
         super().__init__(totals)
         self.settings, self.job_id, self.owner, self.heartbeat = settings, job_id, owner, heartbeat
         self.interval = interval
-        if draining is None:
-            from kronos_jobs.runtime.worker import draining
         self.draining = draining
         self.last_write = 0.0
         self.cancelled = False
@@ -366,17 +366,26 @@ class _Run(Delivery):
     params: FinetuneParams
     data_summary: dict[str, Any]
     given_back: list[dict[str, Any]]  # earlier deliveries that checkpointed for a worker shutdown
+    identity: WorkerIdentity
+    draining: Callable[[], bool]
 
 
-def run_finetune_job(job_id: str, *, settings: Settings) -> JobState | None:
-    """Run one delivery of a fine-tune job; the final state, or None when this delivery did nothing.
+def never_draining() -> bool:
+    """The drain flag of a process that is not a worker: no warm shutdown ever begins."""
+    return False
+
+
+def run_finetune_job(job_id: str, *, settings: Settings, identity: WorkerIdentity,
+                     draining: Callable[[], bool] = never_draining) -> JobState | None:
+    """Run one delivery of a fine-tune job on the worker `identity` (its resolved device included);
+    the final state, or None when this delivery did nothing. `draining` is the worker's drain flag
+    (runtime/worker.py): once it is up, training checkpoints and gives the job back.
 
     Raises LeaseLost / LeaseHeld (another delivery owns the job), JobGivenBack (this worker is
     shutting down: the job is queued again and its task must be re-sent) and transient errors (the
     task retries). Every other outcome is recorded on the job before returning.
     """
     from kronos_jobs.crud import jobs as job_crud
-    from kronos_jobs.runtime.worker import draining
 
     if draining():
         # Celery's consumer goes on taking messages for a moment after the shutdown signal, so a
@@ -392,7 +401,8 @@ def run_finetune_job(job_id: str, *, settings: Settings) -> JobState | None:
                        data_summary=dict(job.params.get("data_summary") or {}), queue=job.queue,
                        device_requested=job.device_requested, attempt=job.attempts, queued_at=job.created_at,
                        started_at=job.started_at, t0=t0,
-                       given_back=list((job.execution_metadata or {}).get("given_back") or []))
+                       given_back=list((job.execution_metadata or {}).get("given_back") or []),
+                       identity=identity, draining=draining)
     except JobCancelled:
         _remove_artifacts(settings, job_id)
         logger.info("job %s cancelled elapsed=%.3fs (before it started)", job_id, time.perf_counter() - t0)
@@ -444,9 +454,7 @@ def _train_and_register(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat
     from kronos_jobs.crud import jobs as job_crud
     from kronos_jobs.crud import models as model_crud
     from kronos_jobs.crud import results as result_crud
-    from kronos_jobs.runtime.worker import current_identity
-
-    identity = current_identity(settings)
+    identity = run.identity
     params = run.params
     meta.update(identity.job_metadata())
     meta.update(device_requested=run.device_requested, queue=run.queue, attempt=run.attempt, seed=params.seed,
@@ -459,7 +467,8 @@ def _train_and_register(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat
     holder: dict[str, JobProgress] = {}
 
     def progress_factory(totals: dict[str, int]) -> JobProgress:
-        holder["progress"] = JobProgress(totals, settings=settings, job_id=run.job_id, owner=run.owner, heartbeat=heartbeat)
+        holder["progress"] = JobProgress(totals, settings=settings, job_id=run.job_id, owner=run.owner, heartbeat=heartbeat,
+                                         draining=run.draining)
         return holder["progress"]
 
     started = time.perf_counter()

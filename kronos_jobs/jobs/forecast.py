@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from kronos_jobs.core.errors import JobCancelled, JobFailure, LeaseLost
+from kronos_jobs.core.identity import WorkerIdentity
 from kronos_jobs.core.names import JobState
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.db.models import utcnow
@@ -56,8 +57,9 @@ def _log(run: _Run, state: JobState | str, extra: str = "") -> None:
     logger.info("job %s %s elapsed=%.3fs%s", run.job_id, state, run.elapsed(), f" {extra}" if extra else "")
 
 
-def run_forecast_job(job_id: str, *, settings: Settings) -> JobState | None:
-    """Run one delivery of a forecast job; the final state, or None when this delivery did nothing.
+def run_forecast_job(job_id: str, *, settings: Settings, identity: WorkerIdentity) -> JobState | None:
+    """Run one delivery of a forecast job on the worker `identity` (its resolved device included);
+    the final state, or None when this delivery did nothing.
 
     Raises LeaseLost (another delivery owns the job: stop quietly) and transient errors (database or
     broker down: the task retries). Every other outcome is recorded on the job before returning.
@@ -91,12 +93,13 @@ def run_forecast_job(job_id: str, *, settings: Settings) -> JobState | None:
     heartbeat = LeaseHeartbeat(settings, job_id, owner)
     heartbeat.start()
     try:
-        return _execute(run, settings, heartbeat, job_input)
+        return _execute(run, settings, heartbeat, job_input, identity)
     finally:
         heartbeat.stop()
 
 
-def _execute(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_input: tuple) -> JobState:
+def _execute(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_input: tuple,
+             identity: WorkerIdentity) -> JobState:
     from celery.exceptions import SoftTimeLimitExceeded
 
     if run.attempt > settings.max_retries + 1:
@@ -108,7 +111,7 @@ def _execute(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_input
                        f"(worker lost, killed or timed out); KRONOS_MAX_RETRIES is {settings.max_retries}"})
     meta: dict[str, Any] = {}
     try:
-        return _forecast(run, settings, heartbeat, job_input, meta)
+        return _forecast(run, settings, heartbeat, job_input, meta, identity)
     except JobCancelled:
         return _finish(run, settings, JobState.CANCELLED, meta=meta, rows=_EMPTY,
                        error={"code": "cancelled", "message": "cancelled by request while running"})
@@ -131,14 +134,12 @@ _EMPTY = object()  # "write an empty result": a cancelled or failed job keeps no
 
 
 def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_input: tuple,
-              meta: dict[str, Any]) -> JobState:
+              meta: dict[str, Any], identity: WorkerIdentity) -> JobState:
     from kronos_jobs.crud import jobs as job_crud
     from kronos_jobs.jobs import model_cache
     from kronos_jobs.jobs.registry import resolve_model
-    from kronos_jobs.runtime.worker import current_identity
 
     params = run.params
-    identity = current_identity(settings)
     # A job without a seed still gets one, recorded, so any run can be repeated.
     seed = params.sampling.seed if params.sampling.seed is not None else random.SystemRandom().randrange(2**31)
     meta.update(identity.job_metadata())

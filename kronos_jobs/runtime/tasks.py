@@ -1,12 +1,17 @@
 """Celery tasks: thin, "like a web view". Each takes a job id and calls one service function.
 
 Outcomes: the service records every final state itself. Transient errors (database or broker down)
-retry with exponential backoff and jitter, up to KRONOS_MAX_RETRIES; LeaseLost means another
-delivery owns the job, so this one returns quietly; LeaseHeld (the other delivery may have died)
-looks again when its lease would lapse; JobGivenBack (a fine-tune checkpointed because its worker is
-shutting down, and went back to `queued`) sends the task again at once. A hard time limit kills the
-child before the service can record anything, so `JobTask.on_failure` (run in the worker parent)
-fails the job instead.
+retry with Celery's own exponential backoff and full jitter (`autoretry_for`, `retry_backoff`,
+`retry_jitter`: a countdown drawn from 0 to min(60, 2**retries) s), up to KRONOS_MAX_RETRIES times
+(`max_retries`, set from settings in broker/celery_app.py); LeaseLost means another delivery owns
+the job, so this one returns quietly; LeaseHeld (the other delivery may have died) looks again when
+its lease would lapse; JobGivenBack (a fine-tune checkpointed because its worker is shutting down,
+and went back to `queued`) sends the task again at once. A hard time limit kills the child before
+the service can record anything, so `JobTask.on_failure` (run in the worker parent) fails the job
+instead.
+
+The worker's identity (who runs the job, on which resolved device) and its drain flag are read here,
+from the worker bootstrap, and handed to the services as arguments.
 `shared_task` binds the tasks to whichever app the process runs (the lazily configured
 `celery_app.app`, or `make_celery(settings)` in a worker).
 """
@@ -23,16 +28,14 @@ from celery.exceptions import TimeLimitExceeded
 from kronos_jobs.core.errors import LeaseLost, NotFound
 from kronos_jobs.core.names import TASK_REQUEUE_STALE_JOBS, TASK_RUN_FINETUNE, TASK_RUN_FORECAST
 from kronos_jobs.core.settings import get_settings
+from kronos_jobs.jobs.lease import TRANSIENT_ERRORS, JobGivenBack, LeaseHeld
+from kronos_jobs.jobs.recovery import fail_after_hard_time_limit
+from kronos_jobs.runtime import worker
 
 logger = logging.getLogger(__name__)
 
-RETRY_BASE_SECONDS = 1.0
-RETRY_MAX_SECONDS = 60.0
-
-
-def retry_countdown(retries: int) -> float:
-    """Exponential backoff with full jitter: spreads retries of many jobs after one outage."""
-    return random.uniform(0, min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** retries))
+# Celery's retry options for transient errors: exponential backoff from 1 s, capped at 60 s, full jitter.
+RETRY_OPTIONS = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": 1, "retry_backoff_max": 60, "retry_jitter": True}
 
 
 class JobTask(Task):
@@ -40,18 +43,15 @@ class JobTask(Task):
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         if isinstance(exc, TimeLimitExceeded):
-            from kronos_jobs.jobs.recovery import fail_after_hard_time_limit
-
             fail_after_hard_time_limit(args[0] if args else task_id, settings=get_settings(), limit=exc.args[0] if exc.args else None)
 
 
-def deliver(task: Task, job_id: str, service: Callable[..., object]) -> str | None:
-    """Run `service(job_id, settings=...)` for one delivery and map its exceptions to an outcome."""
-    from kronos_jobs.jobs.lease import TRANSIENT_ERRORS, JobGivenBack, LeaseHeld
-
+def deliver(task: Task, job_id: str, service: Callable[..., object], **context: object) -> str | None:
+    """Run `service(job_id, settings=..., **context)` for one delivery and map its exceptions to an
+    outcome; transient errors propagate to Celery's automatic retry."""
     settings = get_settings()
     try:
-        state = service(job_id, settings=settings)
+        state = service(job_id, settings=settings, **context)
     except LeaseHeld as exc:
         # A redelivery (worker child killed, Redis visibility timeout) while the job's lease is
         # live: the other delivery may be healthy or dead. Look again when the lease would lapse;
@@ -73,27 +73,26 @@ def deliver(task: Task, job_id: str, service: Callable[..., object]) -> str | No
         logger.warning("job %s: no such job; message dropped", job_id)
         return None
     except TRANSIENT_ERRORS as exc:
-        countdown = retry_countdown(task.request.retries)
-        logger.warning("job %s: transient %s (%s); retry %d/%d in %.1f s", job_id, type(exc).__name__, exc,
-                       task.request.retries + 1, settings.max_retries, countdown)
-        raise task.retry(exc=exc, countdown=countdown, max_retries=settings.max_retries)
+        logger.warning("job %s: transient %s (%s); retry %d of at most %s", job_id, type(exc).__name__, exc,
+                       task.request.retries + 1, task.max_retries)
+        raise
     return getattr(state, "value", state)
 
 
-@shared_task(bind=True, base=JobTask, name=TASK_RUN_FORECAST, ignore_result=True)
+@shared_task(bind=True, base=JobTask, name=TASK_RUN_FORECAST, ignore_result=True, **RETRY_OPTIONS)
 def run_forecast(self, job_id: str) -> str | None:
     """Run one delivery of forecast job `job_id` (see jobs/forecast.py)."""
-    from kronos_jobs.jobs.forecast import run_forecast_job
+    from kronos_jobs.jobs.forecast import run_forecast_job  # torch, on the first job only
 
-    return deliver(self, job_id, run_forecast_job)
+    return deliver(self, job_id, run_forecast_job, identity=worker.current_identity())
 
 
-@shared_task(bind=True, base=JobTask, name=TASK_RUN_FINETUNE, ignore_result=True)
+@shared_task(bind=True, base=JobTask, name=TASK_RUN_FINETUNE, ignore_result=True, **RETRY_OPTIONS)
 def run_finetune(self, job_id: str) -> str | None:
     """Run one delivery of fine-tune job `job_id` (see jobs/finetune.py: lease, resume, register)."""
-    from kronos_jobs.jobs.finetune import run_finetune_job
+    from kronos_jobs.jobs.finetune import run_finetune_job  # torch, on the first job only
 
-    return deliver(self, job_id, run_finetune_job)
+    return deliver(self, job_id, run_finetune_job, identity=worker.current_identity(), draining=worker.draining)
 
 
 @shared_task(name=TASK_REQUEUE_STALE_JOBS, ignore_result=True)

@@ -140,11 +140,13 @@ def build_identity(pool: Pool | str, concurrency: int | None, settings: Settings
     )
 
 
-def current_identity(settings: Settings | None = None) -> WorkerIdentity:
-    """This worker's identity; outside a worker (tests, in-process runs) a CPU-pool identity."""
-    global _identity
+def current_identity() -> WorkerIdentity:
+    """This worker's identity, built once by `start_worker` before the pool forks.
+
+    Only the tasks read it, and hand it to the job services; a process that is not a worker has
+    none, rather than one made up here."""
     if _identity is None:
-        _identity = build_identity(Pool.CPU, 1, settings or get_settings())
+        raise RuntimeError("no worker identity: this process was not started by start_worker")
     return _identity
 
 

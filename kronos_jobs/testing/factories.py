@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.orm import Session
 
-from kronos_jobs.core.names import BAR_COLUMNS, DEFAULT_TENANT, DevicePreference, JobKind, Queue
+from kronos_jobs.core.identity import WorkerIdentity
+from kronos_jobs.core.names import BAR_COLUMNS, DEFAULT_TENANT, DevicePreference, JobKind, Pool, Queue
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import results as result_crud
@@ -28,6 +29,7 @@ from kronos_jobs.db.models import Job
 from kronos_jobs.db.session import session_scope
 from kronos_jobs.jobs.finetune_submit import submit_finetune
 from kronos_jobs.jobs.submit import submit_forecast
+from kronos_jobs.runtime.worker import build_identity
 
 START = datetime(2024, 6, 18, 1, 30, tzinfo=timezone.utc)
 
@@ -105,6 +107,11 @@ def make_worker(session: Session, worker_id: str, pool: str, device: str, warnin
         device_name="cpu" if device == "cpu" else "NVIDIA H100", device_warning=warning, device_info={},
     )
     session.commit()
+
+
+def worker_identity(settings: Settings, pool: Pool = Pool.CPU) -> WorkerIdentity:
+    """The identity a `pool` worker on this machine registers (device resolved), for in-process job runs."""
+    return build_identity(pool, 1, settings)
 
 
 def submit_forecast_job(settings: Settings, checkpoint: Path, bars: pd.DataFrame, future: pd.DataFrame | None = None,

@@ -26,7 +26,7 @@ from kronos_jobs.jobs.finetune import (
 from kronos_jobs.jobs.finetune_submit import FinetuneParams, check_data, submit_finetune, validate_params
 from kronos_jobs.jobs.forecast import run_forecast_job
 from kronos_jobs.jobs.submit import submit_forecast
-from kronos_jobs.testing.factories import TINY_FINETUNE, make_bars
+from kronos_jobs.testing.factories import TINY_FINETUNE, make_bars, worker_identity
 from kronos_jobs.testing.factories import load_job as load
 from kronos_jobs.testing.factories import submit_finetune_job as submit
 from model.checkpoint import WEIGHTS_NAME, file_sha256
@@ -36,7 +36,7 @@ def test_finetune_trains_registers_and_a_forecast_uses_it(job_settings, tiny_che
     job_id, warnings = submit(job_settings, tiny_checkpoint, bars)
     assert warnings == ["no live worker consumes finetune.cpu; the job stays queued until one starts "
                         "(kronos-jobs worker --pool cpu)"]
-    assert run_finetune_job(job_id, settings=job_settings) is JobState.SUCCEEDED
+    assert run_finetune_job(job_id, settings=job_settings, identity=worker_identity(job_settings)) is JobState.SUCCEEDED
     job = load(job_settings, job_id)
     assert job.state == "succeeded" and job.error is None and job.attempts == 1
     assert job.progress_done == job.progress_total == 24  # 2 phases x 2 epochs x ceil(48 / 8)
@@ -75,7 +75,7 @@ def test_finetune_trains_registers_and_a_forecast_uses_it(job_settings, tiny_che
     with session_scope(job_settings) as session:
         forecast_id = submit_forecast(session, job_settings, tenant_id=DEFAULT_TENANT, request=request,
                                       bars=bars[bars.symbol == "SIM000.XS"], future=None, source="inline").id
-    assert run_forecast_job(forecast_id, settings=job_settings) is JobState.SUCCEEDED
+    assert run_forecast_job(forecast_id, settings=job_settings, identity=worker_identity(job_settings)) is JobState.SUCCEEDED
     fmeta = load(job_settings, forecast_id).execution_metadata
     assert fmeta["model"] == model_id and fmeta["model_source"] == "finetuned"
     assert fmeta["model_checksum"] == version.checksum
@@ -93,7 +93,7 @@ def test_finetune_trains_registers_and_a_forecast_uses_it(job_settings, tiny_che
 def test_cancel_while_training_stops_and_removes_artifacts(job_settings, tiny_checkpoint, bars):
     job_id, _ = submit(job_settings, tiny_checkpoint, bars, train="predictor", epochs=50, samples_per_epoch=None)
     outcome = {}
-    runner = threading.Thread(target=lambda: outcome.update(state=run_finetune_job(job_id, settings=job_settings)))
+    runner = threading.Thread(target=lambda: outcome.update(state=run_finetune_job(job_id, settings=job_settings, identity=worker_identity(job_settings))))
     runner.start()
     deadline = time.monotonic() + 60
     while load(job_settings, job_id).progress_done < 3 and time.monotonic() < deadline:
@@ -123,10 +123,10 @@ def test_resume_continues_from_the_checkpoint(job_settings, tiny_checkpoint, bar
         return real_step(self, indices)
 
     with mock.patch.object(FinetuneLoop, "_train_step", dies_after_five), pytest.raises(SystemExit):
-        run_finetune_job(job_id, settings=job_settings)
+        run_finetune_job(job_id, settings=job_settings, identity=worker_identity(job_settings))
     assert load(job_settings, job_id).state == "running"
     time.sleep(job_settings.lease_seconds + 0.5)  # the dead delivery's lease lapses
-    assert run_finetune_job(job_id, settings=job_settings) is JobState.SUCCEEDED
+    assert run_finetune_job(job_id, settings=job_settings, identity=worker_identity(job_settings)) is JobState.SUCCEEDED
     job = load(job_settings, job_id)
     assert job.attempts == 2 and job.execution_metadata["resumed_from"] == [{"phase": "predictor", "step": 3, "epoch": 0}]
 
@@ -180,7 +180,7 @@ def test_too_little_data_names_the_field():
 
 def test_max_seconds_bounds_the_whole_job_and_it_still_registers(job_settings, tiny_checkpoint, bars):
     job_id, _ = submit(job_settings, tiny_checkpoint, bars, epochs=50, samples_per_epoch=None, max_seconds=1.0)
-    assert run_finetune_job(job_id, settings=job_settings) is JobState.SUCCEEDED
+    assert run_finetune_job(job_id, settings=job_settings, identity=worker_identity(job_settings)) is JobState.SUCCEEDED
     with session_scope(job_settings) as session:
         phases = model_crud.get_model(session, tenant_id=DEFAULT_TENANT, model_id=model_id_for(job_id)).metrics["phases"]
     assert phases["tokenizer"]["stopped"] == "max_seconds" and phases["tokenizer"]["steps"] >= 1

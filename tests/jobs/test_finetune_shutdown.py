@@ -23,6 +23,7 @@ from kronos_jobs.jobs.lease import JobGivenBack
 from kronos_jobs.runtime import worker
 from kronos_jobs.testing.factories import load_job as load
 from kronos_jobs.testing.factories import submit_finetune_job as submit
+from kronos_jobs.testing.factories import worker_identity
 from model.finetune import TRAINING_STATE_NAME, FinetuneLoop
 
 # One epoch and a checkpoint interval beyond it: the only checkpoint is the one the shutdown writes.
@@ -61,7 +62,7 @@ def test_drain_checkpoints_gives_back_and_the_next_delivery_resumes_there(job_se
                                                                            drain_flag, caplog):
     job_id, _ = submit(job_settings, tiny_checkpoint, bars, **ONE_LONG_EPOCH)
     with drain_during_step(DRAIN_AT_STEP), caplog.at_level("INFO"), pytest.raises(JobGivenBack):
-        run_finetune_job(job_id, settings=job_settings)
+        run_finetune_job(job_id, settings=job_settings, identity=worker_identity(job_settings), draining=worker.draining)
 
     job = load(job_settings, job_id)
     stopped_at = DRAIN_AT_STEP + 1
@@ -73,7 +74,7 @@ def test_drain_checkpoints_gives_back_and_the_next_delivery_resumes_there(job_se
     assert f"checkpointed for worker shutdown at step {stopped_at}" in caplog.text
 
     worker._open_drain_flag()  # the next worker is not draining
-    assert run_finetune_job(job_id, settings=job_settings) is JobState.SUCCEEDED
+    assert run_finetune_job(job_id, settings=job_settings, identity=worker_identity(job_settings), draining=worker.draining) is JobState.SUCCEEDED
     job = load(job_settings, job_id)
     assert job.attempts == 1 and job.progress_done == job.progress_total
     meta = job.execution_metadata
@@ -90,7 +91,7 @@ def test_cancel_wins_over_the_give_back(job_settings, tiny_checkpoint, bars, dra
 
     # The cancel lands after the loop last read the job row: the give-back's UPDATE must see it.
     with drain_during_step(DRAIN_AT_STEP, also=cancel):
-        assert run_finetune_job(job_id, settings=job_settings) is JobState.CANCELLED
+        assert run_finetune_job(job_id, settings=job_settings, identity=worker_identity(job_settings), draining=worker.draining) is JobState.CANCELLED
     job = load(job_settings, job_id)
     assert job.state == "cancelled" and job.error["code"] == "cancelled" and job.lease_owner is None
     assert not artifacts_dir(job_settings, job_id).exists()
@@ -101,7 +102,7 @@ def test_without_the_flag_nothing_changes(job_settings, tiny_checkpoint, bars, m
     worker.request_drain()
     assert not worker.draining()
     job_id, _ = submit(job_settings, tiny_checkpoint, bars, **ONE_LONG_EPOCH, max_steps=3)
-    assert run_finetune_job(job_id, settings=job_settings) is JobState.SUCCEEDED
+    assert run_finetune_job(job_id, settings=job_settings, identity=worker_identity(job_settings), draining=worker.draining) is JobState.SUCCEEDED
     assert load(job_settings, job_id).execution_metadata["given_back"] == []
 
 
@@ -110,7 +111,7 @@ def test_a_draining_worker_does_not_start_a_finetune(job_settings, tiny_checkpoi
     job_id, _ = submit(job_settings, tiny_checkpoint, bars, **ONE_LONG_EPOCH)
     worker.request_drain()
     with pytest.raises(JobGivenBack, match="not started"):
-        run_finetune_job(job_id, settings=job_settings)
+        run_finetune_job(job_id, settings=job_settings, identity=worker_identity(job_settings), draining=worker.draining)
     job = load(job_settings, job_id)
     assert (job.state, job.attempts, job.lease_owner) == ("queued", 0, None)
     assert not artifacts_dir(job_settings, job_id).exists()

@@ -15,7 +15,7 @@ from kronos_jobs.jobs import model_cache
 from kronos_jobs.jobs.forecast import requeue_stale_jobs, run_forecast_job
 from kronos_jobs.testing.checkpoints import TINY_MAX_CONTEXT
 from kronos_jobs.testing.factories import load_forecast_job as load
-from kronos_jobs.testing.factories import make_bars
+from kronos_jobs.testing.factories import make_bars, worker_identity
 from kronos_jobs.testing.factories import submit_forecast_job as submit
 
 
@@ -23,7 +23,7 @@ def test_all_rows_and_metadata(job_settings, tiny_checkpoint):
     bars = make_bars({"AAA": 60, "BBB": 30, "CCC": 80})  # different context lengths in one job
     job_id = submit(job_settings, tiny_checkpoint, bars)
 
-    assert run_forecast_job(job_id, settings=job_settings) is JobState.SUCCEEDED
+    assert run_forecast_job(job_id, settings=job_settings, identity=worker_identity(job_settings)) is JobState.SUCCEEDED
     job, rows = load(job_settings, job_id)
 
     assert job.state == JobState.SUCCEEDED.value and job.error is None and job.symbol_errors == []
@@ -52,7 +52,7 @@ def test_same_seed_same_forecast(job_settings, tiny_checkpoint):
     bars = make_bars({"AAA": 40})
     first, second = submit(job_settings, tiny_checkpoint, bars), submit(job_settings, tiny_checkpoint, bars)
     for job_id in (first, second):
-        run_forecast_job(job_id, settings=job_settings)
+        run_forecast_job(job_id, settings=job_settings, identity=worker_identity(job_settings))
     pd.testing.assert_frame_equal(load(job_settings, first)[1], load(job_settings, second)[1])
 
 
@@ -61,7 +61,7 @@ def test_partial_success_keeps_good_series(job_settings, tiny_checkpoint):
     bars.loc[bars.index[bars.symbol == "NANS"][-3], "close"] = float("nan")
     job_id = submit(job_settings, tiny_checkpoint, bars)
 
-    assert run_forecast_job(job_id, settings=job_settings) is JobState.PARTIALLY_SUCCEEDED
+    assert run_forecast_job(job_id, settings=job_settings, identity=worker_identity(job_settings)) is JobState.PARTIALLY_SUCCEEDED
     job, rows = load(job_settings, job_id)
     assert set(rows.symbol) == {"GOOD"} and len(rows) == 4
     codes = {e["symbol"]: e["code"] for e in job.symbol_errors}
@@ -71,7 +71,7 @@ def test_partial_success_keeps_good_series(job_settings, tiny_checkpoint):
 
 def test_all_series_failing_fails_the_job(job_settings, tiny_checkpoint):
     job_id = submit(job_settings, tiny_checkpoint, make_bars({"TINY": 1}))
-    assert run_forecast_job(job_id, settings=job_settings) is JobState.FAILED
+    assert run_forecast_job(job_id, settings=job_settings, identity=worker_identity(job_settings)) is JobState.FAILED
     job, rows = load(job_settings, job_id)
     assert job.error["code"] == "all_series_failed" and rows.empty
 
@@ -81,7 +81,7 @@ def test_given_future_timestamps_are_used(job_settings, tiny_checkpoint):
     future = pd.DataFrame({"symbol": "AAA",
                            "timestamp": pd.date_range(bars.timestamp.max() + pd.Timedelta("1h"), periods=4, freq="1h")})
     job_id = submit(job_settings, tiny_checkpoint, bars, future=future)
-    run_forecast_job(job_id, settings=job_settings)
+    run_forecast_job(job_id, settings=job_settings, identity=worker_identity(job_settings))
     assert list(load(job_settings, job_id)[1].timestamp) == list(future.timestamp)
 
 
@@ -111,7 +111,7 @@ def test_cancel_while_running(job_settings, tiny_checkpoint, monkeypatch, symbol
         return type(entry)(**{**entry.__dict__, "predictor": proxy}), cached
 
     monkeypatch.setattr(model_cache, "get_predictor", patched)
-    assert run_forecast_job(job_id, settings=job_settings) is JobState.CANCELLED
+    assert run_forecast_job(job_id, settings=job_settings, identity=worker_identity(job_settings)) is JobState.CANCELLED
     job, rows = load(job_settings, job_id)
     assert job.state == "cancelled" and rows.empty and patched.proxy.calls == 1
     assert job.progress_done == progress_done and job.error["code"] == "cancelled"
@@ -122,7 +122,7 @@ def test_queued_cancel_never_starts(job_settings, tiny_checkpoint):
     with session_scope(job_settings) as session:
         job_crud.request_cancel(session, tenant_id=DEFAULT_TENANT, job_id=job_id)
     with pytest.raises(LeaseLost):  # already cancelled: this delivery does nothing
-        run_forecast_job(job_id, settings=job_settings)
+        run_forecast_job(job_id, settings=job_settings, identity=worker_identity(job_settings))
     job, _ = load(job_settings, job_id)
     assert job.state == "cancelled" and job.attempts == 0 and job.started_at is None
 
@@ -132,7 +132,7 @@ def test_second_delivery_while_lease_held_does_nothing(job_settings, tiny_checkp
     with session_scope(job_settings) as session:
         job_crud.claim_job(session, job_id=job_id, owner="other-worker", lease_seconds=60)
     with pytest.raises(LeaseLost):
-        run_forecast_job(job_id, settings=job_settings)
+        run_forecast_job(job_id, settings=job_settings, identity=worker_identity(job_settings))
     job, rows = load(job_settings, job_id)
     assert job.state == "running" and job.lease_owner == "other-worker" and job.attempts == 1 and rows.empty
 
@@ -142,17 +142,17 @@ def test_delivery_after_lease_expiry_takes_over(job_settings, tiny_checkpoint):
     with session_scope(job_settings) as session:  # a worker claimed the job, then died
         job_crud.claim_job(session, job_id=job_id, owner="dead-worker", lease_seconds=0.01)
     time.sleep(0.05)
-    assert run_forecast_job(job_id, settings=job_settings) is JobState.SUCCEEDED
+    assert run_forecast_job(job_id, settings=job_settings, identity=worker_identity(job_settings)) is JobState.SUCCEEDED
     job, rows = load(job_settings, job_id)
     assert job.attempts == 2 and job.lease_owner is None and len(rows) == 8
 
 
 def test_results_written_once(job_settings, tiny_checkpoint):
     job_id = submit(job_settings, tiny_checkpoint, make_bars({"A": 30, "B": 30}))
-    run_forecast_job(job_id, settings=job_settings)
+    run_forecast_job(job_id, settings=job_settings, identity=worker_identity(job_settings))
     first_job, first_rows = load(job_settings, job_id)
     with pytest.raises(LeaseLost):  # a duplicate message after the job finished
-        run_forecast_job(job_id, settings=job_settings)
+        run_forecast_job(job_id, settings=job_settings, identity=worker_identity(job_settings))
     job, rows = load(job_settings, job_id)
     assert job.finished_at == first_job.finished_at and job.attempts == 1
     pd.testing.assert_frame_equal(rows, first_rows)
@@ -164,7 +164,7 @@ def test_attempt_cap_ends_a_job_that_keeps_dying(job_settings, tiny_checkpoint):
         with session_scope(job_settings) as session:
             job_crud.claim_job(session, job_id=job_id, owner="dying", lease_seconds=0.001)
         time.sleep(0.01)
-    assert run_forecast_job(job_id, settings=job_settings) is JobState.FAILED
+    assert run_forecast_job(job_id, settings=job_settings, identity=worker_identity(job_settings)) is JobState.FAILED
     job, _ = load(job_settings, job_id)
     assert job.error["code"] == "too_many_attempts"
 
@@ -201,7 +201,7 @@ def test_soft_time_limit_fails_the_job_and_keeps_no_rows(job_settings, tiny_chec
 
     monkeypatch.setattr(forecast, "_predict_chunk", too_slow)
     job_id = submit(job_settings, tiny_checkpoint, make_bars({"A": 30}))
-    assert run_forecast_job(job_id, settings=job_settings) is JobState.FAILED
+    assert run_forecast_job(job_id, settings=job_settings, identity=worker_identity(job_settings)) is JobState.FAILED
     job, rows = load(job_settings, job_id)
     assert job.error["code"] == "time_limit" and rows.empty and job.lease_owner is None
 
@@ -244,7 +244,7 @@ def test_offset_input_reaches_the_model_in_local_hours(job_settings, tiny_checkp
     series, local = inline_series(job_settings, "+08:00")
     calls = spy_model_timestamps(monkeypatch)
     job_id = submit(job_settings, tiny_checkpoint, series.bars)
-    assert run_forecast_job(job_id, settings=job_settings) is JobState.SUCCEEDED
+    assert run_forecast_job(job_id, settings=job_settings, identity=worker_identity(job_settings)) is JobState.SUCCEEDED
     [([x], [y])] = calls
     assert list(x) == list(local) and list(x.hour)[:6] == [9] * 6  # 09:30 +08:00, not 01:30 UTC
     assert list(y) == list(pd.date_range(local[-1] + pd.Timedelta("5min"), periods=4, freq="5min"))
@@ -257,7 +257,7 @@ def test_naive_local_and_offset_input_forecast_identically(job_settings, tiny_ch
     offset, _ = inline_series(job_settings, "+08:00")
     first, second = submit(job_settings, tiny_checkpoint, naive.bars), submit(job_settings, tiny_checkpoint, offset.bars)
     for job_id in (first, second):
-        assert run_forecast_job(job_id, settings=job_settings) is JobState.SUCCEEDED
+        assert run_forecast_job(job_id, settings=job_settings, identity=worker_identity(job_settings)) is JobState.SUCCEEDED
     a, b = load(job_settings, first)[1], load(job_settings, second)[1]
     pd.testing.assert_frame_equal(a.drop(columns="timestamp"), b.drop(columns="timestamp"))  # identical values
     assert list(b.timestamp) == list(a.timestamp - pd.Timedelta(hours=8))

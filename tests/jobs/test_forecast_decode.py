@@ -10,7 +10,7 @@ from kronos_jobs.core.names import JobState
 from kronos_jobs.jobs import model_cache
 from kronos_jobs.jobs.forecast import run_forecast_job
 from kronos_jobs.testing.factories import load_forecast_job as load
-from kronos_jobs.testing.factories import make_bars
+from kronos_jobs.testing.factories import make_bars, worker_identity
 from kronos_jobs.testing.factories import submit_forecast_job as submit
 
 
@@ -25,7 +25,7 @@ def fresh_model_cache():
 def test_decode_info_is_in_the_metadata(job_settings, tiny_checkpoint, monkeypatch, fresh_model_cache):  # noqa: F811
     bars = make_bars({"AAA": 40, "BBB": 40, "CCC": 40})
     plain = submit(job_settings, tiny_checkpoint, bars)
-    assert run_forecast_job(plain, settings=job_settings) is JobState.SUCCEEDED
+    assert run_forecast_job(plain, settings=job_settings, identity=worker_identity(job_settings)) is JobState.SUCCEEDED
     meta = load(job_settings, plain)[0].execution_metadata
     assert meta["decode"] == {"requested_rows_per_chunk": 64, "rows_per_chunk": 64, "oom_retries": 0}
     assert "inference_seconds" in meta["timings"]
@@ -42,7 +42,7 @@ def test_decode_info_is_in_the_metadata(job_settings, tiny_checkpoint, monkeypat
     entry, _ = model_cache.get_predictor(*_cache_key_args(job_settings, tiny_checkpoint))
     entry.predictor.oom_backoff = True  # as on CUDA
     job_id = submit(job_settings, tiny_checkpoint, bars)
-    assert run_forecast_job(job_id, settings=job_settings) is JobState.SUCCEEDED
+    assert run_forecast_job(job_id, settings=job_settings, identity=worker_identity(job_settings)) is JobState.SUCCEEDED
     job, rows = load(job_settings, job_id)
     assert len(rows) == 3 * 4
     assert job.execution_metadata["decode"] == {"requested_rows_per_chunk": 64, "rows_per_chunk": 1, "oom_retries": 2}

@@ -8,7 +8,7 @@ from sqlalchemy.exc import OperationalError
 
 from kronos_jobs.core.errors import LeaseLost, NotFound
 from kronos_jobs.core.names import JobState
-from kronos_jobs.jobs.lease import LeaseHeld
+from kronos_jobs.jobs.lease import TRANSIENT_ERRORS, LeaseHeld
 from kronos_jobs.runtime import tasks
 
 
@@ -28,13 +28,24 @@ def task(monkeypatch):
 
 
 def service_raising(exc):
-    def service(job_id, *, settings):
+    def service(job_id, *, settings, **context):
         raise exc
     return service
 
 
 def test_success_returns_the_state(task):
     assert tasks.deliver(task, "j1", lambda job_id, settings: JobState.SUCCEEDED) == "succeeded"
+
+
+def test_the_worker_identity_and_drain_flag_are_handed_to_the_service(task):
+    seen = {}
+
+    def service(job_id, *, settings, **context):
+        seen.update(context)
+        return JobState.SUCCEEDED
+
+    assert tasks.deliver(task, "j1", service, identity="the-identity", draining=tasks.worker.draining) == "succeeded"
+    assert seen == {"identity": "the-identity", "draining": tasks.worker.draining}
 
 
 @pytest.mark.parametrize("exc", [LeaseLost("finished"), NotFound("gone")])
@@ -48,17 +59,24 @@ def test_lease_held_looks_again_when_it_would_lapse(task):
     assert 7.2 <= caught.value.kwargs["countdown"] <= 8.0 and caught.value.kwargs["max_retries"] is None
 
 
-def test_transient_errors_retry_with_capped_backoff(task):
+def test_transient_errors_retry_with_celerys_capped_jittered_backoff(task, monkeypatch):
     error = OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+    monkeypatch.setattr("kronos_jobs.jobs.forecast.run_forecast_job", service_raising(error))
+    monkeypatch.setattr(tasks.worker, "current_identity", lambda: None)
     with pytest.raises(Retried) as caught:
-        tasks.deliver(task, "j1", service_raising(error))
-    assert caught.value.kwargs["exc"] is error and caught.value.kwargs["max_retries"] == 3
-    assert 0 <= caught.value.kwargs["countdown"] <= tasks.RETRY_BASE_SECONDS
+        task.run("j1")  # Celery's autoretry wrapper around the task body
+    assert caught.value.kwargs["exc"] is error
+    assert 0 <= caught.value.kwargs["countdown"] <= 1  # first retry: full jitter over [0, 2**0] s
 
 
-def test_backoff_grows_and_is_capped():
-    assert all(tasks.retry_countdown(10) <= tasks.RETRY_MAX_SECONDS for _ in range(50))
-    assert max(tasks.retry_countdown(3) for _ in range(200)) > tasks.RETRY_BASE_SECONDS
+def test_retry_options_are_celerys_backoff_capped_at_kronos_max_retries(settings):
+    from kronos_jobs.broker.celery_app import make_celery
+
+    app = make_celery(settings.model_copy(update={"max_retries": 5}))
+    for name in (tasks.run_forecast.name, tasks.run_finetune.name):
+        task = app.tasks[name]
+        assert (task.retry_backoff, task.retry_backoff_max, task.retry_jitter) == (1, 60, True)
+        assert task.autoretry_for == TRANSIENT_ERRORS and task.max_retries == 5
 
 
 def test_hard_time_limit_fails_the_running_job(db_settings, monkeypatch):
