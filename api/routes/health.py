@@ -3,7 +3,7 @@
 `/healthz` answers 200 while the process lives and touches nothing. `/readyz` checks the database
 (`SELECT 1`) and the broker (one connection with a short timeout) and lists the live workers per
 pool with their resolved devices and warnings; it answers 503 when the database or the broker is
-down. `/metrics` is the Prometheus text format, written by hand (four gauges need no library).
+down. `/metrics` is the Prometheus text format, written by prometheus_client.
 """
 
 from __future__ import annotations
@@ -11,10 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from sqlalchemy import text
 
 from api.deps import SettingsDep
@@ -28,7 +32,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 
 BROKER_TIMEOUT_SECONDS = 2.0
-PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def check_database(settings: Settings) -> dict[str, Any]:
@@ -92,10 +95,34 @@ def read_readiness(settings: SettingsDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
+class _ScrapeCollector:
+    """The gauges of one scrape, read from the database just before; a fresh registry per scrape,
+    so the API process keeps no metric state of its own (several API processes agree)."""
+
+    def __init__(self, counts: dict[tuple[str, str], int], live: list[Any], up: int):
+        self.counts, self.live, self.up = counts, live, up
+
+    def collect(self):
+        yield GaugeMetricFamily("kronos_jobs_database_up", "1 if the database answered this scrape.", value=self.up)
+        jobs = GaugeMetricFamily("kronos_jobs_jobs", "Jobs by kind and state.", labels=["kind", "state"])
+        for kind in JobKind:
+            for state in JobState:
+                jobs.add_metric([kind.value, state.value], self.counts.get((kind.value, state.value), 0))
+        yield jobs
+        workers = GaugeMetricFamily("kronos_jobs_live_workers", "Live workers by pool.", labels=["pool"])
+        for pool in Pool:
+            workers.add_metric([pool.value], sum(1 for w in self.live if w.pool == pool.value))
+        yield workers
+        devices = GaugeMetricFamily("kronos_jobs_live_worker_devices", "Live workers by pool and resolved device.",
+                                    labels=["pool", "device"])
+        for (pool, device), n in sorted(Counter((w.pool, w.device_resolved) for w in self.live).items()):
+            devices.add_metric([pool, device], n)
+        yield devices
+
+
 @router.get("/metrics", response_class=PlainTextResponse)
-def read_metrics(settings: SettingsDep) -> PlainTextResponse:
+def read_metrics(settings: SettingsDep) -> Response:
     """Prometheus metrics: jobs by kind and state, live workers by pool and device."""
-    lines: list[str] = []
     try:
         with session_scope(settings) as session:
             counts = job_crud.count_by_state(session)
@@ -104,22 +131,6 @@ def read_metrics(settings: SettingsDep) -> PlainTextResponse:
     except Exception as exc:
         logger.warning("metrics: database unreachable: %s", exc)
         counts, live, up = {}, [], 0
-    lines += ["# HELP kronos_jobs_database_up 1 if the database answered this scrape.", "# TYPE kronos_jobs_database_up gauge", f"kronos_jobs_database_up {up}"]
-    lines += ["# HELP kronos_jobs_jobs Jobs by kind and state.", "# TYPE kronos_jobs_jobs gauge"]
-    for kind in JobKind:
-        for state in JobState:
-            lines.append(f'kronos_jobs_jobs{{kind="{kind.value}",state="{state.value}"}} {counts.get((kind.value, state.value), 0)}')
-    lines += ["# HELP kronos_jobs_live_workers Live workers by pool.", "# TYPE kronos_jobs_live_workers gauge"]
-    for pool in Pool:
-        lines.append(f'kronos_jobs_live_workers{{pool="{pool.value}"}} {sum(1 for w in live if w.pool == pool.value)}')
-    lines += ["# HELP kronos_jobs_live_worker_devices Live workers by pool and resolved device.", "# TYPE kronos_jobs_live_worker_devices gauge"]
-    per_device: dict[tuple[str, str], int] = {}
-    for worker in live:
-        per_device[(worker.pool, worker.device_resolved)] = per_device.get((worker.pool, worker.device_resolved), 0) + 1
-    for (pool, device), n in sorted(per_device.items()):
-        lines.append(f'kronos_jobs_live_worker_devices{{pool="{_label(pool)}",device="{_label(device)}"}} {n}')
-    return PlainTextResponse("\n".join(lines) + "\n", media_type=PROMETHEUS_CONTENT_TYPE)
-
-
-def _label(value: str) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ScrapeCollector(counts, live, up))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_PLAIN_0_0_4)

@@ -18,7 +18,8 @@ def test_reliability_settings(settings):
     assert not conf.task_routes  # the queue is chosen per job and passed at send time
     limits = conf.task_annotations
     assert limits[TASK_RUN_FORECAST] == {"soft_time_limit": settings.forecast_soft_time_limit,
-                                         "time_limit": settings.forecast_time_limit}
+                                         "time_limit": settings.forecast_time_limit,
+                                         "max_retries": settings.max_retries}
     assert limits[TASK_RUN_FINETUNE]["time_limit"] == settings.finetune_time_limit
 
 

@@ -28,35 +28,15 @@ def test_sqlite_pragmas(tmp_path):
 
 
 @pytest.mark.integration
-def test_an_idle_connection_the_server_dropped_is_replaced(pg_url, monkeypatch):
+def test_a_connection_the_server_dropped_is_replaced(pg_url):
     engine = db_session.make_engine(pg_url, pool_size=1)
     try:
         with engine.connect() as connection:
             dropped = connection.execute(text("SELECT pg_backend_pid()")).scalar()
         with db_session.make_engine(pg_url, poolclass=NullPool).connect() as admin:  # a restart, for this connection
             admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": dropped})
-        monkeypatch.setattr(db_session, "PING_IDLE_SECONDS", 0.0)  # as if it sat idle a while
         with engine.connect() as connection:  # pinged, found dead, replaced: the caller never sees it
             assert connection.execute(text("SELECT pg_backend_pid()")).scalar() != dropped
-    finally:
-        engine.dispose()
-
-
-@pytest.mark.integration
-def test_a_connection_used_moments_ago_is_not_pinged(pg_url, monkeypatch):
-    engine = db_session.make_engine(pg_url, pool_size=1)
-    pings = []
-    real_ping = engine.dialect.do_ping
-    monkeypatch.setattr(engine.dialect, "do_ping", lambda c: pings.append(c) or real_ping(c))
-    try:
-        for _ in range(3):
-            with engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-        assert pings == []
-        monkeypatch.setattr(db_session, "PING_IDLE_SECONDS", 0.0)
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        assert len(pings) == 1
     finally:
         engine.dispose()
 

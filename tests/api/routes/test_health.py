@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session
 
 from api.main import create_app
@@ -55,11 +56,12 @@ def test_metrics_prometheus_text(client: TestClient, db: Session) -> None:
     response = client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
-    lines = response.text.splitlines()
-    assert 'kronos_jobs_jobs{kind="forecast",state="queued"} 1' in lines
-    assert 'kronos_jobs_jobs{kind="forecast",state="succeeded"} 0' in lines
-    assert 'kronos_jobs_live_workers{pool="cpu"} 1' in lines
-    assert 'kronos_jobs_live_workers{pool="gpu"} 0' in lines
-    assert 'kronos_jobs_live_worker_devices{pool="cpu",device="cpu"} 1' in lines
-    assert "kronos_jobs_database_up 1" in lines
-    assert "# TYPE kronos_jobs_jobs gauge" in lines
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(response.text) for s in family.samples}
+    assert samples[("kronos_jobs_jobs", (("kind", "forecast"), ("state", "queued")))] == 1
+    assert samples[("kronos_jobs_jobs", (("kind", "forecast"), ("state", "succeeded")))] == 0
+    assert samples[("kronos_jobs_live_workers", (("pool", "cpu"),))] == 1
+    assert samples[("kronos_jobs_live_workers", (("pool", "gpu"),))] == 0
+    assert samples[("kronos_jobs_live_worker_devices", (("device", "cpu"), ("pool", "cpu")))] == 1
+    assert samples[("kronos_jobs_database_up", ())] == 1
+    assert "# TYPE kronos_jobs_jobs gauge" in response.text.splitlines()
