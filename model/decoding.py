@@ -1,15 +1,42 @@
-"""The autoregressive decoding loop of ``KronosPredictor`` (spec §5.4-5.7, exact per §7.4).
+"""How Kronos forecasts are decoded: the one place to read it (spec §5.4-5.7, exact per §7.4).
 
-One K-line per step: sample s1 from the last position's s1 logits, sample s2 from the dependency
-layer conditioned on that s1, append the pair, and advance the trunk:
+``KronosPredictor`` (model/predictor.py) normalises and clips the context, builds time features
+and calls ``generate`` here; it turns the result back into prices. ``generate`` is the
+autoregressive loop. Per series it tokenises the context once and gives each of the
+``sample_count`` sample rows its own copy; then one K-line per step: sample s1 from the last
+position's s1 logits, sample s2 from the dependency layer conditioned on that s1 (``sample_tokens``:
+temperature, top-k or nucleus, one draw from the caller's ``torch.Generator``), append the pair,
+and advance the trunk (at the end the tokenizer decodes the last window's tokens, still normalised):
 
 * growth phase (the window still starts at token 0): feed only the new token through the blocks
-  with a preallocated key/value cache — a standard causal cache is exact here;
+  with a preallocated key/value cache — a standard causal cache is exact here. ``step_mode``
+  chooses how: ``eager`` (``PackedKronos.step``), ``static`` (the fixed-shape ``step_static``) or
+  ``cuda_graph`` (``step_static`` captured once and replayed; model/step_graph.py);
 * sliding phase (the window drops its oldest token every step): recompute the whole window,
   because RoPE positions restart at 0 and every hidden state changes (§7.4). Exactness first.
 
 The dependency layer attends to the keys/values of x̂ over the whole window; they are cached too
 (unrotated: its single query makes RoPE the identity in eval mode).
+
+Why a second forward pass beside model/transformer.py: ``Kronos`` (transformer.py) is the
+reference, written for reading and training. ``PackedKronos`` runs the same maths on packed,
+fused weights (``Dense``, model/dense.py) with preallocated caches, which decoding needs to be fast
+(see its docstring and bench/predict.py). The two are bound by equivalence tests against the
+oracle (kronos_jobs/testing/oracle.py), a naive full recompute through ``Kronos.decode_s1`` /
+``decode_s2`` that re-runs the whole window every step:
+
+* tests/model/test_predictor.py: ``test_greedy_equals_oracle``,
+  ``test_window_recomputes_split_into_passes_equal_oracle``,
+  ``test_mixed_context_lengths_equal_oracle_per_length``, ``test_seeded_sampling_gives_the_oracle_tokens``,
+  ``test_batch_equals_per_series_greedy``, ``test_reduced_precision_path_runs_and_stays_close``;
+* tests/model/test_step_modes.py: every ``step_mode`` gives the oracle's tokens, and
+  ``step_static`` equals ``step`` at every position;
+* tests/model/test_dense.py: ``test_greedy_equals_oracle_on_the_blas_path_too``;
+* tests/model/test_transformer.py: ``test_kv_cache_trunk_equals_full_trunk`` and
+  ``test_last_position_s2_equals_decode_s2`` (the cache and s2 head of the reference itself);
+* tests/model/test_cuda.py: the same on a GPU (scripts/gpu_check.sh).
+
+A change here that alters a token fails those tests; change ``transformer.py`` and this file together.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from api.schemas import FinetuneJobCreate, FinetuneJobPublic, FinetuneParamsIn, 
 from api.uploads import Upload, read_json_or_upload, upload_body_doc
 from kronos_jobs.core.errors import InvalidRequest, NotFound, invalid
 from kronos_jobs.core.settings import Settings
+from kronos_jobs.crud import series as series_crud
 from kronos_jobs.inputs.parsing import parse_upload
 from kronos_jobs.jobs.finetune_submit import submit_finetune
 
@@ -45,8 +46,6 @@ class FinetuneSubmission:
 
 
 def _store_bars(session, data, tenant_id: str) -> pd.DataFrame:
-    from kronos_jobs.crud import series as series_crud
-
     frames = []
     for index, symbol in enumerate(data.symbols):
         field = f"data.symbols[{index}]"

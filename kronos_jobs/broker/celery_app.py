@@ -141,7 +141,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # A cold shutdown (SIGQUIT) first gives running jobs this long, then cancels them and
         # re-queues their messages at once instead of leaving them for the visibility timeout. A
         # warm one (SIGTERM) waits for the running tasks: forecasts finish, and fine-tunes
-        # checkpoint at their next step and give their job back (worker.draining, jobs/finetune.py).
+        # checkpoint at their next step and give their job back (runtime/drain.py, jobs/finetune.py).
         "worker_soft_shutdown_timeout": 30.0,
         # Task events (received, started, succeeded...) feed Flower and celery-exporter.
         "worker_send_task_events": True,

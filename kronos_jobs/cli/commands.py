@@ -371,7 +371,8 @@ def models(ctx: click.Context) -> None:
 def finetune(ctx: click.Context, config_path: Path, data_path: Path | None, symbol: str | None, model: str | None,
              device: str | None, overrides: tuple[str, ...], local: bool, out_dir: Path | None, idempotency_key: str | None) -> None:
     """Fine-tune from an upstream YAML: submit a job (prints its id) or, with --local, train here."""
-    from kronos_jobs.cli.finetune_yaml import UpstreamConfigError, load_upstream_yaml, prepare_data_file
+    from kronos_jobs.cli.finetune_yaml import load_upstream_yaml, prepare_data_file
+    from kronos_jobs.core.errors import UpstreamConfigError
 
     try:
         upstream = load_upstream_yaml(config_path)

@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from kronos_jobs.core.errors import UpstreamConfigError
 from kronos_jobs.jobs.registry import PUBLISHED_MODELS
 
 # section.key -> FinetuneParams field (same meaning, same unit).
@@ -60,10 +61,6 @@ SPECIAL = {
 }
 
 UPSTREAM_RATIOS = (0.9, 0.1, 0.0)  # train / val / test defaults of the upstream CSV pipeline
-
-
-class UpstreamConfigError(ValueError):
-    """The YAML file is not an upstream fine-tune config, or a key holds an unusable value."""
 
 
 @dataclasses.dataclass

@@ -2,7 +2,8 @@
 
     KronosJobsError
     ├── InvalidRequest            (422) a request field or uploaded file is wrong; names the field
-    │   └── PayloadTooLarge       (413) a body or file is over the configured size
+    │   ├── PayloadTooLarge       (413) a body or file is over the configured size
+    │   └── UpstreamConfigError   (CLI) an upstream fine-tune YAML that cannot be imported
     ├── NotFound                  (404) no such job / model / worker / series / schedule for this tenant
     ├── Conflict                  (409) the request contradicts stored state
     │   ├── IdempotencyConflict   (409) same Idempotency-Key, different body
@@ -11,7 +12,11 @@
     └── JobFailure                (-) raised inside workers; never reaches HTTP
         ├── TransientJobError     a retry with backoff may succeed (database, broker, hub hiccup)
         ├── LeaseLost             another worker holds the job's lease; this delivery stops quietly
+        │   └── LeaseHeld         ... and it is live: look again when it would lapse
         ├── JobCancelled          the job was cancelled while running
+        ├── JobGivenBack          a shutting-down worker gave the job back; its task is sent again
+        ├── StoppedForShutdown    a fine-tune stopped at a step boundary for a shutdown (checkpointed)
+        ├── ArtifactVerificationError  a saved checkpoint does not reload to the trained weights
         └── ModelUnavailable      the checkpoint cannot be loaded (hub unreachable, files missing)
 """
 
@@ -52,6 +57,11 @@ class PayloadTooLarge(InvalidRequest):
     """A request body or uploaded file is larger than KRONOS_MAX_UPLOAD_BYTES."""
 
     code = "payload_too_large"
+
+
+class UpstreamConfigError(InvalidRequest):
+    """The YAML given to `kronos-jobs finetune` is not an upstream fine-tune config, or a key holds an
+    unusable value."""
 
 
 class NotFound(KronosJobsError):
@@ -102,10 +112,43 @@ class LeaseLost(JobFailure):
     code = "lease_lost"
 
 
+class LeaseHeld(LeaseLost):
+    """Another delivery holds a live lease on the running job. If its worker died (SIGKILL, OOM),
+    the lease lapses in `retry_after` seconds and this delivery should try again then."""
+
+    def __init__(self, message: str, *, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class JobCancelled(JobFailure):
     """The job was cancelled while it ran; raised at the next batch or step boundary."""
 
     code = "cancelled"
+
+
+class JobGivenBack(JobFailure):
+    """This delivery gave its job back to the queue (its worker is shutting down and the job saved a
+    checkpoint); the task must be sent again so another worker resumes the job."""
+
+    code = "given_back"
+
+
+class StoppedForShutdown(JobFailure):
+    """The training loop stopped at a step boundary because the worker is shutting down; its
+    checkpoint is saved, and the job is given back (JobGivenBack) unless a cancel won."""
+
+    code = "stopped_for_shutdown"
+
+    def __init__(self, phase: str, step: int):
+        super().__init__(f"checkpointed for worker shutdown at step {step} ({phase} phase)")
+        self.phase, self.step = phase, step
+
+
+class ArtifactVerificationError(JobFailure):
+    """The saved checkpoint does not reload to the trained weights (keys, shapes, values or checksum)."""
+
+    code = "artifact_verification_failed"
 
 
 class ModelUnavailable(JobFailure):

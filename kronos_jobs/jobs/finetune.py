@@ -22,7 +22,7 @@ Delivery and resume (the choice, and why):
   `checkpoint_every_steps` steps and at each epoch end. The steps since the last checkpoint are
   redone; the batches are the same because the epoch order depends only on (seed, epoch).
 * A warm shutdown of the worker (SIGTERM: a deploy) loses no steps: the parent raises the drain
-  flag (`worker.draining`, which the task hands in), the loop stops at its next step boundary and
+  flag (`runtime/drain.py`, which the task hands in), the loop stops at its next step boundary and
   checkpoints, and the job is given back (`queued`, lease released, the attempt not counted,
   `given_back` in its metadata) and its task sent again, so another worker resumes from exactly
   that step. A cancel requested
@@ -43,19 +43,26 @@ import json
 import logging
 import os
 import shutil
-import socket
 import time
-import traceback
-import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
+import torch
 
-from kronos_jobs.core.errors import JobCancelled, JobFailure, LeaseLost
+from kronos_jobs.core.errors import (
+    ArtifactVerificationError,
+    JobCancelled,
+    JobGivenBack,
+    LeaseLost,
+    StoppedForShutdown,
+)
 from kronos_jobs.core.identity import WorkerIdentity
 from kronos_jobs.core.names import JobState
 from kronos_jobs.core.settings import Settings
+from kronos_jobs.crud import jobs as job_crud
+from kronos_jobs.crud import models as model_crud
+from kronos_jobs.crud import results as result_crud
 from kronos_jobs.db.models import utcnow
 from kronos_jobs.db.session import session_scope
 from kronos_jobs.jobs.finetune_submit import (
@@ -66,28 +73,29 @@ from kronos_jobs.jobs.finetune_submit import (
     validate_params,
     window_count,
 )
-from kronos_jobs.jobs.lease import Delivery, JobGivenBack, LeaseHeartbeat, is_transient, raise_if_held, release_lease
-from kronos_jobs.jobs.registry import ModelSpec, local_spec, resolve_model, save_local_model
+from kronos_jobs.jobs.holdout import evaluate, holdout_windows
+from kronos_jobs.jobs.lease import LeaseHeartbeat, raise_if_held
+from kronos_jobs.jobs.lifecycle import Delivery, new_owner, run_delivery
+from kronos_jobs.jobs.model_cache import load_pair
+from kronos_jobs.jobs.registry import (
+    LOCAL_MODEL_SUBDIR,
+    LOCAL_TOKENIZER_SUBDIR,
+    ModelSpec,
+    local_spec,
+    resolve_model,
+    save_local_model,
+)
+from model.checkpoint import WEIGHTS_NAME, CheckpointError, file_sha256
+from model.finetune import FinetuneConfig, FinetuneLoop
+from model.predictor import KronosPredictor
+from model.tokenizer import KronosTokenizer
+from model.transformer import Kronos
 
 logger = logging.getLogger(__name__)
 
 FINAL_DIR = "final"  # registered model: final/model, final/tokenizer (registry.save_local_model layout)
 BASELINE_FILE = "val_loss_before.json"  # a phase's validation loss before its first step
 MODEL_ID_PREFIX = "ft-"
-
-
-class ArtifactVerificationError(JobFailure):
-    """The saved checkpoint does not reload to the trained weights (keys, shapes, values or checksum)."""
-
-    code = "artifact_verification_failed"
-
-
-class StoppedForShutdown(Exception):
-    """The loop stopped at a step boundary because the worker is shutting down; its checkpoint is saved."""
-
-    def __init__(self, phase: str, step: int):
-        super().__init__(f"checkpointed for worker shutdown at step {step} ({phase} phase)")
-        self.phase, self.step = phase, step
 
 
 def model_id_for(job_id: str) -> str:
@@ -170,8 +178,6 @@ class JobProgress(Progress):
         self.cancelled = False
 
     def flush(self, force: bool = False) -> bool:
-        from kronos_jobs.crud import jobs as job_crud
-
         if self.heartbeat.lost:
             raise LeaseLost(f"job {self.job_id}: lease lost while training")
         now = time.monotonic()
@@ -217,7 +223,6 @@ JOB_LEVEL_FIELDS = frozenset({"epochs", "max_seconds"})
 
 def loop_config(params: FinetuneParams, phase: str):
     """The phase's FinetuneConfig: every field the two dataclasses share, plus the phase's epochs."""
-    from model.finetune import FinetuneConfig
 
     loop_fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
     shared = ({f.name for f in dataclasses.fields(FinetuneParams)} & loop_fields) - JOB_LEVEL_FIELDS
@@ -253,12 +258,7 @@ def verify_artifact(final_dir: Path, model, tokenizer) -> tuple[str, str]:
 
     Catches a checkpoint that saved the wrong module or stale weights (upstream Kronos PR #266).
     """
-    import torch
 
-    from kronos_jobs.jobs.registry import LOCAL_MODEL_SUBDIR, LOCAL_TOKENIZER_SUBDIR
-    from model.checkpoint import WEIGHTS_NAME, CheckpointError, file_sha256
-    from model.tokenizer import KronosTokenizer
-    from model.transformer import Kronos
 
     checksums = []
     for sub, module, cls in ((LOCAL_MODEL_SUBDIR, model, Kronos), (LOCAL_TOKENIZER_SUBDIR, tokenizer, KronosTokenizer)):
@@ -282,10 +282,6 @@ def train_pair(params: FinetuneParams, bars: pd.DataFrame, spec: ModelSpec, *, w
                settings: Settings, progress_factory: Callable[[dict[str, int]], Progress]) -> TrainingOutcome:
     """Train the asked phases from `spec`'s weights in `work_dir` (resuming what is there), save,
     verify and evaluate. Raises JobCancelled when the progress object asked the loop to stop."""
-    from kronos_jobs.jobs.holdout import evaluate, holdout_windows
-    from kronos_jobs.jobs.model_cache import load_pair
-    from model.finetune import FinetuneLoop
-    from model.predictor import KronosPredictor
 
     train, val = split_series(bars, params.validation_split)
     val = {k: v for k, v in val.items() if len(v) >= params.window} or None
@@ -385,14 +381,13 @@ def run_finetune_job(job_id: str, *, settings: Settings, identity: WorkerIdentit
     shutting down: the job is queued again and its task must be re-sent) and transient errors (the
     task retries). Every other outcome is recorded on the job before returning.
     """
-    from kronos_jobs.crud import jobs as job_crud
 
     if draining():
         # Celery's consumer goes on taking messages for a moment after the shutdown signal, so a
         # draining worker can be handed this job, even the task it just re-sent. Leave the job
         # queued, unclaimed, and send the task again for a worker that is not shutting down.
         raise JobGivenBack(f"job {job_id} not started: this worker is shutting down")
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    owner = new_owner()
     t0 = time.perf_counter()
     try:
         with session_scope(settings) as session:
@@ -420,40 +415,24 @@ def run_finetune_job(job_id: str, *, settings: Settings, identity: WorkerIdentit
 
 
 def _execute(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat) -> JobState:
-    from celery.exceptions import SoftTimeLimitExceeded
-
-    if run.attempt > settings.max_retries + 1:
-        # A run that keeps killing its worker (OOM, hard time limit) must end, not loop forever.
-        return _finish(run, settings, JobState.FAILED, error={
-            "code": "too_many_attempts",
-            "message": f"gave up after {run.attempt - 1} deliveries that did not finish (worker lost, killed "
-                       f"or timed out); KRONOS_MAX_RETRIES is {settings.max_retries}"})
     meta: dict[str, Any] = {}
-    try:
-        return _train_and_register(run, settings, heartbeat, meta)
-    except JobCancelled as exc:
-        return _cancelled(run, settings, meta, exc)
-    except StoppedForShutdown as exc:
-        return _give_back(run, settings, exc, meta)  # raises JobGivenBack unless a cancel won
-    except SoftTimeLimitExceeded:
-        return _finish(run, settings, JobState.FAILED, meta=meta, error={
-            "code": "time_limit", "message": f"the fine-tune exceeded its {settings.finetune_soft_time_limit} s soft "
-                                             "time limit (KRONOS_FINETUNE_SOFT_TIME_LIMIT); set max_seconds below it"})
-    except LeaseLost:
-        raise
-    except Exception as exc:
-        if is_transient(exc):
-            release_lease(run.job_id, run.owner, settings)
-            raise
-        code = exc.code if isinstance(exc, JobFailure) else "internal_error"
-        logger.error("job %s failed: %s\n%s", run.job_id, exc, traceback.format_exc())
-        return _finish(run, settings, JobState.FAILED, meta=meta, error={"code": code, "message": f"{type(exc).__name__}: {exc}"})
+
+    def work() -> JobState:
+        try:
+            return _train_and_register(run, settings, heartbeat, meta)
+        except StoppedForShutdown as exc:
+            return _give_back(run, settings, exc, meta)  # raises JobGivenBack unless a cancel won
+
+    return run_delivery(
+        run, settings, work,
+        fail=lambda error: _finish(run, settings, JobState.FAILED, meta=meta, error=error),
+        cancelled=lambda exc: _cancelled(run, settings, meta, exc),
+        time_limit_message=f"the fine-tune exceeded its {settings.finetune_soft_time_limit} s soft time limit "
+                           "(KRONOS_FINETUNE_SOFT_TIME_LIMIT); set max_seconds below it",
+    )
 
 
 def _train_and_register(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, meta: dict[str, Any]) -> JobState:
-    from kronos_jobs.crud import jobs as job_crud
-    from kronos_jobs.crud import models as model_crud
-    from kronos_jobs.crud import results as result_crud
     identity = run.identity
     params = run.params
     meta.update(identity.job_metadata())
@@ -510,7 +489,6 @@ def _give_back(run: _Run, settings: Settings, stop: StoppedForShutdown, meta: di
     """The worker is shutting down and the loop checkpointed: put the job back in the queue (lease
     released, attempt not counted) and raise JobGivenBack so the task is sent again. The artifacts
     stay: the next delivery resumes from them. A cancel requested meanwhile wins."""
-    from kronos_jobs.crud import jobs as job_crud
 
     entry = {"reason": "worker_shutdown", "phase": stop.phase, "step": stop.step, "worker_id": meta.get("worker_id"),
              "worker_pid": os.getpid(), "at": utcnow().isoformat(), "message": str(stop)}
@@ -525,8 +503,6 @@ def _give_back(run: _Run, settings: Settings, stop: StoppedForShutdown, meta: di
 
 
 def _finish_row(session, run: _Run, state: JobState, meta: dict[str, Any], error: dict[str, Any] | None) -> None:
-    from kronos_jobs.crud import jobs as job_crud
-
     finished_at = utcnow()
     meta.setdefault("timings", {}).update(
         queued_at=run.queued_at.isoformat() if run.queued_at else None,

@@ -16,18 +16,18 @@ import hashlib
 import json
 import logging
 import math
-import uuid
 from typing import Any
 
 import pandas as pd
-from sqlalchemy.exc import IntegrityError
 
-from kronos_jobs.core.errors import IdempotencyConflict, invalid
+from kronos_jobs.core.errors import invalid
 from kronos_jobs.core.names import DevicePreference, JobKind, Queue
 from kronos_jobs.core.routing import choose_queue, consumers_of
 from kronos_jobs.core.settings import Settings
+from kronos_jobs.crud import workers as worker_crud
 from kronos_jobs.inputs.wall_clock import local_bars
 from kronos_jobs.jobs.registry import resolve_model
+from kronos_jobs.jobs.submit import enqueue
 
 logger = logging.getLogger(__name__)
 
@@ -246,11 +246,6 @@ def request_hash(params: FinetuneParams, bars: pd.DataFrame) -> str:
 def submit_finetune(session, settings: Settings, *, tenant_id: str, request: FinetuneParams | dict[str, Any],
                     bars: pd.DataFrame, source: str, idempotency_key: str | None = None):
     """Validate, route, insert the job and its bars, COMMIT, then send the task; return (Job, warnings)."""
-    from kronos_jobs.crud import jobs as job_crud
-    from kronos_jobs.crud import results as result_crud
-    from kronos_jobs.crud import workers as worker_crud
-    from kronos_jobs.jobs.submit import send_job
-
     params = FinetuneParams.from_value(request)
     spec = resolve_model(params.model, session, tenant_id=tenant_id, model_dirs=settings.effective_model_dirs)
     validate_params(params, spec.max_context)
@@ -259,38 +254,12 @@ def submit_finetune(session, settings: Settings, *, tenant_id: str, request: Fin
                                      f"or the task is interrupted first; got {params.max_seconds:g}")
     summary = check_data(params, bars)
     summary["source"] = source
-    digest = request_hash(params, bars)
     live = worker_crud.live_worker_queues(session, stale_seconds=settings.worker_stale_seconds)
     queue, reason = choose_finetune_queue(params.device, live)
     warning = no_consumer_warning(queue, live)
-    warnings = [warning] if warning else []
-    job_id = uuid.uuid4().hex
-    try:
-        job = job_crud.create_job(
-            session, job_id=job_id, tenant_id=tenant_id, kind=JobKind.FINETUNE.value,
-            device_requested=DevicePreference(params.device).value, queue=queue.value, routing_reason=reason,
-            model=params.model, params={**params.to_json(), "source": source, "data_summary": summary},
-            progress_total=total_steps(params, summary["train_windows"]),
-            idempotency_key=idempotency_key, request_hash=digest,
-        )
-        if job.id != job_id:  # same Idempotency-Key and body: that job stands
-            session.commit()
-            return job, warnings
-        result_crud.save_job_input(session, job_id=job_id, tenant_id=tenant_id, bars=bars, future=None, source=source)
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        existing = job_crud.find_by_idempotency_key(session, tenant_id=tenant_id, key=idempotency_key) if idempotency_key else None
-        if existing is None:
-            raise
-        if existing.request_hash != digest:
-            raise IdempotencyConflict(f"Idempotency-Key {idempotency_key!r} was used for a different request",
-                                      details=[{"field": "Idempotency-Key", "message": "reused with a different body"}]) from None
-        return existing, warnings
-    try:
-        send_job(settings, job_id, queue)
-    except Exception as exc:  # committed: the reconciler re-sends it
-        logger.error("job %s queued but not sent (%s: %s); the reconciler will re-send it", job_id, type(exc).__name__, exc)
-    logger.info("job %s queued on %s (%s): fine-tune %s of %s, %d windows", job_id, queue.value, reason,
-                params.train, params.model, summary["train_windows"])
-    return job, warnings
+    job = enqueue(session, settings, tenant_id=tenant_id, kind=JobKind.FINETUNE, device=params.device, queue=queue,
+                  reason=reason, model=params.model, params={**params.to_json(), "source": source, "data_summary": summary},
+                  progress_total=total_steps(params, summary["train_windows"]), bars=bars, future=None, source=source,
+                  idempotency_key=idempotency_key, digest=request_hash(params, bars),
+                  summary=f"fine-tune {params.train} of {params.model}, {summary['train_windows']} windows")
+    return job, [warning] if warning else []

@@ -11,38 +11,29 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import random
-import socket
 import time
-import traceback
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from kronos_jobs.core.errors import JobCancelled, JobFailure, LeaseLost
+from kronos_jobs.core.errors import JobCancelled, LeaseLost
 from kronos_jobs.core.identity import WorkerIdentity
-from kronos_jobs.core.names import JobState
+from kronos_jobs.core.names import RESULT_COLUMNS, JobState
 from kronos_jobs.core.settings import Settings
+from kronos_jobs.crud import jobs as job_crud
+from kronos_jobs.crud import results as result_crud
 from kronos_jobs.db.models import utcnow
 from kronos_jobs.db.session import session_scope
-from kronos_jobs.jobs.lease import (
-    TRANSIENT_ERRORS,
-    Delivery,
-    LeaseHeartbeat,
-    LeaseHeld,
-    is_transient,
-    raise_if_held,
-    release_lease,
-)
-from kronos_jobs.jobs.recovery import fail_after_hard_time_limit, requeue_stale_jobs
+from kronos_jobs.jobs.lease import LeaseHeartbeat, raise_if_held
+from kronos_jobs.jobs.lifecycle import Delivery, new_owner, run_delivery
+from kronos_jobs.jobs.registry import PUBLISHED_MODELS, RANDOM_PREFIX, local_model_dir, resolve_model
 from kronos_jobs.jobs.series import SeriesInput, build_inputs, result_rows, rows_frame
 from kronos_jobs.jobs.submit import ForecastParams
 
-__all__ = ["TRANSIENT_ERRORS", "LeaseHeld", "fail_after_hard_time_limit", "requeue_stale_jobs", "run_forecast_job"]
+__all__ = ["run_forecast_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +55,8 @@ def run_forecast_job(job_id: str, *, settings: Settings, identity: WorkerIdentit
     Raises LeaseLost (another delivery owns the job: stop quietly) and transient errors (database or
     broker down: the task retries). Every other outcome is recorded on the job before returning.
     """
-    from kronos_jobs.crud import jobs as job_crud
-    from kronos_jobs.crud import results as result_crud
 
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    owner = new_owner()
     t0 = time.perf_counter()
     # --- claim --------------------------------------------------------------------------------
     try:
@@ -100,34 +89,14 @@ def run_forecast_job(job_id: str, *, settings: Settings, identity: WorkerIdentit
 
 def _execute(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_input: tuple,
              identity: WorkerIdentity) -> JobState:
-    from celery.exceptions import SoftTimeLimitExceeded
-
-    if run.attempt > settings.max_retries + 1:
-        # Each delivery that claimed the job counts; a job that keeps killing its worker (OOM,
-        # segfault, hard time limit) must end instead of looping through redeliveries.
-        return _finish(run, settings, JobState.FAILED, error={
-            "code": "too_many_attempts",
-            "message": f"gave up after {run.attempt - 1} deliveries that did not finish "
-                       f"(worker lost, killed or timed out); KRONOS_MAX_RETRIES is {settings.max_retries}"})
     meta: dict[str, Any] = {}
-    try:
-        return _forecast(run, settings, heartbeat, job_input, meta, identity)
-    except JobCancelled:
-        return _finish(run, settings, JobState.CANCELLED, meta=meta, rows=_EMPTY,
-                       error={"code": "cancelled", "message": "cancelled by request while running"})
-    except SoftTimeLimitExceeded:
-        return _finish(run, settings, JobState.FAILED, meta=meta, rows=_EMPTY, error={
-            "code": "time_limit", "message": f"the forecast exceeded its {settings.forecast_soft_time_limit} s soft time limit"})
-    except LeaseLost:
-        raise
-    except Exception as exc:
-        if is_transient(exc):
-            release_lease(run.job_id, run.owner, settings)
-            raise
-        code = getattr(exc, "code", "internal_error") if isinstance(exc, JobFailure) else "internal_error"
-        logger.error("job %s failed: %s\n%s", run.job_id, exc, traceback.format_exc())
-        return _finish(run, settings, JobState.FAILED, meta=meta, rows=_EMPTY,
-                       error={"code": code, "message": f"{type(exc).__name__}: {exc}"})
+    return run_delivery(
+        run, settings, lambda: _forecast(run, settings, heartbeat, job_input, meta, identity),
+        fail=lambda error: _finish(run, settings, JobState.FAILED, meta=meta, rows=_EMPTY, error=error),
+        cancelled=lambda _exc: _finish(run, settings, JobState.CANCELLED, meta=meta, rows=_EMPTY,
+                                       error={"code": "cancelled", "message": "cancelled by request while running"}),
+        time_limit_message=f"the forecast exceeded its {settings.forecast_soft_time_limit} s soft time limit",
+    )
 
 
 _EMPTY = object()  # "write an empty result": a cancelled or failed job keeps no rows
@@ -135,9 +104,7 @@ _EMPTY = object()  # "write an empty result": a cancelled or failed job keeps no
 
 def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_input: tuple,
               meta: dict[str, Any], identity: WorkerIdentity) -> JobState:
-    from kronos_jobs.crud import jobs as job_crud
     from kronos_jobs.jobs import model_cache
-    from kronos_jobs.jobs.registry import resolve_model
 
     params = run.params
     # A job without a seed still gets one, recorded, so any run can be repeated.
@@ -208,7 +175,6 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
 
 def _needs_session(model: str, model_dirs: Sequence[Path]) -> bool:
     """Only fine-tuned ids live in the database; published, random and local models do not."""
-    from kronos_jobs.jobs.registry import PUBLISHED_MODELS, RANDOM_PREFIX, local_model_dir
 
     return not (model in PUBLISHED_MODELS or model.startswith(RANDOM_PREFIX)
                 or local_model_dir(model, model_dirs) is not None)
@@ -260,8 +226,6 @@ def _finish(run: _Run, settings: Settings, state: JobState, *, meta: dict[str, A
 
     With `progress` (done, total), the last progress update and its cancel check happen in the same
     transaction: a cancel that arrived during the last chunk rolls it back (JobCancelled)."""
-    from kronos_jobs.crud import jobs as job_crud
-    from kronos_jobs.crud import results as result_crud
 
     meta = dict(meta or {})
     finished_at = utcnow()
@@ -281,8 +245,6 @@ def _finish(run: _Run, settings: Settings, state: JobState, *, meta: dict[str, A
 
 
 def _empty_rows() -> pd.DataFrame:
-    from kronos_jobs.core.names import RESULT_COLUMNS
-
     return pd.DataFrame(columns=[*RESULT_COLUMNS, "step"])
 
 

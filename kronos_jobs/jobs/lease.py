@@ -12,43 +12,25 @@ again.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
 import time
-from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
-from kronos_jobs.core.errors import JobFailure, LeaseLost, TransientJobError
+from kronos_jobs.core.errors import LeaseHeld, LeaseLost, TransientJobError
 from kronos_jobs.core.names import JobState
 from kronos_jobs.core.settings import Settings
-from kronos_jobs.db.models import utcnow
+from kronos_jobs.crud import jobs as job_crud
+from kronos_jobs.db.models import Job, utcnow
 from kronos_jobs.db.session import session_scope
 
 logger = logging.getLogger(__name__)
 
 
-class LeaseHeld(LeaseLost):
-    """Another delivery holds a live lease on the running job. If its worker died (SIGKILL, OOM),
-    the lease lapses in `retry_after` seconds and this delivery should try again then."""
-
-    def __init__(self, message: str, *, retry_after: float):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class JobGivenBack(JobFailure):
-    """This delivery gave its job back to the queue (its worker is shutting down and the job saved a
-    checkpoint); the task must be sent again so another worker resumes the job."""
-
-    code = "given_back"
-
-
 def raise_if_held(job_id: str, settings: Settings, exc: LeaseLost) -> None:
     """Turn `exc` into LeaseHeld when the job is running under another delivery's live lease."""
-    from kronos_jobs.db.models import Job
 
     with session_scope(settings) as session:
         job = session.get(Job, job_id)
@@ -73,7 +55,6 @@ class LeaseHeartbeat:
 
     def renew(self) -> bool:
         """One renewal; False once the lease is lost (the keeper then stops renewing it)."""
-        from kronos_jobs.crud import jobs as job_crud
 
         try:
             with session_scope(self.settings) as session:
@@ -136,7 +117,6 @@ def _keeper() -> _LeaseKeeper:
 
 def release_lease(job_id: str, owner: str, settings: Settings) -> None:
     """Best effort: let the retry of a transient failure claim the job at once instead of waiting."""
-    from kronos_jobs.crud import jobs as job_crud
 
     try:
         with session_scope(settings) as session:
@@ -170,21 +150,3 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     return isinstance(exc, TRANSIENT_ERRORS)
-
-
-@dataclasses.dataclass
-class Delivery:
-    """What one delivery knows about the job it claimed while it runs (kind-specific fields in subclasses)."""
-
-    job_id: str
-    owner: str
-    tenant_id: str
-    queue: str
-    device_requested: str
-    attempt: int
-    queued_at: Any
-    started_at: Any
-    t0: float  # time.perf_counter() when the delivery began
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0

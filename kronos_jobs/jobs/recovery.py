@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy import update
+
 from kronos_jobs.core.names import JobState
 from kronos_jobs.core.settings import Settings
-from kronos_jobs.db.models import utcnow
+from kronos_jobs.crud import jobs as job_crud
+from kronos_jobs.db.models import Job, utcnow
 from kronos_jobs.db.session import session_scope
 from kronos_jobs.jobs.submit import send_job
 
@@ -25,9 +28,7 @@ logger = logging.getLogger(__name__)
 def fail_after_hard_time_limit(job_id: str, *, settings: Settings, limit: float | None = None) -> bool:
     """The hard time limit killed the child running `job_id` before it could record anything:
     fail the job now (in the worker parent) instead of letting redeliveries hit the same wall."""
-    from sqlalchemy import update
 
-    from kronos_jobs.db.models import Job
 
     now = utcnow()
     error = {"code": "hard_time_limit",
@@ -54,7 +55,6 @@ def requeue_stale_jobs(session, settings: Settings, *, queued_older_than: float 
     took the message). A duplicate message is harmless: the lease lets one delivery run the job and
     the others stop quietly. Returns the re-sent job ids (the caller commits the touch).
     """
-    from kronos_jobs.crud import jobs as job_crud
 
     older = queued_older_than if queued_older_than is not None else 10 * settings.lease_seconds
     jobs = job_crud.stale_queued_jobs(session, older_than_seconds=older)

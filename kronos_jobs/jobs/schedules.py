@@ -43,8 +43,15 @@ from sqlalchemy.orm import Session
 from kronos_jobs.core.errors import IdempotencyConflict, InvalidRequest, KronosJobsError
 from kronos_jobs.core.names import SOURCE_STORE, TERMINAL_STATES, JobState, RunTrigger
 from kronos_jobs.core.settings import Settings
+from kronos_jobs.crud import jobs as job_crud
+from kronos_jobs.crud import schedules as crud
+from kronos_jobs.crud import series as series_crud
 from kronos_jobs.db.models import Schedule, ScheduleRun, utcnow
 from kronos_jobs.db.session import session_scope
+from kronos_jobs.inputs.calendar import check_timezone
+from kronos_jobs.inputs.checks import check_freq, check_symbol
+from kronos_jobs.jobs.registry import resolve_model
+from kronos_jobs.jobs.submit import ForecastParams, check_calendar, submit_forecast, validate_params
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +117,6 @@ def validate_schedule(session: Session, *, tenant_id: str, fields: dict[str, Any
     lookback, pred_len, sampling, quantiles, calendar, min_history, enabled. Every problem is an
     InvalidRequest naming the field. `model_dirs`: the roots a local model may live in (settings).
     """
-    from kronos_jobs.inputs.calendar import check_timezone
-    from kronos_jobs.inputs.checks import check_freq, check_symbol
-    from kronos_jobs.jobs.registry import resolve_model
-    from kronos_jobs.jobs.submit import ForecastParams, check_calendar, validate_params
 
     cron = check_cron(fields.get("cron"))
     zone = check_timezone(fields.get("timezone") or "UTC", "timezone")
@@ -153,7 +156,6 @@ def schedule_fields(schedule: Schedule) -> dict[str, Any]:
 
 def create_schedule(session: Session, *, tenant_id: str, fields: dict[str, Any],
                     model_dirs: Sequence[Path] = ()) -> Schedule:
-    from kronos_jobs.crud import schedules as crud
 
     values = validate_schedule(session, tenant_id=tenant_id, fields=fields, model_dirs=model_dirs)
     return crud.create_schedule(session, tenant_id=tenant_id, **values)
@@ -163,7 +165,6 @@ def update_schedule(session: Session, *, tenant_id: str, schedule_id: str, chang
                     model_dirs: Sequence[Path] = ()) -> Schedule:
     """Merge `changes` into the schedule, validate the whole, store. A new cron, zone or a
     re-enable moves `anchor_at` to now: occurrences before the edit never fire."""
-    from kronos_jobs.crud import schedules as crud
 
     schedule = crud.get_schedule(session, tenant_id=tenant_id, schedule_id=schedule_id)
     before = schedule_fields(schedule)
@@ -181,8 +182,6 @@ def tick(settings: Settings, now: datetime | None = None) -> list[str]:
     now = (now or utcnow()).astimezone(timezone.utc)
     created: list[str] = []
     with session_scope(settings) as session:
-        from kronos_jobs.crud import schedules as crud
-
         for schedule in crud.list_schedules(session, enabled=True):
             due = due_occurrence(schedule, now)
             upcoming = next_occurrence(schedule.cron, schedule.timezone, now)
@@ -205,7 +204,6 @@ def trigger_run(settings: Settings, *, tenant_id: str, schedule_id: str,
                 scheduled_for: datetime | None = None) -> tuple[ScheduleRun, bool]:
     """A manual run (now, to the second, unless `scheduled_for` is given); (run, created). The fan-out
     is left to the caller (`fan_out`), so the API can answer before it finishes."""
-    from kronos_jobs.crud import schedules as crud
 
     when = (scheduled_for or utcnow()).astimezone(timezone.utc).replace(microsecond=0)
     with session_scope(settings) as session:
@@ -216,8 +214,6 @@ def trigger_run(settings: Settings, *, tenant_id: str, schedule_id: str,
 
 
 def _advance_runs(settings: Settings, now: datetime) -> None:
-    from kronos_jobs.crud import schedules as crud
-
     stalled: list[str] = []
     with session_scope(settings) as session:
         for run in crud.active_runs(session):
@@ -245,7 +241,6 @@ def _claim_fanout(settings: Settings, run_id: str, now: datetime) -> bool:
 
 def _universe(session: Session, schedule: Schedule, lookback: int) -> tuple[list[tuple[str, str]], list[dict]]:
     """(symbol, freq) keys to forecast, and per-symbol errors (not stored, too little history...)."""
-    from kronos_jobs.crud import series as series_crud
 
     stored = series_crud.list_symbols(session, tenant_id=schedule.tenant_id, freq=schedule.freq,
                                       symbols=schedule.symbols)
@@ -290,9 +285,6 @@ def fan_out(settings: Settings, run_id: str, *, now: datetime | None = None) -> 
     `updated_at`; a fan-out that dies leaves the run queued, and the first tick FANOUT_STALL_SECONDS
     after its last batch retries it, the idempotency keys returning the jobs already submitted.
     """
-    from kronos_jobs.crud import schedules as crud
-    from kronos_jobs.crud import series as series_crud
-    from kronos_jobs.jobs.submit import submit_forecast
 
     now = now or utcnow()
     if not _claim_fanout(settings, run_id, now):
@@ -345,7 +337,6 @@ def fan_out(settings: Settings, run_id: str, *, now: datetime | None = None) -> 
 
 def _submit_batch(session: Session, settings: Settings, schedule: Schedule, run_id: str, batch: int,
                   bars, submit_forecast) -> str:
-    from kronos_jobs.crud import jobs as job_crud
 
     firsts = bars.drop_duplicates("symbol")
     freqs = dict(zip(firsts["symbol"].tolist(), firsts["freq"].tolist()))
@@ -374,7 +365,6 @@ def _fail(settings: Settings, run_id: str, error: dict[str, Any]) -> ScheduleRun
 
 def refresh_run(session: Session, run: ScheduleRun, *, persist: bool = False) -> dict[str, Any]:
     """Progress and state of a running run from its jobs; stores the final state when `persist`."""
-    from kronos_jobs.crud import schedules as crud
 
     jobs = crud.run_jobs(session, run_id=run.id)
     fanout_errors = [e for e in (run.symbol_errors or []) if not e.get("job_id")]

@@ -15,12 +15,15 @@ import uuid
 from typing import Any
 
 import pandas as pd
-from sqlalchemy.exc import IntegrityError
 
-from kronos_jobs.core.errors import IdempotencyConflict, InvalidRequest
+from kronos_jobs.core.errors import InvalidRequest
 from kronos_jobs.core.names import TASK_RUN_FINETUNE, TASK_RUN_FORECAST, DevicePreference, JobKind, Queue
 from kronos_jobs.core.routing import choose_queue
 from kronos_jobs.core.settings import Settings
+from kronos_jobs.crud import jobs as job_crud
+from kronos_jobs.crud import results as result_crud
+from kronos_jobs.crud import workers as worker_crud
+from kronos_jobs.inputs.calendar import TradingCalendar
 from kronos_jobs.jobs.registry import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -125,8 +128,6 @@ def check_sampling(sampling: Sampling) -> None:
 
 def check_calendar(spec: dict[str, Any] | None, field: str = "calendar") -> None:
     """InvalidRequest naming e.g. `calendar.symbols.AAPL.open` when a calendar spec is wrong."""
-    from kronos_jobs.inputs.calendar import TradingCalendar
-
     if not spec:
         return
     if "default" in spec or "symbols" in spec:
@@ -165,15 +166,34 @@ def send_job(settings: Settings, job_id: str, queue: Queue | str) -> None:
     )
 
 
-def _existing(session, tenant_id: str, key: str, digest: str):
-    from kronos_jobs.crud import jobs as job_crud
+def enqueue(session, settings: Settings, *, tenant_id: str, kind: JobKind, device: DevicePreference, queue: Queue,
+            reason: str, model: str, params: dict[str, Any], progress_total: int, bars: pd.DataFrame,
+            future: pd.DataFrame | None, source: str, idempotency_key: str | None, digest: str | None,
+            summary: str):
+    """Insert the job and its input, COMMIT, then send its task: the one path every job kind takes.
 
-    job = job_crud.find_by_idempotency_key(session, tenant_id=tenant_id, key=key)
-    if job is not None and job.request_hash != digest:
-        raise IdempotencyConflict(
-            f"Idempotency-Key {key!r} was used for a different request (job {job.id})",
-            details=[{"field": "Idempotency-Key", "message": "reused with a different body"}],
-        )
+    crud.jobs.create_job settles an Idempotency-Key: the same key and body return the job that
+    exists (or won an insert race), another body raises IdempotencyConflict. Such a job is returned
+    as it is and not sent again. `summary` ends the log line ("3 series, model kronos-small").
+    """
+    job_id = uuid.uuid4().hex
+    job = job_crud.create_job(
+        session, job_id=job_id, tenant_id=tenant_id, kind=kind.value, device_requested=DevicePreference(device).value,
+        queue=queue.value, routing_reason=reason, model=model, params=params, progress_total=progress_total,
+        idempotency_key=idempotency_key, request_hash=digest,
+    )
+    if job.id != job_id:
+        session.commit()
+        return job
+    result_crud.save_job_input(session, job_id=job_id, tenant_id=tenant_id, bars=bars, future=future, source=source)
+    session.commit()
+    # Only now, with the row committed, may a worker see the task.
+    try:
+        send_job(settings, job_id, queue)
+    except Exception as exc:  # the row is committed: the reconciler will send it
+        logger.error("job %s queued but not sent (%s: %s); the reconciler will re-send it",
+                     job_id, type(exc).__name__, exc)
+    logger.info("job %s queued on %s (%s): %s", job_id, queue.value, reason, summary)
     return job
 
 
@@ -181,52 +201,19 @@ def submit_forecast(session, settings: Settings, *, tenant_id: str, request: For
                     bars: pd.DataFrame, future: pd.DataFrame | None, source: str,
                     idempotency_key: str | None = None):
     """Validate, route, insert the job and its input, COMMIT, then send the task; return the Job."""
-    from kronos_jobs.crud import jobs as job_crud
-    from kronos_jobs.crud import results as result_crud
-    from kronos_jobs.crud import workers as worker_crud
-
     params = ForecastParams.from_value(request)
     symbols = pd.unique(bars["symbol"].astype(str)).tolist()  # first-seen order; vectorised (100k+ rows from the store)
     if not symbols:
         raise InvalidRequest("a forecast needs at least one series", field="series")
     spec = resolve_model(params.model, session, tenant_id=tenant_id, model_dirs=settings.effective_model_dirs)
     validate_params(params, spec.max_context, symbols)
-    digest = None
-    if idempotency_key:  # the hash only tells a retried request from a different one under the same key
-        digest = request_hash(params, bars, future)
-        existing = _existing(session, tenant_id, idempotency_key, digest)
-        if existing is not None:
-            return existing
-
+    # The hash only tells a retried request from a different one under the same key.
+    digest = request_hash(params, bars, future) if idempotency_key else None
     live = worker_crud.live_worker_queues(session, stale_seconds=settings.worker_stale_seconds)
     queue, reason = choose_queue(JobKind.FORECAST, params.device, live)
-    job_id = uuid.uuid4().hex
-    try:
-        job = job_crud.create_job(
-            session, job_id=job_id, tenant_id=tenant_id, kind=JobKind.FORECAST.value,
-            device_requested=DevicePreference(params.device).value, queue=queue.value, routing_reason=reason,
-            model=params.model, params={**params.to_json(), "source": source, "n_series": len(symbols)},
-            progress_total=len(symbols), idempotency_key=idempotency_key, request_hash=digest,
-        )
-        if job.id != job_id:  # the same Idempotency-Key and body won a race: that job stands
-            session.commit()
-            return job
-        result_crud.save_job_input(session, job_id=job_id, tenant_id=tenant_id, bars=bars, future=future, source=source)
-        session.commit()
-    except IntegrityError:
-        # Two requests with one Idempotency-Key raced; the other one's row won.
-        session.rollback()
-        if idempotency_key:
-            existing = _existing(session, tenant_id, idempotency_key, digest)
-            if existing is not None:
-                return existing
-        raise
-
-    # Only now, with the row committed, may a worker see the task.
-    try:
-        send_job(settings, job_id, queue)
-    except Exception as exc:  # the row is committed: the reconciler will send it
-        logger.error("job %s queued but not sent (%s: %s); the reconciler will re-send it",
-                     job_id, type(exc).__name__, exc)
-    logger.info("job %s queued on %s (%s), %d series, model %s", job_id, queue.value, reason, len(symbols), params.model)
-    return job
+    return enqueue(session, settings, tenant_id=tenant_id, kind=JobKind.FORECAST, device=params.device, queue=queue,
+                   reason=reason, model=params.model,
+                   params={**params.to_json(), "source": source, "n_series": len(symbols)},
+                   progress_total=len(symbols), bars=bars, future=future, source=source,
+                   idempotency_key=idempotency_key, digest=digest,
+                   summary=f"{len(symbols)} series, model {params.model}")

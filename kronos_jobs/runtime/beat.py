@@ -19,6 +19,7 @@ import time
 from celery.beat import PersistentScheduler
 
 from kronos_jobs.core.settings import get_settings
+from kronos_jobs.jobs import schedules
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +35,6 @@ class DatabaseScheduler(PersistentScheduler):
     def tick(self, *args, **kwargs) -> float:
         delay = super().tick(*args, **kwargs)
         if time.monotonic() >= self._next_db_tick:
-            from kronos_jobs.jobs import schedules
-
             try:
                 created = schedules.tick(self.settings)
                 if created:

@@ -25,12 +25,15 @@ from collections.abc import Callable
 from celery import Task, shared_task
 from celery.exceptions import TimeLimitExceeded
 
-from kronos_jobs.core.errors import LeaseLost, NotFound
+from kronos_jobs.broker.celery_app import prune_processed_messages
+from kronos_jobs.core.errors import JobGivenBack, LeaseHeld, LeaseLost, NotFound
 from kronos_jobs.core.names import TASK_REQUEUE_STALE_JOBS, TASK_RUN_FINETUNE, TASK_RUN_FORECAST
 from kronos_jobs.core.settings import get_settings
-from kronos_jobs.jobs.lease import TRANSIENT_ERRORS, JobGivenBack, LeaseHeld
+from kronos_jobs.db.session import session_scope
+from kronos_jobs.jobs.lease import TRANSIENT_ERRORS
 from kronos_jobs.jobs.recovery import fail_after_hard_time_limit
-from kronos_jobs.runtime import worker
+from kronos_jobs.jobs.recovery import requeue_stale_jobs as requeue
+from kronos_jobs.runtime import drain, worker
 
 logger = logging.getLogger(__name__)
 
@@ -92,15 +95,12 @@ def run_finetune(self, job_id: str) -> str | None:
     """Run one delivery of fine-tune job `job_id` (see jobs/finetune.py: lease, resume, register)."""
     from kronos_jobs.jobs.finetune import run_finetune_job  # torch, on the first job only
 
-    return deliver(self, job_id, run_finetune_job, identity=worker.current_identity(), draining=worker.draining)
+    return deliver(self, job_id, run_finetune_job, identity=worker.current_identity(), draining=drain.draining)
 
 
 @shared_task(name=TASK_REQUEUE_STALE_JOBS, ignore_result=True)
 def requeue_stale_jobs() -> int:
     """Beat: re-send tasks of jobs a broker lost, and prune the filesystem broker's consumed files."""
-    from kronos_jobs.broker.celery_app import prune_processed_messages
-    from kronos_jobs.db.session import session_scope
-    from kronos_jobs.jobs.recovery import requeue_stale_jobs as requeue
 
     settings = get_settings()
     with session_scope(settings) as session:

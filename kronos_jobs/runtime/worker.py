@@ -10,7 +10,7 @@ A GPU-pool worker whose device falls back to CPU keeps running, logs a loud WARN
 exact text in its registration, and consumes the CPU queues only: GPU jobs never run on a CPU
 unnoticed.
 
-A warm shutdown (SIGTERM, a deploy) raises the drain flag (`draining()`): a running fine-tune then
+A warm shutdown (SIGTERM, a deploy) raises the drain flag (runtime/drain.py): a running fine-tune then
 checkpoints at its next step and gives its job back to the queue (jobs/finetune.py) instead of
 holding the shutdown until it finishes or is killed.
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import mmap
 import os
 import socket
 import sys
@@ -32,6 +31,7 @@ from typing import Any
 from kronos_jobs.core.identity import WorkerIdentity
 from kronos_jobs.core.names import POOL_QUEUES, Pool
 from kronos_jobs.core.settings import Settings, get_settings
+from kronos_jobs.runtime import drain
 
 logger = logging.getLogger(__name__)
 
@@ -45,39 +45,6 @@ _identity: WorkerIdentity | None = None  # set in the parent before the fork; ch
 _heartbeat: "WorkerHeartbeat | None" = None
 
 
-# --- draining: the parent tells its children that a warm shutdown began -------------------------------
-# Celery signals only the parent on a warm shutdown (`worker_shutting_down`, run inside the signal
-# handler); prefork children keep running their task. The parent maps one anonymous shared byte
-# before it forks the pool, so every child, replacements included, shares it; the handler sets it and
-# a fine-tune reads it before each training step.
-# Why not a "draining" column on the worker row, or a per-worker file: the flag is raised inside a
-# signal handler, where a database write can deadlock on a lock the interrupted code holds, and it
-# fails exactly when the database is what is down; a byte in memory costs nothing to read at every
-# step (no query on SQLite or PostgreSQL), and it dies with the worker, so a restarted worker that
-# reuses the node name (same host and pid in a container) cannot inherit a stale "draining" state.
-# The children that read it are always on the parent's machine, which is all a prefork pool needs.
-_drain_flag: mmap.mmap | None = None
-
-
-def _open_drain_flag() -> None:
-    """Map the shared drain byte (parent, before the pool forks); clear it if already mapped."""
-    global _drain_flag
-    if _drain_flag is None:
-        _drain_flag = mmap.mmap(-1, 1)  # MAP_SHARED | MAP_ANONYMOUS: shared with forked children
-    _drain_flag[0] = 0
-
-
-def request_drain() -> None:
-    """Ask this worker's running fine-tunes to checkpoint and give their jobs back (no-op outside a worker)."""
-    if _drain_flag is not None:
-        _drain_flag[0] = 1
-
-
-def draining() -> bool:
-    """True once this worker began a warm shutdown; False outside a worker."""
-    return _drain_flag is not None and _drain_flag[0] == 1
-
-
 def _on_shutting_down(sig: str | None = None, how: str | None = None, **_: Any) -> None:
     """worker_shutting_down (parent, inside the signal handler): a warm shutdown raises the drain flag.
 
@@ -86,7 +53,7 @@ def _on_shutting_down(sig: str | None = None, how: str | None = None, **_: Any) 
     (logging takes locks the interrupted code may hold); the child logs the give-back.
     """
     if how == "Warm":
-        request_drain()
+        drain.request_drain()
 
 
 def _describe(device, info_allowed: bool) -> dict[str, Any]:
@@ -236,7 +203,7 @@ def start_worker(pool: Pool | str, concurrency: int | None, settings: Settings) 
     if identity.device_warning:
         logger.warning("!!! %s !!!", identity.device_warning)
     register(settings, identity)
-    _open_drain_flag()  # before worker_main forks the pool
+    drain.open_flag()  # before worker_main forks the pool
     logger.info("worker %s registered: pool=%s queues=%s concurrency=%d device=%s (%s) torch_threads=%d warning=%s",
                 identity.worker_id, identity.pool, ",".join(identity.queues), identity.concurrency,
                 identity.device_resolved, identity.device_name, identity.torch_threads, identity.device_warning)

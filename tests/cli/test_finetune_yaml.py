@@ -13,8 +13,9 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from kronos_jobs.cli import main
-from kronos_jobs.cli.finetune_yaml import NO_MEANING, UpstreamConfigError, map_upstream, prepare_data_file
+from kronos_jobs.cli.finetune_yaml import NO_MEANING, map_upstream, prepare_data_file
 from kronos_jobs.cli.sample_data import sample_bars
+from kronos_jobs.core.errors import UpstreamConfigError
 from kronos_jobs.testing.checkpoints import save_tiny_checkpoint
 
 UPSTREAM = {

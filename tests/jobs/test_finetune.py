@@ -10,14 +10,13 @@ import pandas as pd
 import pytest
 
 from kronos_jobs.cli.sample_data import sample_bars
-from kronos_jobs.core.errors import InvalidRequest
+from kronos_jobs.core.errors import ArtifactVerificationError, InvalidRequest
 from kronos_jobs.core.names import DEFAULT_TENANT, JobState
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import models as model_crud
 from kronos_jobs.db.session import session_scope
 from kronos_jobs.jobs.finetune import (
     FINAL_DIR,
-    ArtifactVerificationError,
     artifacts_dir,
     model_id_for,
     run_finetune_job,

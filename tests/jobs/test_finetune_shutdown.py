@@ -1,6 +1,6 @@
 """A warm worker shutdown checkpoints a running fine-tune and gives its job back (in-process, no broker).
 
-The drain flag is the real one (`kronos_jobs.runtime.worker`): a shared byte a test raises from inside a
+The drain flag is the real one (`kronos_jobs.runtime.drain`): a shared byte a test raises from inside a
 training step, as the worker parent's signal handler would between two steps.
 """
 
@@ -13,14 +13,13 @@ from unittest import mock
 import pytest
 import torch
 
-from kronos_jobs.core.errors import JobCancelled, LeaseLost
+from kronos_jobs.core.errors import JobCancelled, JobGivenBack, LeaseLost
 from kronos_jobs.core.names import DEFAULT_TENANT, JobState
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.db.session import session_scope
 from kronos_jobs.jobs import recovery
 from kronos_jobs.jobs.finetune import artifacts_dir, run_finetune_job
-from kronos_jobs.jobs.lease import JobGivenBack
-from kronos_jobs.runtime import worker
+from kronos_jobs.runtime import drain, worker
 from kronos_jobs.testing.factories import load_job as load
 from kronos_jobs.testing.factories import submit_finetune_job as submit
 from kronos_jobs.testing.factories import worker_identity
@@ -34,9 +33,9 @@ DRAIN_AT_STEP = 4  # the flag goes up during this step; the loop stops before th
 @pytest.fixture
 def drain_flag(monkeypatch):
     """A fresh drain flag for this test, as `start_worker` maps it before forking the pool."""
-    monkeypatch.setattr(worker, "_drain_flag", None)
-    worker._open_drain_flag()
-    return worker
+    monkeypatch.setattr(drain, "_flag", None)
+    drain.open_flag()
+    return drain
 
 
 def drain_during_step(step: int, also=None):
@@ -45,7 +44,7 @@ def drain_during_step(step: int, also=None):
 
     def train_step(self, indices):
         if self.step == step:
-            worker.request_drain()
+            drain.request_drain()
             if also is not None:
                 also()
         return real_step(self, indices)
@@ -62,7 +61,7 @@ def test_drain_checkpoints_gives_back_and_the_next_delivery_resumes_there(job_se
                                                                            drain_flag, caplog):
     job_id, _ = submit(job_settings, tiny_checkpoint, bars, **ONE_LONG_EPOCH)
     with drain_during_step(DRAIN_AT_STEP), caplog.at_level("INFO"), pytest.raises(JobGivenBack):
-        run_finetune_job(job_id, settings=job_settings, identity=worker_identity(job_settings), draining=worker.draining)
+        run_finetune_job(job_id, settings=job_settings, identity=worker_identity(job_settings), draining=drain.draining)
 
     job = load(job_settings, job_id)
     stopped_at = DRAIN_AT_STEP + 1
@@ -73,8 +72,8 @@ def test_drain_checkpoints_gives_back_and_the_next_delivery_resumes_there(job_se
     assert entry["reason"] == "worker_shutdown" and entry["phase"] == "predictor" and entry["step"] == stopped_at
     assert f"checkpointed for worker shutdown at step {stopped_at}" in caplog.text
 
-    worker._open_drain_flag()  # the next worker is not draining
-    assert run_finetune_job(job_id, settings=job_settings, identity=worker_identity(job_settings), draining=worker.draining) is JobState.SUCCEEDED
+    drain.open_flag()  # the next worker is not draining
+    assert run_finetune_job(job_id, settings=job_settings, identity=worker_identity(job_settings), draining=drain.draining) is JobState.SUCCEEDED
     job = load(job_settings, job_id)
     assert job.attempts == 1 and job.progress_done == job.progress_total
     meta = job.execution_metadata
@@ -91,27 +90,27 @@ def test_cancel_wins_over_the_give_back(job_settings, tiny_checkpoint, bars, dra
 
     # The cancel lands after the loop last read the job row: the give-back's UPDATE must see it.
     with drain_during_step(DRAIN_AT_STEP, also=cancel):
-        assert run_finetune_job(job_id, settings=job_settings, identity=worker_identity(job_settings), draining=worker.draining) is JobState.CANCELLED
+        assert run_finetune_job(job_id, settings=job_settings, identity=worker_identity(job_settings), draining=drain.draining) is JobState.CANCELLED
     job = load(job_settings, job_id)
     assert job.state == "cancelled" and job.error["code"] == "cancelled" and job.lease_owner is None
     assert not artifacts_dir(job_settings, job_id).exists()
 
 
 def test_without_the_flag_nothing_changes(job_settings, tiny_checkpoint, bars, monkeypatch):
-    monkeypatch.setattr(worker, "_drain_flag", None)  # outside a worker: never draining
-    worker.request_drain()
-    assert not worker.draining()
+    monkeypatch.setattr(drain, "_flag", None)  # outside a worker: never draining
+    drain.request_drain()
+    assert not drain.draining()
     job_id, _ = submit(job_settings, tiny_checkpoint, bars, **ONE_LONG_EPOCH, max_steps=3)
-    assert run_finetune_job(job_id, settings=job_settings, identity=worker_identity(job_settings), draining=worker.draining) is JobState.SUCCEEDED
+    assert run_finetune_job(job_id, settings=job_settings, identity=worker_identity(job_settings), draining=drain.draining) is JobState.SUCCEEDED
     assert load(job_settings, job_id).execution_metadata["given_back"] == []
 
 
 def test_a_draining_worker_does_not_start_a_finetune(job_settings, tiny_checkpoint, bars, drain_flag):
     # Celery's consumer takes a message or two after the signal, even the task a child just re-sent.
     job_id, _ = submit(job_settings, tiny_checkpoint, bars, **ONE_LONG_EPOCH)
-    worker.request_drain()
+    drain.request_drain()
     with pytest.raises(JobGivenBack, match="not started"):
-        run_finetune_job(job_id, settings=job_settings, identity=worker_identity(job_settings), draining=worker.draining)
+        run_finetune_job(job_id, settings=job_settings, identity=worker_identity(job_settings), draining=drain.draining)
     job = load(job_settings, job_id)
     assert (job.state, job.attempts, job.lease_owner) == ("queued", 0, None)
     assert not artifacts_dir(job_settings, job_id).exists()
@@ -165,14 +164,14 @@ def test_the_reconciler_resends_a_given_back_job_whose_resend_failed(job_setting
 def _wait_for_drain(ready, seen) -> None:
     ready.set()
     deadline = time.monotonic() + 30
-    while not worker.draining() and time.monotonic() < deadline:
+    while not drain.draining() and time.monotonic() < deadline:
         time.sleep(0.01)
-    seen.value = worker.draining()
+    seen.value = drain.draining()
 
 
 def test_warm_shutdown_raises_the_flag_a_forked_child_sees(drain_flag):
     worker._on_shutting_down(sig="SIGQUIT", how="Cold")
-    assert not worker.draining()  # a cold shutdown keeps today's behaviour
+    assert not drain.draining()  # a cold shutdown keeps today's behaviour
     context = multiprocessing.get_context("fork")  # how the prefork pool makes its children
     ready, seen = context.Event(), context.Value("b", 0)
     child = context.Process(target=_wait_for_drain, args=(ready, seen))
@@ -180,6 +179,6 @@ def test_warm_shutdown_raises_the_flag_a_forked_child_sees(drain_flag):
     assert ready.wait(30)
     worker._on_shutting_down(sig="SIGTERM", how="Warm")  # in the parent, after the fork
     child.join(30)
-    assert worker.draining() and child.exitcode == 0 and seen.value == 1
-    worker._open_drain_flag()  # a (re)started worker begins undrained
-    assert not worker.draining()
+    assert drain.draining() and child.exitcode == 0 and seen.value == 1
+    drain.open_flag()  # a (re)started worker begins undrained
+    assert not drain.draining()

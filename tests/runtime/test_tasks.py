@@ -6,9 +6,9 @@ import pytest
 from celery.exceptions import TimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 
-from kronos_jobs.core.errors import LeaseLost, NotFound
+from kronos_jobs.core.errors import JobGivenBack, LeaseHeld, LeaseLost, NotFound
 from kronos_jobs.core.names import JobState
-from kronos_jobs.jobs.lease import TRANSIENT_ERRORS, LeaseHeld
+from kronos_jobs.jobs.lease import TRANSIENT_ERRORS
 from kronos_jobs.runtime import tasks
 
 
@@ -44,8 +44,8 @@ def test_the_worker_identity_and_drain_flag_are_handed_to_the_service(task):
         seen.update(context)
         return JobState.SUCCEEDED
 
-    assert tasks.deliver(task, "j1", service, identity="the-identity", draining=tasks.worker.draining) == "succeeded"
-    assert seen == {"identity": "the-identity", "draining": tasks.worker.draining}
+    assert tasks.deliver(task, "j1", service, identity="the-identity", draining=tasks.drain.draining) == "succeeded"
+    assert seen == {"identity": "the-identity", "draining": tasks.drain.draining}
 
 
 @pytest.mark.parametrize("exc", [LeaseLost("finished"), NotFound("gone")])
@@ -96,8 +96,6 @@ def test_hard_time_limit_fails_the_running_job(db_settings, monkeypatch):
 
 
 def test_a_given_back_job_is_sent_again_at_once(task):
-    from kronos_jobs.jobs.lease import JobGivenBack
-
     with pytest.raises(Retried) as caught:
         tasks.deliver(task, "j1", service_raising(JobGivenBack("checkpointed for worker shutdown at step 5")))
     assert caught.value.kwargs == {"countdown": 0, "max_retries": None}
