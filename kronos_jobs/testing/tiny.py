@@ -1,7 +1,7 @@
-"""Tiny Kronos configs and the synthetic series model tests feed them.
+"""Tiny Kronos configs, the synthetic series model tests feed them, and the predictor test cases.
 
-Only numpy and pandas: tests/model and bench/predict.py import this where only the model's
-dependencies are installed (scripts/gpu_check.sh runs tests/model without the job system's).
+Only the model's own dependencies (torch, numpy, pandas): tests/model and bench/predict.py import
+this where the job system's are not installed (scripts/gpu_check.sh runs tests/model alone).
 The configs are small (hidden size 32, 2-3 layers) so a test builds a model in milliseconds.
 """
 
@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
+
+from model.tokenizer import KronosTokenizer
+from model.transformer import Kronos
 
 TINY_TOKENIZER_CONFIG = dict(
     d_in=6, d_model=32, n_heads=4, ff_dim=48, n_enc_layers=3, n_dec_layers=3,
@@ -39,3 +43,38 @@ def generate_bars(n: int, seed: int = 0, freq: str = "5min", start: str = "2024-
         "volume": volume,
         "amount": volume * close,
     })
+
+
+# --- predictor cases: modules, series and the comparison the equivalence tests share ----------------
+
+M = 16  # a tiny max_context exercises the sliding window cheaply
+COLS = ["open", "high", "low", "close", "volume", "amount"]
+# Tiny configs shaped like Kronos-mini (no dropout) and Kronos-small (every dropout on, so a missing
+# eval() would show); both tokenizer and predictor use 4-bit sub-tokens.
+MINI_LIKE = dict(s1_bits=4, s2_bits=4, n_layers=2, d_model=32, n_heads=4, ff_dim=48, ffn_dropout_p=0.2,
+                 attn_dropout_p=0.0, resid_dropout_p=0.2, token_dropout_p=0.0, learn_te=True)
+SMALL_LIKE = dict(s1_bits=4, s2_bits=4, n_layers=3, d_model=32, n_heads=2, ff_dim=64, ffn_dropout_p=0.25,
+                  attn_dropout_p=0.1, resid_dropout_p=0.25, token_dropout_p=0.1, learn_te=True)
+
+
+def make_modules(config, seed=0):
+    torch.manual_seed(seed)
+    return Kronos(**config), KronosTokenizer(**TINY_TOKENIZER_CONFIG)
+
+
+def split(n_ctx, pred_len, seed=0, n_total=None):
+    bars = generate_bars(n_ctx + pred_len, seed=seed)
+    return bars.iloc[:n_ctx][COLS], bars["timestamps"].iloc[:n_ctx], bars["timestamps"].iloc[n_ctx:]
+
+
+def batch(lengths, pred_len):
+    parts = [split(L, pred_len, seed=i) for i, L in enumerate(lengths)]
+    return [list(p) for p in zip(*parts)]
+
+
+def assert_frames_equal(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert list(g.columns) == COLS
+        pd.testing.assert_index_equal(g.index, w.index)
+        np.testing.assert_allclose(g.to_numpy(), w.to_numpy(), rtol=1e-5, atol=1e-6)

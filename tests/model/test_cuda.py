@@ -21,11 +21,10 @@ import pytest
 import torch
 
 from kronos_jobs.testing.oracle import oracle_predict_batch
-from kronos_jobs.testing.tiny import generate_bars
+from kronos_jobs.testing.tiny import MINI_LIKE, SMALL_LIKE, M, assert_frames_equal, batch, generate_bars, make_modules
 from model.device import device_info
 from model.finetune import FinetuneConfig, FinetuneLoop
 from model.predictor import KronosPredictor
-from tests.model.test_predictor import MINI_LIKE, SMALL_LIKE, M, assert_frames_equal, batch, make_modules
 
 # Read at import: the root conftest's autouse fixture clears KRONOS_* variables before each test.
 REQUIRE_CUDA = os.environ.get("KRONOS_REQUIRE_CUDA", "").strip() == "1"

@@ -7,9 +7,9 @@ import torch
 
 import model.dense as dense
 from kronos_jobs.testing.oracle import oracle_predict_batch
+from kronos_jobs.testing.tiny import MINI_LIKE, M, assert_frames_equal, batch, make_modules
 from model.dense import Dense
 from model.predictor import KronosPredictor
-from tests.model.test_predictor import MINI_LIKE, M, assert_frames_equal, batch, make_modules
 
 
 def reference(x, w, b):

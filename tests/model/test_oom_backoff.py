@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import model.predictor as predictor_module
+from kronos_jobs.testing.tiny import MINI_LIKE, M, assert_frames_equal, batch, make_modules, split
 from model.predictor import KronosPredictor, _release_cached_memory
-from tests.model.test_predictor import MINI_LIKE, M, assert_frames_equal, batch, make_modules, split
 
 REAL_GENERATE = predictor_module.generate
 

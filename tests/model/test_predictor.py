@@ -8,47 +8,22 @@ import pytest
 import torch
 
 from kronos_jobs.testing.oracle import oracle_predict_batch
-from kronos_jobs.testing.tiny import TINY_TOKENIZER_CONFIG, generate_bars
+from kronos_jobs.testing.tiny import (
+    COLS,
+    MINI_LIKE,
+    SMALL_LIKE,
+    M,
+    assert_frames_equal,
+    batch,
+    make_modules,
+    split,
+)
 from model.predictor import Forecast, KronosPredictor
-from model.tokenizer import KronosTokenizer
-from model.transformer import Kronos
-
-M = 16  # a tiny max_context exercises the sliding window cheaply
-COLS = ["open", "high", "low", "close", "volume", "amount"]
-# Tiny configs shaped like Kronos-mini (no dropout) and Kronos-small (every dropout on, so a missing
-# eval() would show); both tokenizer and predictor use 4-bit sub-tokens.
-MINI_LIKE = dict(s1_bits=4, s2_bits=4, n_layers=2, d_model=32, n_heads=4, ff_dim=48, ffn_dropout_p=0.2,
-                 attn_dropout_p=0.0, resid_dropout_p=0.2, token_dropout_p=0.0, learn_te=True)
-SMALL_LIKE = dict(s1_bits=4, s2_bits=4, n_layers=3, d_model=32, n_heads=2, ff_dim=64, ffn_dropout_p=0.25,
-                  attn_dropout_p=0.1, resid_dropout_p=0.25, token_dropout_p=0.1, learn_te=True)
-
-
-def make_modules(config, seed=0):
-    torch.manual_seed(seed)
-    return Kronos(**config), KronosTokenizer(**TINY_TOKENIZER_CONFIG)
 
 
 @pytest.fixture(scope="module", params=["mini", "small"])
 def modules(request):
     return make_modules(MINI_LIKE if request.param == "mini" else SMALL_LIKE)
-
-
-def split(n_ctx, pred_len, seed=0, n_total=None):
-    bars = generate_bars(n_ctx + pred_len, seed=seed)
-    return bars.iloc[:n_ctx][COLS], bars["timestamps"].iloc[:n_ctx], bars["timestamps"].iloc[n_ctx:]
-
-
-def batch(lengths, pred_len):
-    parts = [split(L, pred_len, seed=i) for i, L in enumerate(lengths)]
-    return [list(p) for p in zip(*parts)]
-
-
-def assert_frames_equal(got, want):
-    assert len(got) == len(want)
-    for g, w in zip(got, want):
-        assert list(g.columns) == COLS
-        pd.testing.assert_index_equal(g.index, w.index)
-        np.testing.assert_allclose(g.to_numpy(), w.to_numpy(), rtol=1e-5, atol=1e-6)
 
 
 # ---- oracle equality ----------------------------------------------------------------------------

@@ -7,10 +7,10 @@ import torch
 
 import model.predictor as predictor_module
 from kronos_jobs.testing.oracle import oracle_predict_batch
+from kronos_jobs.testing.tiny import MINI_LIKE, SMALL_LIKE, M, assert_frames_equal, batch, make_modules
 from model.decoding import PackedKronos, generate
 from model.predictor import KronosPredictor
 from model.step_graph import StepGraph
-from tests.model.test_predictor import MINI_LIKE, SMALL_LIKE, M, assert_frames_equal, batch, make_modules
 
 
 @pytest.fixture(params=["mini", "small"])
