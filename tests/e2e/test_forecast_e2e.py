@@ -88,7 +88,7 @@ def test_killed_child_job_is_redelivered_and_succeeds_once(stack):
 
 def test_reconciler_resends_a_message_the_broker_lost(stack):
     from kronos_jobs.broker.celery_app import broker_folders
-    from kronos_jobs.jobs.forecast import requeue_stale_jobs
+    from kronos_jobs.jobs.recovery import requeue_stale_jobs
 
     stack.stop_worker()
     job_id = submit(stack, make_bars({"LOST": 40}))

@@ -12,7 +12,8 @@ from kronos_jobs.core.names import DEFAULT_TENANT, RESULT_COLUMNS, JobState, qua
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.db.session import session_scope
 from kronos_jobs.jobs import model_cache
-from kronos_jobs.jobs.forecast import requeue_stale_jobs, run_forecast_job
+from kronos_jobs.jobs.forecast import run_forecast_job
+from kronos_jobs.jobs.recovery import requeue_stale_jobs
 from kronos_jobs.testing.checkpoints import TINY_MAX_CONTEXT
 from kronos_jobs.testing.factories import load_forecast_job as load
 from kronos_jobs.testing.factories import make_bars, worker_identity
