@@ -2,7 +2,7 @@
 
 What is measured
     Seconds per ``predict_batch`` call (pandas in and out included), series-steps per second
-    (batch x pred_len / seconds), the speed-up over the oracle of ``tests/model/oracle.py`` run in
+    (batch x pred_len / seconds), the speed-up over the oracle of ``kronos_jobs/testing/oracle.py`` run in
     the same process on the same inputs, peak memory above the pre-call baseline, and whether the
     two give identical forecasts (greedy, ``top_k=1``). Default setting: Kronos-small architecture
     with random weights (the numbers depend on shapes, not on values), float32, lookback 400,

@@ -5,7 +5,7 @@ These tests run only where CUDA is available and are skipped elsewhere, except w
 the GPU check cannot pass by skipping. Nothing here touches CUDA at import time; the probe runs in
 the ``cuda`` fixture.
 
-The oracle (``tests/model/oracle.py``) runs on the same device as the predictor, so "equal" means
+The oracle (``kronos_jobs/testing/oracle.py``) runs on the same device as the predictor, so "equal" means
 the cached decoder and the full recompute pick the same tokens from CUDA kernels. The two sum in
 different orders (different GEMM shapes pick different kernels), so frames are compared to ~1e-5
 relative; a different token would move a value by orders of magnitude more.
