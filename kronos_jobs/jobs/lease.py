@@ -17,7 +17,16 @@ import os
 import threading
 import time
 
-from sqlalchemy.exc import DBAPIError
+from kombu.exceptions import OperationalError as BrokerOperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+try:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
+except ImportError:  # redis is optional on the embedded default
+    REDIS_ERRORS = ()
 
 from kronos_jobs.core.errors import LeaseHeld, LeaseLost, TransientJobError
 from kronos_jobs.core.names import JobState
@@ -127,22 +136,8 @@ def release_lease(job_id: str, owner: str, settings: Settings) -> None:
 
 
 # Errors worth a retry with backoff: the job itself is fine, something it talks to hiccupped.
-def _transient_types() -> tuple[type[BaseException], ...]:
-    from kombu.exceptions import OperationalError as BrokerOperationalError
-    from sqlalchemy.exc import InterfaceError, OperationalError
-
-    types: list[type[BaseException]] = [TransientJobError, OperationalError, InterfaceError, BrokerOperationalError]
-    try:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-
-        types += [RedisConnectionError, RedisTimeoutError]
-    except ImportError:  # redis is optional on the embedded default
-        pass
-    return tuple(types)
-
-
-TRANSIENT_ERRORS = _transient_types()
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    TransientJobError, OperationalError, InterfaceError, BrokerOperationalError, *REDIS_ERRORS)
 
 
 def is_transient(exc: BaseException) -> bool:

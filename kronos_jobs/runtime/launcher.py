@@ -29,6 +29,7 @@ import httpx
 
 from kronos_jobs.core.names import Pool
 from kronos_jobs.core.settings import Settings
+from kronos_jobs.db.migrate import upgrade
 
 # The processes of `up`, by name: arguments after `python -m kronos_jobs.cli`.
 PROCESSES: dict[str, list[str]] = {
@@ -179,8 +180,6 @@ def api_is_up(url: str) -> bool:
 
 def upgrade_database(settings: Settings) -> None:
     """Bring the schema to head once, before the children start (they upgrade too, as no-ops)."""
-    from kronos_jobs.db.migrate import upgrade
-
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings)
 
