@@ -128,7 +128,8 @@ class KronosBinarySphericalQuantizer(nn.Module):
         Returns
         -------
         q : (B, T, C) float
-            ``(2b - 1) / sqrt(C)``, with a straight-through gradient to the normalised input.
+            ``(2b - 1) / sqrt(C)``; its gradient w.r.t. the normalised input is ``1/sqrt(C)`` times
+            the identity (straight-through estimator on the sign, scaled afterwards).
         bits : (B, T, C) int64 in {0, 1}
         loss : scalar tensor
             The BSQ loss when ``with_loss`` (zero otherwise).
@@ -136,9 +137,11 @@ class KronosBinarySphericalQuantizer(nn.Module):
         C = self.config.codebook_dim
         u = F.normalize(v, p=2.0, dim=-1, eps=1e-12)  # (B, T, C) on the unit sphere
         bits = (u > 0).long()  # exactly 0 maps to bit 0
-        q_hard = (2.0 * bits.to(u.dtype) - 1.0) / math.sqrt(C)
-        q = u + (q_hard - u).detach()  # straight-through estimator
-        loss = bsq_loss(u, q_hard, self.config) if with_loss else u.new_zeros(())
+        sign = 2.0 * bits.to(u.dtype) - 1.0
+        # Straight-through on the unscaled sign, then the 1/sqrt(C) scale (spec §4.2 step 5): the
+        # gradient reaching u is (1/sqrt(C)) * identity, as in the published training runs.
+        q = (u + (sign - u).detach()) / math.sqrt(C)
+        loss = bsq_loss(u, q, self.config) if with_loss else u.new_zeros(())
         return q, bits, loss
 
 
