@@ -17,7 +17,8 @@ from tests.model.spec_tokenizer import float64_params, tokenizer_training_forwar
 
 
 def _quantiser(cfg: dict):
-    return KronosTokenizer(**cfg).tokenizer.bsq
+    """Encoder codes v -> (q, bits, loss) through the tokenizer's own quantiser."""
+    return KronosTokenizer(**cfg).tokenizer.encode_bits
 
 
 def test_quantiser_gradient_is_the_analytic_one_in_float64(tiny_tokenizer_config):
