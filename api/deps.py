@@ -9,9 +9,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from kronos_jobs.core.names import DEFAULT_TENANT
+from kronos_jobs.core.settings import Settings
 from kronos_jobs.db.session import session_scope
-from kronos_jobs.names import DEFAULT_TENANT
-from kronos_jobs.settings import Settings
 
 
 def get_app_settings(request: Request) -> Settings:

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from kronos_jobs.errors import (
+from kronos_jobs.core.errors import (
     Conflict,
     InvalidRequest,
     KronosJobsError,

@@ -19,8 +19,8 @@ from api.limits import MULTIPART_SLACK_BYTES, BodySizeLimit
 from api.routes import finetune, forecasts, health, jobs, models, schedules, series, workers
 from api.schemas import FinetuneJobCreate, FinetuneParamsIn, ForecastJobCreate, ForecastUploadCreate, SeriesBarsCreate
 from kronos_jobs import __version__
+from kronos_jobs.core.settings import Settings, get_settings
 from kronos_jobs.db import migrate
-from kronos_jobs.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Request and response schemas, named by direction: `*Create` comes in, `*Public` goes out.
 
 Field names of the forecast request are DESIGN.md's and keep their meaning. Bar sanity (OHLC
-relations, NaN, duplicate timestamps, limits) is checked by `kronos_jobs.bars`, which names each
+relations, NaN, duplicate timestamps, limits) is checked by `kronos_jobs.inputs.parsing`, which names each
 offending bar; these schemas check shapes, types and parameter ranges.
 """
 
@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from kronos_jobs.core.names import DevicePreference, JobKind, JobState
 from kronos_jobs.jobs.finetune_submit import FinetuneParams
-from kronos_jobs.names import DevicePreference, JobKind, JobState
 
 MAX_SAMPLE_COUNT = 256  # paths averaged per forecast; memory grows linearly with it
 MAX_QUANTILES = 32
@@ -42,7 +42,7 @@ class SamplingParams(_Strict):
 class BarIn(BaseModel):
     """One bar. `volume` and `amount` are optional (all bars carry each, or none does)."""
 
-    # allow_inf_nan stays on here so that "NaN" reaches kronos_jobs.bars, which names the bar.
+    # allow_inf_nan stays on here so that "NaN" reaches kronos_jobs.inputs.parsing, which names the bar.
     model_config = ConfigDict(extra="forbid")
 
     timestamp: datetime = Field(description="ISO 8601; an offset is converted to UTC, no offset means UTC.")

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from kronos_jobs.errors import InvalidRequest, PayloadTooLarge
+from kronos_jobs.core.errors import InvalidRequest, PayloadTooLarge
 
 # Multipart limits besides the file's own size cap: one file, a few small text fields.
 MAX_FORM_FIELDS = 4

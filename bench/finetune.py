@@ -38,8 +38,8 @@ sys.path.insert(0, str(_HERE.parent))
 
 import torch  # noqa: E402
 
-from kronos_jobs.registry import PUBLISHED_MODELS  # noqa: E402
-from kronos_jobs.sample_data import sample_bars  # noqa: E402
+from kronos_jobs.cli.sample_data import sample_bars  # noqa: E402
+from kronos_jobs.jobs.registry import PUBLISHED_MODELS  # noqa: E402
 from model.finetune import FinetuneConfig, FinetuneLoop  # noqa: E402
 from model.tokenizer import TOKENIZER_CONFIGS, KronosTokenizer  # noqa: E402
 from model.transformer import KRONOS_CONFIGS, Kronos  # noqa: E402

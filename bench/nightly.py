@@ -38,24 +38,11 @@ from bench.queue import WORKER_ENV, Stack, fresh_redis_and_schema  # noqa: E402 
 NOW = datetime(2024, 6, 19, 22, 0, 5, tzinfo=timezone.utc)  # Wednesday 18:00:05 in New York
 
 
-def tiny_checkpoint(directory: Path, max_context: int) -> str:
-    import torch
-
-    from kronos_jobs.registry import save_local_model
-    from model.tokenizer import KronosTokenizer
-    from model.transformer import Kronos
-    from tests.model.conftest import TINY_KRONOS_CONFIG, TINY_TOKENIZER_CONFIG
-
-    torch.manual_seed(0)
-    return str(save_local_model(directory, Kronos(**TINY_KRONOS_CONFIG), KronosTokenizer(**TINY_TOKENIZER_CONFIG),
-                                max_context=max_context))
-
-
 def store_bars(stack: Stack, n_symbols: int, n_bars: int) -> float:
     """Synthetic 5-minute session bars for n symbols into the series store; returns seconds."""
     from kronos_jobs.crud import series as series_crud
     from kronos_jobs.db.session import session_scope
-    from tests.jobs.conftest import make_bars
+    from kronos_jobs.testing.factories import make_bars
 
     started = time.perf_counter()
     for first in range(0, n_symbols, 100):
@@ -67,9 +54,9 @@ def store_bars(stack: Stack, n_symbols: int, n_bars: int) -> float:
 
 
 def run_schedule(stack: Stack, model: str, args) -> dict:
-    from kronos_jobs import schedules
     from kronos_jobs.crud import schedules as schedule_crud
     from kronos_jobs.db.session import session_scope
+    from kronos_jobs.jobs import schedules
 
     with session_scope(stack.settings) as session:
         schedule = schedules.create_schedule(session, tenant_id="default", fields=dict(
@@ -131,7 +118,9 @@ def main() -> None:
     stack = Stack(args.stack, env, root)
     load_s = store_bars(stack, args.symbols, args.bars or args.lookback + 50)
     print(f"stored {args.symbols} symbols x {args.bars or args.lookback + 50} bars in {load_s:.1f} s ({args.stack})")
-    models = {"tiny": lambda: tiny_checkpoint(root / "models" / "tiny", max_context=512), "small": lambda: "random:small"}
+    from kronos_jobs.testing.checkpoints import save_tiny_checkpoint
+
+    models = {"tiny": lambda: str(save_tiny_checkpoint(root / "models" / "tiny", seed=0, max_context=512)), "small": lambda: "random:small"}
     results = {}
     stack.start(concurrency=2)
     try:

@@ -62,10 +62,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from kronos_jobs.testing.oracle import oracle_predict_batch  # noqa: E402  (the one copy of the oracle)
 from model.predictor import KronosPredictor  # noqa: E402
 from model.tokenizer import TOKENIZER_CONFIGS, KronosTokenizer  # noqa: E402
 from model.transformer import KRONOS_CONFIGS, Kronos  # noqa: E402
-from tests.model.oracle import oracle_predict_batch  # noqa: E402  (the one copy of the oracle)
 
 TOKENIZER_FOR = {"mini": "2k", "small": "base", "base": "base"}
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # name -> autocast_dtype

@@ -60,11 +60,11 @@ def in_process_forecast(checkpoint: Path, bars, n: int) -> list[float]:
     """The baseline: the same forecast through the same cached predictor, no queue, no database."""
     import torch
 
-    from kronos_jobs import model_cache
+    from kronos_jobs.core.settings import Settings
+    from kronos_jobs.jobs import model_cache
+    from kronos_jobs.jobs.registry import resolve_model
     from kronos_jobs.jobs.series import build_inputs
     from kronos_jobs.jobs.submit import ForecastParams
-    from kronos_jobs.registry import resolve_model
-    from kronos_jobs.settings import Settings
 
     torch.set_num_threads(1)  # as each worker child runs (KRONOS_TORCH_THREADS=1)
     params = ForecastParams.from_value(request_for(checkpoint))
@@ -83,8 +83,8 @@ def in_process_forecast(checkpoint: Path, bars, n: int) -> list[float]:
 
 class Stack:
     def __init__(self, name: str, env: dict[str, str], root: Path):
+        from kronos_jobs.core.settings import Settings
         from kronos_jobs.db.migrate import upgrade
-        from kronos_jobs.settings import Settings
 
         self.name, self.env, self.root = name, env, root
         self.settings = Settings(**{k[len("KRONOS_"):].lower(): v for k, v in env.items()
@@ -97,7 +97,7 @@ class Stack:
         from kronos_jobs.db.session import session_scope
 
         log = open(self.root / "worker.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "kronos_jobs.worker", "--pool", "cpu", "--concurrency",
+        self.proc = subprocess.Popen([sys.executable, "-m", "kronos_jobs.runtime.worker", "--pool", "cpu", "--concurrency",
                                       str(concurrency)], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         deadline = time.monotonic() + 90
@@ -229,8 +229,7 @@ def fresh_redis_and_schema(env: dict[str, str]) -> callable:
     from sqlalchemy.engine import make_url
 
     from kronos_jobs.db.session import make_engine
-
-    from tests.conftest import claim_redis_db
+    from kronos_jobs.testing.services import claim_redis_db
 
     env["KRONOS_BROKER_URL"] = claim_redis_db(env["KRONOS_BROKER_URL"])
     server = make_url(env["KRONOS_DATABASE_URL"])
@@ -260,7 +259,8 @@ def main() -> None:
     parser.add_argument("--stacks", default="redis,embedded")
     args = parser.parse_args()
 
-    from tests.jobs.conftest import make_bars, save_tiny_checkpoint
+    from kronos_jobs.testing.checkpoints import save_tiny_checkpoint
+    from kronos_jobs.testing.factories import make_bars
 
     root = Path(tempfile.mkdtemp(prefix="kronos-bench-queue-"))
     checkpoint = save_tiny_checkpoint(root / "models" / "tiny-model")

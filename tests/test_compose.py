@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kronos_jobs.settings import Settings
+from kronos_jobs.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -179,6 +179,6 @@ def test_flower_watches_the_same_broker():
 
 @pytest.mark.parametrize("service", KRONOS_SERVICES)
 def test_commands_parse_with_the_real_cli(service):
-    from tests.test_readme import parse_cli
+    from tests.readme import parse_cli
 
     parse_cli(command(service))

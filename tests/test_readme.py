@@ -5,26 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from kronos_jobs.sample_data import sample_bars
-from kronos_jobs.settings import Settings
-
-ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text(encoding="utf-8")
-
-
-def section(title: str) -> str:
-    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", README, re.M | re.S)
-    assert match, f"README has no '## {title}' section"
-    return match.group(1)
-
-
-def code_blocks(text: str, language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", text, re.S)
+from kronos_jobs.cli.sample_data import sample_bars
+from kronos_jobs.core.settings import Settings
+from tests.readme import README, ROOT, code_blocks, parse_cli, section
 
 
 def test_configuration_table_lists_exactly_the_settings():
@@ -77,7 +64,7 @@ def test_json_examples_are_valid_requests():
 
 
 def test_example_files_are_the_documented_sample_data():
-    # examples/ is synthetic data from kronos_jobs.sample_data, regenerable byte for byte.
+    # examples/ is synthetic data from kronos_jobs.cli.sample_data, regenerable byte for byte.
     csv = pd.read_csv(ROOT / "examples" / "bars.csv")
     expected = sample_bars(2, 120, seed=0)
     assert list(csv.columns) == list(expected.columns)
@@ -106,24 +93,6 @@ def test_performance_section_has_a_row_per_benchmark():
         if bench.name != "__init__.py":
             assert re.search(rf"bench[./]{bench.stem}\b", performance), (
                 f"bench/{bench.name} has no row in the README's Performance section")
-
-
-def parse_cli(argv: list[str]) -> None:
-    """Parse `kronos-jobs ...` with the real CLI without running it (UsageError when wrong)."""
-    import click
-
-    from kronos_jobs.cli import main
-
-    assert argv[0] == "kronos-jobs"
-    command, args, name = main, list(argv[1:]), "kronos-jobs"
-    # Global options come before the command.
-    while args and args[0].startswith("--") and command is main:
-        args = args[2:]
-    while isinstance(command, click.Group):
-        assert args and args[0] in command.commands, f"{' '.join(argv)}: no such command {args[:1]}"
-        name = args.pop(0)
-        command = command.commands[name]
-    command.make_context(name, args)
 
 
 def readme_cli_lines() -> list[str]:

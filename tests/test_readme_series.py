@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from kronos_jobs.cli import main
-from tests.test_readme import ROOT, code_blocks, section
+from tests.readme import ROOT, code_blocks, section
 
 
 def commands() -> list[list[str]]:

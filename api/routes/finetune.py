@@ -1,7 +1,7 @@
 """Fine-tune jobs: `POST /v1/jobs/finetune` (read, list and cancel them through the jobs routes).
 
 Training bars arrive as a multipart upload (`file`: long-format CSV or Parquet with a `symbol`
-column, parsed by `kronos_jobs.bars`; `request`: the parameters as JSON) or, as a JSON body, as
+column, parsed by `kronos_jobs.inputs.parsing`; `request`: the parameters as JSON) or, as a JSON body, as
 symbols and a time range of the series store (`data`).
 """
 
@@ -15,12 +15,12 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 
 from api.deps import CallerDep, SessionDep, SettingsDep
 from api.routes.jobs import ERRORS
-from api.uploads import Upload, read_json_or_upload, upload_body_doc
 from api.schemas import FinetuneJobCreate, FinetuneJobPublic, FinetuneParamsIn, JobPublic
-from kronos_jobs import bars as bar_input
-from kronos_jobs.errors import InvalidRequest, NotFound
+from api.uploads import Upload, read_json_or_upload, upload_body_doc
+from kronos_jobs.core.errors import InvalidRequest, NotFound
+from kronos_jobs.core.settings import Settings
+from kronos_jobs.inputs.parsing import parse_upload
 from kronos_jobs.jobs.finetune_submit import invalid, submit_finetune
-from kronos_jobs.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -33,7 +33,7 @@ class FinetuneSubmission:
     def bars(self, session, settings: Settings, tenant_id: str) -> tuple[pd.DataFrame, str]:
         """The long-format training bars and their source (upload format, or `store`)."""
         if self.upload is not None:
-            parsed = bar_input.parse_upload(self.upload.data, filename=self.upload.filename,
+            parsed = parse_upload(self.upload.data, filename=self.upload.filename,
                                             content_type=self.upload.content_type, freq=None, settings=settings)
             return parsed.bars, parsed.source
         return _store_bars(session, self.params.data, tenant_id), "store"

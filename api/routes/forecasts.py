@@ -10,9 +10,9 @@ from fastapi import APIRouter, Query
 from api.deps import CallerDep, SessionDep
 from api.schemas import ErrorResponse, ForecastsPublic, as_utc
 from api.tables import FILE_RESPONSES, ResultFormat, file_response, json_rows
-from kronos_jobs import bars as bar_input
 from kronos_jobs.crud import forecasts as forecast_crud
 from kronos_jobs.crud import schedules as schedule_crud
+from kronos_jobs.inputs.checks import check_symbol
 
 router = APIRouter(prefix="/v1/forecasts", tags=["forecasts"])
 
@@ -30,7 +30,7 @@ def read_latest_forecasts(
     format: ResultFormat = ResultFormat.JSON,  # noqa: A002 - the query parameter's public name
 ) -> Any:
     """Latest forecast per symbol (or as of a time), as JSON, CSV or Parquet."""
-    symbols = [bar_input.check_symbol(s, f"symbol[{i}]") for i, s in enumerate(symbol or [])]
+    symbols = [check_symbol(s, f"symbol[{i}]") for i, s in enumerate(symbol or [])]
     if schedule is not None:
         schedule_crud.get_schedule(session, tenant_id=caller.tenant_id, schedule_id=schedule)
     rows = forecast_crud.latest_forecasts(session, tenant_id=caller.tenant_id, symbols=symbols or None,

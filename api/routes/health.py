@@ -18,10 +18,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 
 from api.deps import SettingsDep
-from kronos_jobs.crud import jobs as job_crud, workers as worker_crud
+from kronos_jobs.core.names import JobKind, JobState, Pool
+from kronos_jobs.core.settings import Settings
+from kronos_jobs.crud import jobs as job_crud
+from kronos_jobs.crud import workers as worker_crud
 from kronos_jobs.db.session import session_scope
-from kronos_jobs.names import JobKind, JobState, Pool
-from kronos_jobs.settings import Settings
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
@@ -43,7 +44,7 @@ def check_database(settings: Settings) -> dict[str, Any]:
 def check_broker(settings: Settings) -> dict[str, Any]:
     started = time.perf_counter()
     try:
-        from kronos_jobs.celery_app import app_for, broker_folders  # celery only when asked
+        from kronos_jobs.broker.celery_app import app_for, broker_folders  # celery only when asked
 
         if settings.effective_broker_url.startswith("filesystem://"):
             folder = broker_folders(settings)["data"]

@@ -9,16 +9,25 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
 from api.deps import CallerDep, SessionDep, SettingsDep
+from api.schemas import (
+    ErrorResponse,
+    ForecastJobCreate,
+    ForecastParamsIn,
+    ForecastUploadCreate,
+    JobPublic,
+    JobsPublic,
+    ResultPublic,
+)
 from api.tables import FILE_RESPONSES, ResultFormat, file_response, json_rows
 from api.uploads import Upload, read_json_or_upload, upload_body_doc
-from api.schemas import ErrorResponse, ForecastJobCreate, ForecastParamsIn, ForecastUploadCreate, JobPublic, JobsPublic, ResultPublic
-from kronos_jobs import bars as bar_input
+from kronos_jobs.core.errors import Conflict
+from kronos_jobs.core.names import JobKind, JobState
+from kronos_jobs.core.settings import Settings
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import results as result_crud
-from kronos_jobs.errors import Conflict
+from kronos_jobs.inputs.parsing import SeriesInput, parse_inline_series, parse_upload
+from kronos_jobs.inputs.store import read_store_input
 from kronos_jobs.jobs.submit import submit_forecast
-from kronos_jobs.names import JobKind, JobState
-from kronos_jobs.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -34,16 +43,16 @@ class ForecastSubmission:
     params: ForecastParamsIn  # a ForecastJobCreate (JSON) or a ForecastUploadCreate (upload)
     upload: Upload | None = None
 
-    def series_input(self, settings: Settings, session=None, tenant_id: str | None = None) -> bar_input.SeriesInput:
+    def series_input(self, settings: Settings, session=None, tenant_id: str | None = None) -> SeriesInput:
         """Parse and check the bars (CPU work: runs in the handler's thread, not the event loop)."""
         store = getattr(self.params, "series_store", None)
         if store is not None:  # the latest `lookback` bars of stored symbols
-            return bar_input.read_store_input(session, tenant_id=tenant_id, symbols=store.symbols, freq=store.freq,
+            return read_store_input(session, tenant_id=tenant_id, symbols=store.symbols, freq=store.freq,
                                               lookback=self.params.lookback, settings=settings)
         if self.upload is None:
             series = [s.model_dump() for s in self.params.series]
-            return bar_input.parse_inline_series(series, pred_len=self.params.pred_len, settings=settings)
-        return bar_input.parse_upload(
+            return parse_inline_series(series, pred_len=self.params.pred_len, settings=settings)
+        return parse_upload(
             self.upload.data, filename=self.upload.filename, content_type=self.upload.content_type,
             freq=self.params.freq, settings=settings,
         )

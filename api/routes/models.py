@@ -8,9 +8,9 @@ from fastapi import APIRouter, Path
 
 from api.deps import CallerDep, SessionDep
 from api.schemas import ErrorResponse, ModelPublic, ModelsPublic
+from kronos_jobs.core.errors import InvalidTransition
 from kronos_jobs.crud import models as model_crud
-from kronos_jobs.errors import InvalidTransition
-from kronos_jobs.registry import PUBLISHED_MODELS, PublishedModel
+from kronos_jobs.jobs.registry import PUBLISHED_MODELS, PublishedModel
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 

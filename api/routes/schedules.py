@@ -1,6 +1,6 @@
 """Schedules: create, list, read, change, delete; trigger a run; read runs.
 
-The beat reads the schedules table on every tick (kronos_jobs/beat.py), so a change here takes
+The beat reads the schedules table on every tick (kronos_jobs/runtime/beat.py), so a change here takes
 effect within KRONOS_SCHEDULER_INTERVAL seconds, without a restart.
 """
 
@@ -23,9 +23,9 @@ from api.schemas import (
     ScheduleUpdate,
     as_utc,
 )
-from kronos_jobs import schedules as schedule_service
 from kronos_jobs.crud import schedules as schedule_crud
 from kronos_jobs.db.models import Schedule, ScheduleRun
+from kronos_jobs.jobs import schedules as schedule_service
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
 

@@ -2,7 +2,7 @@
 
 Every import is one transaction: a single bad row rejects the whole request (422, naming the row),
 and nothing is written. Re-importing a bar at a stored (symbol, freq, timestamp) replaces it.
-Timestamps follow `kronos_jobs.bars`: an offset is converted to UTC, no offset means UTC; bars
+Timestamps follow `kronos_jobs.inputs.parsing`: an offset is converted to UTC, no offset means UTC; bars
 are stored and returned in UTC.
 """
 
@@ -17,13 +17,23 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api.deps import CallerDep, SessionDep, SettingsDep
+from api.schemas import (
+    BarsPublic,
+    ErrorResponse,
+    SeriesBarsCreate,
+    SeriesDeletedPublic,
+    SeriesImportPublic,
+    SeriesListPublic,
+    SeriesPublic,
+)
 from api.tables import FILE_RESPONSES, ResultFormat, file_response, json_rows
 from api.uploads import Upload, validate_json
-from api.schemas import BarsPublic, ErrorResponse, SeriesBarsCreate, SeriesDeletedPublic, SeriesImportPublic, SeriesListPublic, SeriesPublic
-from kronos_jobs import bars as bar_input
+from kronos_jobs.core.errors import InvalidRequest, PayloadTooLarge
+from kronos_jobs.core.settings import Settings
 from kronos_jobs.crud import series as series_crud
-from kronos_jobs.errors import InvalidRequest, PayloadTooLarge
-from kronos_jobs.settings import Settings
+from kronos_jobs.inputs.checks import check_symbol
+from kronos_jobs.inputs.parsing import parse_symbol_bars, parse_upload
+from kronos_jobs.inputs.store import store_freqs
 
 router = APIRouter(prefix="/v1/series", tags=["series"])
 
@@ -85,13 +95,13 @@ ImportDep = Annotated[SeriesBarsCreate | StoreUpload, Depends(read_import)]
 def _import(session, settings: Settings, tenant_id: str, body: SeriesBarsCreate | StoreUpload, freq: str | None,
             symbol: str | None) -> SeriesImportPublic:
     if isinstance(body, SeriesBarsCreate):
-        parsed = bar_input.parse_symbol_bars(symbol, freq=body.freq or freq, settings=settings,
+        parsed = parse_symbol_bars(symbol, freq=body.freq or freq, settings=settings,
                                              bars=[b.model_dump(exclude_none=True) for b in body.bars])
     else:
         given = body.freq or freq
-        parsed = bar_input.parse_upload(body.data, filename=body.filename, content_type=body.content_type,
+        parsed = parse_upload(body.data, filename=body.filename, content_type=body.content_type,
                                         freq=given, settings=settings, symbol=symbol)
-    freqs = bar_input.store_freqs(parsed)
+    freqs = store_freqs(parsed)
     written = series_crud.upsert_bars(session, tenant_id=tenant_id, bars=parsed.bars, freqs=freqs)
     stored = series_crud.list_symbols(session, tenant_id=tenant_id, symbols=list(freqs))
     return SeriesImportPublic(rows_written=written, series=[SeriesPublic(**s) for s in stored if freqs[s["symbol"]] == s["freq"]])
@@ -101,7 +111,7 @@ def _import(session, settings: Settings, tenant_id: str, body: SeriesBarsCreate 
 def import_symbol_bars(symbol: Symbol, body: ImportDep, session: SessionDep, settings: SettingsDep, caller: CallerDep,
                        freq: Freq = None) -> SeriesImportPublic:
     """Import one symbol's bars (JSON, CSV or Parquet); all or nothing."""
-    symbol = bar_input.check_symbol(symbol, "symbol")
+    symbol = check_symbol(symbol, "symbol")
     return _import(session, settings, caller.tenant_id, body, freq, symbol)
 
 

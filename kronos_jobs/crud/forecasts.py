@@ -14,9 +14,9 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from kronos_jobs.core.names import RESULT_COLUMNS, JobKind, JobState
 from kronos_jobs.crud import results as result_crud
 from kronos_jobs.db.models import ForecastRow, Job, ScheduleRunJob
-from kronos_jobs.names import RESULT_COLUMNS, JobKind, JobState
 
 USABLE_STATES = (JobState.SUCCEEDED.value, JobState.PARTIALLY_SUCCEEDED.value)
 

@@ -23,8 +23,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from kronos_jobs.db.models import Job, utcnow
-from kronos_jobs.errors import (
+from kronos_jobs.core.errors import (
     IdempotencyConflict,
     InvalidRequest,
     InvalidTransition,
@@ -32,7 +31,8 @@ from kronos_jobs.errors import (
     LeaseLost,
     NotFound,
 )
-from kronos_jobs.names import JobKind, JobState
+from kronos_jobs.core.names import JobKind, JobState
+from kronos_jobs.db.models import Job, utcnow
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The model registry table: fine-tuned versions, each visible only to the tenant that made it.
 
-Published checkpoints are not stored here: their one home is `kronos_jobs/registry.py`
+Published checkpoints are not stored here: their one home is `kronos_jobs/jobs/registry.py`
 (`PUBLISHED_MODELS`), which `GET /v1/models` lists ahead of these rows.
 """
 
@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from kronos_jobs.core.errors import Conflict, NotFound
 from kronos_jobs.db.models import ModelVersion, utcnow
-from kronos_jobs.errors import Conflict, NotFound
 
 logger = logging.getLogger(__name__)
 

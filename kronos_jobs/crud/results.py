@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
+from kronos_jobs.core.errors import NotFound
+from kronos_jobs.core.names import BAR_COLUMNS, RESULT_COLUMNS
 from kronos_jobs.db.models import ForecastRow, JobInput
-from kronos_jobs.errors import NotFound
-from kronos_jobs.names import BAR_COLUMNS, RESULT_COLUMNS
 
 _THREADED_DECODE_BYTES = 1 << 20  # stored inputs this large decode on Arrow's thread pool
 # q<level>_<column>, as names.quantile_column writes it.

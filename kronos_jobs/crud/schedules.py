@@ -17,9 +17,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from kronos_jobs.core.errors import Conflict, NotFound
+from kronos_jobs.core.names import JobState, RunTrigger
 from kronos_jobs.db.models import Job, Schedule, ScheduleRun, ScheduleRunJob, utcnow
-from kronos_jobs.errors import Conflict, NotFound
-from kronos_jobs.names import JobState, RunTrigger
 
 SCHEDULE_FIELDS = ("name", "cron", "timezone", "symbols", "freq", "model", "device", "params", "calendar",
                    "min_history", "enabled")

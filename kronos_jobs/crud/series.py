@@ -17,9 +17,9 @@ import pandas as pd
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from kronos_jobs.core.errors import InvalidRequest, NotFound
+from kronos_jobs.core.names import BAR_COLUMNS
 from kronos_jobs.db.models import SeriesBar
-from kronos_jobs.errors import InvalidRequest, NotFound
-from kronos_jobs.names import BAR_COLUMNS
 
 WRITE_CHUNK_ROWS = 5_000  # rows per executemany call; bounds statement memory
 KEY = ("tenant_id", "symbol", "freq", "timestamp")

@@ -23,8 +23,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 
+from kronos_jobs.core.settings import Settings, get_settings
 from kronos_jobs.db.session import make_engine
-from kronos_jobs.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
-    MetaData,
     BigInteger,
     Boolean,
     DateTime,
@@ -20,6 +19,7 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    MetaData,
     String,
     Text,
     UniqueConstraint,
@@ -28,7 +28,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from kronos_jobs.names import DEFAULT_TENANT
+from kronos_jobs.core.names import DEFAULT_TENANT
 
 
 def utcnow() -> datetime:
@@ -233,7 +233,7 @@ class Schedule(Base):
     model: Mapped[str] = mapped_column(String(256))
     device: Mapped[str] = mapped_column(String(8))  # names.DevicePreference
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)  # lookback, pred_len, sampling, quantiles
-    calendar: Mapped[dict[str, Any]] = mapped_column(default=dict)  # kronos_jobs.calendar spec + per symbol
+    calendar: Mapped[dict[str, Any]] = mapped_column(default=dict)  # kronos_jobs.inputs.calendar spec + per symbol
     min_history: Mapped[int | None] = mapped_column(Integer, nullable=True)  # NULL = lookback
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     # Occurrences after this instant are due; moved on by each scheduled run and by cron edits.

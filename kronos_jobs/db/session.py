@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
-from kronos_jobs.settings import Settings, get_settings
+from kronos_jobs.core.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 

@@ -51,15 +51,23 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from kronos_jobs.core.errors import JobCancelled, JobFailure, LeaseLost
+from kronos_jobs.core.names import JobState
+from kronos_jobs.core.settings import Settings
 from kronos_jobs.db.models import utcnow
 from kronos_jobs.db.session import session_scope
-from kronos_jobs.errors import JobCancelled, JobFailure, LeaseLost
-from kronos_jobs.jobs.finetune_submit import (FinetuneParams, check_data, phase_steps, resolve_finetune_model, split_series,
-                                              validate_params, window_count, window_warnings)
+from kronos_jobs.jobs.finetune_submit import (
+    FinetuneParams,
+    check_data,
+    phase_steps,
+    resolve_finetune_model,
+    split_series,
+    validate_params,
+    window_count,
+    window_warnings,
+)
 from kronos_jobs.jobs.lease import Delivery, JobGivenBack, LeaseHeartbeat, is_transient, raise_if_held, release_lease
-from kronos_jobs.names import JobState
-from kronos_jobs.registry import ModelSpec, local_spec, save_local_model
-from kronos_jobs.settings import Settings
+from kronos_jobs.jobs.registry import ModelSpec, local_spec, save_local_model
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +166,7 @@ class JobProgress(Progress):
         self.settings, self.job_id, self.owner, self.heartbeat = settings, job_id, owner, heartbeat
         self.interval = interval
         if draining is None:
-            from kronos_jobs.worker import draining
+            from kronos_jobs.runtime.worker import draining
         self.draining = draining
         self.last_write = 0.0
         self.cancelled = False
@@ -250,10 +258,10 @@ def verify_artifact(final_dir: Path, model, tokenizer) -> tuple[str, str]:
     """
     import torch
 
+    from kronos_jobs.jobs.registry import LOCAL_MODEL_SUBDIR, LOCAL_TOKENIZER_SUBDIR
     from model.checkpoint import WEIGHTS_NAME, CheckpointError, file_sha256
     from model.tokenizer import KronosTokenizer
     from model.transformer import Kronos
-    from kronos_jobs.registry import LOCAL_MODEL_SUBDIR, LOCAL_TOKENIZER_SUBDIR
 
     checksums = []
     for sub, module, cls in ((LOCAL_MODEL_SUBDIR, model, Kronos), (LOCAL_TOKENIZER_SUBDIR, tokenizer, KronosTokenizer)):
@@ -277,10 +285,10 @@ def train_pair(params: FinetuneParams, bars: pd.DataFrame, spec: ModelSpec, *, w
                settings: Settings, progress_factory: Callable[[dict[str, int]], Progress]) -> TrainingOutcome:
     """Train the asked phases from `spec`'s weights in `work_dir` (resuming what is there), save,
     verify and evaluate. Raises JobCancelled when the progress object asked the loop to stop."""
+    from kronos_jobs.jobs.holdout import evaluate, holdout_windows
+    from kronos_jobs.jobs.model_cache import load_pair
     from model.finetune import FinetuneLoop
     from model.predictor import KronosPredictor
-    from kronos_jobs.jobs.evaluation import evaluate, holdout_windows
-    from kronos_jobs.model_cache import load_pair
 
     train, val = split_series(bars, params.validation_split)
     val = {k: v for k, v in val.items() if len(v) >= params.window} or None
@@ -380,7 +388,7 @@ def run_finetune_job(job_id: str, *, settings: Settings) -> JobState | None:
     task retries). Every other outcome is recorded on the job before returning.
     """
     from kronos_jobs.crud import jobs as job_crud
-    from kronos_jobs.worker import draining
+    from kronos_jobs.runtime.worker import draining
 
     if draining():
         # Celery's consumer goes on taking messages for a moment after the shutdown signal, so a
@@ -445,8 +453,10 @@ def _execute(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat) -> JobSta
 
 
 def _train_and_register(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, meta: dict[str, Any]) -> JobState:
-    from kronos_jobs.crud import jobs as job_crud, models as model_crud, results as result_crud
-    from kronos_jobs.worker import current_identity
+    from kronos_jobs.crud import jobs as job_crud
+    from kronos_jobs.crud import models as model_crud
+    from kronos_jobs.crud import results as result_crud
+    from kronos_jobs.runtime.worker import current_identity
 
     identity = current_identity(settings)
     params = run.params

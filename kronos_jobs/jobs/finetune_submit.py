@@ -22,12 +22,12 @@ from typing import Any
 import pandas as pd
 from sqlalchemy.exc import IntegrityError
 
-from kronos_jobs.errors import IdempotencyConflict, InvalidRequest
-from kronos_jobs.names import DevicePreference, JobKind, Queue
-from kronos_jobs.registry import ModelSpec, resolve_model, resolve_pair
-from kronos_jobs.routing import choose_queue, consumers_of
-from kronos_jobs.settings import Settings
-from kronos_jobs.wall_clock import local_bars
+from kronos_jobs.core.errors import IdempotencyConflict, InvalidRequest
+from kronos_jobs.core.names import DevicePreference, JobKind, Queue
+from kronos_jobs.core.routing import choose_queue, consumers_of
+from kronos_jobs.core.settings import Settings
+from kronos_jobs.inputs.wall_clock import local_bars
+from kronos_jobs.jobs.registry import ModelSpec, resolve_model, resolve_pair
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def split_series(bars: pd.DataFrame, validation_split: float) -> tuple[dict[str,
     overlaps a training row, so neither the validation loss nor the evaluation sees trained targets.
 
     The frames are what the model gets (training windows, validation, evaluation): `timestamp` is the
-    bars' naive local wall-clock time and the offset column is gone (kronos_jobs/wall_clock.py, the
+    bars' naive local wall-clock time and the offset column is gone (kronos_jobs/inputs/wall_clock.py, the
     rule forecasts use too); the stored bars stay UTC.
     """
     train, val = {}, {}
@@ -269,7 +269,9 @@ def request_hash(params: FinetuneParams, bars: pd.DataFrame) -> str:
 def submit_finetune(session, settings: Settings, *, tenant_id: str, request: FinetuneParams | dict[str, Any],
                     bars: pd.DataFrame, source: str, idempotency_key: str | None = None):
     """Validate, route, insert the job and its bars, COMMIT, then send the task; return (Job, warnings)."""
-    from kronos_jobs.crud import jobs as job_crud, results as result_crud, workers as worker_crud
+    from kronos_jobs.crud import jobs as job_crud
+    from kronos_jobs.crud import results as result_crud
+    from kronos_jobs.crud import workers as worker_crud
     from kronos_jobs.jobs.submit import send_job
 
     params = FinetuneParams.from_value(request)

@@ -23,12 +23,14 @@ from typing import Any
 
 import pandas as pd
 
+from kronos_jobs.core.errors import JobCancelled, JobFailure, LeaseLost
+from kronos_jobs.core.names import JobState
+from kronos_jobs.core.settings import Settings
 from kronos_jobs.db.models import utcnow
 from kronos_jobs.db.session import session_scope
-from kronos_jobs.errors import JobCancelled, JobFailure, LeaseLost
 from kronos_jobs.jobs.lease import (
-    Delivery,
     TRANSIENT_ERRORS,
+    Delivery,
     LeaseHeartbeat,
     LeaseHeld,
     is_transient,
@@ -38,8 +40,6 @@ from kronos_jobs.jobs.lease import (
 from kronos_jobs.jobs.recovery import fail_after_hard_time_limit, requeue_stale_jobs
 from kronos_jobs.jobs.series import SeriesInput, build_inputs, result_rows, rows_frame
 from kronos_jobs.jobs.submit import ForecastParams
-from kronos_jobs.names import JobState
-from kronos_jobs.settings import Settings
 
 __all__ = ["TRANSIENT_ERRORS", "LeaseHeld", "fail_after_hard_time_limit", "requeue_stale_jobs", "run_forecast_job"]
 
@@ -62,7 +62,8 @@ def run_forecast_job(job_id: str, *, settings: Settings) -> JobState | None:
     Raises LeaseLost (another delivery owns the job: stop quietly) and transient errors (database or
     broker down: the task retries). Every other outcome is recorded on the job before returning.
     """
-    from kronos_jobs.crud import jobs as job_crud, results as result_crud
+    from kronos_jobs.crud import jobs as job_crud
+    from kronos_jobs.crud import results as result_crud
 
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     t0 = time.perf_counter()
@@ -131,10 +132,10 @@ _EMPTY = object()  # "write an empty result": a cancelled or failed job keeps no
 
 def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_input: tuple,
               meta: dict[str, Any]) -> JobState:
-    from kronos_jobs import model_cache
     from kronos_jobs.crud import jobs as job_crud
-    from kronos_jobs.registry import resolve_model
-    from kronos_jobs.worker import current_identity
+    from kronos_jobs.jobs import model_cache
+    from kronos_jobs.jobs.registry import resolve_model
+    from kronos_jobs.runtime.worker import current_identity
 
     params = run.params
     identity = current_identity(settings)
@@ -206,7 +207,7 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
 
 def _needs_session(model: str, model_dirs: Sequence[Path]) -> bool:
     """Only fine-tuned ids live in the database; published, random and local models do not."""
-    from kronos_jobs.registry import PUBLISHED_MODELS, RANDOM_PREFIX, local_model_dir
+    from kronos_jobs.jobs.registry import PUBLISHED_MODELS, RANDOM_PREFIX, local_model_dir
 
     return not (model in PUBLISHED_MODELS or model.startswith(RANDOM_PREFIX)
                 or local_model_dir(model, model_dirs) is not None)
@@ -258,7 +259,8 @@ def _finish(run: _Run, settings: Settings, state: JobState, *, meta: dict[str, A
 
     With `progress` (done, total), the last progress update and its cancel check happen in the same
     transaction: a cancel that arrived during the last chunk rolls it back (JobCancelled)."""
-    from kronos_jobs.crud import jobs as job_crud, results as result_crud
+    from kronos_jobs.crud import jobs as job_crud
+    from kronos_jobs.crud import results as result_crud
 
     meta = dict(meta or {})
     finished_at = utcnow()
@@ -278,7 +280,7 @@ def _finish(run: _Run, settings: Settings, state: JobState, *, meta: dict[str, A
 
 
 def _empty_rows() -> pd.DataFrame:
-    from kronos_jobs.names import RESULT_COLUMNS
+    from kronos_jobs.core.names import RESULT_COLUMNS
 
     return pd.DataFrame(columns=[*RESULT_COLUMNS, "step"])
 

@@ -21,11 +21,11 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
+from kronos_jobs.core.errors import JobFailure, LeaseLost, TransientJobError
+from kronos_jobs.core.names import JobState
+from kronos_jobs.core.settings import Settings
 from kronos_jobs.db.models import utcnow
 from kronos_jobs.db.session import session_scope
-from kronos_jobs.errors import JobFailure, LeaseLost, TransientJobError
-from kronos_jobs.names import JobState
-from kronos_jobs.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,8 @@ def _transient_types() -> tuple[type[BaseException], ...]:
 
     types: list[type[BaseException]] = [TransientJobError, OperationalError, InterfaceError, BrokerOperationalError]
     try:
-        from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
 
         types += [RedisConnectionError, RedisTimeoutError]
     except ImportError:  # redis is optional on the embedded default

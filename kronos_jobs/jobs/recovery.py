@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import logging
 
+from kronos_jobs.core.names import JobState
+from kronos_jobs.core.settings import Settings
 from kronos_jobs.db.models import utcnow
 from kronos_jobs.db.session import session_scope
 from kronos_jobs.jobs.submit import send_job
-from kronos_jobs.names import JobState
-from kronos_jobs.settings import Settings
 
 logger = logging.getLogger(__name__)
 

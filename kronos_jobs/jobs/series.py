@@ -6,8 +6,8 @@ frequency to generate them from) becomes a per-symbol error; the other series go
 Time zones. Bars are stored and results returned in UTC, but Kronos' temporal embedding (minute,
 hour, weekday, day, month) must see the bars' LOCAL wall-clock time, as upstream users pass it
 (`2024-06-18T11:15:00+08:00` is hour 11, not 3). So the model gets naive local timestamps:
-- past bars: by the rule in kronos_jobs/wall_clock.py, shared with fine-tune training and evaluation:
-  UTC + each row's `utc_offset_minutes` (kept by kronos_jobs/bars.py; 0 for naive input, so naive
+- past bars: by the rule in kronos_jobs/inputs/wall_clock.py, shared with fine-tune training and evaluation:
+  UTC + each row's `utc_offset_minutes` (kept by kronos_jobs/inputs/parsing.py; 0 for naive input, so naive
   input is UTC = wall clock as before). Bars without that column (the series store keeps UTC only;
   job inputs stored before the column existed) are shown in the symbol's calendar `timezone` when
   its calendar names one, else in UTC.
@@ -22,17 +22,23 @@ hour, weekday, day, month) must see the bars' LOCAL wall-clock time, as upstream
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from kronos_jobs.names import BAR_COLUMNS, PRICE_COLUMNS, UTC_OFFSET_COLUMN, quantile_column
-from kronos_jobs.wall_clock import as_utc, calendar_zone, row_offsets, wall_clock, wall_clock_all, zone_offset_minutes
+from kronos_jobs.core.names import BAR_COLUMNS, PRICE_COLUMNS, UTC_OFFSET_COLUMN, quantile_column
+from kronos_jobs.inputs.frequency import infer_offset
+from kronos_jobs.inputs.wall_clock import (
+    as_utc,
+    calendar_zone,
+    row_offsets,
+    wall_clock,
+    wall_clock_all,
+    zone_offset_minutes,
+)
 
 MIN_CONTEXT_BARS = 2  # one bar has no spread to normalise by; any longer context is the user's call
-FREQ_SAMPLE_BARS = 64  # recent bars used to infer a series' frequency when none was given
 
 
 @dataclasses.dataclass
@@ -53,37 +59,12 @@ def _error(symbol: str, code: str, message: str) -> dict[str, str]:
     return {"symbol": symbol, "code": code, "message": message}
 
 
-def infer_offset(timestamps: pd.Series | pd.DatetimeIndex) -> pd.DateOffset | None:
-    """The series' bar frequency: pandas' inference on recent bars, else the most common gap."""
-    recent = pd.DatetimeIndex(timestamps.iloc[-FREQ_SAMPLE_BARS:] if isinstance(timestamps, pd.Series)
-                              else timestamps[-FREQ_SAMPLE_BARS:])
-    steps = np.diff(recent.as_unit("ns").asi8)
-    if len(steps) >= 2 and steps[0] > 0 and (steps == steps[0]).all():
-        # Evenly spaced (the common case): the step is the frequency, as pandas' slower inference says;
-        # whole days stay calendar days (the trading calendar skips weekends for those).
-        step = pd.Timedelta(int(steps[0]), unit="ns")
-        if step % pd.Timedelta(days=1) == pd.Timedelta(0):
-            return pd.offsets.Day(step.days)
-        return pd.tseries.frequencies.to_offset(step)
-    if len(recent) >= 3:
-        with warnings.catch_warnings():  # pandas 3 warns that the return type becomes an offset
-            warnings.simplefilter("ignore")
-            alias = pd.infer_freq(recent)
-        if alias:
-            return pd.tseries.frequencies.to_offset(alias)
-    gaps = recent.to_series().diff().dropna()
-    gaps = gaps[gaps > pd.Timedelta(0)]
-    if gaps.empty:
-        return None
-    return pd.tseries.frequencies.to_offset(gaps.mode().iloc[0])
-
-
 def future_timestamps(symbol: str, last: pd.Timestamp, pred_len: int, freq: str | None,
                       timestamps: pd.Series | pd.DatetimeIndex,
                       calendar: dict[str, Any] | None = None) -> pd.DatetimeIndex | dict[str, str]:
     """`pred_len` trading timestamps after `last`, stepping by `freq` (or the inferred frequency);
-    the trading calendar (kronos_jobs/calendar.py) skips weekends, holidays and out-of-session times."""
-    from kronos_jobs import calendar as trading
+    the trading calendar (kronos_jobs/inputs/calendar.py) skips weekends, holidays and out-of-session times."""
+    from kronos_jobs.inputs import calendar as trading
 
     offset = pd.tseries.frequencies.to_offset(freq) if freq else infer_offset(timestamps)
     if offset is None:
@@ -104,7 +85,7 @@ def build_one(symbol: str, stamps: pd.DatetimeIndex, values: np.ndarray, columns
     input kept them, the timestamps' UTC offsets in minutes (N,) (see the module docstring).
     `wall` (N,): the local wall-clock times when the caller computed them for many symbols at once."""
     if stamps.tz is None:
-        stamps = stamps.tz_localize("UTC")  # naive is UTC (kronos_jobs/bars.py)
+        stamps = stamps.tz_localize("UTC")  # naive is UTC (kronos_jobs/inputs/parsing.py)
     if not stamps.is_monotonic_increasing:  # stored input is sorted; this is the rare path
         order = np.argsort(stamps.asi8, kind="stable")
         stamps, values = stamps[order], values[order]

@@ -17,11 +17,11 @@ from typing import Any
 import pandas as pd
 from sqlalchemy.exc import IntegrityError
 
-from kronos_jobs.errors import IdempotencyConflict, InvalidRequest
-from kronos_jobs.names import TASK_RUN_FINETUNE, TASK_RUN_FORECAST, DevicePreference, JobKind, Queue
-from kronos_jobs.registry import resolve_model
-from kronos_jobs.routing import choose_queue
-from kronos_jobs.settings import Settings
+from kronos_jobs.core.errors import IdempotencyConflict, InvalidRequest
+from kronos_jobs.core.names import TASK_RUN_FINETUNE, TASK_RUN_FORECAST, DevicePreference, JobKind, Queue
+from kronos_jobs.core.routing import choose_queue
+from kronos_jobs.core.settings import Settings
+from kronos_jobs.jobs.registry import resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class ForecastParams:
     sampling: Sampling = dataclasses.field(default_factory=Sampling)
     quantiles: list[float] | None = None
     freq: dict[str, str] = dataclasses.field(default_factory=dict)  # symbol -> pandas offset alias
-    # Trading calendar for generated future timestamps (kronos_jobs/calendar.py): a flat spec, or
+    # Trading calendar for generated future timestamps (kronos_jobs/inputs/calendar.py): a flat spec, or
     # {"default": spec, "symbols": {symbol: spec}}. Empty: weekends skipped for daily bars only.
     calendar: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -110,7 +110,7 @@ def validate_params(params: ForecastParams, max_context: int, symbols: list[str]
 
 def check_calendar(spec: dict[str, Any] | None, field: str = "calendar") -> None:
     """InvalidRequest naming e.g. `calendar.symbols.AAPL.open` when a calendar spec is wrong."""
-    from kronos_jobs.calendar import TradingCalendar
+    from kronos_jobs.inputs.calendar import TradingCalendar
 
     if not spec:
         return
@@ -142,7 +142,7 @@ def task_for_queue(queue: Queue | str) -> str:
 
 def send_job(settings: Settings, job_id: str, queue: Queue | str) -> None:
     """Send the task for a committed job (also used by the reconciler)."""
-    from kronos_jobs.celery_app import app_for  # celery only on the sending path
+    from kronos_jobs.broker.celery_app import app_for  # celery only on the sending path
 
     app_for(settings).send_task(
         task_for_queue(queue), args=[job_id], task_id=job_id, queue=Queue(queue).value,
@@ -166,7 +166,9 @@ def submit_forecast(session, settings: Settings, *, tenant_id: str, request: For
                     bars: pd.DataFrame, future: pd.DataFrame | None, source: str,
                     idempotency_key: str | None = None):
     """Validate, route, insert the job and its input, COMMIT, then send the task; return the Job."""
-    from kronos_jobs.crud import jobs as job_crud, results as result_crud, workers as worker_crud
+    from kronos_jobs.crud import jobs as job_crud
+    from kronos_jobs.crud import results as result_crud
+    from kronos_jobs.crud import workers as worker_crud
 
     params = ForecastParams.from_value(request)
     symbols = pd.unique(bars["symbol"].astype(str)).tolist()  # first-seen order; vectorised (100k+ rows from the store)

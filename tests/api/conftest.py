@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from api.main import create_app
-from kronos_jobs.settings import Settings
+from kronos_jobs.core.settings import Settings
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ def test_importing_and_serving_the_api_does_not_import_torch(tmp_path) -> None:
         import sys
         from fastapi.testclient import TestClient
         from api.main import app, create_app
-        from kronos_jobs.settings import Settings
+        from kronos_jobs.core.settings import Settings
         with TestClient(create_app(Settings(data_dir={str(tmp_path)!r}))) as client:
             for path in ("/healthz", "/readyz", "/metrics", "/v1/jobs", "/v1/models", "/v1/workers", "/openapi.json"):
                 assert client.get(path).status_code == 200, path

@@ -12,10 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from kronos_jobs.crud import jobs as job_crud
-from kronos_jobs.db.models import Job, utcnow
-from kronos_jobs.db.session import get_sessionmaker
-from kronos_jobs.errors import (
+from kronos_jobs.core.errors import (
     IdempotencyConflict,
     InvalidRequest,
     InvalidTransition,
@@ -23,8 +20,11 @@ from kronos_jobs.errors import (
     LeaseLost,
     NotFound,
 )
-from kronos_jobs.names import JobState
-from tests.factories import make_job
+from kronos_jobs.core.names import JobState
+from kronos_jobs.crud import jobs as job_crud
+from kronos_jobs.db.models import Job, utcnow
+from kronos_jobs.db.session import get_sessionmaker
+from kronos_jobs.testing.factories import make_job
 
 LEASE = 30
 

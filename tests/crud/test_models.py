@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from kronos_jobs.core.errors import Conflict, NotFound
 from kronos_jobs.crud import models as model_crud
-from kronos_jobs.errors import Conflict, NotFound
-from tests.factories import make_job
+from kronos_jobs.testing.factories import make_job
+
 
 def test_finetuned_models_are_tenant_scoped(session):
     job = make_job(session, tenant_id="acme", kind="finetune")

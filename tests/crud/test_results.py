@@ -7,15 +7,15 @@ import time
 import pandas as pd
 import pytest
 
+from kronos_jobs.core.errors import NotFound
+from kronos_jobs.core.names import RESULT_COLUMNS
 from kronos_jobs.crud import results as result_crud
-from kronos_jobs.errors import NotFound
-from kronos_jobs.names import RESULT_COLUMNS
-from tests.factories import make_bars, make_forecast_rows, make_job
+from kronos_jobs.testing.factories import make_bars, make_forecast_rows, make_job
 
 
 def test_job_input_round_trip(session):
     job = make_job(session)
-    bars = make_bars(("AAA", "BBB"), n=16)
+    bars = make_bars({"AAA": 16, "BBB": 16})
     future = pd.DataFrame({"symbol": ["AAA", "AAA"],
                            "timestamp": pd.date_range("2024-06-18 03:00", periods=2, freq="5min", tz="UTC")})
     stored = result_crud.save_job_input(session, job_id=job.id, tenant_id="default", bars=bars, future=future,
@@ -30,7 +30,7 @@ def test_job_input_round_trip(session):
 
 def test_job_input_without_future_and_non_utc_bars(session):
     job = make_job(session)
-    bars = make_bars(("AAA",), n=4)
+    bars = make_bars({"AAA": 4})
     bars["timestamp"] = bars["timestamp"].dt.tz_convert("Asia/Shanghai")  # +08:00, as users send it
     result_crud.save_job_input(session, job_id=job.id, tenant_id="default", bars=bars, future=None, source="csv")
     loaded, future = result_crud.load_job_input(session, job_id=job.id)

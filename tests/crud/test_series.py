@@ -6,9 +6,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from kronos_jobs.core.errors import InvalidRequest, NotFound
 from kronos_jobs.crud import series as series_crud
-from kronos_jobs.errors import InvalidRequest, NotFound
-from tests.jobs.conftest import make_bars
+from kronos_jobs.testing.factories import make_bars
 
 
 def test_upsert_is_idempotent_and_replaces(session):

@@ -6,9 +6,9 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
+from kronos_jobs.core.names import POOL_QUEUES, Pool
 from kronos_jobs.crud import workers as worker_crud
 from kronos_jobs.db.models import Worker, utcnow
-from kronos_jobs.names import POOL_QUEUES, Pool
 
 FALLBACK = "CUDA requested but torch.cuda.is_available() is False; using CPU"
 

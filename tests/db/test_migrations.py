@@ -9,10 +9,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
+from kronos_jobs.core.settings import Settings
 from kronos_jobs.db import migrate
 from kronos_jobs.db.models import Base
 from kronos_jobs.db.session import get_engine, make_engine
-from kronos_jobs.settings import Settings
 
 
 def test_upgrade_creates_every_table(db_url, tmp_path):

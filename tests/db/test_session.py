@@ -11,7 +11,7 @@ from sqlalchemy.pool import NullPool
 
 from kronos_jobs.db import session as db_session
 from kronos_jobs.db.models import Job
-from tests.factories import make_job
+from kronos_jobs.testing.factories import make_job
 
 
 def test_sqlite_pragmas(tmp_path):

@@ -7,41 +7,20 @@ fast; HF_HUB_OFFLINE=1 makes sure nothing reaches for the hub.
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from kronos_jobs.names import RESULT_COLUMNS
-from kronos_jobs.registry import RANDOM_WEIGHTS_LABEL
+from kronos_jobs.core.names import RESULT_COLUMNS
+from kronos_jobs.jobs.registry import RANDOM_WEIGHTS_LABEL
+from kronos_jobs.testing.services import TEST_REDIS_URL_ENV, claim_redis_db, require_service
+from tests.e2e.harness import KRONOS_JOBS, free_port, kronos_env, port_is_closed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-KRONOS_JOBS = Path(sys.executable).with_name("kronos-jobs")  # the console script of pyproject.toml
 SYMBOLS, LOOKBACK, PRED_LEN = 3, 64, 8
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_is_closed(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
-
-
-def kronos_env(tmp_path: Path, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KRONOS_")}
-    env.update(KRONOS_DATA_DIR=str(tmp_path / "kronos-data"), KRONOS_API_PORT=str(port),
-               KRONOS_TORCH_THREADS="1", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
-    return env
 
 
 @pytest.fixture(params=["embedded", pytest.param("redis+postgresql", marks=pytest.mark.integration)])
@@ -50,8 +29,6 @@ def stack_env(request, tmp_path) -> dict[str, str]:
     if request.param == "embedded":
         yield {}
         return
-    from tests.conftest import TEST_REDIS_URL_ENV, claim_redis_db, require_service
-
     redis_url = claim_redis_db(require_service(TEST_REDIS_URL_ENV))  # atomically ours: no other session's queues
     yield {"KRONOS_BROKER_URL": redis_url, "KRONOS_DATABASE_URL": request.getfixturevalue("pg_url")}
     import redis

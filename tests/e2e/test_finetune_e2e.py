@@ -14,29 +14,16 @@ import time
 import pytest
 import torch
 
-from kronos_jobs.crud import jobs as job_crud, models as model_crud
+from kronos_jobs.cli.sample_data import sample_bars
+from kronos_jobs.core.names import DEFAULT_TENANT
+from kronos_jobs.crud import jobs as job_crud
+from kronos_jobs.crud import models as model_crud
 from kronos_jobs.db.session import session_scope
 from kronos_jobs.jobs.finetune import artifacts_dir, model_id_for
-from kronos_jobs.jobs.finetune_submit import submit_finetune
-from kronos_jobs.names import DEFAULT_TENANT
-from kronos_jobs.sample_data import sample_bars
 from model.finetune import TRAINING_STATE_NAME
-from tests.e2e.test_forecast_e2e import finished, read, stack, submit, wait_for  # noqa: F401  (stack: shared fixture)
+from tests.e2e.harness import CHECKPOINT_EVERY, finished, submit, submit_finetune_job, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
-
-CHECKPOINT_EVERY = 5
-
-
-def submit_finetune_job(stack, **overrides) -> str:
-    request = {"model": str(stack.checkpoint), "device": "cpu", "train": "predictor", "epochs": 3, "batch_size": 8,
-               "lookback": 24, "predict_window": 4, "predictor_learning_rate": 3e-3, "validation_split": 0.2,
-               "log_interval": 2, "checkpoint_every_steps": CHECKPOINT_EVERY, "eval_windows": 8, "seed": 3, **overrides}
-    with session_scope(stack.settings) as session:
-        job, _ = submit_finetune(session, stack.settings, tenant_id=DEFAULT_TENANT, request=request,
-                                 bars=sample_bars(3, 400, seed=9), source="csv")
-        return job.id
-
 
 def test_killed_worker_child_resumes_from_its_checkpoint_and_succeeds_once(stack):
     job_id = submit_finetune_job(stack, epochs=4, samples_per_epoch=160)  # 80 steps, a few seconds each way

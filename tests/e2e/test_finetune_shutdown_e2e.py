@@ -15,10 +15,8 @@ import pytest
 import torch
 
 from kronos_jobs.jobs.finetune import artifacts_dir
-from kronos_jobs.sample_data import sample_bars
 from model.finetune import TRAINING_STATE_NAME
-from tests.e2e.test_finetune_e2e import submit_finetune_job
-from tests.e2e.test_forecast_e2e import finished, stack, wait_for  # noqa: F401  (stack: shared fixture)
+from tests.e2e.harness import finished, submit_finetune_job, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

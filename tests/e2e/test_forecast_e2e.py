@@ -3,147 +3,27 @@
 Two stacks: the embedded default (SQLite file + kombu filesystem broker, always) and Redis +
 PostgreSQL (when KRONOS_TEST_REDIS_URL and KRONOS_TEST_DATABASE_URL are set; required under CI=true).
 Each stack gets a fresh data dir, a fresh PostgreSQL schema and an empty Redis DB number, and one
-`python -m kronos_jobs.worker --pool cpu --concurrency 2` worker (a parent and two prefork children).
+`python -m kronos_jobs.runtime.worker --pool cpu --concurrency 2` worker (a parent and two prefork children).
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
-import uuid
-from pathlib import Path
 
 import pandas as pd
 import pytest
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
 
-from kronos_jobs.crud import jobs as job_crud, results as result_crud, workers as worker_crud
-from kronos_jobs.db.session import dispose_engines, make_engine, session_scope
-from kronos_jobs.jobs.submit import submit_forecast
-from kronos_jobs.names import DEFAULT_TENANT, RESULT_COLUMNS, JobState
-from kronos_jobs.settings import Settings
-from tests.conftest import TEST_DATABASE_URL_ENV, TEST_REDIS_URL_ENV, claim_redis_db, require_service
-from tests.jobs.conftest import make_bars, save_tiny_checkpoint
+from kronos_jobs.core.names import DEFAULT_TENANT, RESULT_COLUMNS
+from kronos_jobs.crud import jobs as job_crud
+from kronos_jobs.crud import results as result_crud
+from kronos_jobs.crud import workers as worker_crud
+from kronos_jobs.db.session import session_scope
+from kronos_jobs.testing.factories import make_bars
+from tests.e2e.harness import finished, read, submit, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
-
-REPO = Path(__file__).resolve().parents[2]
-WORKER_ENV = {  # short leases so a killed child's job is taken over within seconds
-    "KRONOS_LEASE_SECONDS": "3", "KRONOS_HEARTBEAT_SECONDS": "0.5", "KRONOS_WORKER_STALE_SECONDS": "15",
-    "KRONOS_MAX_BATCH_SIZE": "2", "KRONOS_TORCH_THREADS": "1", "KRONOS_LOG_LEVEL": "INFO",
-}
-
-
-def _fresh_schema(server_url: str) -> tuple[str, callable]:
-    server = make_url(server_url)
-    if server.drivername == "postgresql":
-        server = server.set(drivername="postgresql+psycopg")
-    schema = f"ke2e_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(server.render_as_string(hide_password=False), poolclass=NullPool)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-
-    def drop():
-        dispose_engines()
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
-
-    url = server.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
-    return url, drop
-
-
-class Stack:
-    """Settings shared by this test process and its worker subprocess, and the worker itself."""
-
-    def __init__(self, settings: Settings, env: dict[str, str], log: Path):
-        self.settings, self.env, self.log = settings, env, log
-        self.proc: subprocess.Popen | None = None
-
-    def start_worker(self, concurrency: int = 2) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kronos_jobs.worker", "--pool", "cpu", "--concurrency", str(concurrency)],
-            cwd=REPO, env=self.env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"worker exited early:\n{self.log.read_text()[-3000:]}"
-            with session_scope(self.settings) as session:
-                if worker_crud.live_workers(session, stale_seconds=15):
-                    return
-            time.sleep(0.2)
-        pytest.fail(f"worker did not register:\n{self.log.read_text()[-3000:]}")
-
-    def stop_worker(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.kill(self.proc.pid, signal.SIGTERM)  # warm shutdown: the parent stops its children
-        try:
-            self.proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-
-@pytest.fixture(scope="module", params=["embedded", pytest.param("redis+postgresql", marks=pytest.mark.integration)])
-def stack(request, tmp_path_factory):
-    root = tmp_path_factory.mktemp(f"e2e-{request.param.replace('+', '-')}")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KRONOS_") or k.startswith("KRONOS_TEST_")}
-    env.update(WORKER_ENV, KRONOS_DATA_DIR=str(root / "kronos-data"), KRONOS_MODEL_DIRS=str(root / "models"),
-               PYTHONPATH=str(REPO))  # the worker resolves the local checkpoint again: it needs the same roots
-    cleanup = []
-    if request.param == "redis+postgresql":
-        redis_url = claim_redis_db(require_service(TEST_REDIS_URL_ENV))
-        database_url, drop = _fresh_schema(require_service(TEST_DATABASE_URL_ENV))
-        env.update(KRONOS_BROKER_URL=redis_url, KRONOS_DATABASE_URL=database_url)
-        cleanup += [drop, lambda: __import__("redis").Redis.from_url(redis_url).flushdb()]
-    settings = Settings(**{k[len("KRONOS_"):].lower(): v for k, v in env.items()
-                           if k.startswith("KRONOS_") and not k.startswith("KRONOS_TEST_")})
-    from kronos_jobs.db.migrate import upgrade
-
-    upgrade(settings)
-    stack = Stack(settings, env, root / "worker.log")
-    stack.checkpoint = save_tiny_checkpoint(root / "models" / "tiny-model")
-    stack.start_worker()
-    yield stack
-    stack.stop_worker()
-    for step in reversed(cleanup):
-        step()
-
-
-def submit(stack, bars, **overrides):
-    request = {"model": str(stack.checkpoint), "device": "cpu", "lookback": 48, "pred_len": 4,
-               "sampling": {"sample_count": 2, "seed": 3}, "quantiles": [0.5], **overrides}
-    with session_scope(stack.settings) as session:
-        return submit_forecast(session, stack.settings, tenant_id=DEFAULT_TENANT, request=request, bars=bars,
-                               future=None, source="inline").id
-
-
-def read(stack, job_id):
-    with session_scope(stack.settings) as session:
-        job = job_crud.get_job(session, tenant_id=DEFAULT_TENANT, job_id=job_id)
-        session.expunge(job)
-        return job
-
-
-def wait_for(stack, job_id, predicate, timeout=90.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = read(stack, job_id)
-        if predicate(job):
-            return job
-        time.sleep(0.05)
-    pytest.fail(f"job {job_id} stuck in {job.state} ({job.progress_done}/{job.progress_total}):\n"
-                f"{stack.log.read_text()[-4000:]}")
-
-
-def finished(job) -> bool:
-    return JobState(job.state).is_terminal
-
 
 def test_multi_symbol_forecast(stack):
     bars = make_bars({"AAA": 50, "BBB": 70, "CCC": 40}, freq="1h")
@@ -207,7 +87,7 @@ def test_killed_child_job_is_redelivered_and_succeeds_once(stack):
 
 
 def test_reconciler_resends_a_message_the_broker_lost(stack):
-    from kronos_jobs.celery_app import broker_folders
+    from kronos_jobs.broker.celery_app import broker_folders
     from kronos_jobs.jobs.forecast import requeue_stale_jobs
 
     stack.stop_worker()

@@ -1,7 +1,7 @@
 """A scheduled run over 500 stored symbols completes on real worker processes.
 
 Reuses the forecast e2e stacks (embedded SQLite + filesystem broker; Redis + PostgreSQL when
-configured) and their `python -m kronos_jobs.worker --pool cpu --concurrency 2` worker. The beat's
+configured) and their `python -m kronos_jobs.runtime.worker --pool cpu --concurrency 2` worker. The beat's
 work is driven by calling `schedules.tick(settings, now)` with a chosen clock.
 """
 
@@ -13,19 +13,20 @@ from datetime import datetime, timezone
 import pandas as pd
 import pytest
 
-from kronos_jobs import schedules
-from kronos_jobs.crud import forecasts as forecast_crud, schedules as schedule_crud, series as series_crud
+from kronos_jobs.core.names import DEFAULT_TENANT
+from kronos_jobs.crud import forecasts as forecast_crud
+from kronos_jobs.crud import schedules as schedule_crud
+from kronos_jobs.crud import series as series_crud
 from kronos_jobs.db.session import session_scope
-from kronos_jobs.names import DEFAULT_TENANT
-from tests.e2e.test_forecast_e2e import stack  # noqa: F401 - the module-scoped stack fixture
-from tests.jobs.conftest import make_bars
+from kronos_jobs.jobs import schedules
+from kronos_jobs.testing.factories import make_bars
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
 N_SYMBOLS = 500
 
 
-def test_nightly_run_over_500_symbols(stack):  # noqa: F811 - pytest fixture
+def test_nightly_run_over_500_symbols(stack):
     settings = stack.settings
     symbols = {f"S{i:03d}": 40 for i in range(N_SYMBOLS)} | {"SHORT": 5}
     bars = make_bars(symbols, freq="1h")
@@ -76,9 +77,9 @@ def test_beat_process_runs_a_schedule_created_after_it_started(tmp_path):
     import sys
     from datetime import timedelta
 
+    from kronos_jobs.core.settings import Settings
     from kronos_jobs.db.migrate import upgrade
-    from kronos_jobs.settings import Settings
-    from tests.e2e.test_forecast_e2e import REPO
+    from tests.e2e.harness import REPO
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("KRONOS_")}
     env.update(KRONOS_DATA_DIR=str(tmp_path / "data"), KRONOS_SCHEDULER_INTERVAL="0.5", PYTHONPATH=str(REPO))

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_demo import KRONOS_JOBS, free_port, kronos_env, port_is_closed
+from tests.e2e.harness import KRONOS_JOBS, free_port, kronos_env, port_is_closed
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -115,7 +115,7 @@ def test_up_runs_the_stack_and_stops_it_on_sigint(up, tmp_path):
 
 def readme_bash(heading: str) -> str:
     """The first bash block under `### heading` in the README."""
-    from tests.test_readme import README, code_blocks
+    from tests.readme import README, code_blocks
 
     start = README.index(f"### {heading}\n")
     return code_blocks(README[start:], "bash")[0]

@@ -9,48 +9,27 @@ from unittest import mock
 import pandas as pd
 import pytest
 
-from kronos_jobs.crud import jobs as job_crud, models as model_crud
+from kronos_jobs.cli.sample_data import sample_bars
+from kronos_jobs.core.errors import InvalidRequest
+from kronos_jobs.core.names import DEFAULT_TENANT, JobState
+from kronos_jobs.crud import jobs as job_crud
+from kronos_jobs.crud import models as model_crud
 from kronos_jobs.db.session import session_scope
-from kronos_jobs.errors import InvalidRequest
-from kronos_jobs.jobs.finetune import FINAL_DIR, artifacts_dir, model_id_for, run_finetune_job, verify_artifact
-from kronos_jobs.jobs.finetune import ArtifactVerificationError
+from kronos_jobs.jobs.finetune import (
+    FINAL_DIR,
+    ArtifactVerificationError,
+    artifacts_dir,
+    model_id_for,
+    run_finetune_job,
+    verify_artifact,
+)
 from kronos_jobs.jobs.finetune_submit import FinetuneParams, check_data, submit_finetune, validate_params, window_warnings
 from kronos_jobs.jobs.forecast import run_forecast_job
 from kronos_jobs.jobs.submit import submit_forecast
-from kronos_jobs.names import DEFAULT_TENANT, JobState
-from kronos_jobs.sample_data import sample_bars
+from kronos_jobs.testing.factories import TINY_FINETUNE, make_bars
+from kronos_jobs.testing.factories import load_job as load
+from kronos_jobs.testing.factories import submit_finetune_job as submit
 from model.checkpoint import WEIGHTS_NAME, file_sha256
-
-# Tiny model, few steps: 2 cores are shared by the whole test run.
-TINY_FINETUNE = {"device": "cpu", "train": "both", "epochs": 2, "batch_size": 8, "lookback": 24, "predict_window": 4,
-                 "tokenizer_learning_rate": 3e-3, "predictor_learning_rate": 3e-3, "samples_per_epoch": 48,
-                 "validation_split": 0.2, "log_interval": 2, "checkpoint_every_steps": 3, "eval_windows": 12, "seed": 5}
-
-
-@pytest.fixture
-def job_settings(db_settings, tiny_checkpoint):
-    return db_settings.model_copy(update={"lease_seconds": 4, "heartbeat_seconds": 0.5,
-                                          "model_dirs": [tiny_checkpoint.parent]})
-
-
-@pytest.fixture(scope="module")
-def bars():
-    return sample_bars(3, 260, seed=4)
-
-
-def submit(settings, checkpoint, bars, **overrides):
-    with session_scope(settings) as session:
-        job, warnings = submit_finetune(session, settings, tenant_id=DEFAULT_TENANT,
-                                        request={"model": str(checkpoint), **TINY_FINETUNE, **overrides},
-                                        bars=bars, source="csv")
-        return job.id, warnings
-
-
-def load(settings, job_id):
-    with session_scope(settings) as session:
-        job = job_crud.get_job(session, tenant_id=DEFAULT_TENANT, job_id=job_id)
-        session.expunge(job)
-        return job
 
 
 def test_finetune_trains_registers_and_a_forecast_uses_it(job_settings, tiny_checkpoint, bars):
@@ -155,7 +134,7 @@ def test_resume_continues_from_the_checkpoint(job_settings, tiny_checkpoint, bar
 def test_verify_artifact_catches_wrong_weights(tmp_path, tiny_checkpoint):
     import torch
 
-    from kronos_jobs.registry import save_local_model
+    from kronos_jobs.jobs.registry import save_local_model
     from model.tokenizer import KronosTokenizer
     from model.transformer import Kronos
 
@@ -230,16 +209,16 @@ def test_idempotency_key_returns_the_same_job(job_settings, tiny_checkpoint, bar
 
 
 def test_the_reconciler_resends_finetunes_as_finetunes():
+    from kronos_jobs.core.names import TASK_RUN_FINETUNE, TASK_RUN_FORECAST, Queue
     from kronos_jobs.jobs.submit import task_for_queue
-    from kronos_jobs.names import TASK_RUN_FINETUNE, TASK_RUN_FORECAST, Queue
 
     assert task_for_queue(Queue.FINETUNE_GPU) == task_for_queue("finetune.cpu") == TASK_RUN_FINETUNE
     assert task_for_queue(Queue.FORECAST_CPU) == TASK_RUN_FORECAST
 
 
 def test_amp_is_asked_for_and_used_only_on_cuda(tiny_checkpoint, bars, tmp_path):
+    from kronos_jobs.core.settings import Settings
     from kronos_jobs.jobs.finetune import loop_config, run_local
-    from kronos_jobs.settings import Settings
 
     params = FinetuneParams.from_value({"model": str(tiny_checkpoint), **TINY_FINETUNE, "train": "tokenizer",
                                         "max_steps": 2, "eval_windows": 2})
@@ -256,13 +235,11 @@ def _csv(frame, stamps) -> bytes:
 def test_finetune_trains_and_evaluates_on_the_bars_local_wall_clock(settings):
     """+08:00 bars: training windows and the held-out evaluation see local hours (11:00, not 03:00 UTC),
     exactly as the same bars given as naive local times, and the stored bars stay UTC."""
-    from model.windows import BarWindows
-
-    from kronos_jobs.bars import parse_upload
-    from kronos_jobs.jobs.evaluation import evaluate, holdout_windows
+    from kronos_jobs.core.names import UTC_OFFSET_COLUMN
+    from kronos_jobs.inputs.parsing import parse_upload
     from kronos_jobs.jobs.finetune_submit import split_series
-    from kronos_jobs.names import UTC_OFFSET_COLUMN
-    from tests.jobs.conftest import make_bars
+    from kronos_jobs.jobs.holdout import evaluate, holdout_windows
+    from model.windows import BarWindows
 
     frame = make_bars({"A": 60, "B": 50}, freq="1h", start="2024-06-17 17:00")  # UTC, from 01:00 local
     local = frame["timestamp"].dt.tz_localize(None) + pd.Timedelta(hours=8)

@@ -1,6 +1,6 @@
 """A warm worker shutdown checkpoints a running fine-tune and gives its job back (in-process, no broker).
 
-The drain flag is the real one (`kronos_jobs.worker`): a shared byte a test raises from inside a
+The drain flag is the real one (`kronos_jobs.runtime.worker`): a shared byte a test raises from inside a
 training step, as the worker parent's signal handler would between two steps.
 """
 
@@ -13,16 +13,17 @@ from unittest import mock
 import pytest
 import torch
 
-from kronos_jobs import worker
+from kronos_jobs.core.errors import JobCancelled, LeaseLost
+from kronos_jobs.core.names import DEFAULT_TENANT, JobState
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.db.session import session_scope
-from kronos_jobs.errors import JobCancelled, LeaseLost
 from kronos_jobs.jobs import recovery
 from kronos_jobs.jobs.finetune import artifacts_dir, run_finetune_job
 from kronos_jobs.jobs.lease import JobGivenBack
-from kronos_jobs.names import DEFAULT_TENANT, JobState
+from kronos_jobs.runtime import worker
+from kronos_jobs.testing.factories import load_job as load
+from kronos_jobs.testing.factories import submit_finetune_job as submit
 from model.finetune import TRAINING_STATE_NAME, FinetuneLoop
-from tests.jobs.test_finetune import bars, job_settings, load, submit  # noqa: F401  (fixtures)
 
 # One epoch and a checkpoint interval beyond it: the only checkpoint is the one the shutdown writes.
 ONE_LONG_EPOCH = {"train": "predictor", "epochs": 1, "samples_per_epoch": None, "checkpoint_every_steps": 1000}

@@ -7,13 +7,16 @@ import time
 import pandas as pd
 import pytest
 
-from kronos_jobs import model_cache
+from kronos_jobs.core.errors import LeaseLost
+from kronos_jobs.core.names import DEFAULT_TENANT, RESULT_COLUMNS, JobState, quantile_column
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.db.session import session_scope
-from kronos_jobs.errors import LeaseLost
+from kronos_jobs.jobs import model_cache
 from kronos_jobs.jobs.forecast import requeue_stale_jobs, run_forecast_job
-from kronos_jobs.names import DEFAULT_TENANT, RESULT_COLUMNS, JobState, quantile_column
-from tests.jobs.conftest import TINY_MAX_CONTEXT, load, make_bars, submit
+from kronos_jobs.testing.checkpoints import TINY_MAX_CONTEXT
+from kronos_jobs.testing.factories import load_forecast_job as load
+from kronos_jobs.testing.factories import make_bars
+from kronos_jobs.testing.factories import submit_forecast_job as submit
 
 
 def test_all_rows_and_metadata(job_settings, tiny_checkpoint):
@@ -181,7 +184,7 @@ def test_reconciler_resends_stale_jobs(job_settings, tiny_checkpoint, monkeypatc
 
 
 def test_unknown_model_names_the_field(job_settings):
-    from kronos_jobs.errors import InvalidRequest
+    from kronos_jobs.core.errors import InvalidRequest
 
     with pytest.raises(InvalidRequest) as caught:
         submit(job_settings, "no-such-model", make_bars({"A": 30}))
@@ -208,7 +211,7 @@ def test_soft_time_limit_fails_the_job_and_keeps_no_rows(job_settings, tiny_chec
 
 def inline_series(settings, suffix: str, periods: int = 40):
     """make_bars values at local times 09:30, 09:35, ... given with `suffix` ("" naive, "+08:00")."""
-    from kronos_jobs.bars import parse_inline_series
+    from kronos_jobs.inputs.parsing import parse_inline_series
 
     frame = make_bars({"AAA": periods})
     local = pd.date_range("2024-06-18 09:30", periods=periods, freq="5min")

@@ -6,10 +6,12 @@ import pytest
 import torch
 
 import model.predictor as predictor_module
-from kronos_jobs import model_cache
+from kronos_jobs.core.names import JobState
+from kronos_jobs.jobs import model_cache
 from kronos_jobs.jobs.forecast import run_forecast_job
-from kronos_jobs.names import JobState
-from tests.jobs.conftest import load, make_bars, submit
+from kronos_jobs.testing.factories import load_forecast_job as load
+from kronos_jobs.testing.factories import make_bars
+from kronos_jobs.testing.factories import submit_forecast_job as submit
 
 
 @pytest.fixture
@@ -47,6 +49,6 @@ def test_decode_info_is_in_the_metadata(job_settings, tiny_checkpoint, monkeypat
 
 
 def _cache_key_args(settings, checkpoint):
-    from kronos_jobs.registry import resolve_model
+    from kronos_jobs.jobs.registry import resolve_model
 
     return resolve_model(str(checkpoint), model_dirs=settings.effective_model_dirs), "cpu", settings

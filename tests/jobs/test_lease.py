@@ -8,7 +8,7 @@ from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.db.models import Job
 from kronos_jobs.db.session import session_scope
 from kronos_jobs.jobs.lease import LeaseHeartbeat
-from tests.factories import make_job
+from kronos_jobs.testing.factories import make_job
 
 
 def _claimed(settings, owner: str, lease_seconds: float = 60) -> str:

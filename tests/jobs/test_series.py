@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from kronos_jobs.bars import parse_inline_series
+from kronos_jobs.core.names import UTC_OFFSET_COLUMN
+from kronos_jobs.inputs.parsing import parse_inline_series
 from kronos_jobs.jobs.series import build_inputs, result_rows, rows_frame
-from kronos_jobs.names import UTC_OFFSET_COLUMN
 
 
 def bar(stamp: str, close: float = 10.0) -> dict:

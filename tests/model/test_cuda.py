@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import torch
 
+from kronos_jobs.testing.oracle import oracle_predict_batch
+from kronos_jobs.testing.tiny import generate_bars
 from model.device import device_info
 from model.finetune import FinetuneConfig, FinetuneLoop
 from model.predictor import KronosPredictor
-from tests.model.conftest import generate_bars
-from tests.model.oracle import oracle_predict_batch
 from tests.model.test_predictor import MINI_LIKE, SMALL_LIKE, M, assert_frames_equal, batch, make_modules
 
 # Read at import: the root conftest's autouse fixture clears KRONOS_* variables before each test.

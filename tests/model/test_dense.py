@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import model.dense as dense
+from kronos_jobs.testing.oracle import oracle_predict_batch
 from model.dense import Dense
 from model.predictor import KronosPredictor
-from tests.model.oracle import oracle_predict_batch
 from tests.model.test_predictor import MINI_LIKE, M, assert_frames_equal, batch, make_modules
 
 

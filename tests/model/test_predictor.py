@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.model.conftest import TINY_TOKENIZER_CONFIG, generate_bars
+from kronos_jobs.testing.oracle import oracle_predict_batch
+from kronos_jobs.testing.tiny import TINY_TOKENIZER_CONFIG, generate_bars
 from model.predictor import Forecast, KronosPredictor
 from model.tokenizer import KronosTokenizer
 from model.transformer import Kronos
-from tests.model.oracle import oracle_predict_batch
 
 M = 16  # a tiny max_context exercises the sliding window cheaply
 COLS = ["open", "high", "low", "close", "volume", "amount"]

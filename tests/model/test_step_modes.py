@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import model.predictor as predictor_module
+from kronos_jobs.testing.oracle import oracle_predict_batch
 from model.decoding import PackedKronos, generate
 from model.predictor import KronosPredictor
 from model.step_graph import StepGraph
-from tests.model.oracle import oracle_predict_batch
 from tests.model.test_predictor import MINI_LIKE, SMALL_LIKE, M, assert_frames_equal, batch, make_modules
 
 

@@ -22,9 +22,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kronos_jobs.testing.tiny import generate_bars
 from model import Kronos, KronosPredictor, KronosTokenizer
 from model.kronos import auto_regressive_inference, calc_time_stamps
-from tests.model.conftest import generate_bars
 from tests.model.spec_tokenizer import float64_params, tokenizer_training_loss
 
 FEATURES = ["open", "high", "low", "close", "volume", "amount"]
@@ -82,7 +82,7 @@ class QlibStyleWindows(torch.utils.data.Dataset):
         x = df[FEATURES].to_numpy(np.float32)
         past = x[: self.lookback]
         x = np.clip((x - past.mean(0)) / (past.std(0) + 1e-5), -self.clip, self.clip)
-        return torch.from_numpy(x), torch.from_numpy(calc_time_stamps(df["timestamps"]).to_numpy(np.float32))
+        return torch.from_numpy(x), torch.from_numpy(calc_time_stamps(df["timestamps"]).to_numpy(np.float32).copy())
 
 
 def _loaders(train_set, val_set, batch_size):

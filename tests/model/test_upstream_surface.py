@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 import model
+from kronos_jobs.testing.oracle import oracle_generate
 from model import kronos as kronos_module
 from model import module as module_module
-from tests.model.oracle import oracle_generate
 
 UPSTREAM_KRONOS_NAMES = {"Kronos", "KronosTokenizer", "KronosPredictor", "auto_regressive_inference",
                          "calc_time_stamps", "sample_from_logits", "top_k_top_p_filtering"}

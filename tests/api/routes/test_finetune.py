@@ -10,10 +10,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from kronos_jobs.crud import models as model_crud, workers as worker_crud
-from kronos_jobs.names import DEFAULT_TENANT
-from kronos_jobs.sample_data import sample_bars
-from tests.jobs.conftest import save_tiny_checkpoint
+from kronos_jobs.cli.sample_data import sample_bars
+from kronos_jobs.core.names import DEFAULT_TENANT
+from kronos_jobs.crud import models as model_crud
+from kronos_jobs.crud import workers as worker_crud
+from kronos_jobs.testing.checkpoints import save_tiny_checkpoint
 
 PARAMS = {"lookback": 24, "predict_window": 4, "epochs": 1, "batch_size": 8}
 

@@ -9,9 +9,11 @@ import pandas as pd
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from kronos_jobs.crud import jobs as job_crud, results as result_crud, schedules as schedule_crud
-from kronos_jobs.names import DEFAULT_TENANT
-from tests.factories import make_forecast_rows, make_job
+from kronos_jobs.core.names import DEFAULT_TENANT
+from kronos_jobs.crud import jobs as job_crud
+from kronos_jobs.crud import results as result_crud
+from kronos_jobs.crud import schedules as schedule_crud
+from kronos_jobs.testing.factories import make_forecast_rows, make_job
 
 
 def finished_job(db: Session, symbols, when: datetime, seed: int, state="succeeded") -> str:

@@ -6,20 +6,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from api.main import create_app
-from kronos_jobs.crud import workers as worker_crud
-from kronos_jobs.settings import Settings
-from tests.api.payloads import make_forecast_request
-
-GPU_FALLBACK = "KRONOS_DEVICE=cuda but torch.cuda.is_available() is False; using CPU"
-
-
-def register(db: Session, worker_id: str, pool: str, device: str, warning: str | None = None) -> None:
-    worker_crud.register_worker(
-        db, worker_id=worker_id, hostname="host-a", pid=123, pool=pool, queues=[f"forecast.{pool}"],
-        concurrency=1, torch_threads=2, device_requested="auto", device_resolved=device,
-        device_name="cpu" if device == "cpu" else "NVIDIA H100", device_warning=warning, device_info={},
-    )
-    db.commit()
+from kronos_jobs.core.settings import Settings
+from kronos_jobs.testing.factories import GPU_FALLBACK, make_forecast_request
+from kronos_jobs.testing.factories import make_worker as register
 
 
 def test_healthz(client: TestClient) -> None:

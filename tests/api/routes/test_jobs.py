@@ -18,12 +18,19 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from api.main import create_app
+from kronos_jobs.core.names import RESULT_COLUMNS, JobState
+from kronos_jobs.core.settings import Settings
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import results as result_crud
-from kronos_jobs.names import RESULT_COLUMNS, JobState
-from kronos_jobs.settings import Settings
-from tests.api.payloads import bars_frame, make_bars, make_csv, make_forecast_request, make_parquet
-from tests.factories import make_forecast_rows, make_job
+from kronos_jobs.testing.factories import (
+    bar_records,
+    bars_frame,
+    make_csv,
+    make_forecast_request,
+    make_forecast_rows,
+    make_job,
+    make_parquet,
+)
 
 FORECAST = "/v1/jobs/forecast"
 
@@ -396,7 +403,7 @@ def test_bad_request_catalogue(strict_client: TestClient, settings: Settings, ca
 def test_model_paths_outside_the_roots_are_one_unknown_model(settings: Settings, tmp_path) -> None:
     """A client cannot tell an existing server directory from a missing one, nor load from either;
     a checkpoint inside KRONOS_MODEL_DIRS, named relative to the root, is accepted."""
-    from tests.jobs.conftest import save_tiny_checkpoint
+    from kronos_jobs.testing.checkpoints import save_tiny_checkpoint
 
     root = tmp_path / "models"
     save_tiny_checkpoint(root / "tiny")
@@ -433,7 +440,7 @@ def test_every_problem_is_listed(client: TestClient) -> None:
 
 def test_bar_problems_do_not_leak_other_bars(client: TestClient) -> None:
     body = copy.deepcopy(make_forecast_request())
-    body["series"][1]["bars"] = make_bars(8)
+    body["series"][1]["bars"] = bar_records(8)
     body["series"][1]["bars"][5]["low"] = 1000.0
     error = client.post(FORECAST, json=body).json()["error"]
     assert [d["field"] for d in error["details"]] == ["series[1].bars[5].low"]

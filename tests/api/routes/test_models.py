@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
+from kronos_jobs.core.names import DEFAULT_TENANT
 from kronos_jobs.crud import models as model_crud
-from kronos_jobs.names import DEFAULT_TENANT
-from kronos_jobs.registry import PUBLISHED_MODELS
+from kronos_jobs.jobs.registry import PUBLISHED_MODELS
 
 
 def test_list_models_has_published_and_finetuned(client: TestClient, db: Session) -> None:

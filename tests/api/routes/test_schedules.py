@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.jobs.conftest import make_bars
+from kronos_jobs.testing.factories import make_bars
 
 
 def schedule_body(**overrides) -> dict:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.jobs.conftest import make_bars
+from kronos_jobs.testing.factories import make_bars
 
 
 def bar(ts: str, o=10.0, h=10.5, l=9.5, c=10.2, **extra) -> dict:  # noqa: E741

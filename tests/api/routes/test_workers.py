@@ -10,7 +10,8 @@ from sqlalchemy.orm import Session
 
 from kronos_jobs.crud import workers as worker_crud
 from kronos_jobs.db.models import Worker, utcnow
-from tests.api.routes.test_health import GPU_FALLBACK, register
+from kronos_jobs.testing.factories import GPU_FALLBACK
+from kronos_jobs.testing.factories import make_worker as register
 
 
 def test_list_workers_marks_live_and_recent(client: TestClient, db: Session) -> None:

@@ -1,0 +1,549 @@
+"""`kronos-jobs`: run the processes (api, worker, beat, up), migrate, and talk to the API.
+
+    kronos-jobs api                                  # uvicorn on KRONOS_API_HOST:KRONOS_API_PORT
+    kronos-jobs worker --pool cpu --concurrency 2
+    kronos-jobs db upgrade
+    kronos-jobs submit bars.csv --model kronos-small --pred-len 24 --freq 5min
+    kronos-jobs wait JOB                             # progress bar; exit 0 only when succeeded
+    kronos-jobs result JOB -o forecast.parquet       # or a table on stdout
+    kronos-jobs status JOB | workers | models
+
+Client commands talk to KRONOS_API_URL (default http://KRONOS_API_HOST:KRONOS_API_PORT) through
+httpx and read nothing else. Server commands import their machinery lazily, so a client command
+never imports torch, celery or sqlalchemy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+
+from kronos_jobs.core.names import TERMINAL_STATES, DevicePreference, JobState, Pool
+from kronos_jobs.core.settings import Settings, get_settings
+
+# `wait` exit codes: 0 only when every symbol succeeded, so scripts can chain `&&`.
+EXIT_CODES = {
+    JobState.SUCCEEDED.value: 0,
+    JobState.FAILED.value: 1,
+    JobState.PARTIALLY_SUCCEEDED.value: 2,
+    JobState.CANCELLED.value: 3,
+}
+EXIT_TIMEOUT = 124  # like coreutils `timeout`
+RESULT_FORMATS = ("json", "csv", "parquet")
+
+
+# --- talking to the API --------------------------------------------------------------------------
+
+
+class ApiClient:
+    """A thin httpx wrapper: API errors and an unreachable API become one-line ClickExceptions."""
+
+    def __init__(self, base_url: str, *, timeout: float = 60.0, http: httpx.Client | None = None):
+        self.base_url = base_url.rstrip("/")
+        # `http` lets tests pass an in-process client (fastapi.testclient.TestClient is an httpx.Client).
+        self._client = http or httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._client.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise click.ClickException(
+                f"cannot reach the API at {self.base_url} ({type(exc).__name__}: {exc}). "
+                "Start it with `kronos-jobs api` (or `kronos-jobs up`), or point KRONOS_API_URL / --api-url at it."
+            ) from None
+        if response.is_error:
+            raise click.ClickException(describe_error(response))
+        return response
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.request(method, path, **kwargs).json()
+
+
+def describe_error(response: httpx.Response) -> str:
+    """`HTTP 422 invalid_request: sampling.top_p: ...` plus one line per further detail."""
+    try:
+        error = response.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code}: {response.text[:500]}"
+    lines = [f"HTTP {response.status_code} {error.get('code')}: {error.get('message')}"]
+    for detail in error.get("details", [])[1:]:
+        lines.append(f"  {detail.get('field')}: {detail.get('message')}")
+    return "\n".join(lines)
+
+
+def _client(ctx: click.Context) -> ApiClient:
+    obj = ctx.find_root().obj
+    http = obj.get("http")
+    url = obj.get("api_url") or (str(http.base_url) if http is not None else obj["settings"].effective_api_url)
+    return ApiClient(url, http=http)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+# --- the command group ---------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--api-url", default=None, help="API base URL (default: KRONOS_API_URL or http://KRONOS_API_HOST:KRONOS_API_PORT).")
+@click.pass_context
+def main(ctx: click.Context, api_url: str | None) -> None:
+    """Kronos forecast and fine-tune jobs."""
+    ctx.ensure_object(dict)
+    ctx.obj.setdefault("settings", get_settings())
+    if api_url:
+        ctx.obj["api_url"] = api_url
+
+
+def _settings(ctx: click.Context) -> Settings:
+    return ctx.find_root().obj["settings"]
+
+
+# --- processes -------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default=None, help="Default: KRONOS_API_HOST.")
+@click.option("--port", type=int, default=None, help="Default: KRONOS_API_PORT.")
+@click.pass_context
+def api(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Run the HTTP API (uvicorn)."""
+    import uvicorn
+
+    settings = _settings(ctx)
+    uvicorn.run("api.main:create_app", factory=True, host=host or settings.api_host, port=port or settings.api_port,
+                log_level=settings.log_level.lower())
+
+
+@main.command()
+@click.option("--pool", type=click.Choice([p.value for p in Pool]), default=Pool.CPU.value, show_default=True)
+@click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Prefork children (default: KRONOS_WORKER_CONCURRENCY).")
+@click.pass_context
+def worker(ctx: click.Context, pool: str, concurrency: int | None) -> None:
+    """Run a worker on one pool's queues."""
+    from kronos_jobs.runtime.worker import start_worker
+
+    start_worker(Pool(pool), concurrency, _settings(ctx))
+
+
+@main.command()
+@click.pass_context
+def beat(ctx: click.Context) -> None:
+    """Run the scheduler (exactly one per deployment)."""
+    from kronos_jobs.broker.celery_app import make_celery
+
+    settings = _settings(ctx)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = make_celery(settings)
+    app.set_current()
+    app.Beat(loglevel=settings.log_level.upper(), schedule=str(settings.data_dir / "celerybeat-schedule")).run()
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Migrate the database to the newest schema (safe while others run)."""
+    from kronos_jobs.db.migrate import upgrade
+
+    settings = _settings(ctx)
+    upgrade(settings)
+    click.echo(f"database at head: {settings.effective_database_url}")
+
+
+# --- client commands -------------------------------------------------------------------------------
+
+
+def _csv_floats(value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers such as 0.1,0.5,0.9, got {value!r}") from None
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", default=None, help="Model name, random:<size>, directory under KRONOS_MODEL_DIRS or fine-tuned id.")
+@click.option("--device", type=click.Choice([d.value for d in DevicePreference]), default=None)
+@click.option("--lookback", type=int, default=None)
+@click.option("--pred-len", type=int, default=None)
+@click.option("--freq", default=None, help="Bar frequency of a CSV/Parquet file (pandas alias: 5min, 1h, 1D).")
+@click.option("--quantiles", default=None, help="Comma-separated levels, e.g. 0.1,0.5,0.9.")
+@click.option("--temperature", type=float, default=None)
+@click.option("--top-k", type=int, default=None)
+@click.option("--top-p", type=float, default=None)
+@click.option("--sample-count", type=int, default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--idempotency-key", default=None, help="Resubmitting with the same key returns the same job.")
+@click.pass_context
+def submit(ctx: click.Context, path: Path, idempotency_key: str | None, **options: Any) -> None:
+    """Submit a forecast: a JSON request, or a long-format CSV/Parquet file. Prints the job id."""
+    params = _request_params(options)
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    client = _client(ctx)
+    if path.suffix.lower() == ".json":
+        try:
+            body = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise click.ClickException(f"{path} is not JSON: {exc}") from None
+        params.pop("freq", None)
+        sampling = {**body.get("sampling", {}), **params.pop("sampling", {})}
+        body.update(params, **({"sampling": sampling} if sampling else {}))
+        job = client.json("POST", "/v1/jobs/forecast", json=body, headers=headers)
+    else:
+        files = {"file": (path.name, path.read_bytes(), "application/octet-stream")}
+        job = client.json("POST", "/v1/jobs/forecast", files=files, data={"request": json.dumps(params)}, headers=headers)
+    click.echo(f"queued on {job['queue']}: {job['routing_reason']}", err=True)
+    click.echo(job["id"])
+
+
+def _request_params(options: dict[str, Any]) -> dict[str, Any]:
+    """The non-None options as request fields (sampling ones nested)."""
+    sampling_keys = ("temperature", "top_k", "top_p", "sample_count", "seed")
+    params = {k: v for k, v in options.items() if v is not None and k not in sampling_keys}
+    if "quantiles" in params:
+        params["quantiles"] = _csv_floats(params["quantiles"])
+    sampling = {k: options[k] for k in sampling_keys if options.get(k) is not None}
+    if sampling:
+        params["sampling"] = sampling
+    return params
+
+
+def _job_summary(job: dict[str, Any]) -> str:
+    progress = job.get("progress") or {}
+    meta = job.get("metadata") or {}
+    lines = [
+        f"job       {job['id']} ({job['kind']}, model {job['model']}"
+        + (f", {meta['label']}" if meta.get("label") else "") + ")",
+        f"state     {job['state']}" + (" (cancel requested)" if job.get("cancel_requested") and job["state"] == "running" else ""),
+        f"progress  {progress.get('done', 0)}/{progress.get('total', 0)}",
+        f"queue     {job['queue']}: {job['routing_reason']}",
+        f"created   {job['created_at']}" + (f"  finished {job['finished_at']}" if job.get("finished_at") else ""),
+    ]
+    device = meta.get("device_resolved") or meta.get("device")
+    if device:
+        lines.append(f"device    {device}" + (f" ({meta['device_name']})" if meta.get("device_name") else ""))
+    detail = progress.get("detail") or {}
+    if job["kind"] == "finetune" and detail.get("phase"):
+        losses = "".join(f" {k.split('_')[0]} {detail[k]:.4g}" for k in ("train_loss", "val_loss") if detail.get(k) is not None)
+        lines.append(f"training  {detail['phase']} epoch {detail.get('epoch')}/{detail.get('epochs')} step "
+                     f"{detail.get('step')}/{detail.get('total_steps')}{losses} eta {detail.get('eta_seconds')} s")
+    if meta.get("finetuned_model_id"):
+        lines.append(f"model id  {meta['finetuned_model_id']} (name it as a forecast's model)")
+    if meta.get("device_warning"):
+        lines.append(f"warning   {meta['device_warning']}")
+    if job.get("error"):
+        lines.append(f"error     {job['error'].get('code')}: {job['error'].get('message')}")
+    for item in job.get("symbol_errors") or []:
+        lines.append(f"  {item.get('symbol')}: {item.get('code')}: {item.get('message')}")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+@click.pass_context
+def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Show a job's state, progress, routing, device and errors."""
+    job = _client(ctx).json("GET", f"/v1/jobs/{job_id}")
+    click.echo(json.dumps(job, indent=2) if as_json else _job_summary(job))
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds (exit 124).")
+@click.option("--interval", type=float, default=0.5, show_default=True, help="Seconds between polls.")
+@click.pass_context
+def wait(ctx: click.Context, job_id: str, timeout: float | None, interval: float) -> None:
+    """Wait for a job with a progress bar; exit 0 on succeeded, 1 failed, 2 partial, 3 cancelled."""
+    from tqdm import tqdm
+
+    client = _client(ctx)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    job = client.json("GET", f"/v1/jobs/{job_id}")
+    with tqdm(total=job["progress"]["total"] or None, desc=job_id[:8], unit="step" if job["kind"] == "finetune" else "symbol", file=sys.stderr, dynamic_ncols=True) as bar:
+        while True:
+            progress = job["progress"]
+            if progress["total"] and bar.total != progress["total"]:
+                bar.total = progress["total"]
+            bar.n = progress["done"]
+            bar.set_postfix_str(job["state"])
+            bar.refresh()
+            if JobState(job["state"]) in TERMINAL_STATES:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                bar.close()
+                click.echo(f"job {job_id} still {job['state']} after {timeout:g} s", err=True)
+                ctx.exit(EXIT_TIMEOUT)
+            time.sleep(interval)
+            job = client.json("GET", f"/v1/jobs/{job_id}")
+    click.echo(_job_summary(job), err=True)
+    click.echo(job["state"])
+    ctx.exit(EXIT_CODES[job["state"]])
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--format", "fmt", type=click.Choice(RESULT_FORMATS), default=None, help="Default: from the -o suffix, else a table.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write to this file.")
+@click.pass_context
+def result(ctx: click.Context, job_id: str, fmt: str | None, output: Path | None) -> None:
+    """Fetch a finished job's forecast: to a file, or a table on stdout."""
+    client = _client(ctx)
+    if output is not None:
+        fmt = fmt or (output.suffix.lstrip(".").lower() if output.suffix.lstrip(".").lower() in RESULT_FORMATS else "csv")
+        response = client.request("GET", f"/v1/jobs/{job_id}/result", params={"format": fmt})
+        output.write_bytes(response.content)
+        click.echo(f"wrote {output} ({fmt}, {len(response.content)} bytes)", err=True)
+        return
+    if fmt == "parquet":
+        raise click.UsageError("Parquet is binary: give -o FILE")
+    if fmt in ("json", "csv"):
+        click.echo(client.request("GET", f"/v1/jobs/{job_id}/result", params={"format": fmt}).text)
+        return
+    body = client.json("GET", f"/v1/jobs/{job_id}/result", params={"format": "json"})
+    click.echo(_table(body["rows"], body["columns"]) if body["rows"] else "(no rows)")
+    for item in body["errors"]:
+        click.echo(f"error {item.get('symbol')}: {item.get('code')}: {item.get('message')}", err=True)
+
+
+@main.command()
+@click.option("--all", "show_all", is_flag=True, help="Include workers seen in the last 7 days.")
+@click.pass_context
+def workers(ctx: click.Context, show_all: bool) -> None:
+    """List workers with their pools, queues and devices."""
+    params = {"seen_within": 7 * 86_400} if show_all else {}
+    rows = _client(ctx).json("GET", "/v1/workers", params=params)["data"]
+    for row in rows:
+        row["queues"] = ",".join(row["queues"])
+        row["live"] = "yes" if row["live"] else "no"
+    columns = ["id", "pool", "live", "queues", "device_resolved", "device_name", "device_warning", "heartbeat_at"]
+    click.echo(_table(rows, columns) if rows else "no workers seen; start one with `kronos-jobs worker --pool cpu`")
+
+
+@main.command()
+@click.pass_context
+def models(ctx: click.Context) -> None:
+    """List the models a forecast can name."""
+    rows = _client(ctx).json("GET", "/v1/models")["data"]
+    click.echo(_table(rows, ["id", "kind", "max_context", "model_repo", "model_revision", "base_model"]))
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="An upstream Kronos CSV fine-tune YAML (finetune_csv); keys without a meaning here are warned about.")
+@click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Training bars, CSV or Parquet (default: data.data_path of the YAML).")
+@click.option("--symbol", default=None, help="Symbol for a file without a symbol column (default: the file's stem).")
+@click.option("--model", default=None, help="Base model (default: from model_paths, else KRONOS_DEFAULT_MODEL).")
+@click.option("--device", default=None, help="Queue preference auto|cpu|gpu; with --local a torch device: cpu, cuda, cuda:N, mps "
+                                             "(default: from device.use_cuda / device_id).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a fine-tune parameter, e.g. --set max_steps=200.")
+@click.option("--local", is_flag=True, help="Train in this process on --device, without the API or a queue.")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="--local: checkpoints and the trained model (default ./kronos-finetune).")
+@click.option("--idempotency-key", default=None)
+@click.pass_context
+def finetune(ctx: click.Context, config_path: Path, data_path: Path | None, symbol: str | None, model: str | None,
+             device: str | None, overrides: tuple[str, ...], local: bool, out_dir: Path | None, idempotency_key: str | None) -> None:
+    """Fine-tune from an upstream YAML: submit a job (prints its id) or, with --local, train here."""
+    from kronos_jobs.cli.finetune_yaml import ARTIFACTS_NOTE, UpstreamConfigError, load_upstream_yaml, prepare_data_file
+
+    try:
+        upstream = load_upstream_yaml(config_path)
+    except UpstreamConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    for warning in upstream.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    params = dict(upstream.params)
+    params.update(_overrides(overrides))
+    if model:
+        params["model"] = model
+    path = data_path or upstream.data_path
+    if path is None or not Path(path).is_file():
+        raise click.UsageError(f"no training data: data.data_path is {str(path)!r}; give --data FILE")
+    try:
+        data, filename = prepare_data_file(path, symbol=symbol, test_ratio=upstream.test_ratio)
+    except (UpstreamConfigError, ValueError, OSError) as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
+    if local:
+        _finetune_local(ctx, params, data, filename, device or upstream.local_device, out_dir,
+                        extra_model_dirs=upstream.checkpoint_dirs, upstream_dirs=upstream.output_dirs)
+        return
+    if upstream.output_dirs:
+        click.echo(f"warning: model_paths: {ARTIFACTS_NOTE}", err=True)
+    params["device"] = device or params.get("device", "auto")
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    job = _client(ctx).json("POST", "/v1/jobs/finetune", files={"file": (filename, data, "application/octet-stream")},
+                            data={"request": json.dumps(params)}, headers=headers)
+    click.echo(f"queued on {job['queue']}: {job['routing_reason']}", err=True)
+    for warning in job.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(job["id"])
+
+
+def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--set")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+def _finetune_local(ctx: click.Context, params: dict[str, Any], data: bytes, filename: str, device: str,
+                    out_dir: Path | None, *, extra_model_dirs: Sequence[Path] = (),
+                    upstream_dirs: dict[str, Path] | None = None) -> None:
+    """The same training as a worker's (kronos_jobs.jobs.finetune.train_pair), in this process.
+
+    The checkpoint directories the config file names are trusted as model roots here (it is the
+    user's own process); `upstream_dirs` (phase -> upstream's best_model directory) get a copy of
+    each trained half besides our output.
+    """
+    from kronos_jobs.core.errors import InvalidRequest
+    from kronos_jobs.inputs.parsing import parse_upload
+    from kronos_jobs.jobs.finetune import run_local
+    from kronos_jobs.jobs.registry import local_model_dir
+
+    settings = _settings(ctx)
+    params.setdefault("model", settings.default_model)
+    params.pop("device", None)
+
+    def show(event: dict[str, Any]) -> None:
+        losses = " ".join(f"{k} {event[k]:.4f}" for k in ("train_loss", "val_loss") if event.get(k) is not None)
+        click.echo(f"{event['phase']} epoch {event.get('epoch')}/{event.get('epochs')} step {event['done']}/{event['total']} "
+                   f"{losses} eta {event.get('eta_seconds')} s", err=True)
+
+    try:
+        bars = parse_upload(data, filename=filename, content_type=None, freq=None, settings=settings).bars
+        summary = run_local(params, bars, device=device, work_dir=out_dir or Path("kronos-finetune"), settings=settings,
+                            on_event=show, on_warning=lambda w: click.echo(f"warning: {w}", err=True),
+                            model_dirs=[*settings.effective_model_dirs, *extra_model_dirs])
+    except InvalidRequest as exc:
+        raise click.ClickException(exc.message) from None
+    for phase, outcome in summary["metrics"]["phases"].items():
+        if phase in (upstream_dirs or {}) and not outcome.get("skipped"):
+            half = "model" if phase == "predictor" else "tokenizer"
+            shutil.copytree(Path(summary["model_path"]) / half, upstream_dirs[phase], dirs_exist_ok=True)
+            click.echo(f"{phase} also saved to {upstream_dirs[phase]} (upstream's layout)", err=True)
+    if summary["device_warning"]:
+        click.echo(f"warning: {summary['device_warning']}", err=True)
+    if local_model_dir(summary["model_path"], settings.effective_model_dirs) is not None:
+        click.echo(f"model saved to {summary['model_path']} (use it as --model / \"model\" in forecasts)", err=True)
+    else:
+        roots = ", ".join(map(str, settings.effective_model_dirs))
+        click.echo(f"model saved to {summary['model_path']}; to forecast with it, move it under KRONOS_MODEL_DIRS "
+                   f"({roots}) or give --out-dir there", err=True)
+    click.echo(json.dumps(summary, default=str))
+
+
+# --- series store and schedules -------------------------------------------------------------------
+
+
+@main.group()
+def series() -> None:
+    """The series store: import bars, list symbols."""
+
+
+@series.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--symbol", default=None, help="The file holds this one symbol (no symbol column needed).")
+@click.option("--freq", default=None, help="Bar frequency (pandas alias: 5min, 1h, 1D) of symbols without a freq column value.")
+@click.pass_context
+def series_import(ctx: click.Context, path: Path, symbol: str | None, freq: str | None) -> None:
+    """Import a long-format CSV or Parquet file (all or nothing); prints the stored symbols."""
+    from urllib.parse import quote
+
+    url = f"/v1/series/{quote(symbol, safe='/')}/bars" if symbol else "/v1/series"
+    files = {"file": (path.name, path.read_bytes(), "application/octet-stream")}
+    result = _client(ctx).json("POST", url, files=files, data={"freq": freq} if freq else {})
+    click.echo(f"{result['rows_written']} bar(s) written", err=True)
+    click.echo(_table(result["series"], ["symbol", "freq", "first_timestamp", "last_timestamp", "rows"]))
+
+
+@series.command("list")
+@click.option("--freq", default=None)
+@click.pass_context
+def series_list(ctx: click.Context, freq: str | None) -> None:
+    """List stored symbols with first/last timestamp and row count."""
+    data = _client(ctx).json("GET", "/v1/series", params={"freq": freq} if freq else {})["data"]
+    click.echo(_table(data, ["symbol", "freq", "first_timestamp", "last_timestamp", "rows"]))
+
+
+@main.group()
+def schedules() -> None:
+    """Schedules: list them, run one now."""
+
+
+@schedules.command("list")
+@click.pass_context
+def schedules_list(ctx: click.Context) -> None:
+    """List schedules."""
+    data = _client(ctx).json("GET", "/v1/schedules")["data"]
+    click.echo(_table(data, ["id", "name", "cron", "timezone", "model", "enabled", "next_run_at"]))
+
+
+@schedules.command("run")
+@click.argument("schedule_id")
+@click.pass_context
+def schedules_run(ctx: click.Context, schedule_id: str) -> None:
+    """Run a schedule now; prints the run id."""
+    run = _client(ctx).json("POST", f"/v1/schedules/{schedule_id}/run")
+    click.echo(run["id"])
+
+
+# --- the one-machine launcher (kronos_jobs/runtime/launcher.py) --------------------------------
+
+
+@main.command()
+@click.pass_context
+def up(ctx: click.Context) -> None:
+    """Run the API, a CPU worker and the scheduler together (embedded default)."""
+    from kronos_jobs.runtime import launcher
+
+    ctx.exit(launcher.up(_settings(ctx)))
+
+
+@main.command()
+@click.option("--model", default=None, help="Default: KRONOS_DEFAULT_MODEL; random:small needs no download.")
+@click.option("--symbols", type=int, default=12, show_default=True)
+@click.option("--lookback", type=int, default=400, show_default=True)
+@click.option("--pred-len", type=int, default=48, show_default=True)
+@click.option("--device", type=click.Choice([d.value for d in DevicePreference]), default="auto", show_default=True)
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.pass_context
+def demo(ctx: click.Context, **options: Any) -> None:
+    """Forecast sample data end to end: progress bar, summary, Parquet and a chart."""
+    from kronos_jobs.cli import demo as demo_run
+
+    ctx.exit(demo_run.demo(_settings(ctx), demo_run.DemoOptions(**options)))
+

@@ -1,0 +1,152 @@
+"""The one settings object shared by the API, the workers and the CLI.
+
+Only this module reads `KRONOS_*` environment variables. Everything else receives a `Settings`
+(or plain values taken from it). With nothing configured, everything runs on one machine: a SQLite
+file and kombu's filesystem transport under `data_dir`, no server needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KRONOS_", env_file=None, extra="ignore")
+
+    # --- where things live -------------------------------------------------------------------
+    data_dir: Path = Field(Path("kronos-data"), description="Root of the embedded default: SQLite file, broker folders, artifacts.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/kronos.db. PostgreSQL: postgresql+psycopg://user@host/db")
+    broker_url: str | None = Field(None, description="Celery broker URL; default filesystem:// under <data_dir>/broker. Production: redis://host:6379/0")
+    artifacts_dir: Path | None = Field(None, description="Fine-tune checkpoints and registered models; default <data_dir>/artifacts.")
+    hf_cache_dir: Path | None = Field(None, description="Hugging Face cache for published checkpoints; default: huggingface_hub's own.")
+    # A job's `model` comes from untrusted clients: a local checkpoint directory is accepted only
+    # inside one of these roots (after symlinks and `..` are followed), never anywhere on disk.
+    model_dirs: Annotated[list[Path] | None, NoDecode] = Field(
+        None, description="Roots that may hold local checkpoint directories (model/ + tokenizer/), named by a job's "
+                          "`model` absolutely or relative to a root; a JSON list or paths separated by os.pathsep; "
+                          "default [<data_dir>/models].")
+
+    # --- API and CLI -------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    api_url: str | None = Field(None, description="Where the CLI finds the API; default http://<api_host>:<api_port>.")
+    max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1024, description="Largest accepted request body / uploaded file.")
+    max_series_per_job: int = Field(10_000, ge=1)
+    max_bars_per_series: int = Field(20_000, ge=2)
+
+    # --- workers -------------------------------------------------------------------------------
+    device: str = Field("auto", description="Torch device a worker resolves at start-up: auto, cpu, cuda, cuda:N, mps.")
+    worker_concurrency: int = Field(1, ge=1, description="Prefork child processes per worker.")
+    torch_threads: int | None = Field(None, ge=1, description="Torch threads per child; default cores // concurrency.")
+    default_model: str = "kronos-small"
+    model_cache_size: int = Field(2, ge=1, description="Models kept per worker process (LRU by model, device, dtype).")
+    max_batch_size: int = Field(64, ge=1, description="Series per predict_batch chunk; bounds memory.")
+    autocast_dtype: Literal["none", "bf16", "fp16"] = Field("none", description="Opt-in reduced precision on CUDA workers.")
+
+    # --- reliability ---------------------------------------------------------------------------
+    forecast_soft_time_limit: int = Field(3_600, ge=1, description="Seconds before a forecast task gets SoftTimeLimitExceeded.")
+    forecast_time_limit: int = Field(3_900, ge=1, description="Seconds before a forecast task's process is killed.")
+    finetune_soft_time_limit: int = Field(86_400, ge=1)
+    finetune_time_limit: int = Field(87_000, ge=1)
+    visibility_timeout: int | None = Field(None, ge=1, description="Redis redelivery timeout; default 2 x the longest hard limit.")
+    lease_seconds: int = Field(60, ge=2, description="A running job's lease; another worker may take the job only after it lapses.")
+    heartbeat_seconds: float = Field(10.0, gt=0, description="How often a worker renews its job lease and its registration.")
+    worker_stale_seconds: int = Field(60, ge=1, description="A worker with no heartbeat for this long is not live.")
+    max_retries: int = Field(3, ge=0, description="Retries of transient errors (database, broker) per task.")
+    broker_polling_interval: float = Field(0.05, gt=0, description="Polling interval of server-less brokers (filesystem).")
+    log_level: str = "INFO"
+
+    # --- schedules -----------------------------------------------------------------------------
+    schedule_batch_symbols: int = Field(250, ge=1, description="Symbols per forecast job when a schedule run fans out.")
+    scheduler_interval: float = Field(5.0, gt=0, description="Seconds between the beat's reads of the schedules table.")
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, value: str) -> str:
+        from kronos_jobs.core.devices import check_device_spec  # no torch import at settings time
+
+        try:
+            return check_device_spec(value)
+        except ValueError as exc:  # name the variable: the user set KRONOS_DEVICE, not "device"
+            raise ValueError(f"KRONOS_DEVICE: {exc}") from None
+
+    @field_validator("model_dirs", mode="before")
+    @classmethod
+    def _path_list(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"KRONOS_MODEL_DIRS: not a JSON list of paths: {exc}") from None
+        return [part for part in value.split(os.pathsep) if part.strip()]
+
+    @model_validator(mode="after")
+    def _limits_are_ordered(self) -> "Settings":
+        for kind in ("forecast", "finetune"):
+            soft, hard = getattr(self, f"{kind}_soft_time_limit"), getattr(self, f"{kind}_time_limit")
+            if soft >= hard:
+                raise ValueError(f"KRONOS_{kind.upper()}_SOFT_TIME_LIMIT ({soft}) must be below KRONOS_{kind.upper()}_TIME_LIMIT ({hard})")
+        if self.visibility_timeout is not None and self.visibility_timeout <= self.longest_time_limit:
+            raise ValueError(
+                f"KRONOS_VISIBILITY_TIMEOUT ({self.visibility_timeout}) must exceed the longest task time limit "
+                f"({self.longest_time_limit}), or Redis redelivers tasks that are still running"
+            )
+        if self.heartbeat_seconds * 2 > self.lease_seconds:
+            raise ValueError(
+                f"KRONOS_HEARTBEAT_SECONDS ({self.heartbeat_seconds}) must be at most half of KRONOS_LEASE_SECONDS ({self.lease_seconds})"
+            )
+        return self
+
+    # --- derived values (one place for each default) -------------------------------------------
+    @property
+    def longest_time_limit(self) -> int:
+        return max(self.forecast_time_limit, self.finetune_time_limit)
+
+    @property
+    def effective_visibility_timeout(self) -> int:
+        return self.visibility_timeout or 2 * self.longest_time_limit
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'kronos.db').resolve()}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_dir(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def effective_artifacts_dir(self) -> Path:
+        return (self.artifacts_dir or self.data_dir / "artifacts").resolve()
+
+    @property
+    def effective_model_dirs(self) -> list[Path]:
+        roots = self.model_dirs if self.model_dirs is not None else [self.data_dir / "models"]
+        return [root.expanduser().resolve() for root in roots]
+
+    @property
+    def effective_api_url(self) -> str:
+        return (self.api_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    def effective_torch_threads(self, concurrency: int | None = None) -> int:
+        if self.torch_threads:
+            return self.torch_threads
+        return max(1, (os.cpu_count() or 1) // (concurrency or self.worker_concurrency))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,46 @@
+"""The beat scheduler: Celery's static schedule (the reconciler) plus OUR schedules table.
+
+Why not a library: sqlalchemy-celery-beat (and django-celery-beat) keep their own tables of
+periodic tasks and crontabs, so every schedule would live twice (ours, with universe, forecast
+parameters, calendar and runs; theirs, with a crontab row) and the two would have to be kept in
+step on every API edit; its task would still need our unique (schedule, time) run row to be safe
+against a second beat. celery-redbeat keeps schedules in Redis, which the embedded default does
+not have. So this is a small `PersistentScheduler` subclass that, every KRONOS_SCHEDULER_INTERVAL
+seconds, calls `kronos_jobs.jobs.schedules.tick(now)`: it reads the schedules table afresh (API changes
+take effect on the next tick, no restart), creates due runs through the unique key and fans them
+out. The same `tick` is what tests drive directly with a chosen `now`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from celery.beat import PersistentScheduler
+
+from kronos_jobs.core.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+
+class DatabaseScheduler(PersistentScheduler):
+    """Runs the static `beat_schedule` and ticks the database schedules between its entries."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.settings = get_settings()
+        self._next_db_tick = 0.0
+
+    def tick(self, *args, **kwargs) -> float:
+        delay = super().tick(*args, **kwargs)
+        if time.monotonic() >= self._next_db_tick:
+            from kronos_jobs.jobs import schedules
+
+            try:
+                created = schedules.tick(self.settings)
+                if created:
+                    logger.info("beat: %d schedule run(s) started: %s", len(created), ", ".join(created))
+            except Exception:  # a database hiccup must not stop the beat; the next tick retries
+                logger.exception("beat: schedule tick failed; retrying in %.1f s", self.settings.scheduler_interval)
+            self._next_db_tick = time.monotonic() + self.settings.scheduler_interval
+        return max(0.0, min(delay, self._next_db_tick - time.monotonic()))

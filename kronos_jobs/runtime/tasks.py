@@ -1,0 +1,110 @@
+"""Celery tasks: thin, "like a web view". Each takes a job id and calls one service function.
+
+Outcomes: the service records every final state itself. Transient errors (database or broker down)
+retry with exponential backoff and jitter, up to KRONOS_MAX_RETRIES; LeaseLost means another
+delivery owns the job, so this one returns quietly; LeaseHeld (the other delivery may have died)
+looks again when its lease would lapse; JobGivenBack (a fine-tune checkpointed because its worker is
+shutting down, and went back to `queued`) sends the task again at once. A hard time limit kills the
+child before the service can record anything, so `JobTask.on_failure` (run in the worker parent)
+fails the job instead.
+`shared_task` binds the tasks to whichever app the process runs (the lazily configured
+`celery_app.app`, or `make_celery(settings)` in a worker).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+
+from celery import Task, shared_task
+from celery.exceptions import TimeLimitExceeded
+
+from kronos_jobs.core.errors import LeaseLost, NotFound
+from kronos_jobs.core.names import TASK_REQUEUE_STALE_JOBS, TASK_RUN_FINETUNE, TASK_RUN_FORECAST
+from kronos_jobs.core.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+RETRY_BASE_SECONDS = 1.0
+RETRY_MAX_SECONDS = 60.0
+
+
+def retry_countdown(retries: int) -> float:
+    """Exponential backoff with full jitter: spreads retries of many jobs after one outage."""
+    return random.uniform(0, min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** retries))
+
+
+class JobTask(Task):
+    """Base of the job tasks: a hard time limit fails the job (the killed child could not)."""
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        if isinstance(exc, TimeLimitExceeded):
+            from kronos_jobs.jobs.recovery import fail_after_hard_time_limit
+
+            fail_after_hard_time_limit(args[0] if args else task_id, settings=get_settings(), limit=exc.args[0] if exc.args else None)
+
+
+def deliver(task: Task, job_id: str, service: Callable[..., object]) -> str | None:
+    """Run `service(job_id, settings=...)` for one delivery and map its exceptions to an outcome."""
+    from kronos_jobs.jobs.lease import TRANSIENT_ERRORS, JobGivenBack, LeaseHeld
+
+    settings = get_settings()
+    try:
+        state = service(job_id, settings=settings)
+    except LeaseHeld as exc:
+        # A redelivery (worker child killed, Redis visibility timeout) while the job's lease is
+        # live: the other delivery may be healthy or dead. Look again when the lease would lapse;
+        # a finished job then stops this delivery, a dead owner's job is taken over.
+        countdown = exc.retry_after + random.uniform(0.2, 1.0)
+        logger.info("job %s: lease held by another delivery; checking again in %.1f s", job_id, countdown)
+        raise task.retry(countdown=countdown, max_retries=None)
+    except JobGivenBack as exc:
+        # The job is `queued` again with its checkpoint saved; this worker is shutting down, so the
+        # re-sent task goes to another one (or to this one after its restart). Acks late: the old
+        # message is acknowledged once the new one is sent. Should the send fail, the job is still
+        # queued in the database and the beat reconciler re-sends it (jobs/recovery.py).
+        logger.info("job %s: %s; sending its task again", job_id, exc)
+        raise task.retry(countdown=0, max_retries=None)
+    except LeaseLost as exc:
+        logger.info("job %s: this delivery stops (%s)", job_id, exc)
+        return None
+    except NotFound:  # a message for a job that no longer exists (deleted, or another database)
+        logger.warning("job %s: no such job; message dropped", job_id)
+        return None
+    except TRANSIENT_ERRORS as exc:
+        countdown = retry_countdown(task.request.retries)
+        logger.warning("job %s: transient %s (%s); retry %d/%d in %.1f s", job_id, type(exc).__name__, exc,
+                       task.request.retries + 1, settings.max_retries, countdown)
+        raise task.retry(exc=exc, countdown=countdown, max_retries=settings.max_retries)
+    return getattr(state, "value", state)
+
+
+@shared_task(bind=True, base=JobTask, name=TASK_RUN_FORECAST, ignore_result=True)
+def run_forecast(self, job_id: str) -> str | None:
+    """Run one delivery of forecast job `job_id` (see jobs/forecast.py)."""
+    from kronos_jobs.jobs.forecast import run_forecast_job
+
+    return deliver(self, job_id, run_forecast_job)
+
+
+@shared_task(bind=True, base=JobTask, name=TASK_RUN_FINETUNE, ignore_result=True)
+def run_finetune(self, job_id: str) -> str | None:
+    """Run one delivery of fine-tune job `job_id` (see jobs/finetune.py: lease, resume, register)."""
+    from kronos_jobs.jobs.finetune import run_finetune_job
+
+    return deliver(self, job_id, run_finetune_job)
+
+
+@shared_task(name=TASK_REQUEUE_STALE_JOBS, ignore_result=True)
+def requeue_stale_jobs() -> int:
+    """Beat: re-send tasks of jobs a broker lost, and prune the filesystem broker's consumed files."""
+    from kronos_jobs.broker.celery_app import prune_processed_messages
+    from kronos_jobs.db.session import session_scope
+    from kronos_jobs.jobs.recovery import requeue_stale_jobs as requeue
+
+    settings = get_settings()
+    with session_scope(settings) as session:
+        sent = requeue(session, settings)
+    prune_processed_messages(settings)
+    return len(sent)
