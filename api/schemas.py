@@ -182,6 +182,7 @@ class FinetuneParamsIn(_Strict):
     """The fine-tune parameters: the JSON body minus `data`, or the `request` field of an upload."""
 
     model: str | None = Field(None, max_length=256, description="Base model: published name, random:<size>, local directory or a registered (fine-tuned) id; default KRONOS_DEFAULT_MODEL.")
+    tokenizer: str | None = Field(None, max_length=256, description="Upstream's layout: a tokenizer checkpoint directory under KRONOS_MODEL_DIRS; `model` then names the predictor's checkpoint directory.")
     device: DevicePreference = Field(DevicePreference.AUTO, description="auto and gpu go to finetune.gpu; only cpu goes to finetune.cpu.")
     train: Literal["tokenizer", "predictor", "both"] = Field(_FT["train"], description="What to train; both = tokenizer, then predictor.")
     epochs: int = Field(_FT["epochs"], ge=1, le=100_000)

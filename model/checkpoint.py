@@ -50,6 +50,7 @@ MODEL_CARD_NAME = "README.md"
 TOLERATED_BUFFER_SUFFIXES = ("rotary.inv_freq", "bsq.basis", "bsq.group_basis")
 
 _TRUTHY = {"1", "true", "yes", "on"}
+_MISSING = object()
 
 
 class CheckpointError(OSError):
@@ -278,7 +279,7 @@ class PretrainedMixin:
 
     A subclass defines ``config_class`` (a dataclass whose serialised fields are exactly the
     ``config.json`` keys), stores its config as ``self.config`` and accepts
-    ``__init__(self, config=None, **kwargs)``; ``_build_config`` turns upstream-style keyword
+    ``__init__(self, *args, **kwargs)``; ``_build_config`` turns upstream-style positional/keyword
     arguments into the dataclass. After ``from_pretrained`` the instance records its origin in
     ``name_or_path``, ``revision``, ``commit_hash`` and ``checksum`` (sha256 of the weights file).
     """
@@ -290,9 +291,23 @@ class PretrainedMixin:
     checksum: str | None = None
 
     @classmethod
-    def _build_config(cls, config: Any = None, kwargs: dict[str, Any] | None = None) -> Any:
-        """Return ``config`` or build one from upstream constructor keywords (not both)."""
-        kwargs = kwargs or {}
+    def _build_config(cls, args: tuple = (), kwargs: dict[str, Any] | None = None) -> Any:
+        """The config from ``__init__(*args, **kwargs)``: one config (dataclass or dict, positional or
+        ``config=``), or upstream's constructor arguments, positional in upstream's order and/or by
+        keyword (not both forms)."""
+        kwargs = dict(kwargs or {})
+        config = kwargs.pop("config", None)
+        if len(args) == 1 and config is None and isinstance(args[0], (cls.config_class, dict)):
+            config, args = args[0], ()
+        if args:
+            names = [f.name for f in dataclasses.fields(cls.config_class) if f.metadata.get("serialize", True)]
+            if len(args) > len(names):
+                raise TypeError(f"{cls.__name__}() takes at most {len(names)} positional arguments "
+                                f"({', '.join(names)}), got {len(args)}")
+            twice = sorted(set(names[:len(args)]) & set(kwargs))
+            if twice:
+                raise TypeError(f"{cls.__name__}() got multiple values for {twice}")
+            kwargs.update(zip(names, args))
         if config is not None and kwargs:
             raise TypeError(
                 f"{cls.__name__}: pass either config or keyword hyper-parameters, not both "
@@ -317,13 +332,24 @@ class PretrainedMixin:
             "checksum": self.checksum,
         }
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+    def save_pretrained(self, save_directory: str | os.PathLike, *, config: Any = None, repo_id: str | None = None,
+                        push_to_hub: bool = False, model_card_kwargs: dict[str, Any] | None = None,
+                        **push_to_hub_kwargs) -> Path:
         """Write ``config.json``, ``model.safetensors`` and ``README.md`` atomically.
 
         Parameters
         ----------
         save_directory : path
             Created if needed. Existing files of the same names are replaced atomically.
+        config : dict or config dataclass, optional
+            Upstream's hub-mixin keyword. ``config.json`` always describes this model's architecture,
+            so a config that disagrees with it is refused (``ValueError`` naming the keys) rather than
+            written next to weights it does not fit.
+        repo_id, push_to_hub, **push_to_hub_kwargs
+            With ``push_to_hub=True`` also upload the directory's files with ``push_to_hub``
+            (``repo_id`` defaults to the directory's name).
+        model_card_kwargs : dict, optional
+            Accepted for signature compatibility; the model card is always the one written here.
 
         Returns
         -------
@@ -331,6 +357,7 @@ class PretrainedMixin:
             The directory.
         """
         directory = Path(save_directory)
+        self._check_config_argument(config)
         directory.mkdir(parents=True, exist_ok=True)
         config = config_to_dict(self.config)
         # safetensors needs contiguous CPU tensors with no shared storage.
@@ -349,7 +376,59 @@ class PretrainedMixin:
         atomic_write(directory, CONFIG_NAME, write_config)
         atomic_write(directory, MODEL_CARD_NAME, write_card)
         logger.info("saved %s to %s", type(self).__name__, directory)
+        if push_to_hub:
+            self.push_to_hub(repo_id or directory.name, **push_to_hub_kwargs)
         return directory
+
+    def _check_config_argument(self, config: Any) -> None:
+        if config is None:
+            return
+        given = config_to_dict(config) if dataclasses.is_dataclass(config) else config
+        if not isinstance(given, dict):
+            raise TypeError(f"config must be a dict or a {self.config_class.__name__}, got {type(config).__name__}")
+        ours = config_to_dict(self.config)
+        differ = sorted(k for k in set(given) | set(ours) if given.get(k, _MISSING) != ours.get(k, _MISSING))
+        if differ:
+            raise ValueError(
+                f"config disagrees with this {type(self).__name__}'s architecture on {differ}; config.json is "
+                f"written from the model itself (model.config), so pass config=None or build the model with "
+                f"that configuration"
+            )
+
+    def push_to_hub(self, repo_id: str, *, config: Any = None, commit_message: str = "Push model using huggingface_hub.",
+                    private: bool | None = None, token: str | None = None, branch: str | None = None,
+                    create_pr: bool | None = None, allow_patterns=None, ignore_patterns=None, delete_patterns=None,
+                    model_card_kwargs: dict[str, Any] | None = None) -> str:
+        """Save to a temporary directory and upload it as one commit to the hub repository ``repo_id``.
+
+        Same keywords as ``huggingface_hub.ModelHubMixin.push_to_hub``; the repository is created if
+        needed. Returns the commit URL.
+
+        Raises
+        ------
+        CheckpointError
+            The hub could not be reached or refused the upload (the message names ``repo_id``).
+        """
+        from huggingface_hub import HfApi
+        from huggingface_hub import errors as hub_errors
+        import httpx
+
+        self._check_config_argument(config)
+        api = HfApi(token=token)
+        try:
+            repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+            with tempfile.TemporaryDirectory() as tmp:
+                self.save_pretrained(tmp)
+                info = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=tmp,
+                                         commit_message=commit_message, revision=branch, create_pr=create_pr,
+                                         allow_patterns=allow_patterns, ignore_patterns=ignore_patterns,
+                                         delete_patterns=delete_patterns)
+        except (hub_errors.HfHubHTTPError, httpx.HTTPError, OSError) as exc:
+            if isinstance(exc, CheckpointError):
+                raise
+            raise CheckpointError(f"cannot push {type(self).__name__} to hub repository {repo_id!r} "
+                                  f"at {api.endpoint}: {exc}") from exc
+        return str(getattr(info, "commit_url", info))
 
     @classmethod
     def from_pretrained(
@@ -449,3 +528,12 @@ def _model_card(class_name: str, config: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def config_property(field: str, doc: str = "") -> property:
+    """A read-only attribute that reads ``self.config.<field>`` (upstream stores these on the module)."""
+
+    def get(self):
+        return getattr(self.config, field)
+
+    return property(get, doc=doc or f"``config.{field}`` (read-only; set it through the config).")

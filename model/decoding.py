@@ -281,7 +281,7 @@ def _alloc_caches(packed: PackedKronos, rows: int, length: int, dtype, device,
 def generate(model, tokenizer, x: torch.Tensor, x_stamp: torch.Tensor, y_stamp: torch.Tensor, pred_len: int,
              max_context: int, T: float = 1.0, top_k: int = 0, top_p: float = 0.9, sample_count: int = 1,
              generator: torch.Generator | None = None, packed: PackedKronos | None = None,
-             step_mode: str = "eager") -> torch.Tensor:
+             step_mode: str = "eager", progress=None, full_window: bool = False) -> torch.Tensor:
     """Forecast in normalised space.
 
     Parameters
@@ -294,10 +294,12 @@ def generate(model, tokenizer, x: torch.Tensor, x_stamp: torch.Tensor, y_stamp: 
     packed : a ``PackedKronos`` of ``model`` to reuse across calls (built here when None).
     step_mode : how growth steps run: ``eager`` (``PackedKronos.step``), ``static`` (the fixed-shape
         ``step_static``, eagerly) or ``cuda_graph`` (``step_static`` captured once and replayed).
+    progress : object with ``update(n)`` (e.g. a tqdm bar), optional; advanced once per step.
+    full_window : return the whole final decode window (``min(L+P, M)`` rows) instead of its last P.
 
     Returns
     -------
-    (B, S, P, 6) decoded sample paths (normalised).
+    (B, S, P, 6) decoded sample paths (normalised); (B, S, min(L+P, M), 6) with ``full_window``.
     """
     if step_mode not in STEP_MODES:
         raise ValueError(f"step_mode must be one of {STEP_MODES}, got {step_mode!r}")
@@ -364,6 +366,8 @@ def generate(model, tokenizer, x: torch.Tensor, x_stamp: torch.Tensor, y_stamp: 
         a = sample_tokens(packed.s1_logits(last), T, top_k, top_p, generator)  # (R,)
         b = sample_tokens(packed.s2_logits(last, dep_k[:, :, :W], dep_v[:, :, :W], a), T, top_k, top_p, generator)
         ids1[:, n], ids2[:, n] = a, b
+        if progress is not None:
+            progress.update(1)
         if i == P - 1:
             break
         x_new, q_new = packed.token_inputs(a, b, stamps_rows[:, n])  # (R, d), (R, 3d)
@@ -381,5 +385,7 @@ def generate(model, tokenizer, x: torch.Tensor, x_stamp: torch.Tensor, y_stamp: 
 
     # ---- decode the final window once -----------------------------------------------------------
     lo = max(0, L + P - M)
-    out = tokenizer.decode((ids1[:, lo:], ids2[:, lo:]), half=True)[:, -P:]  # (R, P, 6)
-    return out.reshape(B, S, P, out.shape[-1])
+    out = tokenizer.decode((ids1[:, lo:], ids2[:, lo:]), half=True)  # (R, min(L+P, M), 6)
+    if not full_window:
+        out = out[:, -P:]  # the forecast rows
+    return out.reshape(B, S, out.shape[1], out.shape[-1])

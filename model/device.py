@@ -189,3 +189,41 @@ def device_info(device: str | torch.device) -> dict[str, object]:
     else:
         info.update(name=_cpu_name(), total_memory=_cpu_memory())
     return info
+
+
+class DeviceName(str):
+    """A resolved device as upstream's ``KronosPredictor.device`` exposes it: the plain string
+    (``"cpu"``, ``"cuda:0"``, ``"mps"``), so ``predictor.device == "cpu"`` holds, which also has
+    ``torch.device``'s ``type`` and ``index`` and compares equal to the ``torch.device`` it names.
+    Torch accepts it wherever a device string goes (``.to(...)``, ``device=...``)."""
+
+    def __new__(cls, device: str | torch.device) -> "DeviceName":
+        resolved = torch.device(device)
+        obj = super().__new__(cls, str(resolved))
+        obj._device = resolved
+        return obj
+
+    @property
+    def type(self) -> str:
+        return self._device.type
+
+    @property
+    def index(self) -> int | None:
+        return self._device.index
+
+    def as_torch(self) -> torch.device:
+        """The ``torch.device``."""
+        return self._device
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, torch.device):
+            return self._device == other
+        return str.__eq__(self, other)
+
+    def __ne__(self, other) -> bool:
+        return not self == other
+
+    __hash__ = str.__hash__
+
+    def __repr__(self) -> str:
+        return repr(str(self))

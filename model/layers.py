@@ -23,6 +23,18 @@ ATTN_IMPLS = ("sdpa", "eager")
 ROPE_BASE = 10000.0
 
 
+def refuse_padding_mask(mask) -> None:
+    """Padding masks are accepted in upstream's signatures but cannot work there: its causal attention
+    hands SDPA a mask and ``is_causal=True`` together, which SDPA refuses. Say so instead of guessing
+    a mask convention."""
+    if mask is not None:
+        raise ValueError(
+            "padding_mask/key_padding_mask is not supported (upstream's causal attention cannot use one "
+            "either: SDPA refuses a mask together with is_causal). Pass unpadded windows of equal length; "
+            "KronosPredictor.predict_batch groups series of different context lengths itself."
+        )
+
+
 class KronosRMSNorm(nn.Module):
     """Root-mean-square norm, ``y = x / sqrt(mean(x^2) + eps) * weight`` (no bias, no centring).
 
@@ -168,7 +180,7 @@ class KronosAttention(nn.Module):
         return x.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
 
     def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None = None,
-                start: int = 0) -> torch.Tensor:
+                start: int = 0, *, key_padding_mask=None) -> torch.Tensor:
         """Attend the T tokens of ``x`` (B, T, d), placed at positions ``start .. start+T-1``.
 
         Without ``cache`` this is the plain causal self-attention over ``x`` (``start`` must be 0).
@@ -176,6 +188,7 @@ class KronosAttention(nn.Module):
         and values of the new tokens are written at ``start .. start+T-1`` and the queries attend
         causally to every cached position ``0 .. start+T-1``.
         """
+        refuse_padding_mask(key_padding_mask)
         B, T, _ = x.shape
         q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
         cos, sin = self.rotary(start, T, x.device)
@@ -208,10 +221,10 @@ class KronosMLP(nn.Module):
         self.w1 = nn.Linear(d_model, ff_dim, bias=False)
         self.w3 = nn.Linear(d_model, ff_dim, bias=False)
         self.w2 = nn.Linear(ff_dim, d_model, bias=False)
-        self.dropout = nn.Dropout(ffn_dropout_p)
+        self.ffn_dropout = nn.Dropout(ffn_dropout_p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+        return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
 
 
 class KronosBlock(nn.Module):
@@ -220,7 +233,7 @@ class KronosBlock(nn.Module):
     ``x <- x + Attn(RMSNorm1(x))`` then ``x <- x + FFN(RMSNorm2(x))``; dropouts act only in training.
     """
 
-    def __init__(self, d_model: int, n_heads: int, ff_dim: int, ffn_dropout_p: float = 0.0,
+    def __init__(self, d_model: int, n_heads: int, ff_dim: int = 1024, ffn_dropout_p: float = 0.0,
                  attn_dropout_p: float = 0.0, resid_dropout_p: float = 0.0, attn_impl: str = "sdpa"):
         super().__init__()
         self.norm1 = KronosRMSNorm(d_model)
@@ -229,7 +242,8 @@ class KronosBlock(nn.Module):
         self.ffn = KronosMLP(d_model, ff_dim, ffn_dropout_p)
 
     def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None = None,
-                start: int = 0) -> torch.Tensor:
+                start: int = 0, *, key_padding_mask=None) -> torch.Tensor:
         """(B, T, d) -> (B, T, d); RoPE positions ``start .. start+T-1`` (0 .. T-1 without cache)."""
+        refuse_padding_mask(key_padding_mask)
         x = x + self.self_attn(self.norm1(x), cache=cache, start=start)
         return x + self.ffn(self.norm2(x))

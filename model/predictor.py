@@ -19,6 +19,7 @@ The low-level loop lives in ``model/decoding.py``; this module is the user-facin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -30,12 +31,13 @@ import pandas as pd
 import torch
 
 from .decoding import PackedKronos, generate
-from .device import resolve_device
+from .device import DeviceName, resolve_device
 
 logger = logging.getLogger(__name__)
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
 FEATURE_COLUMNS = PRICE_COLUMNS + ("volume", "amount")
+TIME_COLUMNS = ("minute", "hour", "weekday", "day", "month")  # columns of a stamp, in model order
 DEFAULT_MAX_BATCH_SIZE = 64  # rows (series x samples) decoded together; bounds KV-cache memory
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 
@@ -133,7 +135,9 @@ class KronosPredictor:
     tokenizer : KronosTokenizer
     device : str or torch.device
         ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps``, resolved by ``model.device.resolve_device``;
-        an unavailable device falls back to CPU and the reason is kept in ``device_warning``.
+        an unavailable device falls back to CPU and the reason is kept in ``device_warning``. ``None``
+        means ``auto``. The resolved ``device`` attribute is a ``DeviceName``: the string upstream
+        code compares with (``"cpu"``, ``"cuda:0"``), with ``.type``/``.index`` like a ``torch.device``.
     max_context : int
         Window of the predictor (512 for Kronos-small/base, 2048 for Kronos-mini).
     clip : float
@@ -149,6 +153,9 @@ class KronosPredictor:
 
     Attributes
     ----------
+    price_cols, vol_col, amt_vol, time_cols
+        Upstream's read-only column names: ``["open", "high", "low", "close"]``, ``"volume"``,
+        ``"amount"``, ``["minute", "hour", "weekday", "day", "month"]``.
     oom_backoff : bool
         Retry a chunk with half the rows when decoding it raises ``torch.OutOfMemoryError``. True on
         CUDA, where allocation failures raise that class; False elsewhere (a CPU allocation failure
@@ -168,7 +175,8 @@ class KronosPredictor:
     def __init__(self, model, tokenizer, device="auto", max_context: int = 512, clip: float = 5.0,
                  autocast_dtype: torch.dtype | None = None, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
                  cuda_graphs: bool = False):
-        self.device, self.device_warning = resolve_device(device)
+        resolved, self.device_warning = resolve_device(device)
+        self.device = DeviceName(resolved)
         if self.device_warning:
             logger.warning(self.device_warning)
         if int(max_context) < 1:
@@ -212,12 +220,19 @@ class KronosPredictor:
                                                     cache_dir=cache_dir)
         return cls(model, tokenizer, device=device, max_context=max_context, **kwargs)
 
+    # ---- upstream's column names ----------------------------------------------------------------
+
+    price_cols = property(lambda self: list(PRICE_COLUMNS), doc="``['open', 'high', 'low', 'close']``")
+    vol_col = property(lambda self: "volume", doc="``'volume'``")
+    amt_vol = property(lambda self: "amount", doc="``'amount'``")
+    time_cols = property(lambda self: list(TIME_COLUMNS), doc="``['minute', 'hour', 'weekday', 'day', 'month']``")
+
     # ---- public verbs -------------------------------------------------------------------------
 
     def predict(self, df: pd.DataFrame, x_timestamp, y_timestamp, pred_len: int, T: float = 1.0,
                 top_k: int = 0, top_p: float = 0.9, sample_count: int = 1, verbose: bool = False,
                 seed: int | None = None, quantiles: Sequence[float] | None = None,
-                return_samples: bool = False, max_batch_size: int | None = None):
+                return_samples: bool = False, max_batch_size: int | None = None, use_kv_cache: bool = False):
         """Forecast one series.
 
         Parameters
@@ -237,17 +252,21 @@ class KronosPredictor:
         sample_count : int
             Sample paths S; the mean is taken in normalised space (upstream behaviour).
         verbose : bool
-            Log progress at INFO level.
+            Show a tqdm progress bar per decoded chunk (one step per forecast bar), as upstream.
         seed : int, optional
             Seeds this call's own ``torch.Generator``; same inputs + seed + batch size give the same
             output (a batch size lowered after a CUDA out-of-memory error changes the draws of
-            sampled, not greedy, forecasts). ``None`` draws a fresh seed.
+            sampled, not greedy, forecasts). ``None`` draws from torch's global generator of the
+            device, as upstream: ``torch.manual_seed(n)`` before the call makes it repeatable.
         quantiles : sequence of float in (0, 1), optional
             Levels computed over the S de-normalised sample paths.
         return_samples : bool
             Also return the (S, P, 6) sample paths.
         max_batch_size : int, optional
             Rows decoded together (default: the predictor's); capped by ``oom_rows_cap``.
+        use_kv_cache : bool
+            Upstream's switch for its key/value cache. Decoding here always caches where that is
+            exact and recomputes where it is not, so the flag changes nothing.
 
         Returns
         -------
@@ -256,13 +275,14 @@ class KronosPredictor:
         """
         return self.predict_batch([df], [x_timestamp], [y_timestamp], pred_len, T=T, top_k=top_k, top_p=top_p,
                                   sample_count=sample_count, verbose=verbose, seed=seed, quantiles=quantiles,
-                                  return_samples=return_samples, max_batch_size=max_batch_size)[0]
+                                  return_samples=return_samples, max_batch_size=max_batch_size,
+                                  use_kv_cache=use_kv_cache)[0]
 
     def predict_batch(self, df_list: Sequence[pd.DataFrame], x_timestamp_list, y_timestamp_list,
                       pred_len: int, T: float = 1.0, top_k: int = 0, top_p: float = 0.9,
                       sample_count: int = 1, verbose: bool = False, seed: int | None = None,
                       quantiles: Sequence[float] | None = None, return_samples: bool = False,
-                      max_batch_size: int | None = None) -> list:
+                      max_batch_size: int | None = None, use_kv_cache: bool = False) -> list:
         """Forecast many series in one batched loop; arguments as ``predict``, one list entry per series.
 
         Context lengths may differ between series (they are decoded in groups of equal length).
@@ -285,11 +305,7 @@ class KronosPredictor:
         series = [_prepare(df, xt, yt, pred_len, self.clip, where(i))
                   for i, (df, xt, yt) in enumerate(zip(df_list, x_timestamp_list, y_timestamp_list))]
 
-        generator = torch.Generator(device=self.device)
-        if seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(int(seed))
+        generator = None if seed is None else torch.Generator(device=self.device).manual_seed(int(seed))
         t1 = time.perf_counter()
         samples = self._decode(series, pred_len, T, top_k, top_p, sample_count, generator, rows, verbose)
         t2 = time.perf_counter()
@@ -308,6 +324,23 @@ class KronosPredictor:
         # Wall-clock split of the last call (pandas in, decoding, pandas out), for job metadata/benchmarks.
         self.last_timings = {"prepare_s": t1 - t0, "decode_s": t2 - t1, "postprocess_s": time.perf_counter() - t2}
         return results
+
+    def generate(self, x, x_stamp, y_stamp, pred_len: int, T: float, top_k: int, top_p: float, sample_count: int,
+                 verbose: bool, use_kv_cache: bool = False) -> np.ndarray:
+        """Upstream's lower-level call: normalised arrays in, the mean forecast in normalised space out.
+
+        ``x`` (B, L, 6), ``x_stamp`` (B, L, 5), ``y_stamp`` (B, pred_len, 5) array-likes; returns
+        numpy (B, pred_len, 6). Draws come from torch's global generator, as upstream (see
+        ``model.kronos.auto_regressive_inference``).
+        """
+        from .kronos import auto_regressive_inference
+
+        x, x_stamp, y_stamp = (torch.from_numpy(np.array(a, dtype=np.float32)).to(self.device)
+                               for a in (x, x_stamp, y_stamp))
+        pred_len = self._check_pred_len(pred_len)
+        preds = auto_regressive_inference(self.tokenizer, self.model, x, x_stamp, y_stamp, self.max_context, pred_len,
+                                          self.clip, T, top_k, top_p, sample_count, verbose)
+        return preds[:, -pred_len:, :]
 
     # ---- decoding -----------------------------------------------------------------------------
 
@@ -341,10 +374,8 @@ class KronosPredictor:
                 parts, s0 = [], 0
                 while s0 < S:
                     n_s = min(info["rows_per_chunk"], S - s0)
-                    if verbose:
-                        logger.info("decoding %d series x %d samples, context %d, pred_len %d",
-                                    len(chunk), n_s, L, pred_len)
-                    y = self._generate_or_back_off(x, xs, ys, pred_len, T, top_k, top_p, n_s, generator, info)
+                    y = self._generate_or_back_off(x, xs, ys, pred_len, T, top_k, top_p, n_s, generator, info,
+                                                   verbose)
                     if y is not None:
                         parts.append(y)  # (b, n_s, P, 6)
                         s0 += n_s
@@ -357,7 +388,8 @@ class KronosPredictor:
                     c += len(chunk)
         return out
 
-    def _generate_or_back_off(self, x, xs, ys, pred_len, T, top_k, top_p, n_s, generator, info) -> np.ndarray | None:
+    def _generate_or_back_off(self, x, xs, ys, pred_len, T, top_k, top_p, n_s, generator, info,
+                              verbose: bool = False) -> np.ndarray | None:
         """One chunk through ``generate``: (b, n_s, P, 6) float32 on the host, or None after a back-off.
 
         When ``generate`` raises ``torch.OutOfMemoryError`` and ``oom_backoff`` is on (CUDA): log a
@@ -369,13 +401,13 @@ class KronosPredictor:
         draws), so a back-off changes sampled forecasts.
         """
         rows = x.shape[0] * n_s
-        state = generator.get_state() if self.oom_backoff else None
+        state = generator.get_state() if self.oom_backoff and generator is not None else None
         try:
-            with self._autocast():
+            with self._autocast(), _progress(verbose, pred_len, f"{x.shape[0]} series x {n_s} samples") as bar:
                 y = generate(self.model, self.tokenizer, x, xs, ys, pred_len, self.max_context,
                              T=T, top_k=top_k, top_p=top_p, sample_count=n_s, generator=generator,
                              packed=self._packed_model(),
-                             step_mode="cuda_graph" if self.cuda_graphs else "eager")
+                             step_mode="cuda_graph" if self.cuda_graphs else "eager", progress=bar)
             return y.float().cpu().numpy()  # no device tensor outlives the call
         except torch.OutOfMemoryError:
             if not self.oom_backoff or rows <= 1:
@@ -389,7 +421,8 @@ class KronosPredictor:
                        rows, x.shape[0], n_s, pred_len, self.device, new, old)
         info["rows_per_chunk"] = self.oom_rows_cap = new
         info["oom_retries"] += 1
-        generator.set_state(state)
+        if generator is not None:  # torch's global generator (seed=None) is not rewound
+            generator.set_state(state)
         _release_cached_memory(self.device)
         return None
 
@@ -409,6 +442,15 @@ class KronosPredictor:
         if self.autocast_dtype is None:
             return torch.autocast(device_type=self.device.type, enabled=False)
         return torch.autocast(device_type="cuda", dtype=self.autocast_dtype)
+
+
+def _progress(verbose: bool, total: int, desc: str):
+    """A tqdm bar of ``total`` steps when ``verbose`` (upstream shows one per decoding call), else a no-op."""
+    if not verbose:
+        return contextlib.nullcontext(None)
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step")
 
 
 def _release_cached_memory(device: torch.device) -> None:

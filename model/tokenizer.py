@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.checkpoint import PretrainedMixin
+from model.checkpoint import PretrainedMixin, config_property
 from model.layers import ATTN_IMPLS, KronosBlock
 
 
@@ -106,66 +106,130 @@ def binary_entropy(p: torch.Tensor) -> torch.Tensor:
 
 
 class KronosBinarySphericalQuantizer(nn.Module):
-    """Sign quantiser on the unit sphere with the BSQ commitment + entropy loss.
+    """Sign quantiser on the unit sphere with the BSQ commitment + entropy loss (upstream's
+    ``BinarySphericalQuantizer``; same constructor arguments).
+
+    Only the configuration every published tokenizer uses is implemented: soft entropy with the
+    analytical per-bit probabilities, L2-normalised codes, inverse temperature 1. Other values raise
+    ``NotImplementedError`` instead of silently training something else. ``input_format`` and
+    ``cb_entropy_compute`` do not change the numbers in that configuration and are only recorded.
 
     Buffers (names are checkpoint keys): ``basis`` [C] int64 ``2**(C-1) .. 1`` and ``group_basis``
-    [g] int64 ``2**(g-1) .. 1`` (both persistent), ``group_codebook`` [2**g, g] (not saved). None of
-    them enters the numbers: ids are read LSB first with ``bits_to_ids``.
+    [g] int64 ``2**(g-1) .. 1`` (both persistent), ``group_codebook`` [2**g, g] (not saved). Token
+    ids are read LSB first with ``bits_to_ids``; ``basis`` only numbers the ``indices`` metric.
     """
 
-    def __init__(self, config: KronosTokenizerConfig):
+    def __init__(self, embed_dim: int, beta: float, gamma0: float, gamma: float, zeta: float,
+                 input_format: str = "bchw", soft_entropy: bool = True, group_size: int = 9,
+                 persample_entropy_compute: str = "analytical", cb_entropy_compute: str = "group",
+                 l2_norm: bool = True, inv_temperature: float = 1):
         super().__init__()
-        self.config = config
-        C, g = config.codebook_dim, config.group_size
+        unsupported = {k: v for k, v, ok in (
+            ("soft_entropy", soft_entropy, soft_entropy is True),
+            ("persample_entropy_compute", persample_entropy_compute, persample_entropy_compute == "analytical"),
+            ("cb_entropy_compute", cb_entropy_compute, cb_entropy_compute in ("group", "nce")),
+            ("l2_norm", l2_norm, l2_norm is True),
+            ("inv_temperature", inv_temperature, inv_temperature == 1),
+        ) if not ok}
+        if unsupported:
+            raise NotImplementedError(
+                f"BinarySphericalQuantizer{unsupported}: only the configuration of the published tokenizers is "
+                "implemented (soft_entropy=True, persample_entropy_compute='analytical', l2_norm=True, "
+                "inv_temperature=1)"
+            )
+        if embed_dim % group_size:
+            raise ValueError(f"group_size ({group_size}) must divide embed_dim ({embed_dim})")
+        self.embed_dim, self.group_size = int(embed_dim), int(group_size)
+        self.beta, self.gamma0, self.gamma, self.zeta = beta, gamma0, gamma, zeta
+        self.input_format, self.cb_entropy_compute = input_format, cb_entropy_compute
+        self.soft_entropy, self.persample_entropy_compute = soft_entropy, persample_entropy_compute
+        self.l2_norm, self.inv_temperature = l2_norm, inv_temperature
+        C, g = self.embed_dim, self.group_size
         self.register_buffer("basis", 2 ** torch.arange(C - 1, -1, -1, dtype=torch.long))
         self.register_buffer("group_basis", 2 ** torch.arange(g - 1, -1, -1, dtype=torch.long))
         codes = (torch.arange(2**g).unsqueeze(-1) // self.group_basis) % 2  # (2^g, g), MSB first
         self.register_buffer("group_codebook", 2.0 * codes - 1.0, persistent=False)
 
-    def forward(self, v: torch.Tensor, with_loss: bool = False):
-        """Quantise ``v`` (B, T, C).
+    def quantize_bits(self, u: torch.Tensor, with_loss: bool = False):
+        """Quantise normalised codes ``u`` (B, T, C).
 
         Returns
         -------
         q : (B, T, C) float
-            ``(2b - 1) / sqrt(C)``, with a straight-through gradient to the normalised input.
+            ``(2b - 1) / sqrt(C)``; its gradient w.r.t. ``u`` is ``1/sqrt(C)`` times the identity
+            (straight-through estimator on the sign, scaled afterwards).
         bits : (B, T, C) int64 in {0, 1}
         loss : scalar tensor
             The BSQ loss when ``with_loss`` (zero otherwise).
         """
-        C = self.config.codebook_dim
-        u = F.normalize(v, p=2.0, dim=-1, eps=1e-12)  # (B, T, C) on the unit sphere
+        C = self.embed_dim
         bits = (u > 0).long()  # exactly 0 maps to bit 0
-        q_hard = (2.0 * bits.to(u.dtype) - 1.0) / math.sqrt(C)
-        q = u + (q_hard - u).detach()  # straight-through estimator
-        loss = bsq_loss(u, q_hard, self.config) if with_loss else u.new_zeros(())
+        sign = 2.0 * bits.to(u.dtype) - 1.0
+        # Straight-through on the unscaled sign, then the 1/sqrt(C) scale (spec §4.2 step 5): the
+        # gradient reaching u is (1/sqrt(C)) * identity, as in the published training runs.
+        q = (u + (sign - u).detach()) / math.sqrt(C)
+        loss = self.bsq_loss(u, q) if with_loss else u.new_zeros(())
         return q, bits, loss
 
+    def forward(self, z: torch.Tensor, collect_metrics: bool = True):
+        """Upstream's call: normalised codes ``z`` (..., C) -> ``(quantized, loss, metrics)``.
 
-def bsq_loss(u: torch.Tensor, q: torch.Tensor, config: KronosTokenizerConfig) -> torch.Tensor:
-    """BSQ loss of spec §4.2 for normalised codes ``u`` and their quantised values ``q`` (..., C).
+        ``metrics`` is empty without ``collect_metrics``, else ``{"H": codebook entropy, "indices":
+        ids numbered with ``basis`` (first code dimension = most significant bit)}``.
+        """
+        q, bits, loss = self.quantize_bits(z, with_loss=collect_metrics)
+        if not collect_metrics:
+            return q, loss, {}
+        _, h_codebook = self.entropies(z)
+        return q, loss, {"H": h_codebook, "indices": (bits * self.basis).sum(-1)}
 
-    ``beta * mean ||q - u||^2 + zeta * (gamma0 * H_sample - gamma * H_codebook)`` with per-bit soft
-    probabilities ``p = sigmoid(-4 u / sqrt(C))``; means run over every token position.
-    """
-    C = u.shape[-1]
-    u2, q2 = u.reshape(-1, C), q.detach().reshape(-1, C)  # (N, C)
-    commit = config.beta * (q2 - u2).pow(2).sum(-1).mean()
-    p = torch.sigmoid(-4.0 * u2 / math.sqrt(C))  # (N, C)
-    h_sample = binary_entropy(p).sum(-1).mean()
-    h_codebook = binary_entropy(p.mean(0)).sum()
-    return commit + config.zeta * (config.gamma0 * h_sample - config.gamma * h_codebook)
+    def entropies(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(H_sample, H_codebook) of spec §4.2 with ``p = sigmoid(-4 u / sqrt(C))`` per bit."""
+        C = u.shape[-1]
+        p = torch.sigmoid(-4.0 * u.reshape(-1, C) / math.sqrt(C))  # (N, C)
+        return binary_entropy(p).sum(-1).mean(), binary_entropy(p.mean(0)).sum()
+
+    def bsq_loss(self, u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """BSQ loss of spec §4.2 for normalised codes ``u`` and their quantised values ``q`` (..., C).
+
+        ``beta * mean ||q - u||^2 + zeta * (gamma0 * H_sample - gamma * H_codebook)``; means run over
+        every token position; ``q`` is detached.
+        """
+        C = u.shape[-1]
+        commit = self.beta * (q.detach().reshape(-1, C) - u.reshape(-1, C)).pow(2).sum(-1).mean()
+        h_sample, h_codebook = self.entropies(u)
+        return commit + self.zeta * (self.gamma0 * h_sample - self.gamma * h_codebook)
 
 
 class KronosQuantizer(nn.Module):
-    """Holder of the quantiser at the checkpoint path ``tokenizer.bsq``."""
+    """The quantiser at the checkpoint path ``tokenizer`` (upstream's ``BSQuantizer``, same arguments):
+    L2-normalises the encoder's codes and hands them to ``bsq``."""
 
-    def __init__(self, config: KronosTokenizerConfig):
+    def __init__(self, s1_bits: int, s2_bits: int, beta: float, gamma0: float, gamma: float, zeta: float,
+                 group_size: int):
         super().__init__()
-        self.bsq = KronosBinarySphericalQuantizer(config)
+        self.s1_bits, self.s2_bits = int(s1_bits), int(s2_bits)
+        self.codebook_dim = self.s1_bits + self.s2_bits
+        self.bsq = KronosBinarySphericalQuantizer(self.codebook_dim, beta, gamma0, gamma, zeta, group_size=group_size)
 
-    def forward(self, v: torch.Tensor, with_loss: bool = False):
-        return self.bsq(v, with_loss=with_loss)
+    def encode_bits(self, v: torch.Tensor, with_loss: bool = False):
+        """Encoder codes ``v`` (B, T, C) -> ``(q, bits, loss)`` of ``KronosBinarySphericalQuantizer.quantize_bits``."""
+        return self.bsq.quantize_bits(F.normalize(v, p=2.0, dim=-1, eps=1e-12), with_loss=with_loss)
+
+    @staticmethod
+    def bits_to_indices(bits: torch.Tensor) -> torch.Tensor:
+        """Signed codes (..., n) -> ids LSB first (a code >= 0 is bit 1)."""
+        return bits_to_ids(bits >= 0)
+
+    def forward(self, z: torch.Tensor, half: bool = False, collect_metrics: bool = True):
+        """Upstream's call: ``(bsq_loss, quantized, z_indices)``; ``z_indices`` is the composite id
+        ``s1 + s2 * 2**s1_bits``, or the pair ``(s1, s2)`` with ``half=True``."""
+        q, bits, loss = self.encode_bits(z, with_loss=collect_metrics)
+        if half:
+            ids = (bits_to_ids(bits[..., :self.s1_bits]), bits_to_ids(bits[..., self.s1_bits:]))
+        else:
+            ids = bits_to_ids(bits)
+        return loss, q, ids
 
 
 class KronosTokenizer(PretrainedMixin, nn.Module):
@@ -173,15 +237,33 @@ class KronosTokenizer(PretrainedMixin, nn.Module):
 
     Parameters
     ----------
-    config : KronosTokenizerConfig, optional
-        Or upstream's 16 constructor keywords, e.g. ``KronosTokenizer(d_in=6, d_model=256, ...)``.
+    config : KronosTokenizerConfig or dict, optional
+        Or upstream's 16 constructor arguments, positional in upstream's order
+        (``d_in, d_model, n_heads, ff_dim, n_enc_layers, n_dec_layers, ffn_dropout_p, attn_dropout_p,
+        resid_dropout_p, s1_bits, s2_bits, beta, gamma0, gamma, zeta, group_size``) or by keyword.
+
+    Upstream's attributes ``d_in, d_model, n_heads, ff_dim, enc_layers, dec_layers, ffn_dropout_p,
+    attn_dropout_p, resid_dropout_p, s1_bits, s2_bits, codebook_dim`` read the config.
     """
 
     config_class = KronosTokenizerConfig
 
-    def __init__(self, config: KronosTokenizerConfig | None = None, **kwargs):
+    d_in = config_property("d_in")
+    d_model = config_property("d_model")
+    n_heads = config_property("n_heads")
+    ff_dim = config_property("ff_dim")
+    enc_layers = config_property("n_enc_layers")
+    dec_layers = config_property("n_dec_layers")
+    ffn_dropout_p = config_property("ffn_dropout_p")
+    attn_dropout_p = config_property("attn_dropout_p")
+    resid_dropout_p = config_property("resid_dropout_p")
+    s1_bits = config_property("s1_bits")
+    s2_bits = config_property("s2_bits")
+    codebook_dim = config_property("codebook_dim")
+
+    def __init__(self, *args, **kwargs):
         super().__init__()
-        self.config = config = self._build_config(config, kwargs)
+        self.config = config = self._build_config(args, kwargs)
         d, C = config.d_model, config.codebook_dim
 
         def blocks(n: int) -> nn.ModuleList:
@@ -200,21 +282,22 @@ class KronosTokenizer(PretrainedMixin, nn.Module):
         self.quant_embed = nn.Linear(d, C)
         self.post_quant_embed_pre = nn.Linear(config.s1_bits, d)
         self.post_quant_embed = nn.Linear(C, d)
-        self.tokenizer = KronosQuantizer(config)
+        self.tokenizer = KronosQuantizer(config.s1_bits, config.s2_bits, config.beta, config.gamma0, config.gamma,
+                                         config.zeta, config.group_size)
 
     # ------------------------------------------------------------------------------------------
     def _encode_bits(self, x: torch.Tensor, with_loss: bool):
         h = self.embed(x)  # (B, T, d)
         for block in self.encoder:
             h = block(h)
-        return self.tokenizer(self.quant_embed(h), with_loss=with_loss)  # q, bits (B, T, C), loss
+        return self.tokenizer.encode_bits(self.quant_embed(h), with_loss=with_loss)  # q, bits (B, T, C), loss
 
     def _decode_q(self, h: torch.Tensor) -> torch.Tensor:
         for block in self.decoder:
             h = block(h)
         return self.head(h)  # (B, T, d_in)
 
-    def encode(self, x: torch.Tensor, half: bool = True):
+    def encode(self, x: torch.Tensor, half: bool = False):
         """Tokenise normalised bars.
 
         Parameters
@@ -222,7 +305,8 @@ class KronosTokenizer(PretrainedMixin, nn.Module):
         x : (B, T, d_in) float
             Normalised and clipped features. The encoder is causal: ids at t depend on x[:, :t+1].
         half : bool
-            True: return ``(s1, s2)``; False: one composite id ``s1 + s2 * 2**s1_bits``.
+            True: return ``(s1, s2)`` (what the predictor uses); False (upstream's default): one
+            composite id ``s1 + s2 * 2**s1_bits``.
 
         Returns
         -------
@@ -234,29 +318,35 @@ class KronosTokenizer(PretrainedMixin, nn.Module):
         s1_bits = self.config.s1_bits
         return bits_to_ids(bits[..., :s1_bits]), bits_to_ids(bits[..., s1_bits:])
 
-    def decode(self, indices, half: bool = True) -> torch.Tensor:
+    def decode(self, indices, half: bool = False) -> torch.Tensor:
         """Reconstruct normalised bars from token ids.
 
         Parameters
         ----------
         indices : (s1, s2) pair of (B, T) int64 tensors, or a (B, T) composite id when ``half`` is False.
         half : bool
-            Which form ``indices`` has.
+            Which form ``indices`` has (upstream's default False: composite ids).
 
         Returns
         -------
         (B, T, d_in) float
             Normalised features (no clipping). Causal: row t depends on ids up to t.
         """
+        return self._decode_q(self.post_quant_embed(self.indices_to_bits(indices, half)))
+
+    def indices_to_bits(self, x, half: bool = False) -> torch.Tensor:
+        """Token ids -> quantised codes ``(2b - 1) / sqrt(C)`` (B, T, C), as the decoder consumes them.
+
+        ``x`` is a composite id tensor, or the pair ``(s1, s2)`` with ``half=True``.
+        """
         C = self.config.codebook_dim
         if half:
-            s1, s2 = indices
+            s1, s2 = x
             # Both halves use C/2 bits (s1_bits == s2_bits is enforced by the config).
             bits = torch.cat([ids_to_bits(s1, C // 2), ids_to_bits(s2, C // 2)], dim=-1)
         else:
-            bits = ids_to_bits(indices, C)
-        q = (2.0 * bits.to(self.post_quant_embed.weight.dtype) - 1.0) / math.sqrt(C)  # (B, T, C)
-        return self._decode_q(self.post_quant_embed(q))
+            bits = ids_to_bits(x, C)
+        return (2.0 * bits.to(self.post_quant_embed.weight.dtype) - 1.0) / math.sqrt(C)
 
     def forward(self, x: torch.Tensor):
         """Training forward.

@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import PretrainedMixin
-from .layers import ATTN_IMPLS, KronosBlock, KronosRMSNorm, KronosRotaryEmbedding, apply_rope, attention
+from .checkpoint import PretrainedMixin, config_property
+from .layers import (ATTN_IMPLS, KronosBlock, KronosRMSNorm, KronosRotaryEmbedding, apply_rope, attention,
+                     refuse_padding_mask)
 
 DEP_HEADS = 4  # the dependency layer always has 4 heads, whatever n_heads is (spec §4.3.6)
 TIME_FEATURES = ("minute", "hour", "weekday", "day", "month")  # column order of a stamp tensor
@@ -84,20 +85,39 @@ KRONOS_CONFIGS = {
 class HierarchicalEmbedding(nn.Module):
     """``fusion_proj(concat(sqrt(d) E1[s1], sqrt(d) E2[s2]))``: one vector per (s1, s2) pair."""
 
-    def __init__(self, s1_bits: int, s2_bits: int, d_model: int):
+    def __init__(self, s1_bits: int, s2_bits: int, d_model: int = 256):
         super().__init__()
-        self.s2_bits = s2_bits
+        self.s1_bits, self.s2_bits = s1_bits, s2_bits
         self.d_model = d_model
         self.emb_s1 = nn.Embedding(2 ** s1_bits, d_model)
         self.emb_s2 = nn.Embedding(2 ** s2_bits, d_model)
         self.fusion_proj = nn.Linear(2 * d_model, d_model)
+        nn.init.normal_(self.emb_s1.weight, mean=0.0, std=d_model ** -0.5)
+        nn.init.normal_(self.emb_s2.weight, mean=0.0, std=d_model ** -0.5)
 
     def split_composite(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Upstream's composite convention for this helper (s1 in the high bits); see spec §4.2.
-        return ids >> self.s2_bits, ids & ((1 << self.s2_bits) - 1)
+        return self.split_token(ids, self.s2_bits)
 
-    def forward(self, s1_ids: torch.Tensor, s2_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T) int64 ids -> (B, T, d); ``s2_ids=None`` means ``s1_ids`` holds composite ids."""
+    @staticmethod
+    def split_token(token_ids: torch.Tensor, s2_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Composite ids with s1 in the high bits -> ``(s1, s2)`` (``s1 = id >> s2_bits``).
+
+        This is *not* the tokenizer's ``half=False`` id (``s1 + s2 * 2**s1_bits``, spec §4.2).
+        """
+        if isinstance(s2_bits, bool) or not isinstance(s2_bits, int) or s2_bits < 1:
+            raise ValueError(f"s2_bits must be a positive integer, got {s2_bits!r}")
+        t = token_ids.long()
+        return t >> s2_bits, t & ((1 << s2_bits) - 1)
+
+    def forward(self, s1_ids, s2_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) int64 ids -> (B, T, d).
+
+        ``s1_ids`` may also be upstream's single argument: a ``(s1, s2)`` list/tuple, or composite
+        ids (s1 in the high bits) when ``s2_ids`` is None.
+        """
+        if s2_ids is None and isinstance(s1_ids, (list, tuple)):
+            s1_ids, s2_ids = s1_ids
         if s2_ids is None:
             s1_ids, s2_ids = self.split_composite(s1_ids)
         scale = math.sqrt(self.d_model)
@@ -112,21 +132,26 @@ class FixedEmbedding(nn.Module):
     (spec §7.3.11), so the content only ever comes from the checkpoint.
     """
 
-    def __init__(self, n: int, d_model: int):
+    def __init__(self, c_in: int, d_model: int):
         super().__init__()
-        self.emb = nn.Embedding(n, d_model)
-        self.emb.weight.requires_grad_(False)
+        position = torch.arange(c_in, dtype=torch.float32)[:, None]
+        freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+        table = torch.zeros(c_in, d_model)
+        table[:, 0::2] = torch.sin(position * freq)
+        table[:, 1::2] = torch.cos(position * freq)[:, : d_model // 2]
+        self.emb = nn.Embedding(c_in, d_model)
+        self.emb.weight = nn.Parameter(table, requires_grad=False)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.emb(idx)
+        return self.emb(idx).detach()
 
 
 class TemporalEmbedding(nn.Module):
     """Sum of minute/hour/weekday/day/month table rows for a stamp (B, T, 5) -> (B, T, d)."""
 
-    def __init__(self, d_model: int, learn_te: bool):
+    def __init__(self, d_model: int, learn_pe: bool):
         super().__init__()
-        make = (lambda n: nn.Embedding(n, d_model)) if learn_te else (lambda n: FixedEmbedding(n, d_model))
+        make = (lambda n: nn.Embedding(n, d_model)) if learn_pe else (lambda n: FixedEmbedding(n, d_model))
         for name in TIME_FEATURES:
             setattr(self, f"{name}_embed", make(TIME_TABLE_SIZES[name]))
 
@@ -145,42 +170,51 @@ class DependencyCrossAttention(nn.Module):
     single query this is the identity, so inference attends without positions and without a mask.
     """
 
-    def __init__(self, d_model: int, n_heads: int = DEP_HEADS, attn_impl: str = "sdpa"):
+    def __init__(self, d_model: int, n_heads: int = DEP_HEADS, attn_dropout_p: float = 0.0, resid_dropout: float = 0.0,
+                 attn_impl: str = "sdpa"):
         super().__init__()
-        self.n_heads, self.head_dim = n_heads, d_model // n_heads
+        self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
         self.q_proj = nn.Linear(d_model, d_model)
         self.k_proj = nn.Linear(d_model, d_model)
         self.v_proj = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model)
         self.rotary = KronosRotaryEmbedding(self.head_dim)
+        self.attn_dropout_p = attn_dropout_p
+        self.resid_dropout = nn.Dropout(resid_dropout)
         self.attn_impl = attn_impl
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
         return x.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, h, T, hd)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-        """query (B, Tq, d), key = value (B, Tk, d) -> (B, Tq, d)."""
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor | None = None,
+                key_padding_mask=None) -> torch.Tensor:
+        """query (B, Tq, d), key and value (B, Tk, d) (value defaults to key) -> (B, Tq, d)."""
+        refuse_padding_mask(key_padding_mask)
+        value = key if value is None else value
         B, Tq, _ = query.shape
-        q, k, v = self.heads(self.q_proj(query)), self.heads(self.k_proj(key)), self.heads(self.v_proj(key))
+        q, k, v = self.heads(self.q_proj(query)), self.heads(self.k_proj(key)), self.heads(self.v_proj(value))
         cos, sin = self.rotary(0, Tq, query.device)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        dropout_p = self.attn_dropout_p if self.training else 0.0
         # Causal only in training: the train/eval mismatch of upstream is kept on purpose (§7.3.2).
-        y = attention(q, k, v, is_causal=self.training, impl=self.attn_impl)  # (B, h, Tq, hd)
-        return self.out_proj(y.transpose(1, 2).reshape(B, Tq, -1))
+        y = attention(q, k, v, is_causal=self.training, dropout_p=dropout_p, impl=self.attn_impl)  # (B, h, Tq, hd)
+        return self.resid_dropout(self.out_proj(y.transpose(1, 2).reshape(B, Tq, -1)))
 
 
 class DependencyAwareLayer(nn.Module):
     """``y = RMSNorm(x̂ + CrossAttn(q=E1[s1], k=v=x̂))``; conditions the s2 head on an s1 choice."""
 
-    def __init__(self, d_model: int, attn_impl: str = "sdpa"):
+    def __init__(self, d_model: int, n_heads: int = DEP_HEADS, attn_dropout_p: float = 0.0,
+                 resid_dropout: float = 0.0, attn_impl: str = "sdpa"):
         super().__init__()
-        self.cross_attn = DependencyCrossAttention(d_model, DEP_HEADS, attn_impl)
+        self.cross_attn = DependencyCrossAttention(d_model, n_heads, attn_dropout_p, resid_dropout, attn_impl)
         self.norm = KronosRMSNorm(d_model)
 
-    def forward(self, hidden: torch.Tensor, sibling_embed: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, sibling_embed: torch.Tensor, key_padding_mask=None) -> torch.Tensor:
         # With a length-1 query the (B, 1, d) output broadcasts over every position, as upstream.
-        return self.norm(hidden + self.cross_attn(sibling_embed, hidden))
+        return self.norm(hidden_states + self.cross_attn(sibling_embed, hidden_states,
+                                                         key_padding_mask=key_padding_mask))
 
 
 class DualHead(nn.Module):
@@ -188,14 +222,30 @@ class DualHead(nn.Module):
 
     def __init__(self, s1_bits: int, s2_bits: int, d_model: int):
         super().__init__()
-        self.proj_s1 = nn.Linear(d_model, 2 ** s1_bits)
-        self.proj_s2 = nn.Linear(d_model, 2 ** s2_bits)
+        self.vocab_s1, self.vocab_s2 = 2 ** s1_bits, 2 ** s2_bits
+        self.proj_s1 = nn.Linear(d_model, self.vocab_s1)
+        self.proj_s2 = nn.Linear(d_model, self.vocab_s2)
+
+    def compute_loss(self, s1_logits: torch.Tensor, s2_logits: torch.Tensor, s1_targets: torch.Tensor,
+                     s2_targets: torch.Tensor, padding_mask: torch.Tensor | None = None):
+        """Next-token loss: ``(loss, ce_s1, ce_s2)`` with ``loss = (ce_s1 + ce_s2) / 2``.
+
+        Cross-entropies average over every position of logits (B, T, V) and targets (B, T); with
+        ``padding_mask`` (B, T) only the positions where it is 0 count.
+        """
+        if padding_mask is not None:
+            keep = padding_mask == 0
+            s1_logits, s2_logits, s1_targets, s2_targets = (
+                s1_logits[keep], s2_logits[keep], s1_targets[keep], s2_targets[keep])
+        ce_s1 = F.cross_entropy(s1_logits.reshape(-1, self.vocab_s1), s1_targets.reshape(-1))
+        ce_s2 = F.cross_entropy(s2_logits.reshape(-1, self.vocab_s2), s2_targets.reshape(-1))
+        return (ce_s1 + ce_s2) / 2, ce_s1, ce_s2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj_s1(x)
 
-    def cond_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj_s2(x)
+    def cond_forward(self, x2: torch.Tensor) -> torch.Tensor:
+        return self.proj_s2(x2)
 
 
 class Kronos(PretrainedMixin, nn.Module):
@@ -203,16 +253,38 @@ class Kronos(PretrainedMixin, nn.Module):
 
     Parameters
     ----------
-    config : KronosConfig, optional
-        The architecture. Upstream's keyword arguments (``s1_bits=..., d_model=...``) build it instead.
+    config : KronosConfig or dict, optional
+        The architecture. Upstream's 11 constructor arguments build it instead, positional in
+        upstream's order (``s1_bits, s2_bits, n_layers, d_model, n_heads, ff_dim, ffn_dropout_p,
+        attn_dropout_p, resid_dropout_p, token_dropout_p, learn_te``) or by keyword.
         ``config.attn_impl`` picks the attention kernel ("sdpa", or the "eager" reference).
+
+    Upstream's attributes (``s1_bits``, ``n_layers``, ``d_model``, ... ``learn_te``,
+    ``s1_vocab_size``) read the config.
     """
 
     config_class = KronosConfig
 
-    def __init__(self, config: KronosConfig | None = None, **kwargs):
+    s1_bits = config_property("s1_bits")
+    s2_bits = config_property("s2_bits")
+    n_layers = config_property("n_layers")
+    d_model = config_property("d_model")
+    n_heads = config_property("n_heads")
+    ff_dim = config_property("ff_dim")
+    ffn_dropout_p = config_property("ffn_dropout_p")
+    attn_dropout_p = config_property("attn_dropout_p")
+    resid_dropout_p = config_property("resid_dropout_p")
+    token_dropout_p = config_property("token_dropout_p")
+    learn_te = config_property("learn_te")
+
+    @property
+    def s1_vocab_size(self) -> int:
+        """``2 ** s1_bits``."""
+        return 2 ** self.config.s1_bits
+
+    def __init__(self, *args, **kwargs):
         super().__init__()
-        self.config = config = self._build_config(config, kwargs)
+        self.config = config = self._build_config(args, kwargs)
         d, attn_impl = config.d_model, config.attn_impl
         self.embedding = HierarchicalEmbedding(config.s1_bits, config.s2_bits, d)
         self.time_emb = TemporalEmbedding(d, config.learn_te)
@@ -223,7 +295,7 @@ class Kronos(PretrainedMixin, nn.Module):
             for _ in range(config.n_layers)
         ])
         self.norm = KronosRMSNorm(d)
-        self.dep_layer = DependencyAwareLayer(d, attn_impl)
+        self.dep_layer = DependencyAwareLayer(d, attn_impl=attn_impl)
         self.head = DualHead(config.s1_bits, config.s2_bits, d)
         self.apply(self._init_weights)
 
@@ -251,23 +323,30 @@ class Kronos(PretrainedMixin, nn.Module):
                   padding_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Trunk over a window with positions 0..T-1.
 
-        Returns ``(logits_s1 (B, T, V1), context x̂ (B, T, d))``.
+        Returns ``(logits_s1 (B, T, V1), context x̂ (B, T, d))``. ``padding_mask`` must be None
+        (see ``model.layers.refuse_padding_mask``).
         """
+        refuse_padding_mask(padding_mask)
         x = self.trunk(s1_ids, s2_ids, stamp)
         return self.head(x), x
 
     def decode_s2(self, context: torch.Tensor, s1_ids: torch.Tensor, padding_mask=None) -> torch.Tensor:
         """s2 logits (B, T, V2) conditioned on ``s1_ids`` (B, Tq) over the context x̂ (B, T, d)."""
-        return self.head.cond_forward(self.dep_layer(context, self.embedding.emb_s1(s1_ids)))
+        return self.head.cond_forward(self.dep_layer(context, self.embedding.emb_s1(s1_ids),
+                                                     key_padding_mask=padding_mask))
 
     def forward(self, s1_ids: torch.Tensor, s2_ids: torch.Tensor, stamp: torch.Tensor | None = None,
-                use_teacher_forcing: bool = False, s1_targets: torch.Tensor | None = None,
+                padding_mask=None, use_teacher_forcing: bool = False, s1_targets: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training forward: ``(logits_s1 (B, T, V1), logits_s2 (B, T, V2))``.
+        """Training forward: ``(logits_s1 (B, T, V1), logits_s2 (B, T, V2))``; upstream's signature.
 
         The s1 conditioning the s2 head is ``s1_targets`` with teacher forcing, otherwise drawn with
         ``torch.multinomial`` from the model's own s1 distribution (consumes global RNG, as upstream).
+        ``padding_mask`` must be None (see ``model.layers.refuse_padding_mask``).
         """
+        refuse_padding_mask(padding_mask)
+        if use_teacher_forcing and s1_targets is None:
+            raise ValueError("use_teacher_forcing=True needs s1_targets (B, T)")
         x = self.trunk(s1_ids, s2_ids, stamp)
         logits_s1 = self.head(x)
         if use_teacher_forcing:

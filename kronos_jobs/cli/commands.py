@@ -16,6 +16,7 @@ never imports torch, celery or sqlalchemy.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -371,7 +372,7 @@ def models(ctx: click.Context) -> None:
 def finetune(ctx: click.Context, config_path: Path, data_path: Path | None, symbol: str | None, model: str | None,
              device: str | None, overrides: tuple[str, ...], local: bool, out_dir: Path | None, idempotency_key: str | None) -> None:
     """Fine-tune from an upstream YAML: submit a job (prints its id) or, with --local, train here."""
-    from kronos_jobs.cli.finetune_yaml import load_upstream_yaml, prepare_data_file
+    from kronos_jobs.cli.finetune_yaml import ARTIFACTS_NOTE, load_upstream_yaml, prepare_data_file
     from kronos_jobs.core.errors import UpstreamConfigError
 
     try:
@@ -392,8 +393,11 @@ def finetune(ctx: click.Context, config_path: Path, data_path: Path | None, symb
     except (UpstreamConfigError, ValueError, OSError) as exc:
         raise click.ClickException(f"{path}: {exc}") from None
     if local:
-        _finetune_local(ctx, params, data, filename, device or upstream.local_device, out_dir)
+        _finetune_local(ctx, params, data, filename, device or upstream.local_device, out_dir,
+                        extra_model_dirs=upstream.checkpoint_dirs, upstream_dirs=upstream.output_dirs)
         return
+    if upstream.output_dirs:
+        click.echo(f"warning: model_paths: {ARTIFACTS_NOTE}", err=True)
     params["device"] = device or params.get("device", "auto")
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     job = _client(ctx).json("POST", "/v1/jobs/finetune", files={"file": (filename, data, "application/octet-stream")},
@@ -418,8 +422,14 @@ def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def _finetune_local(ctx: click.Context, params: dict[str, Any], data: bytes, filename: str, device: str,
-                    out_dir: Path | None) -> None:
-    """The same training as a worker's (kronos_jobs.jobs.finetune.train_pair), in this process."""
+                    out_dir: Path | None, *, extra_model_dirs: Sequence[Path] = (),
+                    upstream_dirs: dict[str, Path] | None = None) -> None:
+    """The same training as a worker's (kronos_jobs.jobs.finetune.train_pair), in this process.
+
+    The checkpoint directories the config file names are trusted as model roots here (it is the
+    user's own process); `upstream_dirs` (phase -> upstream's best_model directory) get a copy of
+    each trained half besides our output.
+    """
     from kronos_jobs.core.errors import InvalidRequest
     from kronos_jobs.inputs.parsing import parse_upload
     from kronos_jobs.jobs.finetune import run_local
@@ -437,9 +447,15 @@ def _finetune_local(ctx: click.Context, params: dict[str, Any], data: bytes, fil
     try:
         bars = parse_upload(data, filename=filename, content_type=None, freq=None, settings=settings).bars
         summary = run_local(params, bars, device=device, work_dir=out_dir or Path("kronos-finetune"), settings=settings,
-                            on_event=show)
+                            on_event=show, on_warning=lambda w: click.echo(f"warning: {w}", err=True),
+                            model_dirs=[*settings.effective_model_dirs, *extra_model_dirs])
     except InvalidRequest as exc:
         raise click.ClickException(exc.message) from None
+    for phase, outcome in summary["metrics"]["phases"].items():
+        if phase in (upstream_dirs or {}) and not outcome.get("skipped"):
+            half = "model" if phase == "predictor" else "tokenizer"
+            shutil.copytree(Path(summary["model_path"]) / half, upstream_dirs[phase], dirs_exist_ok=True)
+            click.echo(f"{phase} also saved to {upstream_dirs[phase]} (upstream's layout)", err=True)
     if summary["device_warning"]:
         click.echo(f"warning: {summary['device_warning']}", err=True)
     if local_model_dir(summary["model_path"], settings.effective_model_dirs) is not None:

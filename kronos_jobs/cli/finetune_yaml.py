@@ -4,6 +4,12 @@ People who fine-tune upstream Kronos keep `finetune_csv` YAML files. `map_upstre
 `FinetuneParams` fields, the data file and a warning for every key that has no meaning here (each
 warning names the key and says why), so `kronos-jobs finetune --config FILE.yaml` can submit it or
 run it with `--local`. Keys it does not know are warned about too, never silently dropped.
+
+Upstream's own template works unchanged apart from its paths: `pretrained_tokenizer` and
+`pretrained_predictor` may be two checkpoint directories (`model` + `tokenizer` of the request),
+its windows may exceed the model's context (the job warns what that means for inference), and
+`model_paths` give upstream's output layout, which `--local` writes besides ours. Relative paths
+are taken from the YAML file's directory, like `data.data_path`.
 """
 
 from __future__ import annotations
@@ -36,17 +42,10 @@ MAPPED: dict[str, str] = {
     "experiment.description": "description",
 }
 
-_ARTIFACTS = "checkpoints go to KRONOS_ARTIFACTS_DIR/<job id>/ and the model is registered as ft-<job id>"
 # section.key -> why it has no meaning here.
 NO_MEANING: dict[str, str] = {
     "data.max_context": "unused by upstream training as well; the context length comes from the base model",
     "training.num_workers": "windows are cut in the training process; there are no DataLoader workers",
-    "model_paths.exp_name": _ARTIFACTS,
-    "model_paths.base_path": _ARTIFACTS,
-    "model_paths.base_save_path": _ARTIFACTS,
-    "model_paths.finetuned_tokenizer": "with train both, the tokenizer trained in the same job is used",
-    "model_paths.tokenizer_save_name": _ARTIFACTS,
-    "model_paths.basemodel_save_name": _ARTIFACTS,
     "experiment.use_comet": "no Comet logging; losses and progress are on the job (kronos-jobs status)",
     "experiment.skip_existing": "every job trains into its own directory, so nothing exists to skip",
     "distributed.use_ddp": "training runs in one process on one device",
@@ -58,7 +57,13 @@ SPECIAL = {
     "model_paths.pretrained_tokenizer", "model_paths.pretrained_predictor",
     "experiment.train_tokenizer", "experiment.train_basemodel", "experiment.pre_trained",
     "experiment.pre_trained_tokenizer", "experiment.pre_trained_predictor", "device.use_cuda", "device.device_id",
+    # upstream's output layout, written by --local besides ours (`UpstreamConfig.output_dirs`)
+    "model_paths.exp_name", "model_paths.base_path", "model_paths.base_save_path", "model_paths.finetuned_tokenizer",
+    "model_paths.tokenizer_save_name", "model_paths.basemodel_save_name",
 }
+# Where a queued job's checkpoints go instead of upstream's layout.
+ARTIFACTS_NOTE = ("a queued job's checkpoints go to KRONOS_ARTIFACTS_DIR/<job id>/ and the model is registered as "
+                  "ft-<job id>; only --local also writes upstream's layout")
 
 UPSTREAM_RATIOS = (0.9, 0.1, 0.0)  # train / val / test defaults of the upstream CSV pipeline
 
@@ -73,6 +78,10 @@ class UpstreamConfig:
     use_cuda: bool
     device_id: int
     warnings: list[str]
+    # phase ("tokenizer" | "predictor") -> upstream's `<base_save_path>/<save_name>/best_model` directory
+    output_dirs: dict[str, Path] = dataclasses.field(default_factory=dict)
+    # checkpoint directories the file names itself (trusted as model roots by --local only)
+    checkpoint_dirs: list[Path] = dataclasses.field(default_factory=list)
 
     @property
     def device_preference(self) -> str:
@@ -93,6 +102,38 @@ def _flatten(config: dict[str, Any]) -> dict[str, Any]:
         else:
             flat[str(section)] = values
     return flat
+
+
+def _local_checkpoint(value: Any, base_dir: Path | None) -> Path | None:
+    """A checkpoint directory (`config.json` inside) that `value` names, relative paths from `base_dir`."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    path = Path(value.strip()).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    return path.resolve() if (path / "config.json").is_file() else None
+
+
+def _template(value: Any, exp_name: str) -> str:
+    return str(value).replace("{exp_name}", exp_name)
+
+
+def _output_dirs(flat: dict[str, Any], base_dir: Path | None) -> dict[str, Path]:
+    """Upstream's checkpoint layout (spec §6.2): `{base_save_path}/{tokenizer,basemodel}/best_model`,
+    `base_save_path` defaulting to `{base_path}/{exp_name}`; relative paths from `base_dir`."""
+    exp_name = str(flat.get("model_paths.exp_name") or "default_experiment")
+    base_save = _template(flat.get("model_paths.base_save_path") or "", exp_name)
+    if not base_save:
+        base_path = flat.get("model_paths.base_path")
+        if not base_path:
+            return {}
+        base_save = str(Path(_template(base_path, exp_name)) / exp_name)
+    root = Path(base_save).expanduser()
+    if not root.is_absolute() and base_dir is not None:
+        root = base_dir / root
+    names = {"tokenizer": flat.get("model_paths.tokenizer_save_name") or "tokenizer",
+             "predictor": flat.get("model_paths.basemodel_save_name") or "basemodel"}
+    return {phase: root / _template(name, exp_name) / "best_model" for phase, name in names.items()}
 
 
 def _model_name(predictor: str | None, tokenizer: str | None, warnings: list[str]) -> str | None:
@@ -146,7 +187,26 @@ def map_upstream(config: dict[str, Any], *, base_dir: Path | None = None) -> Ups
     if not (train_tok or train_pred):
         raise UpstreamConfigError("experiment.train_tokenizer and experiment.train_basemodel are both false: nothing to train")
     params["train"] = "both" if train_tok and train_pred else ("tokenizer" if train_tok else "predictor")
-    model = _model_name(flat.get("model_paths.pretrained_predictor"), flat.get("model_paths.pretrained_tokenizer"), warnings)
+    output_dirs = _output_dirs(flat, base_dir)
+    exp_name = str(flat.get("model_paths.exp_name") or "default_experiment")
+    predictor_dir = _local_checkpoint(flat.get("model_paths.pretrained_predictor"), base_dir)
+    tokenizer_dir = _local_checkpoint(flat.get("model_paths.pretrained_tokenizer"), base_dir)
+    if params["train"] == "predictor":
+        # Upstream's predictor phase reads the tokenizer its tokenizer phase saved (finetuned_tokenizer,
+        # default: the tokenizer's best_model in the output layout), when it is there.
+        finetuned = flat.get("model_paths.finetuned_tokenizer")
+        finetuned_dir = (_local_checkpoint(_template(finetuned, exp_name), base_dir) if finetuned
+                         else _local_checkpoint(str(output_dirs["tokenizer"]), None) if output_dirs else None)
+        tokenizer_dir = finetuned_dir or tokenizer_dir
+    checkpoint_dirs: list[Path] = []
+    if predictor_dir is not None and tokenizer_dir is not None and predictor_dir != tokenizer_dir:
+        # Upstream's layout: one checkpoint directory per half.
+        model: str | None = str(predictor_dir)
+        params["tokenizer"] = str(tokenizer_dir)
+        checkpoint_dirs = [predictor_dir, tokenizer_dir]
+    else:
+        model = _model_name(flat.get("model_paths.pretrained_predictor"), flat.get("model_paths.pretrained_tokenizer"),
+                            warnings)
     pre_trained = flat.get("experiment.pre_trained")
     pre_tok = flat.get("experiment.pre_trained_tokenizer", True if pre_trained is None else pre_trained)
     pre_pred = flat.get("experiment.pre_trained_predictor", True if pre_trained is None else pre_trained)
@@ -169,7 +229,7 @@ def map_upstream(config: dict[str, Any], *, base_dir: Path | None = None) -> Ups
     if use_cuda and device_id:
         warnings.append(f"device.device_id: used by --local (cuda:{device_id}); a queued job runs on its GPU worker's device")
     return UpstreamConfig(params=params, data_path=data_path, test_ratio=test_r, use_cuda=use_cuda,
-                          device_id=device_id, warnings=warnings)
+                          device_id=device_id, warnings=warnings, output_dirs=output_dirs, checkpoint_dirs=checkpoint_dirs)
 
 
 def load_upstream_yaml(path: str | Path) -> UpstreamConfig:

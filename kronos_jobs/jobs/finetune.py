@@ -69,9 +69,11 @@ from kronos_jobs.jobs.finetune_submit import (
     FinetuneParams,
     check_data,
     phase_steps,
+    resolve_finetune_model,
     split_series,
     validate_params,
     window_count,
+    window_warnings,
 )
 from kronos_jobs.jobs.holdout import evaluate, holdout_windows
 from kronos_jobs.jobs.lease import LeaseHeartbeat, raise_if_held
@@ -82,7 +84,6 @@ from kronos_jobs.jobs.registry import (
     LOCAL_TOKENIZER_SUBDIR,
     ModelSpec,
     local_spec,
-    resolve_model,
     save_local_model,
 )
 from model.checkpoint import WEIGHTS_NAME, CheckpointError, file_sha256
@@ -340,11 +341,20 @@ def train_pair(params: FinetuneParams, bars: pd.DataFrame, spec: ModelSpec, *, w
 
 
 def run_local(params: FinetuneParams | dict[str, Any], bars: pd.DataFrame, *, device: str, work_dir: Path,
-              settings: Settings, on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """`kronos-jobs finetune --local`: the same training in this process, no queue and no database."""
+              settings: Settings, on_event: Callable[[dict[str, Any]], None] | None = None,
+              on_warning: Callable[[str], None] | None = None, model_dirs=None) -> dict[str, Any]:
+    """`kronos-jobs finetune --local`: the same training in this process, no queue and no database.
+
+    `model_dirs` replaces KRONOS_MODEL_DIRS as the roots local checkpoints may come from (the CLI
+    adds the directories its own config file names); `on_warning` receives `window_warnings`.
+    """
     params = FinetuneParams.from_value(params)
-    spec = resolve_model(params.model, model_dirs=settings.effective_model_dirs)
+    spec = resolve_finetune_model(params, model_dirs=settings.effective_model_dirs if model_dirs is None else model_dirs)
     validate_params(params, spec.max_context)
+    for warning in window_warnings(params, spec.max_context):
+        logger.warning(warning)
+        if on_warning is not None:
+            on_warning(warning)
     summary = check_data(params, bars)
     outcome = train_pair(params, bars, spec, work_dir=Path(work_dir).resolve(), device=device, settings=settings,
                          progress_factory=lambda totals: Progress(totals, on_event))
@@ -440,7 +450,7 @@ def _train_and_register(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat
                 train=params.train, given_back=run.given_back)
     with session_scope(settings) as session:
         bars, _ = result_crud.load_job_input(session, job_id=run.job_id)
-        spec = resolve_model(params.model, session, tenant_id=run.tenant_id, model_dirs=settings.effective_model_dirs)
+        spec = resolve_finetune_model(params, session, tenant_id=run.tenant_id, model_dirs=settings.effective_model_dirs)
     meta.update(spec.metadata())
     work_dir = artifacts_dir(settings, run.job_id)
     holder: dict[str, JobProgress] = {}

@@ -26,7 +26,7 @@ from kronos_jobs.core.routing import choose_queue, consumers_of
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.crud import workers as worker_crud
 from kronos_jobs.inputs.wall_clock import local_bars
-from kronos_jobs.jobs.registry import resolve_model
+from kronos_jobs.jobs.registry import ModelSpec, resolve_model, resolve_pair
 from kronos_jobs.jobs.submit import enqueue
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ class FinetuneParams:
     """
 
     model: str
+    # A separate tokenizer checkpoint directory (upstream's layout); `model` is then the predictor's directory.
+    tokenizer: str | None = None
     device: DevicePreference = DevicePreference.AUTO
     train: str = "both"
     epochs: int = 30
@@ -111,7 +113,7 @@ class FinetuneParams:
 
     def hyperparameters(self) -> dict[str, Any]:
         """What a registered model records about how it was trained."""
-        skip = {"model", "device", "name", "description"}
+        skip = {"model", "tokenizer", "device", "name", "description"}
         return {k: v for k, v in self.to_json().items() if k not in skip}
 
 
@@ -147,9 +149,33 @@ def validate_params(params: FinetuneParams, max_context: int) -> None:
            "max_seconds", f"must be null or > 0, got {params.max_seconds!r}")
     _check(params.accumulation_steps <= params.batch_size, "accumulation_steps",
            f"({params.accumulation_steps}) must not exceed batch_size ({params.batch_size})")
-    _check(params.lookback + params.predict_window <= max_context, "lookback",
-           f"lookback + predict_window = {params.lookback + params.predict_window} exceeds the model's context "
-           f"length {max_context}")
+    _check(params.predict_window <= max_context, "predict_window",
+           f"{params.predict_window} exceeds the model's context length {max_context} (it is also the horizon "
+           "the evaluation forecasts)")
+
+
+def window_warnings(params: FinetuneParams, max_context: int) -> list[str]:
+    """What a valid but unusual request means, for the job's warnings.
+
+    Training windows may be longer than the model's context, as upstream trains them (its CSV template:
+    512 + 48 on a 512-token model); forecasts still see at most `max_context` tokens.
+    """
+    tokens = params.lookback + params.predict_window
+    if tokens <= max_context:
+        return []
+    return [f"lookback + predict_window = {tokens} tokens per training window exceeds the model's context length "
+            f"{max_context}: training attends over all {tokens} positions, but forecasts use at most the last "
+            f"{max_context} bars, so positions {max_context}..{tokens - 1} are trained and never used at inference "
+            "(as with upstream's scripts)"]
+
+
+def resolve_finetune_model(params: FinetuneParams, session=None, *, tenant_id: str | None = None,
+                           model_dirs=()) -> "ModelSpec":
+    """The base model of a fine-tune: `model` alone, or `model` + `tokenizer` as two checkpoint directories."""
+    kwargs = {} if tenant_id is None else {"tenant_id": tenant_id}
+    if params.tokenizer is not None:
+        return resolve_pair(params.model, params.tokenizer, model_dirs=model_dirs)
+    return resolve_model(params.model, session, model_dirs=model_dirs, **kwargs)
 
 
 # --- the data: chronological split, window counts ---------------------------------------------------
@@ -247,7 +273,7 @@ def submit_finetune(session, settings: Settings, *, tenant_id: str, request: Fin
                     bars: pd.DataFrame, source: str, idempotency_key: str | None = None):
     """Validate, route, insert the job and its bars, COMMIT, then send the task; return (Job, warnings)."""
     params = FinetuneParams.from_value(request)
-    spec = resolve_model(params.model, session, tenant_id=tenant_id, model_dirs=settings.effective_model_dirs)
+    spec = resolve_finetune_model(params, session, tenant_id=tenant_id, model_dirs=settings.effective_model_dirs)
     validate_params(params, spec.max_context)
     if params.max_seconds is not None and params.max_seconds >= settings.finetune_soft_time_limit:
         raise invalid("max_seconds", f"must be below KRONOS_FINETUNE_SOFT_TIME_LIMIT ({settings.finetune_soft_time_limit} s), "
@@ -262,4 +288,4 @@ def submit_finetune(session, settings: Settings, *, tenant_id: str, request: Fin
                   progress_total=total_steps(params, summary["train_windows"]), bars=bars, future=None, source=source,
                   idempotency_key=idempotency_key, digest=request_hash(params, bars),
                   summary=f"fine-tune {params.train} of {params.model}, {summary['train_windows']} windows")
-    return job, [warning] if warning else []
+    return job, window_warnings(params, spec.max_context) + ([warning] if warning else [])

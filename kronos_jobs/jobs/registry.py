@@ -203,6 +203,33 @@ def resolve_model(name: str, session: "Session | None" = None, *, tenant_id: str
     raise _unknown(name, NOT_A_MODEL)
 
 
+def resolve_pair(model: str, tokenizer: str, *, model_dirs: Sequence[Path] = ()) -> ModelSpec:
+    """A predictor and a tokenizer in two checkpoint directories (upstream's layout: each holds its own
+    `config.json` + `model.safetensors`), both inside `model_dirs` like any local checkpoint.
+
+    The context length comes from a `kronos-jobs.json` manifest in the predictor's directory, else
+    DEFAULT_LOCAL_MAX_CONTEXT.
+    """
+    directories = {}
+    for field, name in (("model", model), ("tokenizer", tokenizer)):
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidRequest(f"{field} {name!r} is empty", field=field)
+        directory = local_model_dir(name.strip(), model_dirs)
+        if directory is None:
+            raise InvalidRequest(f"{field} {name!r} is not a checkpoint directory under KRONOS_MODEL_DIRS (with a "
+                                 "separate tokenizer, model and tokenizer each name one such directory)", field=field)
+        if not (directory / "config.json").is_file():
+            raise InvalidRequest(f"{field} {name!r} is a directory without config.json (a checkpoint directory holds "
+                                 "config.json and model.safetensors)", field=field)
+        directories[field] = directory
+    max_context = DEFAULT_LOCAL_MAX_CONTEXT
+    manifest = directories["model"] / LOCAL_MANIFEST
+    if manifest.is_file():
+        max_context = int(json.loads(manifest.read_text(encoding="utf-8")).get("max_context", max_context))
+    return ModelSpec(name=model.strip(), source="local", model_path=str(directories["model"]),
+                     tokenizer_path=str(directories["tokenizer"]), max_context=max_context)
+
+
 def save_local_model(directory: str | Path, model: Any, tokenizer: Any, *, max_context: int | None = None) -> Path:
     """Write `model/` and `tokenizer/` (hub layout) under `directory`; `resolve_model` reads it back."""
     directory = Path(directory)

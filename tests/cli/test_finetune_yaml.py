@@ -122,3 +122,102 @@ def test_cli_local_trains_in_process(settings, upstream_yaml, tmp_path):
     assert (Path(summary["model_path"]) / "model" / "model.safetensors").is_file()
     assert "predictor epoch 1/1 step 4/4" in result.stderr
     assert "to forecast with it, move it under KRONOS_MODEL_DIRS" in result.stderr  # out/ is outside the roots
+
+
+# --- upstream's own template: separate checkpoint directories, its 512 + 48 windows, its output layout ---
+
+# finetune_csv's template (spec §6.2 keys and example values); tests change only paths.
+UPSTREAM_TEMPLATE = {
+    "data": {"data_path": "data/bars.csv", "lookback_window": 512, "predict_window": 48, "max_context": 512, "clip": 5.0,
+             "train_ratio": 0.9, "val_ratio": 0.1, "test_ratio": 0.0},
+    "training": {"tokenizer_epochs": 30, "basemodel_epochs": 20, "batch_size": 32, "log_interval": 50, "num_workers": 6,
+                 "seed": 42, "tokenizer_learning_rate": 0.0002, "predictor_learning_rate": 0.000001, "adam_beta1": 0.9,
+                 "adam_beta2": 0.95, "adam_weight_decay": 0.1, "accumulation_steps": 1},
+    "model_paths": {"pretrained_tokenizer": "pretrained/Kronos-Tokenizer-base", "pretrained_predictor": "pretrained/Kronos-small",
+                    "exp_name": "my_exp", "base_path": "./outputs", "base_save_path": "", "finetuned_tokenizer": "",
+                    "tokenizer_save_name": "tokenizer", "basemodel_save_name": "basemodel"},
+    "experiment": {"name": "kronos_custom_finetune", "description": "", "use_comet": False, "train_tokenizer": True,
+                   "train_basemodel": True, "skip_existing": False},
+    "device": {"use_cuda": True, "device_id": 0},
+    "distributed": {"use_ddp": False, "backend": "nccl"},
+}
+
+
+def _separate_checkpoints(root: Path) -> tuple[Path, Path]:
+    """Tiny random halves saved the way upstream keeps them: one checkpoint directory each."""
+    import torch
+
+    from model import Kronos, KronosTokenizer
+    from kronos_jobs.testing.tiny import TINY_KRONOS_CONFIG, TINY_TOKENIZER_CONFIG
+
+    torch.manual_seed(3)
+    tokenizer_dir, predictor_dir = root / "Kronos-Tokenizer-base", root / "Kronos-small"
+    KronosTokenizer(**TINY_TOKENIZER_CONFIG).save_pretrained(tokenizer_dir)
+    Kronos(**TINY_KRONOS_CONFIG).save_pretrained(predictor_dir)
+    return predictor_dir, tokenizer_dir
+
+
+def test_template_maps_separate_directories_and_upstreams_output_layout(tmp_path):
+    predictor_dir, tokenizer_dir = _separate_checkpoints(tmp_path / "pretrained")
+    mapped = map_upstream(UPSTREAM_TEMPLATE, base_dir=tmp_path)
+    assert mapped.params["model"] == str(predictor_dir.resolve()) and mapped.params["tokenizer"] == str(tokenizer_dir.resolve())
+    assert (mapped.params["lookback"], mapped.params["predict_window"]) == (512, 48)
+    assert mapped.output_dirs == {"tokenizer": tmp_path / "outputs" / "my_exp" / "tokenizer" / "best_model",
+                                  "predictor": tmp_path / "outputs" / "my_exp" / "basemodel" / "best_model"}
+    assert not any(w.startswith("model_paths") for w in mapped.warnings)
+    # predictor only: upstream reads the tokenizer its tokenizer phase saved, when it is there
+    from model import KronosTokenizer
+
+    finetuned = mapped.output_dirs["tokenizer"]
+    KronosTokenizer.from_pretrained(tokenizer_dir).save_pretrained(finetuned)
+    only = {**UPSTREAM_TEMPLATE, "experiment": {**UPSTREAM_TEMPLATE["experiment"], "train_tokenizer": False}}
+    assert map_upstream(only, base_dir=tmp_path).params["tokenizer"] == str(finetuned.resolve())
+    custom = {**UPSTREAM_TEMPLATE, "model_paths": {**UPSTREAM_TEMPLATE["model_paths"], "base_save_path": "runs/{exp_name}-v2"}}
+    assert map_upstream(custom, base_dir=tmp_path).output_dirs["predictor"] == tmp_path / "runs" / "my_exp-v2" / "basemodel" / "best_model"
+
+
+def test_cli_local_trains_upstreams_template(settings, tmp_path):
+    from model import Kronos, KronosTokenizer
+
+    _separate_checkpoints(tmp_path / "pretrained")
+    (tmp_path / "data").mkdir()
+    sample_bars(1, 5700).drop(columns="symbol").rename(columns={"timestamp": "timestamps"}).to_csv(
+        tmp_path / "data" / "bars.csv", index=False)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(UPSTREAM_TEMPLATE), encoding="utf-8")
+    out = tmp_path / "ours"
+    result = CliRunner().invoke(main, ["finetune", "--config", str(path), "--local", "--device", "cpu", "--out-dir", str(out),
+                                       "--set", "max_steps=2", "--set", "batch_size=4", "--set", "samples_per_epoch=8",
+                                       "--set", "eval_windows=1"],
+                                obj={"settings": settings}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert ("warning: lookback + predict_window = 560 tokens per training window exceeds the model's context length 512"
+            in result.stderr)
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (Path(summary["model_path"]) / "model" / "model.safetensors").is_file()  # our layout
+    layout = tmp_path / "outputs" / "my_exp"
+    tuned = Kronos.from_pretrained(layout / "basemodel" / "best_model")  # and upstream's
+    KronosTokenizer.from_pretrained(layout / "tokenizer" / "best_model")
+    ours = Kronos.from_pretrained(Path(summary["model_path"]) / "model")
+    assert all(a.equal(b) for a, b in zip(tuned.state_dict().values(), ours.state_dict().values()))
+    assert f"predictor also saved to {layout / 'basemodel' / 'best_model'}" in result.stderr
+
+
+def test_cli_submits_upstreams_template_with_separate_directories(settings, tmp_path):
+    predictor_dir, tokenizer_dir = _separate_checkpoints(settings.effective_model_dirs[0] / "pretrained")
+    (tmp_path / "data").mkdir()
+    sample_bars(1, 5700).drop(columns="symbol").rename(columns={"timestamp": "timestamps"}).to_csv(
+        tmp_path / "data" / "bars.csv", index=False)
+    config = {**UPSTREAM_TEMPLATE, "model_paths": {**UPSTREAM_TEMPLATE["model_paths"],
+                                                   "pretrained_predictor": str(predictor_dir),
+                                                   "pretrained_tokenizer": str(tokenizer_dir)}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    with TestClient(create_app(settings)) as http:
+        result = CliRunner().invoke(main, ["finetune", "--config", str(path)], obj={"settings": settings, "http": http},
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        job = http.get(f"/v1/jobs/{result.stdout.strip().splitlines()[-1]}").json()
+    assert job["params"]["model"] == str(predictor_dir.resolve()) and job["params"]["tokenizer"] == str(tokenizer_dir.resolve())
+    assert "560 tokens per training window exceeds the model's context length 512" in result.stderr
+    assert "warning: model_paths: a queued job's checkpoints go to KRONOS_ARTIFACTS_DIR" in result.stderr

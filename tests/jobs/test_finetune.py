@@ -22,7 +22,7 @@ from kronos_jobs.jobs.finetune import (
     run_finetune_job,
     verify_artifact,
 )
-from kronos_jobs.jobs.finetune_submit import FinetuneParams, check_data, submit_finetune, validate_params
+from kronos_jobs.jobs.finetune_submit import FinetuneParams, check_data, submit_finetune, validate_params, window_warnings
 from kronos_jobs.jobs.forecast import run_forecast_job
 from kronos_jobs.jobs.submit import submit_forecast
 from kronos_jobs.testing.factories import TINY_FINETUNE, make_bars, worker_identity
@@ -156,13 +156,21 @@ def test_verify_artifact_catches_wrong_weights(tmp_path, tiny_checkpoint):
     ({"adam_beta2": 1.0}, "adam_beta2"),
     ({"validation_split": 0.7}, "validation_split"),
     ({"max_seconds": -1}, "max_seconds"),
-    ({"lookback": 60, "predict_window": 10}, "lookback"),  # 70 > the tiny model's context 64
+    ({"lookback": 10, "predict_window": 70}, "predict_window"),  # a horizon beyond the tiny model's context 64
 ])
 def test_bad_values_name_the_field(overrides, field):
     params = FinetuneParams.from_value({"model": "x", **TINY_FINETUNE, **overrides})
     with pytest.raises(InvalidRequest) as excinfo:
         validate_params(params, max_context=64)
     assert excinfo.value.field == field
+
+
+def test_windows_beyond_the_context_are_trained_with_a_warning():
+    params = FinetuneParams.from_value({"model": "x", **TINY_FINETUNE, "lookback": 60, "predict_window": 10})
+    validate_params(params, max_context=64)  # upstream trains such windows too
+    (warning,) = window_warnings(params, max_context=64)
+    assert "70 tokens" in warning and "context length 64" in warning and "never used at inference" in warning
+    assert window_warnings(FinetuneParams.from_value({"model": "x", **TINY_FINETUNE}), max_context=64) == []
 
 
 def test_too_little_data_names_the_field():

@@ -6,7 +6,7 @@ EXPECTED = {
     "KRONOS_CONFIGS", "TOKENIZER_CONFIGS", "BarWindows", "CheckpointError", "CheckpointMismatchError",
     "CheckpointNotFoundError", "FinetuneConfig", "FinetuneLoop", "FinetuneResult", "Forecast", "Kronos",
     "KronosConfig", "KronosPredictor", "KronosTokenizer", "KronosTokenizerConfig", "device_info",
-    "file_sha256", "finetune_predictor", "finetune_tokenizer", "resolve_device",
+    "file_sha256", "finetune_predictor", "finetune_tokenizer", "get_model_class", "model_dict", "resolve_device",
 }
 
 

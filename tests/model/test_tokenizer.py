@@ -91,23 +91,23 @@ def test_upstream_keyword_construction_and_config_errors(tiny_tokenizer_config):
 
 def test_encode_decode_shapes_and_ranges(tiny_tokenizer):
     x = torch.randn(3, 11, 6)
-    s1, s2 = tiny_tokenizer.encode(x)
+    s1, s2 = tiny_tokenizer.encode(x, half=True)
     assert s1.shape == s2.shape == (3, 11) and s1.dtype == s2.dtype == torch.int64
     assert 0 <= int(s1.min()) and int(s1.max()) < 16 and 0 <= int(s2.min()) and int(s2.max()) < 16
     composite = tiny_tokenizer.encode(x, half=False)
     assert torch.equal(composite, s1 + s2 * 16)
-    y = tiny_tokenizer.decode((s1, s2))
+    y = tiny_tokenizer.decode((s1, s2), half=True)
     assert y.shape == (3, 11, 6) and y.dtype == torch.float32
     torch.testing.assert_close(tiny_tokenizer.decode(composite, half=False), y, rtol=0, atol=0)
 
 
 def test_encoder_and_decoder_are_causal(tiny_tokenizer):
     x = torch.randn(2, 12, 6)
-    s1, s2 = tiny_tokenizer.encode(x)
-    p1, p2 = tiny_tokenizer.encode(x[:, :7])
+    s1, s2 = tiny_tokenizer.encode(x, half=True)
+    p1, p2 = tiny_tokenizer.encode(x[:, :7], half=True)
     assert torch.equal(p1, s1[:, :7]) and torch.equal(p2, s2[:, :7])
-    torch.testing.assert_close(tiny_tokenizer.decode((s1[:, :7], s2[:, :7])),
-                               tiny_tokenizer.decode((s1, s2))[:, :7])
+    torch.testing.assert_close(tiny_tokenizer.decode((s1[:, :7], s2[:, :7]), half=True),
+                               tiny_tokenizer.decode((s1, s2), half=True)[:, :7])
 
 
 def test_bits_are_read_lsb_first_and_zero_is_bit_zero(tiny_tokenizer_config):
@@ -116,15 +116,15 @@ def test_bits_are_read_lsb_first_and_zero_is_bit_zero(tiny_tokenizer_config):
     with torch.no_grad():
         tok.quant_embed.weight.zero_()
         tok.quant_embed.bias.copy_(signs)
-    s1, s2 = tok.encode(torch.randn(1, 3, 6))
+    s1, s2 = tok.encode(torch.randn(1, 3, 6), half=True)
     assert s1.tolist() == [[1, 1, 1]] and s2.tolist() == [[2, 2, 2]]
     with torch.no_grad():
         tok.quant_embed.bias.zero_()  # u == 0 everywhere -> every bit is 0
-    assert [t.tolist() for t in tok.encode(torch.randn(1, 2, 6))] == [[[0, 0]], [[0, 0]]]
+    assert [t.tolist() for t in tok.encode(torch.randn(1, 2, 6), half=True)] == [[[0, 0]], [[0, 0]]]
 
     seen = {}
     tok.post_quant_embed.register_forward_hook(lambda m, inp, out: seen.update(q=inp[0]))
-    tok.decode((torch.tensor([[1]]), torch.tensor([[2]])))
+    tok.decode((torch.tensor([[1]]), torch.tensor([[2]])), half=True)
     torch.testing.assert_close(seen["q"][0, 0], signs / math.sqrt(8))
 
 
@@ -158,7 +158,7 @@ def test_training_forward_and_bsq_loss_against_float64(tiny_tokenizer):
     (z_pre, z_full), loss, quantized, z_indices = tok(x)
     assert z_pre.shape == z_full.shape == (4, 9, 6)
     assert quantized.shape == (4, 9, 8) and z_indices.shape == (4, 9)
-    s1, s2 = tok.encode(x)
+    s1, s2 = tok.encode(x, half=True)
     assert torch.equal(z_indices, s1 + 16 * s2)
 
     v = captured["v"].double().reshape(-1, 8).numpy()
@@ -184,6 +184,6 @@ def test_eager_and_sdpa_agree(tiny_tokenizer_dir):
     sdpa = KronosTokenizer.from_pretrained(tiny_tokenizer_dir)
     eager = KronosTokenizer.from_pretrained(tiny_tokenizer_dir, attn_impl="eager")
     assert eager.encoder[0].self_attn.attn_impl == "eager"
-    ids = sdpa.encode(x)
-    assert all(torch.equal(a, b) for a, b in zip(ids, eager.encode(x)))
-    torch.testing.assert_close(sdpa.decode(ids), eager.decode(ids), rtol=1e-5, atol=1e-6)
+    ids = sdpa.encode(x, half=True)
+    assert all(torch.equal(a, b) for a, b in zip(ids, eager.encode(x, half=True)))
+    torch.testing.assert_close(sdpa.decode(ids, half=True), eager.decode(ids, half=True), rtol=1e-5, atol=1e-6)

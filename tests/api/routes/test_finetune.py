@@ -103,7 +103,7 @@ SMALL = sample_bars(2, 30).to_csv(index=False).encode()
     ({"max_seconds": 10**6}, None, "max_seconds"),  # beyond KRONOS_FINETUNE_SOFT_TIME_LIMIT
     ({"learning_rate": 1e-3}, None, "request.learning_rate"),  # a typo is an error, not ignored
     ({"batch_size": 2, "accumulation_steps": 4}, None, "accumulation_steps"),
-    ({"lookback": 60, "predict_window": 10}, None, "lookback"),  # beyond the tiny model's context 64
+    ({"lookback": 10, "predict_window": 70}, None, "predict_window"),  # a horizon beyond the tiny model's context 64
     ({}, SMALL, "file"),  # too little data for one window
     ({"validation_split": 0.05}, sample_bars(1, 300).to_csv(index=False).encode(), "validation_split"),
     ({}, b"", "file"),
@@ -152,3 +152,18 @@ def test_retire_a_finetuned_model(client, db: Session):
     assert client.get("/v1/models/ft-x").json()["retired_at"] is not None  # still readable
     assert client.delete("/v1/models/kronos-small").status_code == 409
     assert client.delete("/v1/models/ft-none").status_code == 404
+
+
+def test_separate_checkpoint_directories_and_long_windows(client, checkpoint, csv_bytes):
+    """Upstream's layout (one directory per half) and its windows beyond the context, with a warning."""
+    base = Path(checkpoint)
+    (base / "model" / "kronos-jobs.json").write_text('{"max_context": 64}')  # the predictor's context length
+    request = {"model": str(base / "model"), "tokenizer": str(base / "tokenizer"), "device": "cpu",
+               **PARAMS, "lookback": 60, "predict_window": 10, "validation_split": 0.3}
+    response = post(client, request, csv_bytes)
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["params"]["tokenizer"] == str(base / "tokenizer")
+    assert any("70 tokens per training window exceeds the model's context length 64" in w for w in job["warnings"])
+    outside = post(client, {**request, "tokenizer": "/etc"}, csv_bytes)
+    assert outside.status_code == 422 and outside.json()["error"]["details"][0]["field"] == "tokenizer"
