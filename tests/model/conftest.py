@@ -14,6 +14,22 @@ import torch
 # The build machine has 2 shared cores; tiny configs do not gain from more threads.
 torch.set_num_threads(1)
 
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _kernel_cache_in_a_temp_dir(tmp_path_factory):
+    """Predictors keep their CPU kernel choices under $XDG_CACHE_HOME; tests keep theirs out of ~/.cache."""
+    import os
+
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
+
 TINY_TOKENIZER_CONFIG = dict(
     d_in=6, d_model=32, n_heads=4, ff_dim=48, n_enc_layers=3, n_dec_layers=3,
     ffn_dropout_p=0.0, attn_dropout_p=0.0, resid_dropout_p=0.0, s1_bits=4, s2_bits=4,
