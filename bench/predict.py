@@ -10,8 +10,8 @@ What is measured
     slides) and 512 (every step slides, so every step is a full-window recompute for any exact
     decoder). Finally the pandas pre/post-processing share of a call at batch 32.
 
-    With ``--dtypes fp32,bf16`` (CUDA only for bf16/fp16, which set the predictor's
-    ``autocast_dtype``) each setting is also timed in reduced precision, and the two extra columns
+    With ``--dtypes fp32,bf16`` (bf16/fp16 set the predictor's ``autocast_dtype``: CUDA, or bf16 on a
+    CPU with AVX-512 BF16 or AMX, the approximate CPU mode) each setting is also timed in reduced precision, and the two extra columns
     give that forecast's deviation from the float32 forecast of the same inputs in the same run:
     mean |close - fp32 close| over the mean |fp32 close| in percent ("vs fp32 %", the issue's
     "within 1% of fp32" target), and the same mean difference in units of each series' context
@@ -74,7 +74,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from model.kernels import KERNEL_CHOICES, cpu_model  # noqa: E402
+from model.kernels import KERNEL_CHOICES, cpu_model, native_bf16_reason  # noqa: E402
 from model.predictor import KronosPredictor  # noqa: E402
 from model.tokenizer import TOKENIZER_CONFIGS, KronosTokenizer  # noqa: E402
 from model.transformer import KRONOS_CONFIGS, Kronos  # noqa: E402
@@ -253,15 +253,18 @@ def dtype_name(predictor) -> str:
 
 
 def measure(predictor, reference, dfs, xts, yts, P, max_context: int, run_oracle: bool,
-            oracle_run: tuple | None = None) -> tuple[dict, list, tuple | None]:
+            oracle_run: tuple | None = None, repeats: int = 1) -> tuple[dict, list, tuple | None]:
     """One table row: time ``predictor``; the oracle (float32) or the fp32 ``reference`` forecast to compare.
 
-    ``oracle_run`` reuses an earlier oracle run of the same inputs (output, seconds, CPU seconds, MiB),
+    Ours is the median of ``repeats`` warm calls (wall and CPU seconds each). ``oracle_run`` reuses an earlier oracle run of the same inputs (output, seconds, CPU seconds, MiB),
     which is returned either way.
     """
     device, (B, L) = predictor.device, (len(dfs), len(dfs[0]))
-    ours, t_ours, c_ours, m_ours = timed(lambda: predictor.predict_batch(dfs, xts, yts, P, top_k=1), device)
-    row = {"lookback": L, "batch": B, "ours_s": t_ours, "ours_cpu_s": c_ours,
+    runs = [timed(lambda: predictor.predict_batch(dfs, xts, yts, P, top_k=1), device) for _ in range(repeats)]
+    ours = runs[0][0]
+    t_ours, c_ours = statistics.median(r[1] for r in runs), statistics.median(r[2] for r in runs)
+    m_ours = max(r[3] for r in runs)
+    row = {"lookback": L, "batch": B, "ours_s": t_ours, "ours_cpu_s": c_ours, "ours_runs_s": [r[1] for r in runs],
            "ours_series_steps_per_s": B * P / t_ours, "oracle_cpu_s": None, "cpu_ratio": None,
            "ours_peak_mib": m_ours, "oracle_s": None, "oracle_series_steps_per_s": None, "ratio": None,
            "oracle_peak_mib": None, "identical": None, "max_abs_diff": None,
@@ -307,6 +310,8 @@ def main() -> None:
     ap.add_argument("--kernels", type=kernel_names, default=None,
                     help="comma list of auto, addmm, onednn: the CPU matrix-kernel paths timed (cpu_kernel); "
                          "default auto,addmm,onednn on a CPU, auto elsewhere")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="warm calls of ours per row; the table shows their median (the oracle runs once)")
     ap.add_argument("--first-call", action="store_true",
                     help="only time a fresh process's first call against its warm calls (first lookback, batch "
                          "and kernel), with and without the constructor's warm-up, then exit")
@@ -331,10 +336,13 @@ def main() -> None:
                                 max_batch_size=max(args.batches))
     device = predictor.device
     reduced = [name for name in dtypes if DTYPES[name] is not None]
-    if (reduced or args.cuda_graphs) and device.type != "cuda":
+    cpu_bf16 = device.type == "cpu" and reduced == ["bf16"]  # approximate CPU mode, native bf16 only
+    if (reduced and not cpu_bf16 or args.cuda_graphs) and device.type != "cuda":
         what = "--cuda-graphs" if args.cuda_graphs else f"--dtypes {','.join(reduced)}"
-        ap.error(f"{what} needs a CUDA device; the device is {device}"
-                 + (f" ({predictor.device_warning})" if predictor.device_warning else ""))
+        ap.error(f"{what} needs a CUDA device{' (bf16 alone may run on a CPU)' if reduced else ''}; "
+                 f"the device is {device}" + (f" ({predictor.device_warning})" if predictor.device_warning else ""))
+    if cpu_bf16 and native_bf16_reason():
+        ap.error(f"--dtypes bf16 on a CPU needs native bfloat16: {native_bf16_reason()}")
     # fp32 with the default kernel choice is always built: the pandas row and the reference of the
     # reduced-precision rows. Forced kernels are CPU float32 paths, timed next to it.
     predictors = {("fp32", False, "auto"): predictor} | {
@@ -386,7 +394,7 @@ def main() -> None:
                     fp32 = predictor.predict_batch(dfs, xts, yts, P, top_k=1)
                 row, out, oracle_run = measure(pred, fp32, dfs, xts, yts, P, args.max_context,
                                                run_oracle=name == "fp32" and B in args.oracle_batches,
-                                               oracle_run=oracle_run)
+                                               oracle_run=oracle_run, repeats=max(1, args.repeats))
                 fp32 = out if (name, graphs, kernel) == ("fp32", False, "auto") else fp32
                 rows.append(row)
                 line = (f"{L:>8} {B:>5} {row['ours_s']:>8.3f} {row['ours_series_steps_per_s']:>14.1f} "
