@@ -352,20 +352,21 @@ class KronosPredictor:
     def warm_up(self) -> float:
         """One greedy forecast of a synthetic series through the whole path; returns its seconds.
 
-        The context is ``max_context - 1`` bars and the forecast 3 steps, so the window is
-        prefilled, grows by one cached step and then slides once: every kernel, row regime and the
-        largest window buffers are built and allocated once here. ``last_timings`` and
-        ``last_decode_info`` are left as they were.
+        One series of ``max_context - 1`` bars forecast 3 steps: the window is prefilled, grows by
+        one cached step and then slides once, so the one-row and window-length kernels run and the
+        largest window buffers are allocated. Then two series of a few bars, for the few-row
+        kernels of batched steps. ``last_timings`` and ``last_decode_info`` are left as they were.
         """
         started = time.perf_counter()
         timings, info = self.last_timings, self.last_decode_info
-        L, P = max(1, self.max_context - 1), min(3, self.max_context)
-        ts = pd.date_range("2024-01-02 09:30", periods=L + P, freq="5min")
-        wave = 10.0 + np.sin(np.arange(L) / 7.0)
-        df = pd.DataFrame({"open": wave, "high": wave + 0.1, "low": wave - 0.1, "close": wave,
-                           "volume": 1000.0 + 100 * np.cos(np.arange(L) / 5.0)})
-        df["amount"] = df["volume"] * df["close"]
-        self.predict_batch([df], [ts[:L]], [ts[L:]], P, top_k=1, seed=0)
+        M = self.max_context
+        for n_series, L, P in ((1, max(1, M - 1), min(3, M)), (2, max(1, min(8, M - 1)), min(2, M))):
+            ts = pd.date_range("2024-01-02 09:30", periods=L + P, freq="5min")
+            wave = 10.0 + np.sin(np.arange(L) / 7.0)
+            df = pd.DataFrame({"open": wave, "high": wave + 0.1, "low": wave - 0.1, "close": wave,
+                               "volume": 1000.0 + 100 * np.cos(np.arange(L) / 5.0)})
+            df["amount"] = df["volume"] * df["close"]
+            self.predict_batch([df] * n_series, [ts[:L]] * n_series, [ts[L:]] * n_series, P, top_k=1, seed=0)
         self.last_timings, self.last_decode_info = timings, info
         self.warm_up_seconds = time.perf_counter() - started
         return self.warm_up_seconds
