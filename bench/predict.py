@@ -10,14 +10,24 @@ What is measured
     slides) and 512 (every step slides, so every step is a full-window recompute for any exact
     decoder). Finally the pandas pre/post-processing share of a call at batch 32.
 
-    With ``--dtypes fp32,bf16`` (CUDA only for bf16/fp16, which set the predictor's
-    ``autocast_dtype``) each setting is also timed in reduced precision, and the two extra columns
+    With ``--dtypes fp32,bf16`` (bf16/fp16 set the predictor's ``autocast_dtype``: CUDA, or bf16 on a
+    CPU with AVX-512 BF16 or AMX, the approximate CPU mode) each setting is also timed in reduced precision, and the two extra columns
     give that forecast's deviation from the float32 forecast of the same inputs in the same run:
     mean |close - fp32 close| over the mean |fp32 close| in percent ("vs fp32 %", the issue's
     "within 1% of fp32" target), and the same mean difference in units of each series' context
     standard deviation of close ("vs fp32 sd", which price levels do not hide). Reduced precision is
     not exact: a near-tie can flip a token and the paths then drift apart. The oracle runs in
     float32 only, so it is compared with the float32 rows.
+
+    On a CPU every setting is timed once per matrix-kernel path (``--kernels``, default
+    ``auto,addmm,onednn``: the predictor's ``cpu_kernel``), so the measured choice ("auto", whose
+    kernels per weight shape are printed in the header) stands next to each forced path, with the
+    oracle run of the same inputs shared by all of them. The header names the CPU model.
+
+    ``--first-call`` measures something else and exits: in a fresh subprocess, the seconds to build
+    the predictor (with its warm-up), its first ``predict_batch`` and then warm calls of the same
+    inputs, once with the constructor's warm-up and once without; the first/warm ratio is the
+    issue's "first call costs at most 20% more" target.
 
     With ``--cuda-graphs`` (CUDA only) each dtype is also timed with ``cuda_graphs=True`` (the
     "graph" column): the growth steps replay one captured CUDA graph. The oracle run of the same
@@ -33,6 +43,7 @@ How to run
     python bench/predict.py --batches 1 --lookbacks 392 --oracle-batches 1 --pred-len 30
     python bench/predict.py --device cuda --batches 1,64,256 --oracle-batches 1
     python bench/predict.py --device cuda --batches 1,64,256 --oracle-batches 1,64 --dtypes fp32,bf16 --cuda-graphs
+    python bench/predict.py --first-call --lookbacks 392 --batches 1
 
 The oracle is slow (about 0.15 s per step per series on 2 CPU threads), so ``--oracle-batches``
 limits where it runs; rows without an oracle show no ratio. "cpu ratio" compares process CPU
@@ -54,7 +65,8 @@ sys.path.insert(0, str(ROOT))
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 
@@ -63,6 +75,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from kronos_jobs.testing.oracle import oracle_predict_batch  # noqa: E402  (the one copy of the oracle)
+from model.kernels import KERNEL_CHOICES, cpu_model, native_bf16_reason  # noqa: E402
 from model.predictor import KronosPredictor  # noqa: E402
 from model.tokenizer import TOKENIZER_CONFIGS, KronosTokenizer  # noqa: E402
 from model.transformer import KRONOS_CONFIGS, Kronos  # noqa: E402
@@ -172,24 +185,91 @@ def close_deviation(got, ref, dfs) -> tuple[float, float]:
     return float(100 * np.mean(diff) / level), float(np.mean([d.mean() / s for d, s in zip(diff, sd)]))
 
 
+def kernel_names(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [n for n in names if n not in KERNEL_CHOICES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(KERNEL_CHOICES)}, got {text!r}")
+    return sorted(set(names), key=list(KERNEL_CHOICES).index)  # auto first: the predictor's default
+
+
+def describe_kernels(info: dict) -> str:
+    """One line: the chosen kernel per weight shape and row regime (one / few / many rows)."""
+    shapes = "; ".join(f"{shape} {'/'.join(plan[b] for b in ('one', 'few', 'many'))}"
+                       for shape, plan in info.get("by_shape", {}).items())
+    return (f"{info.get('kernel')} ({info.get('source')}, requested {info.get('requested')})"
+            + (f": {shapes}" if shapes else ""))
+
+
+def first_call(args) -> dict:
+    """In this (fresh) process: build a predictor, time its first call and warm calls of the same inputs."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model = Kronos(KRONOS_CONFIGS[args.model])
+    tokenizer = KronosTokenizer(TOKENIZER_CONFIGS[TOKENIZER_FOR[args.model]])
+    dfs, xts, yts = make_series(args.batches[0], args.lookbacks[0], args.pred_len, seed=args.seed)
+    t0 = time.perf_counter()
+    predictor = KronosPredictor(model, tokenizer, device=args.device, max_context=args.max_context,
+                                warm_up=not args.no_warm_up, cpu_kernel=args.kernels[0])
+    build = time.perf_counter() - t0
+    calls = []
+    for _ in range(4):  # the first call, then three warm ones
+        _, seconds, cpu_seconds, _ = timed(lambda: predictor.predict_batch(dfs, xts, yts, args.pred_len, top_k=1),
+                                           predictor.device)
+        calls.append((seconds, cpu_seconds))
+    warm, warm_cpu = statistics.median(c[0] for c in calls[1:]), statistics.median(c[1] for c in calls[1:])
+    return {"warm_up_at_build": not args.no_warm_up, "build_s": build, "warm_up_s": predictor.warm_up_seconds,
+            "first_s": calls[0][0], "warm_s": warm, "ratio": calls[0][0] / warm,
+            "first_cpu_s": calls[0][1], "warm_cpu_s": warm_cpu, "cpu_ratio": calls[0][1] / warm_cpu,
+            "kernel": predictor.kernel_info.get("kernel")}
+
+
+def run_first_call(args, argv: list[str]) -> None:
+    """``--first-call``: one fresh subprocess with the constructor's warm-up and one without, side by side."""
+    L, B, P = args.lookbacks[0], args.batches[0], args.pred_len
+    print(f"# first call vs warm calls in a fresh process: Kronos-{args.model} (random weights), lookback {L}, "
+          f"batch {B}, pred_len {P}, greedy, {args.threads} threads, device {args.device} ({cpu_model()}), "
+          f"torch {torch.__version__}, cpu_kernel {args.kernels[0]}")
+    print(f"{'warm-up at build':>16} {'build s':>8} {'first s':>8} {'warm s':>7} {'first/warm':>10} "
+          f"{'cpu first/warm':>14}")
+    results = []
+    for no_warm_up in (False, True):
+        cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--first-call-child"]
+        cmd += ["--no-warm-up"] if no_warm_up else []
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode:
+            sys.exit(f"first-call child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        results.append(r)
+        print(f"{'yes' if r['warm_up_at_build'] else 'no':>16} {r['build_s']:>8.2f} {r['first_s']:>8.3f} "
+              f"{r['warm_s']:>7.3f} {r['ratio']:>9.2f}x {r['cpu_ratio']:>13.2f}x", flush=True)
+    print(json.dumps({"bench": "predict-first-call", "model": args.model, "cpu": cpu_model(), "lookback": L,
+                      "batch": B, "pred_len": P, "threads": args.threads, "torch": torch.__version__,
+                      "runs": results}, separators=(",", ":")))
+
+
 def dtype_name(predictor) -> str:
     return next(name for name, dtype in DTYPES.items() if dtype == predictor.autocast_dtype)
 
 
 def measure(predictor, reference, dfs, xts, yts, P, max_context: int, run_oracle: bool,
-            oracle_run: tuple | None = None) -> tuple[dict, list, tuple | None]:
+            oracle_run: tuple | None = None, repeats: int = 1) -> tuple[dict, list, tuple | None]:
     """One table row: time ``predictor``; the oracle (float32) or the fp32 ``reference`` forecast to compare.
 
-    ``oracle_run`` reuses an earlier oracle run of the same inputs (output, seconds, CPU seconds, MiB),
+    Ours is the median of ``repeats`` warm calls (wall and CPU seconds each). ``oracle_run`` reuses an earlier oracle run of the same inputs (output, seconds, CPU seconds, MiB),
     which is returned either way.
     """
     device, (B, L) = predictor.device, (len(dfs), len(dfs[0]))
-    ours, t_ours, c_ours, m_ours = timed(lambda: predictor.predict_batch(dfs, xts, yts, P, top_k=1), device)
-    row = {"lookback": L, "batch": B, "ours_s": t_ours, "ours_cpu_s": c_ours,
+    runs = [timed(lambda: predictor.predict_batch(dfs, xts, yts, P, top_k=1), device) for _ in range(repeats)]
+    ours = runs[0][0]
+    t_ours, c_ours = statistics.median(r[1] for r in runs), statistics.median(r[2] for r in runs)
+    m_ours = max(r[3] for r in runs)
+    row = {"lookback": L, "batch": B, "ours_s": t_ours, "ours_cpu_s": c_ours, "ours_runs_s": [r[1] for r in runs],
            "ours_series_steps_per_s": B * P / t_ours, "oracle_cpu_s": None, "cpu_ratio": None,
            "ours_peak_mib": m_ours, "oracle_s": None, "oracle_series_steps_per_s": None, "ratio": None,
            "oracle_peak_mib": None, "identical": None, "max_abs_diff": None,
            "dtype": dtype_name(predictor), "cuda_graphs": predictor.cuda_graphs,
+           "kernel_requested": predictor.kernel_info.get("requested"), "kernel": predictor.kernel_info.get("kernel"),
            "close_err_pct": None, "close_err_sd": None}
     if run_oracle:
         if oracle_run is None:
@@ -227,8 +307,26 @@ def main() -> None:
     ap.add_argument("--cuda-graphs", action="store_true",
                     help="CUDA only: also time each dtype with cuda_graphs=True (rows marked 'graph'; the "
                          "oracle run of the same inputs is reused)")
+    ap.add_argument("--kernels", type=kernel_names, default=None,
+                    help="comma list of auto, addmm, onednn: the CPU matrix-kernel paths timed (cpu_kernel); "
+                         "default auto,addmm,onednn on a CPU, auto elsewhere")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="warm calls of ours per row; the table shows their median (the oracle runs once)")
+    ap.add_argument("--first-call", action="store_true",
+                    help="only time a fresh process's first call against its warm calls (first lookback, batch "
+                         "and kernel), with and without the constructor's warm-up, then exit")
+    ap.add_argument("--first-call-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no-warm-up", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     dtypes = args.dtypes or ["fp32"]
+    on_cpu = torch.device(args.device).type == "cpu"
+    args.kernels = args.kernels or (["auto", "addmm", "onednn"] if on_cpu else ["auto"])
+    if args.first_call_child:
+        print(json.dumps(first_call(args)))
+        return
+    if args.first_call:
+        run_first_call(args, [a for a in sys.argv[1:] if a != "--first-call"])
+        return
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -238,31 +336,38 @@ def main() -> None:
                                 max_batch_size=max(args.batches))
     device = predictor.device
     reduced = [name for name in dtypes if DTYPES[name] is not None]
-    if (reduced or args.cuda_graphs) and device.type != "cuda":
+    cpu_bf16 = device.type == "cpu" and reduced == ["bf16"]  # approximate CPU mode, native bf16 only
+    if (reduced and not cpu_bf16 or args.cuda_graphs) and device.type != "cuda":
         what = "--cuda-graphs" if args.cuda_graphs else f"--dtypes {','.join(reduced)}"
-        ap.error(f"{what} needs a CUDA device; the device is {device}"
-                 + (f" ({predictor.device_warning})" if predictor.device_warning else ""))
-    # fp32 is always built: the pandas row and the reference of the reduced-precision rows.
-    predictors = {("fp32", False): predictor} | {
-        (name, graphs): KronosPredictor(model, tokenizer, device=device, max_context=args.max_context,
-                                        max_batch_size=max(args.batches), autocast_dtype=DTYPES[name],
-                                        cuda_graphs=graphs)
+        ap.error(f"{what} needs a CUDA device{' (bf16 alone may run on a CPU)' if reduced else ''}; "
+                 f"the device is {device}" + (f" ({predictor.device_warning})" if predictor.device_warning else ""))
+    if cpu_bf16 and native_bf16_reason():
+        ap.error(f"--dtypes bf16 on a CPU needs native bfloat16: {native_bf16_reason()}")
+    # fp32 with the default kernel choice is always built: the pandas row and the reference of the
+    # reduced-precision rows. Forced kernels are CPU float32 paths, timed next to it.
+    predictors = {("fp32", False, "auto"): predictor} | {
+        (name, graphs, kernel): KronosPredictor(model, tokenizer, device=device, max_context=args.max_context,
+                                                max_batch_size=max(args.batches), autocast_dtype=DTYPES[name],
+                                                cuda_graphs=graphs, cpu_kernel=kernel)
         for name in dtypes for graphs in ((False, True) if args.cuda_graphs else (False,))
-        if (name, graphs) != ("fp32", False)}
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+        for kernel in (args.kernels if name == "fp32" and not graphs else ["auto"])
+        if (name, graphs, kernel) != ("fp32", False, "auto")}
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     P = args.pred_len
     print(f"# Kronos-{args.model} (random weights), tokenizer {TOKENIZER_FOR[args.model]}, "
           f"{'float32' if args.dtypes is None else 'dtypes ' + ','.join(dtypes)}"
           f"{', CUDA graphs too' if args.cuda_graphs else ''}, greedy top_k=1, "
           f"pred_len {P}, max_context {args.max_context}, device {device} ({card}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
+    if device.type == "cpu":
+        print(f"# kernel choice (auto), per weight shape one/few/many rows: {describe_kernels(predictor.kernel_info)}")
 
     # Warm-up: first calls pay for allocations and lazy initialisation. A full-size window (not a
     # short one) matters: the first 512-token call grows the allocator's arenas, which made whichever
     # lookback ran first look ~1.6x slower for the oracle.
     dfs, xts, yts = make_series(1, min(max(args.lookbacks), args.max_context), 4)
     for pred in predictors.values():
-        pred.predict_batch(dfs, xts, yts, 4, top_k=1)
+        pred.predict_batch(dfs, xts, yts, 4, top_k=1)  # the constructors warmed up; this is the bench's own
     oracle_predict_batch(tokenizer, model, dfs, xts, yts, 4, max_context=args.max_context, top_k=1,
                          device=str(device))
 
@@ -271,6 +376,9 @@ def main() -> None:
     extra_columns = args.dtypes is not None or args.cuda_graphs
     if extra_columns:  # new columns go last, so the default table is unchanged
         header += f" {'dtype':>5} {'graph':>5} {'vs fp32 %':>9} {'vs fp32 sd':>10}"
+    kernel_columns = args.kernels != ["auto"]
+    if kernel_columns:
+        header += f" {'path':>6} {'kernel':>6}"
     print(header)
     print("-" * len(header))
     rows = []
@@ -279,15 +387,15 @@ def main() -> None:
         for B in batches:
             dfs, xts, yts = make_series(B, L, P, seed=args.seed + L)
             fp32 = oracle_run = None  # the eager fp32 forecast and the oracle run of these inputs, once computed
-            for (name, graphs), pred in predictors.items():
-                if name not in dtypes:  # the fp32 reference predictor when only reduced dtypes are asked for
+            for (name, graphs, kernel), pred in predictors.items():
+                if name not in dtypes or kernel not in args.kernels:  # the reference when not asked for itself
                     continue
-                if (name, graphs) != ("fp32", False) and fp32 is None:  # reference not timed: compute it untimed
+                if name != "fp32" and fp32 is None:  # reference not timed: compute it untimed
                     fp32 = predictor.predict_batch(dfs, xts, yts, P, top_k=1)
                 row, out, oracle_run = measure(pred, fp32, dfs, xts, yts, P, args.max_context,
                                                run_oracle=name == "fp32" and B in args.oracle_batches,
-                                               oracle_run=oracle_run)
-                fp32 = out if (name, graphs) == ("fp32", False) else fp32
+                                               oracle_run=oracle_run, repeats=max(1, args.repeats))
+                fp32 = out if (name, graphs, kernel) == ("fp32", False, "auto") else fp32
                 rows.append(row)
                 line = (f"{L:>8} {B:>5} {row['ours_s']:>8.3f} {row['ours_series_steps_per_s']:>14.1f} "
                         f"{_fmt(row['oracle_s'], '.3f'):>9} {_fmt(row['oracle_series_steps_per_s'], '.1f'):>11} "
@@ -297,6 +405,8 @@ def main() -> None:
                 if extra_columns:
                     line += (f" {name:>5} {'yes' if graphs else 'no':>5} {_fmt(row['close_err_pct'], '.3f', '%'):>9} "
                              f"{_fmt(row['close_err_sd'], '.3f'):>10}")
+                if kernel_columns:
+                    line += f" {kernel:>6} {row['kernel']:>6}"
                 print(line, flush=True)
 
     pandas_cost = None
@@ -311,6 +421,7 @@ def main() -> None:
               f"({(pandas_cost['prepare_s'] + pandas_cost['postprocess_s']) / total:.1%} of the call)")
 
     print(json.dumps({"bench": "predict", "model": args.model, "device": str(device), "card": card,
+                      "kernel_choice": predictor.kernel_info,
                       "threads": torch.get_num_threads(), "torch": torch.__version__, "pred_len": P,
                       "max_context": args.max_context, "dtypes": dtypes, "rows": rows, "pandas": pandas_cost},
                      separators=(",", ":")))

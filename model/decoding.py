@@ -87,9 +87,10 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 class PackedKronos:
     """Inference-only view of a ``Kronos`` with its weights packed for decoding.
 
-    * Every matrix is a ``Dense`` (model/dense.py): oneDNN with a pre-packed weight on x86 CPUs,
-      which runs the small-row GEMMs of decoding 3-5x and window recomputes ~2x faster than the
-      default BLAS path; elsewhere a transposed copy for ``torch.addmm``.
+    * Every matrix is a ``Dense`` (model/dense.py) whose kernel per row regime (oneDNN with a
+      pre-packed weight, or ``torch.addmm`` over a transposed copy) comes from ``kernels``: a
+      callable ``(out_features, in_features, has_bias) -> plan`` (``KernelPlanner.plan``, which
+      measures them on this CPU), one kernel name for all, or None for ``Dense``'s default.
     * q/k/v and w1/w3 are fused, so each block makes four matrix calls (larger GEMMs also run
       faster on the full-window recomputes) and the Python work per block stays small.
     * The maths is the modules' (same formulas, same order of additions); only kernels differ, so
@@ -98,9 +99,10 @@ class PackedKronos:
     Build once per (weights, device, dtype); ``key(model, ...)`` tells when to rebuild.
     """
 
-    def __init__(self, model, dtype: torch.dtype | None = None):
+    def __init__(self, model, dtype: torch.dtype | None = None, kernels=None):
         def lin(w, bias=None):
-            return Dense(w, bias, dtype)
+            plan = kernels((w.shape[0], w.shape[1], bias is not None)) if callable(kernels) else kernels
+            return Dense(w, bias, dtype, kernels=plan)
 
         def b(x):
             return x.detach().to(dtype or x.dtype)

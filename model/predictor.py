@@ -12,7 +12,11 @@ checks, normalisation, the decoding loop with its key/value cache, sampling and 
 * all series and samples of a call share one batched loop (series of different context lengths are
   grouped by length), sampling stays on the device and draws from one ``torch.Generator`` per call;
 * on CUDA, a chunk that runs out of memory is retried with half the rows, and later calls start
-  from the smaller size (``KronosPredictor._decode``; reported in ``last_decode_info``).
+  from the smaller size (``KronosPredictor._decode``; reported in ``last_decode_info``);
+* on a CPU, the matrix kernel of every weight shape and row regime is the fastest one measured on
+  this machine that agrees with float64 (model/kernels.py), and the constructor warms the whole
+  path up (packing, kernel choice, first allocations), so a process's first forecast costs what
+  later ones do.
 
 The low-level loop lives in ``model/decoding.py``; this module is the user-facing API.
 """
@@ -32,6 +36,7 @@ import torch
 
 from .decoding import PackedKronos, generate
 from .device import DeviceName, resolve_device
+from .kernels import KernelPlanner, native_bf16_reason
 
 logger = logging.getLogger(__name__)
 
@@ -143,13 +148,25 @@ class KronosPredictor:
     clip : float
         Clip of the normalised inputs.
     autocast_dtype : torch.dtype, optional
-        CUDA only, opt-in: run the modules under ``torch.autocast`` with bfloat16/float16. Faster,
-        but **not exact**: tokens can differ from the float32 reference.
+        Opt-in and **approximate**: run the modules under ``torch.autocast`` with bfloat16/float16.
+        Faster, but tokens can differ from the float32 reference. On CUDA bfloat16 or float16; on a
+        CPU bfloat16 only, and only where the CPU multiplies it natively (AVX-512 BF16 or AMX):
+        elsewhere torch emulates it more slowly than float32, so asking for it is a ``ValueError``.
     max_batch_size : int
         Default number of rows (series x samples) decoded together; bounds the cache memory.
     cuda_graphs : bool
         CUDA only, opt-in: replay each call's one-token steps as one captured CUDA graph
         (model/step_graph.py) instead of launching every kernel; same maths as the default path.
+    cpu_kernel : str
+        Float32 matrix kernel on a CPU: ``auto`` (measured per weight shape and row regime, see
+        model/kernels.py), ``addmm`` or ``onednn`` (forced, nothing measured). Ignored on other
+        devices, which always use ``torch.addmm``.
+    kernel_cache_dir : path, optional
+        Where ``auto`` keeps its measurements (default ``model.kernels.default_cache_dir()``, under
+        ``$XDG_CACHE_HOME``); ``False`` keeps none and measures in every process.
+    warm_up : bool
+        Run one short greedy forecast at construction (packing, kernel choice, first allocations
+        and lazy initialisation happen here, not in the first real call).
 
     Attributes
     ----------
@@ -169,12 +186,21 @@ class KronosPredictor:
     last_decode_info : dict
         Chunking of the last call: ``requested_rows_per_chunk`` (the argument or ``max_batch_size``),
         ``rows_per_chunk`` (the limit in force when the call ended) and ``oom_retries`` (chunks
-        retried after an out-of-memory error); also set when the call gave up.
+        retried after an out-of-memory error); also set when the call gave up. Plus ``kernel``, a
+        copy of ``kernel_info``.
+    kernel_info : dict
+        How matrices are computed: ``precision`` (``fp32`` or ``approximate-bf16``/``-fp16``),
+        ``requested`` and chosen ``kernel`` (``addmm``, ``onednn`` or ``mixed``), ``source``
+        (measured / disk cache / forced / the device), ``cpu``, ``threads`` and ``by_shape``
+        (weight ``outxin`` -> row regime -> kernel). Filled when the weights are first packed.
+    warm_up_seconds : float
+        Time the construction's warm-up took (0.0 without one).
     """
 
     def __init__(self, model, tokenizer, device="auto", max_context: int = 512, clip: float = 5.0,
                  autocast_dtype: torch.dtype | None = None, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, cpu_kernel: str = "auto", kernel_cache_dir=None,
+                 warm_up: bool = True):
         resolved, self.device_warning = resolve_device(device)
         self.device = DeviceName(resolved)
         if self.device_warning:
@@ -186,8 +212,15 @@ class KronosPredictor:
         if autocast_dtype is not None:
             if autocast_dtype not in AUTOCAST_DTYPES:
                 raise ValueError(f"autocast_dtype must be one of {AUTOCAST_DTYPES} or None, got {autocast_dtype}")
-            if self.device.type != "cuda":
-                raise ValueError(f"autocast_dtype is CUDA-only; the device is {self.device}")
+            if self.device.type == "cpu":
+                if autocast_dtype != torch.bfloat16:
+                    raise ValueError(f"autocast_dtype on a CPU must be torch.bfloat16, got {autocast_dtype}")
+                reason = native_bf16_reason()
+                if reason:
+                    raise ValueError(f"autocast_dtype bfloat16 on a CPU needs native bfloat16 support: {reason}; "
+                                     "it would be slower than float32 here. Use float32 (autocast_dtype=None).")
+            elif self.device.type != "cuda":
+                raise ValueError(f"autocast_dtype needs a CUDA device or a CPU; the device is {self.device}")
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs is CUDA-only; the device is {self.device}")
         self.cuda_graphs = bool(cuda_graphs)
@@ -200,9 +233,15 @@ class KronosPredictor:
         self.oom_backoff = self.device.type == "cuda"
         self.oom_rows_cap: int | None = None
         self.last_timings: dict[str, float] = {}
-        self.last_decode_info: dict[str, int] = {}
+        self.last_decode_info: dict = {}
         self._packed: PackedKronos | None = None
         self._packed_key: tuple | None = None
+        # Validates cpu_kernel on every device; only a float32 CPU predictor plans with it.
+        self._planner = KernelPlanner(cpu_kernel, window_rows=self.max_context, cache_dir=kernel_cache_dir)
+        self.kernel_info: dict = {}
+        self.warm_up_seconds = 0.0
+        if warm_up:
+            self.warm_up()
 
     @classmethod
     def from_pretrained(cls, model_name_or_dir, tokenizer_name_or_dir, device="auto", max_context: int = 512,
@@ -210,7 +249,8 @@ class KronosPredictor:
                         cache_dir=None, **kwargs) -> "KronosPredictor":
         """Load both checkpoints (hub ids or local directories) and build a predictor.
 
-        ``kwargs`` go to the constructor (``clip``, ``autocast_dtype``, ``max_batch_size``, ``cuda_graphs``).
+        ``kwargs`` go to the constructor (``clip``, ``autocast_dtype``, ``max_batch_size``, ``cuda_graphs``,
+        ``cpu_kernel``, ``kernel_cache_dir``, ``warm_up``).
         """
         from .tokenizer import KronosTokenizer
         from .transformer import Kronos
@@ -342,6 +382,28 @@ class KronosPredictor:
                                           self.clip, T, top_k, top_p, sample_count, verbose)
         return preds[:, -pred_len:, :]
 
+    def warm_up(self) -> float:
+        """One greedy forecast of a synthetic series through the whole path; returns its seconds.
+
+        One series of ``max_context - 1`` bars forecast 3 steps: the window is prefilled, grows by
+        one cached step and then slides once, so the one-row and window-length kernels run and the
+        largest window buffers are allocated. Then two series of a few bars, for the few-row
+        kernels of batched steps. ``last_timings`` and ``last_decode_info`` are left as they were.
+        """
+        started = time.perf_counter()
+        timings, info = self.last_timings, self.last_decode_info
+        M = self.max_context
+        for n_series, L, P in ((1, max(1, M - 1), min(3, M)), (2, max(1, min(8, M - 1)), min(2, M))):
+            ts = pd.date_range("2024-01-02 09:30", periods=L + P, freq="5min")
+            wave = 10.0 + np.sin(np.arange(L) / 7.0)
+            df = pd.DataFrame({"open": wave, "high": wave + 0.1, "low": wave - 0.1, "close": wave,
+                               "volume": 1000.0 + 100 * np.cos(np.arange(L) / 5.0)})
+            df["amount"] = df["volume"] * df["close"]
+            self.predict_batch([df] * n_series, [ts[:L]] * n_series, [ts[L:]] * n_series, P, top_k=1, seed=0)
+        self.last_timings, self.last_decode_info = timings, info
+        self.warm_up_seconds = time.perf_counter() - started
+        return self.warm_up_seconds
+
     # ---- decoding -----------------------------------------------------------------------------
 
     def _check_pred_len(self, pred_len) -> int:
@@ -357,8 +419,10 @@ class KronosPredictor:
         On a CUDA out-of-memory error the chunk is retried with half the rows
         (``_generate_or_back_off``); the smaller size holds for the rest of the call and later calls.
         """
+        self._packed_model()  # kernel_info is complete from here on
         info = self.last_decode_info = {"requested_rows_per_chunk": rows,
-                                        "rows_per_chunk": min(rows, self.oom_rows_cap or rows), "oom_retries": 0}
+                                        "rows_per_chunk": min(rows, self.oom_rows_cap or rows), "oom_retries": 0,
+                                        "kernel": dict(self.kernel_info)}
         out: list[np.ndarray | None] = [None] * len(series)
         by_len: dict[int, list[int]] = {}
         for i, s in enumerate(series):
@@ -430,9 +494,19 @@ class KronosPredictor:
         """The decoding copy of the weights, rebuilt only when a parameter changed (e.g. fine-tuning)."""
         key = PackedKronos.key(self.model, self.device, self.autocast_dtype)
         if key != self._packed_key:
+            measured = self.device.type == "cpu" and self.autocast_dtype is None
             with torch.no_grad():
-                self._packed = PackedKronos(self.model, self.autocast_dtype)
+                self._packed = PackedKronos(self.model, self.autocast_dtype,
+                                            kernels=self._planner.plan if measured else "addmm")
+            self._planner.flush()
             self._packed_key = key
+            precision = "fp32" if self.autocast_dtype is None else \
+                f"approximate-{'bf16' if self.autocast_dtype == torch.bfloat16 else 'fp16'}"
+            if measured:
+                self.kernel_info = {"precision": precision, **self._planner.info()}
+            else:  # CUDA, MPS or reduced precision: torch.addmm in the weights' dtype, nothing chosen
+                self.kernel_info = {"precision": precision, "requested": self._planner.requested,
+                                    "kernel": "addmm", "source": f"fixed ({self.device.type}, {precision})"}
         return self._packed
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
@@ -441,7 +515,7 @@ class KronosPredictor:
     def _autocast(self):
         if self.autocast_dtype is None:
             return torch.autocast(device_type=self.device.type, enabled=False)
-        return torch.autocast(device_type="cuda", dtype=self.autocast_dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
 
 def _progress(verbose: bool, total: int, desc: str):

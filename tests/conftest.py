@@ -28,6 +28,18 @@ from kronos_jobs.testing.services import TEST_DATABASE_URL_ENV, require_service
 # --- settings --------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _kernel_cache_in_a_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Predictors cache CPU kernel choices under $XDG_CACHE_HOME; tests (and the workers they start) keep theirs out of ~/.cache."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
+
 @pytest.fixture(autouse=True)
 def _hermetic_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A developer's exported KRONOS_* variables must not change test outcomes (test URLs stay)."""

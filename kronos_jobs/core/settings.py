@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(2, ge=1, description="Models kept per worker process (LRU by model, device, dtype).")
     max_batch_size: int = Field(64, ge=1, description="Series per predict_batch chunk; bounds memory.")
     autocast_dtype: Literal["none", "bf16", "fp16"] = Field("none", description="Opt-in reduced precision on CUDA workers.")
+    cpu_kernel: Literal["auto", "addmm", "onednn"] = Field(
+        "auto", description="Float32 matrix kernel of CPU workers: auto (the fastest measured on this CPU that agrees "
+                            "with float64, kept under $XDG_CACHE_HOME/kronos/kernels), or force addmm / onednn.")
+    cpu_precision: Literal["fp32", "approximate-bf16"] = Field(
+        "fp32", description="CPU workers' arithmetic; approximate-bf16 is opt-in, needs AVX-512 BF16 or AMX (jobs fail "
+                            "with the reason elsewhere) and may change forecasts slightly.")
 
     # --- reliability ---------------------------------------------------------------------------
     forecast_soft_time_limit: int = Field(3_600, ge=1, description="Seconds before a forecast task gets SoftTimeLimitExceeded.")

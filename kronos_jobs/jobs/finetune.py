@@ -329,7 +329,8 @@ def train_pair(params: FinetuneParams, bars: pd.DataFrame, spec: ModelSpec, *, w
         base_model, base_tokenizer = load_pair(spec, settings)
         tuned = local_spec(str(final_dir), final_dir)  # our own output, not a client's path
         tuned_model, tuned_tokenizer = load_pair(tuned, settings)
-        predictors = {name: KronosPredictor(m, t, device=device, max_context=spec.max_context)
+        predictors = {name: KronosPredictor(m, t, device=device, max_context=spec.max_context,
+                                            cpu_kernel=settings.cpu_kernel)
                       for name, (m, t) in {"base": (base_model, base_tokenizer),
                                            "finetuned": (tuned_model, tuned_tokenizer)}.items()}
         evaluation = evaluate(predictors, windows, params.predict_window)

@@ -128,6 +128,9 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
     meta.update(spec.metadata())
     meta.update(model_checksum=entry.model_checksum, tokenizer_checksum=entry.tokenizer_checksum,
                 dtype=entry.dtype, model_cached=cached)
+    # Which matrix kernels and arithmetic computed this forecast ("approximate-bf16" when opted in).
+    kernel = dict(getattr(entry.predictor, "kernel_info", None) or {})
+    meta.update(precision=kernel.get("precision", "fp32"), kernel=kernel)
     model_load_seconds = 0.0 if cached else entry.load_seconds
 
     # --- chunks -----------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ Loading happens in the worker child on the first task that needs a model — nev
 Each process holds at most `settings.model_cache_size` predictors; the least recently used one is
 dropped first. A cached predictor keeps the smaller chunk size it learned from a CUDA out-of-memory
 error (`KronosPredictor.oom_rows_cap`) for the jobs after it; `clear()` forgets it with the predictor.
+A load includes the predictor's warm-up (CPU kernel choice, packing, first allocations), so the
+first job on a model runs as fast as later ones and the load time in its metadata shows the cost.
 """
 
 from __future__ import annotations
@@ -95,7 +97,8 @@ def get_predictor(spec: ModelSpec, device: str, settings: Settings) -> tuple[Loa
     """The cached predictor for (spec, device, dtype), loading it on a miss; returns (entry, was_cached)."""
     from model.predictor import KronosPredictor
 
-    dtype = settings.autocast_dtype if device.startswith("cuda") else "none"
+    dtype = settings.autocast_dtype if device.startswith("cuda") else \
+        "bf16" if device == "cpu" and settings.cpu_precision == "approximate-bf16" else "none"
     key = (spec.key, device, dtype)
     with _lock:  # one load at a time per process; a second caller waits and then hits the cache
         entry = _cache.get(key)
@@ -104,8 +107,12 @@ def get_predictor(spec: ModelSpec, device: str, settings: Settings) -> tuple[Loa
             return entry, True
         started = time.perf_counter()
         model, tokenizer = load_pair(spec, settings)
-        predictor = KronosPredictor(model, tokenizer, device=device, max_context=spec.max_context,
-                                    autocast_dtype=AUTOCAST_DTYPES[dtype])
+        try:  # builds the decoding weights, chooses the CPU kernels and warms up: the first job runs warm
+            predictor = KronosPredictor(model, tokenizer, device=device, max_context=spec.max_context,
+                                        autocast_dtype=AUTOCAST_DTYPES[dtype], cpu_kernel=settings.cpu_kernel)
+        except ValueError as exc:  # e.g. approximate bf16 asked for on a CPU without native support
+            setting = "KRONOS_CPU_PRECISION" if device == "cpu" and dtype != "none" else "the worker's settings"
+            raise ModelUnavailable(f"cannot build a predictor for {spec.name!r} on {device} with {setting}: {exc}") from exc
         entry = LoadedModel(predictor=predictor, spec=spec, device=str(predictor.device), dtype=dtype,
                             load_seconds=time.perf_counter() - started,
                             model_checksum=getattr(model, "checksum", None),

@@ -36,6 +36,8 @@ ENVIRONMENT: dict[str, tuple[str, object]] = {
     "model_cache_size": ("5", 5),
     "max_batch_size": ("8", 8),
     "autocast_dtype": ("bf16", "bf16"),
+    "cpu_kernel": ("addmm", "addmm"),
+    "cpu_precision": ("approximate-bf16", "approximate-bf16"),
     "forecast_soft_time_limit": ("100", 100),
     "forecast_time_limit": ("5000", 5000),
     "finetune_soft_time_limit": ("1000", 1000),
@@ -124,7 +126,8 @@ def test_invalid_combinations_name_the_variable(monkeypatch, environment, named)
 
 
 @pytest.mark.parametrize("field, raw", [("api_port", "70000"), ("worker_concurrency", "0"),
-                                        ("autocast_dtype", "fp8"), ("heartbeat_seconds", "-1")])
+                                        ("autocast_dtype", "fp8"), ("heartbeat_seconds", "-1"),
+                                        ("cpu_kernel", "mkl"), ("cpu_precision", "bf16")])
 def test_out_of_range_values_are_refused(monkeypatch, field, raw):
     monkeypatch.setenv(env_name(field), raw)
     with pytest.raises(ValidationError) as err:

@@ -37,6 +37,11 @@ class OomAbove:
         return REAL_GENERATE(model, tokenizer, x, *args, sample_count=sample_count, generator=generator, **kwargs)
 
 
+def chunking(info: dict) -> dict:
+    """The chunking part of ``last_decode_info`` (it also carries ``kernel``, tested in test_kernels.py)."""
+    return {k: info[k] for k in ("requested_rows_per_chunk", "rows_per_chunk", "oom_retries")}
+
+
 @pytest.fixture
 def cuda_cache(monkeypatch):
     calls = []
@@ -59,7 +64,7 @@ def test_greedy_output_equals_a_run_without_oom(monkeypatch, caplog, cuda_cache,
     dfs, xts, yts = batch(lengths, 4)
     pred = backing_off_predictor()
     want = pred.predict_batch(dfs, xts, yts, 4, top_k=1, sample_count=S)
-    assert pred.last_decode_info == {"requested_rows_per_chunk": 64, "rows_per_chunk": 64, "oom_retries": 0}
+    assert chunking(pred.last_decode_info) == {"requested_rows_per_chunk": 64, "rows_per_chunk": 64, "oom_retries": 0}
 
     fake = OomAbove(limit)
     monkeypatch.setattr(predictor_module, "generate", fake)
@@ -67,7 +72,7 @@ def test_greedy_output_equals_a_run_without_oom(monkeypatch, caplog, cuda_cache,
         got = pred.predict_batch(dfs, xts, yts, 4, top_k=1, sample_count=S)
 
     assert_frames_equal(got, want)
-    assert pred.last_decode_info == {"requested_rows_per_chunk": 64, "rows_per_chunk": rows, "oom_retries": retries}
+    assert chunking(pred.last_decode_info) == {"requested_rows_per_chunk": 64, "rows_per_chunk": rows, "oom_retries": retries}
     assert pred.oom_rows_cap == rows and len(fake.raised) == retries
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == retries  # one line per back-off, with the old and new sizes
@@ -86,7 +91,7 @@ def test_later_calls_start_from_the_learned_cap(monkeypatch):
 
     fake.rows.clear()
     pred.predict_batch(dfs, xts, yts, 4, top_k=1, sample_count=2)
-    assert pred.last_decode_info == {"requested_rows_per_chunk": 64, "rows_per_chunk": 3, "oom_retries": 0}
+    assert chunking(pred.last_decode_info) == {"requested_rows_per_chunk": 64, "rows_per_chunk": 3, "oom_retries": 0}
     assert max(fake.rows) <= 3 and len(fake.raised) == 1  # only the first call failed
     pred.predict_batch(dfs, xts, yts, 4, top_k=1, sample_count=2, max_batch_size=2)  # a smaller request wins
     assert pred.last_decode_info["rows_per_chunk"] == 2 and pred.oom_rows_cap == 3
@@ -100,7 +105,7 @@ def test_retried_chunk_redraws_from_where_it_started(monkeypatch):
     want = pred.predict(df, xt, yt, 4, sample_count=8, seed=3, return_samples=True, max_batch_size=2)
     monkeypatch.setattr(predictor_module, "generate", OomAbove(2))
     got = pred.predict(df, xt, yt, 4, sample_count=8, seed=3, return_samples=True)
-    assert pred.last_decode_info == {"requested_rows_per_chunk": 64, "rows_per_chunk": 2, "oom_retries": 2}
+    assert chunking(pred.last_decode_info) == {"requested_rows_per_chunk": 64, "rows_per_chunk": 2, "oom_retries": 2}
     np.testing.assert_allclose(got.samples, want.samples, rtol=1e-5, atol=1e-6)
 
 
@@ -112,7 +117,7 @@ def test_one_row_that_does_not_fit_reraises_the_original_error(monkeypatch, cuda
     with pytest.raises(torch.OutOfMemoryError) as info:
         pred.predict(df, xt, yt, 4, sample_count=4, seed=0)
     assert info.value is fake.raised[-1] and fake.rows == [4, 2, 1]
-    assert pred.last_decode_info == {"requested_rows_per_chunk": 64, "rows_per_chunk": 1, "oom_retries": 2}
+    assert chunking(pred.last_decode_info) == {"requested_rows_per_chunk": 64, "rows_per_chunk": 1, "oom_retries": 2}
     assert cuda_cache == []
 
 

@@ -205,7 +205,9 @@ def test_batch_errors_name_the_series_and_lists():
         pred.predict_batch([dfs[0], bad], xts, yts, 3)
 
 
-def test_constructor_checks_and_autocast_is_cuda_only():
+def test_constructor_checks_and_autocast_needs_cuda_or_native_cpu_bf16(monkeypatch):
+    # CPU bfloat16 needs AVX-512 BF16 or AMX (tests/model/test_kernels.py); this CPU is told it has neither.
+    monkeypatch.setattr("model.predictor.native_bf16_reason", lambda: "no native bfloat16 (test)")
     model, tokenizer = make_modules(MINI_LIKE)
     with pytest.raises(ValueError, match="autocast_dtype"):
         KronosPredictor(model, tokenizer, device="cpu", autocast_dtype=torch.bfloat16)
