@@ -54,7 +54,7 @@ def test_decode_info_is_in_the_metadata(job_settings, tiny_checkpoint, monkeypat
 def test_a_forced_cpu_kernel_is_used_and_recorded(job_settings, tiny_checkpoint, fresh_model_cache):  # noqa: F811
     settings = job_settings.model_copy(update={"cpu_kernel": "addmm"})
     job_id = submit(settings, tiny_checkpoint, make_bars({"AAA": 40}))
-    assert run_forecast_job(job_id, settings=settings) is JobState.SUCCEEDED
+    assert run_forecast_job(job_id, settings=settings, identity=worker_identity(settings)) is JobState.SUCCEEDED
     kernel = load(settings, job_id)[0].execution_metadata["kernel"]
     assert kernel["requested"] == "addmm" and kernel["kernel"] == "addmm" and kernel["source"] == "forced"
     assert set(kernel["by_shape"]) and all(set(plan.values()) == {"addmm"} for plan in kernel["by_shape"].values())
@@ -65,7 +65,7 @@ def test_approximate_bf16_without_native_support_fails_the_job_naming_the_settin
     monkeypatch.setattr(predictor_module, "native_bf16_reason", lambda: "the CPU (test) has neither AVX-512 BF16 nor AMX")
     settings = job_settings.model_copy(update={"cpu_precision": "approximate-bf16"})
     job_id = submit(settings, tiny_checkpoint, make_bars({"AAA": 40}))
-    assert run_forecast_job(job_id, settings=settings) is JobState.FAILED
+    assert run_forecast_job(job_id, settings=settings, identity=worker_identity(settings)) is JobState.FAILED
     job = load(settings, job_id)[0]
     assert job.error["code"] == "model_unavailable"
     assert "KRONOS_CPU_PRECISION" in job.error["message"] and "AVX-512 BF16" in job.error["message"]
@@ -76,7 +76,7 @@ def test_approximate_bf16_with_native_support_is_named_approximate(
     monkeypatch.setattr(predictor_module, "native_bf16_reason", lambda: None)  # as on a CPU with AMX
     settings = job_settings.model_copy(update={"cpu_precision": "approximate-bf16"})
     job_id = submit(settings, tiny_checkpoint, make_bars({"AAA": 40}))
-    assert run_forecast_job(job_id, settings=settings) is JobState.SUCCEEDED
+    assert run_forecast_job(job_id, settings=settings, identity=worker_identity(settings)) is JobState.SUCCEEDED
     meta = load(settings, job_id)[0].execution_metadata
     assert meta["precision"] == "approximate-bf16" and meta["dtype"] == "bf16"
     assert meta["kernel"]["precision"] == "approximate-bf16"

@@ -15,8 +15,8 @@ from model import kernels
 from model.dense import Dense, onednn_usable
 from model.kernels import KernelCache, KernelPlanner, cache_key
 from model.predictor import KronosPredictor
-from tests.model.oracle import oracle_predict_batch
-from tests.model.test_predictor import MINI_LIKE, M, assert_frames_equal, batch, make_modules
+from kronos_jobs.testing.oracle import oracle_predict_batch
+from kronos_jobs.testing.tiny import MINI_LIKE, M, assert_frames_equal, batch, make_modules
 
 pytestmark = pytest.mark.skipif(not onednn_usable(), reason="the choice needs both kernels (a oneDNN build)")
 
