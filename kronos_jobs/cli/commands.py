@@ -432,8 +432,8 @@ def _finetune_local(ctx: click.Context, params: dict[str, Any], data: bytes, fil
     """
     from kronos_jobs.core.errors import InvalidRequest
     from kronos_jobs.inputs.parsing import parse_upload
-    from kronos_jobs.jobs.finetune import run_local
     from kronos_jobs.jobs.registry import local_model_dir
+    from kronos_jobs.jobs.training import run_local
 
     settings = _settings(ctx)
     params.setdefault("model", settings.default_model)

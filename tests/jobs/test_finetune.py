@@ -15,16 +15,11 @@ from kronos_jobs.core.names import DEFAULT_TENANT, JobState
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import models as model_crud
 from kronos_jobs.db.session import session_scope
-from kronos_jobs.jobs.finetune import (
-    FINAL_DIR,
-    artifacts_dir,
-    model_id_for,
-    run_finetune_job,
-    verify_artifact,
-)
+from kronos_jobs.jobs.finetune import artifacts_dir, model_id_for, run_finetune_job
 from kronos_jobs.jobs.finetune_submit import FinetuneParams, check_data, submit_finetune, validate_params, window_warnings
 from kronos_jobs.jobs.forecast import run_forecast_job
 from kronos_jobs.jobs.submit import submit_forecast
+from kronos_jobs.jobs.training import FINAL_DIR, verify_artifact
 from kronos_jobs.testing.factories import TINY_FINETUNE, make_bars, worker_identity
 from kronos_jobs.testing.factories import load_job as load
 from kronos_jobs.testing.factories import submit_finetune_job as submit
@@ -217,7 +212,7 @@ def test_the_reconciler_resends_finetunes_as_finetunes():
 
 def test_amp_is_asked_for_and_used_only_on_cuda(tiny_checkpoint, bars, tmp_path):
     from kronos_jobs.core.settings import Settings
-    from kronos_jobs.jobs.finetune import loop_config, run_local
+    from kronos_jobs.jobs.training import loop_config, run_local
 
     params = FinetuneParams.from_value({"model": str(tiny_checkpoint), **TINY_FINETUNE, "train": "tokenizer",
                                         "max_steps": 2, "eval_windows": 2})

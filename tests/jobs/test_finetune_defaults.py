@@ -8,8 +8,8 @@ from __future__ import annotations
 import dataclasses
 
 from api.schemas import FinetuneParamsIn
-from kronos_jobs.jobs.finetune import JOB_LEVEL_FIELDS, loop_config
 from kronos_jobs.jobs.finetune_submit import FinetuneParams
+from kronos_jobs.jobs.training import JOB_LEVEL_FIELDS, loop_config
 from model.finetune import FinetuneConfig
 
 
