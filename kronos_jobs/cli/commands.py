@@ -424,7 +424,7 @@ def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
 def _finetune_local(ctx: click.Context, params: dict[str, Any], data: bytes, filename: str, device: str,
                     out_dir: Path | None, *, extra_model_dirs: Sequence[Path] = (),
                     upstream_dirs: dict[str, Path] | None = None) -> None:
-    """The same training as a worker's (kronos_jobs.jobs.finetune.train_pair), in this process.
+    """The same training as a worker's (kronos_jobs.jobs.training.train_pair), in this process.
 
     The checkpoint directories the config file names are trusted as model roots here (it is the
     user's own process); `upstream_dirs` (phase -> upstream's best_model directory) get a copy of
