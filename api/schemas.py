@@ -269,7 +269,8 @@ class WorkersPublic(BaseModel):
 
 class ModelPublic(BaseModel):
     id: str
-    kind: str = Field(description="published | finetuned")
+    kind: str = Field(description="published | random | local | finetuned")
+    label: str | None = Field(None, description='"random weights" for random:* models and for models fine-tuned from them.')
     base_model: str | None = None
     model_repo: str | None = None
     model_revision: str | None = None

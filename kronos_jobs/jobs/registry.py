@@ -178,7 +178,52 @@ def finetuned_spec(name: str, session: "Session", tenant_id: str) -> ModelSpec:
     if not row.artifact_path:
         raise _unknown(name, "has no artifact to load")
     spec = local_spec(name, Path(row.artifact_path))
-    return dataclasses.replace(spec, source="finetuned", checksum=row.checksum, max_context=row.max_context)
+    label = RANDOM_WEIGHTS_LABEL if from_random_weights(row, session, tenant_id) else None
+    return dataclasses.replace(spec, source="finetuned", checksum=row.checksum, max_context=row.max_context,
+                               label=label)
+
+
+def from_random_weights(row: Any, session: "Session", tenant_id: str) -> bool:
+    """Whether a fine-tuned model descends from `random:*` weights, through any chain of fine-tunes:
+    training on real bars does not make random initial weights a published model."""
+    from kronos_jobs.crud import models as model_crud
+
+    seen: set[str] = set()
+    while row is not None and row.id not in seen:
+        seen.add(row.id)
+        base = row.base_model or ""
+        if base.startswith(RANDOM_PREFIX):
+            return True
+        if not base or base in PUBLISHED_MODELS:
+            return False
+        try:
+            row = model_crud.get_model(session, tenant_id=tenant_id, model_id=base)
+        except NotFound:  # a local checkpoint directory, or a model since deleted
+            return False
+    return False
+
+
+def local_model_names(roots: Sequence[Path], depth: int = 2) -> list[str]:
+    """Checkpoint directories (holding model/ and tokenizer/) under `roots`, named relative to their
+    root as a job may name them; at most `depth` levels deep, so a large tree is not walked."""
+    names: list[str] = []
+    for root in roots:
+        root = Path(root)
+        level = [root] if root.is_dir() else []
+        for _ in range(depth):
+            children = []
+            for folder in level:
+                try:
+                    entries = sorted(p for p in folder.iterdir() if p.is_dir())
+                except OSError:
+                    continue
+                for entry in entries:
+                    if all((entry / sub / "config.json").is_file() for sub in (LOCAL_MODEL_SUBDIR, LOCAL_TOKENIZER_SUBDIR)):
+                        names.append(entry.relative_to(root).as_posix())
+                    else:
+                        children.append(entry)
+            level = children
+    return sorted(set(names))
 
 
 def resolve_model(name: str, session: "Session | None" = None, *, tenant_id: str = DEFAULT_TENANT,

@@ -34,7 +34,7 @@ def test_submit_csv_then_status(cli, tmp_path: Path) -> None:
     path = tmp_path / "bars.csv"
     path.write_bytes(make_csv(n_symbols=2))
     submitted = cli("submit", str(path), "--model", "random:mini", "--pred-len", "4", "--freq", "5min",
-                    "--quantiles", "0.1,0.9", "--seed", "3", "--idempotency-key", "abc")
+                    "--quantiles", "0.1,0.9", "--sample-count", "2", "--seed", "3", "--idempotency-key", "abc")
     assert submitted.exit_code == 0, submitted.output
     job_id = submitted.stdout.strip()
     assert len(job_id) == 32
@@ -44,7 +44,7 @@ def test_submit_csv_then_status(cli, tmp_path: Path) -> None:
     assert job["params"]["sampling"]["seed"] == 3 and job["params"]["source"] == "csv"
     assert "queued" in cli("status", job_id).stdout
     assert cli("submit", str(path), "--model", "random:mini", "--pred-len", "4", "--freq", "5min",
-               "--quantiles", "0.1,0.9", "--seed", "3", "--idempotency-key", "abc").stdout.strip() == job_id
+               "--quantiles", "0.1,0.9", "--sample-count", "2", "--seed", "3", "--idempotency-key", "abc").stdout.strip() == job_id
 
 
 def test_submit_json_request_with_overrides(cli, tmp_path: Path) -> None:
