@@ -27,6 +27,7 @@ from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import results as result_crud
 from kronos_jobs.inputs.parsing import BarsInput, parse_inline_series, parse_upload
 from kronos_jobs.inputs.store import read_store_input
+from kronos_jobs.jobs.registry import provenance
 from kronos_jobs.jobs.submit import submit_forecast
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -155,10 +156,11 @@ def read_job_result(
             details=[{"field": "state", "message": f"job is {job.state}"}],
         )
     rows = result_crud.read_forecasts(session, job_id=job.id)
+    made_by = provenance(job.execution_metadata, job.model)
     if format is ResultFormat.JSON:
         return ResultPublic(job_id=job.id, state=job.state, columns=list(rows.columns), rows=json_rows(rows),
-                            errors=job.symbol_errors or [])
-    return file_response(rows, format, job.id)
+                            errors=job.symbol_errors or [], model=made_by)
+    return file_response(rows, format, job.id, made_by)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=ERRORS)

@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     schedule_batch_symbols: int = Field(250, ge=1, description="Symbols per forecast job when a schedule run fans out.")
     scheduler_interval: float = Field(5.0, gt=0, description="Seconds between the beat's reads of the schedules table.")
 
+    # --- looking at the service: client, progress, worker metrics (issue 12) -------------------
+    api_key: str | None = Field(None, description="API key the CLI and the Python client send as `Authorization: Bearer <key>`.")
+    progress_write_seconds: float = Field(1.0, gt=0, description="Least seconds between a forecast's progress writes within a chunk.")
+    worker_metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Port where each worker serves Prometheus metrics of all its processes; none when unset.")
+
     @field_validator("device")
     @classmethod
     def _device_form(cls, value: str) -> str:

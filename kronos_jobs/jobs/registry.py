@@ -107,6 +107,24 @@ class ModelSpec:
         return meta
 
 
+def provenance(metadata: dict[str, Any] | None, model: str) -> dict[str, str | None]:
+    """Which model and checkpoint produced a job's rows, for every output format to carry.
+
+    `checkpoint` is the hub repo@revision or directory the weights came from ("random weights" for
+    random:* models, which have no checkpoint); `label` is "random weights" where that is true."""
+    meta = metadata or {}
+    path, revision = meta.get("model_path"), meta.get("model_revision")
+    if meta.get("model_source") == "random" or (model.startswith(RANDOM_PREFIX) and not path):
+        checkpoint = RANDOM_WEIGHTS_LABEL
+    elif path:
+        checkpoint = f"{path}@{revision}" if revision else str(path)
+    else:
+        checkpoint = None  # the job never loaded a model (failed or cancelled before)
+    label = meta.get("label") or (RANDOM_WEIGHTS_LABEL if model.startswith(RANDOM_PREFIX) else None)
+    return {"model": meta.get("model") or model, "source": meta.get("model_source"), "checkpoint": checkpoint,
+            "checksum": meta.get("model_checksum"), "label": label}
+
+
 def model_choices() -> list[str]:
     return [*PUBLISHED_MODELS, *RANDOM_MODELS, "<directory with model/ and tokenizer/ under KRONOS_MODEL_DIRS>", "<fine-tuned model id>"]
 

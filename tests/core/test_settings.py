@@ -51,6 +51,9 @@ ENVIRONMENT: dict[str, tuple[str, object]] = {
     "log_level": ("DEBUG", "DEBUG"),
     "schedule_batch_symbols": ("100", 100),
     "scheduler_interval": ("1.5", 1.5),
+    "api_key": ("k-123", "k-123"),
+    "progress_write_seconds": ("0.25", 0.25),
+    "worker_metrics_port": ("9101", 9101),
 }
 
 

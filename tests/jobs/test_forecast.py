@@ -118,6 +118,59 @@ def test_cancel_while_running(job_settings, tiny_checkpoint, monkeypatch, symbol
     assert job.progress_done == progress_done and job.error["code"] == "cancelled"
 
 
+def test_progress_moves_within_a_chunk(job_settings, tiny_checkpoint, monkeypatch):
+    """Decode steps are written as progress.detail while a chunk runs, not only at its end."""
+    settings = job_settings.model_copy(update={"max_batch_size": 8, "progress_write_seconds": 1e-9})
+    job_id = submit(settings, tiny_checkpoint, make_bars({"A": 30, "B": 30, "C": 30}))  # one chunk of three
+    writes, real = [], job_crud.update_progress
+
+    def recording(session, **kwargs):
+        writes.append((kwargs["done"], dict(kwargs.get("detail") or {})))
+        return real(session, **kwargs)
+
+    monkeypatch.setattr(job_crud, "update_progress", recording)
+    assert run_forecast_job(job_id, settings=settings, identity=worker_identity(settings)) is JobState.SUCCEEDED
+    total = 3 * 4  # symbols x pred_len
+    steps = [detail["series_steps_done"] for _, detail in writes]
+    assert writes and all(done == 0 for done, _ in writes)  # no symbol finished yet: the chunk is still running
+    assert all(detail["series_steps_total"] == total for _, detail in writes)
+    assert steps == sorted(steps) and 0 < steps[0] and steps[-1] < total
+    job, _ = load(settings, job_id)
+    assert (job.progress_done, job.progress_total) == (3, 3)
+    assert job.execution_metadata["series_steps"] == total
+
+
+def test_cancel_seen_while_a_chunk_decodes(job_settings, tiny_checkpoint, monkeypatch):
+    """A cancel stops the decoding loop at the next progress write, not after the whole chunk."""
+    settings = job_settings.model_copy(update={"max_batch_size": 8, "progress_write_seconds": 1e-9})
+    job_id = submit(settings, tiny_checkpoint, make_bars({"A": 30, "B": 30}))
+    real = model_cache.get_predictor
+    seen = {}
+
+    class CancelThenDecode:
+        def __init__(self, predictor):
+            self.predictor = predictor
+
+        def predict_batch(self, *args, **kwargs):
+            with session_scope(settings) as session:
+                job_crud.request_cancel(session, tenant_id=DEFAULT_TENANT, job_id=job_id)
+            try:
+                return self.predictor.predict_batch(*args, **kwargs)
+            except Exception as exc:
+                seen["raised"], seen["steps"] = type(exc).__name__, self.predictor.last_decode_info
+                raise
+
+    def patched(spec, device, s):
+        entry, cached = real(spec, device, s)
+        return type(entry)(**{**entry.__dict__, "predictor": CancelThenDecode(entry.predictor)}), cached
+
+    monkeypatch.setattr(model_cache, "get_predictor", patched)
+    assert run_forecast_job(job_id, settings=settings, identity=worker_identity(settings)) is JobState.CANCELLED
+    job, rows = load(settings, job_id)
+    assert seen["raised"] == "JobCancelled"  # raised inside predict_batch, mid-chunk
+    assert job.state == "cancelled" and rows.empty
+
+
 def test_queued_cancel_never_starts(job_settings, tiny_checkpoint):
     job_id = submit(job_settings, tiny_checkpoint, make_bars({"A": 30}))
     with session_scope(job_settings) as session:
