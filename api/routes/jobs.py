@@ -20,7 +20,8 @@ from api.schemas import (
 )
 from api.tables import FILE_RESPONSES, ResultFormat, file_response, json_rows
 from api.uploads import Upload, read_json_or_upload, upload_body_doc
-from kronos_jobs.core.errors import Conflict
+from kronos_jobs.charts.forecast import CHART_FORMATS, ChartFormat, chart_timezone, chart_title, forecast_chart
+from kronos_jobs.core.errors import Conflict, NotFound
 from kronos_jobs.core.names import JobKind, JobState
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.crud import jobs as job_crud
@@ -161,6 +162,35 @@ def read_job_result(
         return ResultPublic(job_id=job.id, state=job.state, columns=list(rows.columns), rows=json_rows(rows),
                             errors=job.symbol_errors or [], model=made_by)
     return file_response(rows, format, job.id, made_by)
+
+
+@router.get("/{job_id}/chart", responses={**ERRORS, 200: {"content": {"image/png": {}, "image/svg+xml": {}}}})
+def read_job_chart(
+    job_id: JobId,
+    session: SessionDep,
+    caller: CallerDep,
+    symbol: Annotated[str | None, Query(max_length=64, description="Default: the job's first symbol with rows.")] = None,
+    format: ChartFormat = ChartFormat.PNG,  # noqa: A002 - the query parameter's public name
+) -> Response:
+    """Draw a finished forecast job: history candlesticks, the forecast close and its quantile band."""
+    job = job_crud.get_job(session, tenant_id=caller.tenant_id, job_id=job_id)
+    if job.kind != JobKind.FORECAST.value or not JobState(job.state).is_terminal:
+        what = f"is a {job.kind} job" if job.kind != JobKind.FORECAST.value else f"is {job.state}"
+        raise Conflict(f"job {job.id} {what}; charts are drawn for finished forecast jobs",
+                       details=[{"field": "kind" if job.kind != JobKind.FORECAST.value else "state", "message": what}])
+    rows = result_crud.read_forecasts(session, job_id=job.id)
+    symbols = list(dict.fromkeys(rows["symbol"]))
+    if not symbols:
+        raise Conflict(f"job {job.id} ({job.state}) has no forecast rows to draw",
+                       details=[{"field": "state", "message": f"job is {job.state} without rows"}])
+    symbol = symbols[0] if symbol is None else symbol
+    if symbol not in symbols:
+        raise NotFound(f"job {job.id} has no forecast rows for symbol {symbol!r}; it has {', '.join(symbols[:20])}",
+                       details=[{"field": "symbol", "message": f"not among the job's symbols: {symbol!r}"}])
+    bars, _ = result_crud.load_job_input(session, job_id=job.id)
+    image = forecast_chart(bars, rows, symbol=symbol, fmt=format, timezone=chart_timezone(job.params),
+                           title=chart_title(symbol, provenance(job.execution_metadata, job.model), job.state))
+    return Response(image, media_type=CHART_FORMATS[format])
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=ERRORS)
