@@ -12,6 +12,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import register_error_handlers
@@ -62,6 +64,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK_BYTES)
     for module in (jobs, finetune, series, schedules, forecasts, workers, models, health):
         app.include_router(module.router)
+    # HTTP request metrics per app, in their own registry: /metrics serves them after the database's.
+    app.state.http_metrics = CollectorRegistry(auto_describe=True)
+    Instrumentator(registry=app.state.http_metrics, excluded_handlers=["/metrics"]).instrument(
+        app, latency_lowr_buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30))
     for route in app.routes:
         # A handler's one-line docstring is its OpenAPI summary (the name alone says less).
         doc = (getattr(getattr(route, "endpoint", None), "__doc__", None) or "").strip()

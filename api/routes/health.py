@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -22,7 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from sqlalchemy import text
 
 from api.deps import SettingsDep
-from kronos_jobs.core.names import JobKind, JobState, Pool
+from kronos_jobs.core.names import JobKind, JobState, Pool, Queue
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import workers as worker_crud
@@ -99,16 +99,25 @@ class _ScrapeCollector:
     """The gauges of one scrape, read from the database just before; a fresh registry per scrape,
     so the API process keeps no metric state of its own (several API processes agree)."""
 
-    def __init__(self, counts: dict[tuple[str, str], int], live: list[Any], up: int):
+    def __init__(self, counts: dict[tuple[str, str, str], int], live: list[Any], up: int):
         self.counts, self.live, self.up = counts, live, up
 
     def collect(self):
         yield GaugeMetricFamily("kronos_jobs_database_up", "1 if the database answered this scrape.", value=self.up)
-        jobs = GaugeMetricFamily("kronos_jobs_jobs", "Jobs by kind and state.", labels=["kind", "state"])
+        jobs = GaugeMetricFamily("kronos_jobs_jobs", "Jobs by kind, state and queue.", labels=["kind", "state", "queue"])
+        queues = sorted({q.value for q in Queue} | {queue for _, _, queue in self.counts})
         for kind in JobKind:
             for state in JobState:
-                jobs.add_metric([kind.value, state.value], self.counts.get((kind.value, state.value), 0))
+                for queue in queues:
+                    if queue.startswith(f"{kind.value}.") or (kind.value, state.value, queue) in self.counts:
+                        jobs.add_metric([kind.value, state.value, queue], self.counts.get((kind.value, state.value, queue), 0))
         yield jobs
+        depth = GaugeMetricFamily("kronos_jobs_queue_depth", "Jobs waiting to start (state queued) per queue.",
+                                  labels=["queue"])
+        for queue in queues:
+            depth.add_metric([queue], sum(n for (_, state, q), n in self.counts.items()
+                                          if q == queue and state == JobState.QUEUED.value))
+        yield depth
         workers = GaugeMetricFamily("kronos_jobs_live_workers", "Live workers by pool.", labels=["pool"])
         for pool in Pool:
             workers.add_metric([pool.value], sum(1 for w in self.live if w.pool == pool.value))
@@ -121,11 +130,12 @@ class _ScrapeCollector:
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-def read_metrics(settings: SettingsDep) -> Response:
-    """Prometheus metrics: jobs by kind and state, live workers by pool and device."""
+def read_metrics(settings: SettingsDep, request: Request) -> Response:
+    """Prometheus metrics: jobs by kind, state and queue, queue depth, live workers by pool and device,
+    and this API process's HTTP requests."""
     try:
         with session_scope(settings) as session:
-            counts = job_crud.count_by_state(session)
+            counts = job_crud.count_by_state_and_queue(session)
             live = worker_crud.live_workers(session, stale_seconds=settings.worker_stale_seconds)
         up = 1
     except Exception as exc:
@@ -133,4 +143,6 @@ def read_metrics(settings: SettingsDep) -> Response:
         counts, live, up = {}, [], 0
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_ScrapeCollector(counts, live, up))
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_PLAIN_0_0_4)
+    http = getattr(request.app.state, "http_metrics", None)  # the instrumentator's registry (api/main.py)
+    body = generate_latest(registry) + (generate_latest(http) if http is not None else b"")
+    return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4)

@@ -191,6 +191,12 @@ def count_by_state(session: Session, *, tenant_id: str | None = None) -> dict[tu
     return {(kind, state): n for kind, state, n in session.execute(query)}
 
 
+def count_by_state_and_queue(session: Session) -> dict[tuple[str, str, str], int]:
+    """Job counts over every tenant keyed by (kind, state, queue); absent triples are 0."""
+    query = select(Job.kind, Job.state, Job.queue, func.count()).group_by(Job.kind, Job.state, Job.queue)
+    return {(kind, state, queue): n for kind, state, queue, n in session.execute(query)}
+
+
 # --- leases: claim, renew, progress, finish -----------------------------------------------------
 
 

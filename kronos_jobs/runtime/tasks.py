@@ -27,13 +27,14 @@ from celery.exceptions import TimeLimitExceeded
 
 from kronos_jobs.broker.celery_app import prune_processed_messages
 from kronos_jobs.core.errors import JobGivenBack, LeaseHeld, LeaseLost, NotFound
-from kronos_jobs.core.names import TASK_REQUEUE_STALE_JOBS, TASK_RUN_FINETUNE, TASK_RUN_FORECAST
+from kronos_jobs.core.names import TASK_REQUEUE_STALE_JOBS, TASK_RUN_FINETUNE, TASK_RUN_FORECAST, JobState
 from kronos_jobs.core.settings import get_settings
+from kronos_jobs.db.models import Job
 from kronos_jobs.db.session import session_scope
 from kronos_jobs.jobs.lease import TRANSIENT_ERRORS
 from kronos_jobs.jobs.recovery import fail_after_hard_time_limit
 from kronos_jobs.jobs.recovery import requeue_stale_jobs as requeue
-from kronos_jobs.runtime import drain, worker
+from kronos_jobs.runtime import drain, metrics, worker
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,20 @@ def deliver(task: Task, job_id: str, service: Callable[..., object], **context: 
         logger.warning("job %s: transient %s (%s); retry %d of at most %s", job_id, type(exc).__name__, exc,
                        task.request.retries + 1, task.max_retries)
         raise
+    if state is not None and settings.worker_metrics_port is not None:
+        _observe(settings, job_id)
     return getattr(state, "value", state)
+
+
+def _observe(settings, job_id: str) -> None:
+    """Worker metrics of a finished job; a failure here never changes the job's outcome."""
+    try:
+        with session_scope(settings) as session:
+            job = session.get(Job, job_id)
+            if job is not None and JobState(job.state).is_terminal:
+                metrics.observe_job(job)
+    except Exception:  # noqa: BLE001 - metrics are best effort; the job is already recorded
+        logger.warning("job %s: could not record worker metrics", job_id, exc_info=True)
 
 
 @shared_task(bind=True, base=JobTask, name=TASK_RUN_FORECAST, ignore_result=True, **RETRY_OPTIONS)

@@ -71,3 +71,39 @@ def test_async_client_does_the_same(api):
     assert job.state == "succeeded" and len(frame) == 2 * 3
     assert {"random:mini", "tiny-model"} <= {m["id"] for m in models}
     assert error.details[0]["field"] == "quantiles" and "sample_count" in error.message
+
+
+def test_worker_metrics_reach_prometheus_from_the_children(api, tmp_path):
+    """A worker with KRONOS_WORKER_METRICS_PORT serves what its prefork children observed."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.e2e.harness import free_port
+
+    stack, port = api.stack, free_port()
+    stack.stop_worker()
+    env = stack.env
+    stack.env = {**env, "KRONOS_WORKER_METRICS_PORT": str(port)}
+    try:
+        stack.start_worker(concurrency=2)
+        bars = pd.read_csv(ROOT / "examples" / "bars.csv", parse_dates=["timestamp"])
+        with Client(api.url) as client:
+            job = client.forecast(bars, model=str(stack.checkpoint), freq="5min", lookback=32, pred_len=3, seed=4)
+            assert job.wait(timeout=120).state == "succeeded"
+            second = client.forecast(bars, model=str(stack.checkpoint), freq="5min", lookback=16, pred_len=2, seed=5)
+            assert second.wait(timeout=120).state == "succeeded"
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    finally:
+        stack.stop_worker()
+        stack.env = env
+        stack.start_worker()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    run = {labels: v for (name, labels), v in samples.items() if name == "kronos_jobs_job_run_seconds_count"}
+    assert run[(("kind", "forecast"), ("queue", "forecast.cpu"), ("state", "succeeded"))] == 2
+    assert samples[("kronos_jobs_job_queue_wait_seconds_count", (("kind", "forecast"), ("queue", "forecast.cpu")))] == 2
+    assert samples[("kronos_jobs_inference_series_steps_total", (("device", "cpu"), ("queue", "forecast.cpu")))] == 2 * 3 + 2 * 2
+    assert samples[("kronos_jobs_inference_seconds_total", (("device", "cpu"), ("queue", "forecast.cpu")))] > 0
+    assert any(name == "kronos_jobs_model_load_seconds_count" for name, _ in samples)
+    buckets = [float(dict(labels)["le"]) for name, labels in samples if name == "kronos_jobs_job_run_seconds_bucket"]
+    assert min(buckets) == 0.01 and max(b for b in buckets if b != float("inf")) >= 3600
