@@ -12,13 +12,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import register_error_handlers
 from api.limits import MULTIPART_SLACK_BYTES, BodySizeLimit
-from api.routes import finetune, forecasts, health, jobs, models, schedules, series, workers
+from api.routes import console, finetune, forecasts, health, jobs, models, schedules, series, workers
 from api.schemas import FinetuneJobCreate, FinetuneParamsIn, ForecastJobCreate, ForecastUploadCreate, SeriesBarsCreate
 from kronos_jobs import __version__
 from kronos_jobs.core.settings import Settings, get_settings
@@ -62,8 +63,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     register_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK_BYTES)
-    for module in (jobs, finetune, series, schedules, forecasts, workers, models, health):
+    for module in (jobs, finetune, series, schedules, forecasts, workers, models, health, console):
         app.include_router(module.router)
+    app.mount("/console/static", StaticFiles(directory=console.STATIC_DIR), name="console-static")
     # HTTP request metrics per app, in their own registry: /metrics serves them after the database's.
     app.state.http_metrics = CollectorRegistry(auto_describe=True)
     Instrumentator(registry=app.state.http_metrics, excluded_handlers=["/metrics"]).instrument(

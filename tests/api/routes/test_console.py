@@ -1,0 +1,61 @@
+"""The console's pages in process: each renders, reads the caller's rows, and cancels through the API's code."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from kronos_jobs.core.names import JobState
+from kronos_jobs.crud import jobs as job_crud
+from kronos_jobs.crud import results as result_crud
+from kronos_jobs.testing.factories import make_forecast_request, make_forecast_rows
+
+
+@pytest.mark.parametrize("page", ["jobs", "workers", "queues", "schedules", "models", "series"])
+def test_every_page_renders(client: TestClient, page: str) -> None:
+    response = client.get(f"/console/{page}")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/html")
+    assert '<a href="/console/jobs"' in response.text and "</html>" in response.text
+
+
+def test_home_redirects_and_static_files_are_served(client: TestClient) -> None:
+    assert client.get("/console", follow_redirects=False).headers["location"] == "/console/jobs"
+    assert "data-refresh" in client.get("/console/static/console.js").text
+
+
+def test_jobs_filter_fragment_and_cancel(client: TestClient) -> None:
+    job_id = client.post("/v1/jobs/forecast", json=make_forecast_request()).json()["id"]
+    page = client.get("/console/jobs").text
+    assert job_id[:12] in page and "random weights" in page and "cancel" in page
+    assert job_id[:12] not in client.get("/console/jobs", params={"state": "succeeded"}).text
+    assert job_id[:12] in client.get("/console/jobs", params={"kind": "forecast", "state": "queued"}).text
+    fragment = client.get("/console/jobs", params={"fragment": "true"}).text
+    assert fragment.lstrip().startswith("<tr") and "<html" not in fragment
+    assert client.get("/console/jobs", params={"state": "nonsense"}).status_code == 422
+    cancelled = client.post(f"/console/jobs/{job_id}/cancel", follow_redirects=False)
+    assert cancelled.status_code == 303 and cancelled.headers["location"] == f"/console/jobs/{job_id}"
+    assert client.get(f"/v1/jobs/{job_id}").json()["state"] == "cancelled"
+
+
+def test_job_page_shows_metadata_errors_and_charts(client: TestClient, db: Session) -> None:
+    job_id = client.post("/v1/jobs/forecast", json=make_forecast_request(n_bars=30)).json()["id"]
+    job_crud.claim_job(db, job_id=job_id, owner="w", lease_seconds=60)
+    result_crud.write_forecasts(db, job_id=job_id, tenant_id="default",
+                                rows=make_forecast_rows(symbols=("SYM0.SH",), steps=3, quantiles=(0.1, 0.9)))
+    meta = {"device_resolved": "cpu", "device_name": "AMD EPYC", "model": "random:mini", "model_source": "random",
+            "timings": {"model_load_seconds": 0.5, "inference_seconds": 1.25},
+            "decode": {"requested_rows_per_chunk": 64, "rows_per_chunk": 64, "oom_retries": 0}}
+    errors = [{"symbol": "SYM1.SH", "code": "too_short", "message": "SYM1.SH has 3 bars"}]
+    job_crud.finish_job(db, job_id=job_id, owner="w", state=JobState.PARTIALLY_SUCCEEDED, execution_metadata=meta,
+                        symbol_errors=errors, error={"code": "some_series_failed", "message": "1 of 2 series failed"})
+    db.commit()
+    page = client.get(f"/console/jobs/{job_id}").text
+    for text in ("partially_succeeded", "AMD EPYC", "inference 1.250 s", "64 rows per chunk", "SYM1.SH has 3 bars",
+                 "random weights", f"/console/jobs/{job_id}/chart.svg?symbol=SYM0.SH"):
+        assert text in page, text
+    assert "data-refresh" not in page  # a finished job needs no polling
+    chart = client.get(f"/console/jobs/{job_id}/chart.svg", params={"symbol": "SYM0.SH"})
+    assert chart.status_code == 200 and chart.headers["content-type"].startswith("image/svg+xml")
+    assert client.get("/console/jobs/nope").status_code == 404
