@@ -23,6 +23,7 @@ from api.routes import schedules as schedule_routes
 from api.routes import workers as worker_routes
 from api.routes.jobs import JobId
 from kronos_jobs.charts.forecast import ChartFormat
+from kronos_jobs.core.errors import InvalidRequest
 from kronos_jobs.core.names import JobKind, JobState, Queue
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import results as result_crud
@@ -57,11 +58,23 @@ def console_home() -> RedirectResponse:
     return RedirectResponse("/console/jobs")
 
 
+def _choice(enum: type, value: str | None, field: str):
+    """A filter's value: empty means any (the form's "any" option); anything else must be a member."""
+    if not value:
+        return None
+    try:
+        return enum(value)
+    except ValueError:
+        raise InvalidRequest(f"{field} {value!r} is not one of {', '.join(m.value for m in enum)}", field=field) from None
+
+
 @router.get("/jobs", response_class=HTMLResponse)
 def console_jobs(request: Request, session: SessionDep, caller: CallerDep,
-                 state: Annotated[JobState | None, Query()] = None, kind: Annotated[JobKind | None, Query()] = None,
+                 state: Annotated[str | None, Query(max_length=32)] = None,
+                 kind: Annotated[str | None, Query(max_length=32)] = None,
                  fragment: bool = False) -> HTMLResponse:
     """Jobs, newest first, filtered by kind and state; `fragment` returns only the table body."""
+    state, kind = _choice(JobState, state, "state"), _choice(JobKind, kind, "kind")
     listed = job_routes.list_jobs(session, caller, state=state, kind=kind, created_after=None, created_before=None,
                                   limit=100, cursor=None)
     context = {"jobs": [_job_view(j) for j in listed.data], "states": list(JobState), "kinds": list(JobKind),

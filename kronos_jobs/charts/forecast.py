@@ -9,6 +9,7 @@ The title names the model and checkpoint, and says "random weights" where that i
 from __future__ import annotations
 
 import io
+import textwrap
 from enum import Enum
 
 import pandas as pd
@@ -75,7 +76,9 @@ def forecast_chart(history: pd.DataFrame, forecast: pd.DataFrame, *, symbol: str
         ax.axvline(n_past - 1, color="grey", ls=":", lw=0.9)
     ax.set_xlabel(f"time ({timezone})")
     ax.legend(loc="upper left", fontsize=8)
-    fig.suptitle(title, fontsize=11, color=FORECAST_COLOR if "random weights" in title.lower() else "black")
+    # Wrapped, so a long model path cannot widen the figure (and shrink the plot) under bbox "tight".
+    fig.suptitle("\n".join(textwrap.wrap(title, 90)), fontsize=11,
+                 color=FORECAST_COLOR if "random weights" in title.lower() else "black")
     buffer = io.BytesIO()
     fig.savefig(buffer, format=fmt.value, dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -87,7 +90,8 @@ def chart_title(symbol: str, provenance: dict[str, str | None], state: str) -> s
     model = provenance.get("model") or "?"
     checkpoint = provenance.get("checkpoint")
     text = f"{symbol} forecast - model {model}"
-    if checkpoint and checkpoint != provenance.get("label") and checkpoint != model:
+    # A local directory's checkpoint lies inside the directory the model names: said once is enough.
+    if checkpoint and checkpoint != provenance.get("label") and not checkpoint.startswith(model):
         text += f" ({checkpoint})"
     if provenance.get("label"):
         text += f" - {provenance['label'].upper()}"
