@@ -26,7 +26,7 @@ def test_readme_python_example_runs_as_written(api, tmp_path):
     (tmp_path / "examples").symlink_to(ROOT / "examples")
     script = tmp_path / "example.py"
     script.write_text(block.replace("http://localhost:8000", api.url))
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=240,
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env={**api.stack.env, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
