@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.errors import register_error_handlers
 from api.limits import MULTIPART_SLACK_BYTES, BodySizeLimit
+from api.nul_bytes import NulByteGuard
 from api.routes import finetune, forecasts, health, jobs, models, schedules, series, workers
 from api.schemas import FinetuneJobCreate, FinetuneParamsIn, ForecastJobCreate, ForecastUploadCreate, SeriesBarsCreate
 from kronos_jobs import __version__
@@ -48,6 +49,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Safe when several API and worker processes start at once (migrate takes a lock).
         await run_in_threadpool(migrate.upgrade, settings)
+        # The embedded broker's folders exist before the first /readyz, worker or not (celery is
+        # imported here, not at module import: the app module itself stays light).
+        from kronos_jobs.broker.celery_app import ensure_broker_folders
+
+        await run_in_threadpool(ensure_broker_folders, settings)
         yield
 
     app = FastAPI(
@@ -59,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     register_error_handlers(app)
+    app.add_middleware(NulByteGuard)  # inside the size limit: it buffers at most a capped JSON body
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK_BYTES)
     for module in (jobs, finetune, series, schedules, forecasts, workers, models, health):
         app.include_router(module.router)

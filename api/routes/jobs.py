@@ -57,6 +57,17 @@ class ForecastSubmission:
             freq=self.params.freq, settings=settings,
         )
 
+    def series_fields(self, symbols: list[str]) -> dict[str, str]:
+        """Each symbol's field in the request, for a 422 about a series the worker could not forecast."""
+        store = getattr(self.params, "series_store", None)
+        if store is not None:
+            given = {str(s).strip(): i for i, s in reversed(list(enumerate(store.symbols)))}
+            return {s: f"series_store.symbols[{given[s]}]" for s in symbols if s in given}
+        if self.upload is None:
+            given = {str(item.symbol).strip(): i for i, item in enumerate(self.params.series)}
+            return {s: f"series[{given[s]}]" for s in symbols if s in given}
+        return {s: f"file (symbol {s})" for s in symbols}
+
     def forecast_params(self, freqs: dict[str, str | None], settings: Settings) -> dict[str, Any]:
         """The job's parameters in `kronos_jobs.jobs.submit.ForecastParams` form."""
         params = self.params.model_dump(include=set(ForecastParamsIn.model_fields))
@@ -99,6 +110,7 @@ def create_forecast_job(
     job = submit_forecast(
         session, settings, tenant_id=caller.tenant_id, request=submission.forecast_params(series.freqs, settings),
         bars=series.bars, future=series.future, source=series.source, idempotency_key=idempotency_key,
+        series_fields=submission.series_fields(series.symbols),
     )
     response.headers["Location"] = f"{router.prefix}/{job.id}"
     return JobPublic.from_row(job)

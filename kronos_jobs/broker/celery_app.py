@@ -34,10 +34,17 @@ def broker_folders(settings: Settings) -> dict[str, Path]:
     return {"data": root / "data", "processed": root / "processed", "control": root / "control"}
 
 
+def ensure_broker_folders(settings: Settings) -> None:
+    """Create the embedded broker's folders (no-op for a server broker). The API calls this at
+    start-up, so readiness does not depend on a worker having started first."""
+    if settings.effective_broker_url.startswith("filesystem://"):
+        for folder in broker_folders(settings).values():
+            folder.mkdir(parents=True, exist_ok=True)
+
+
 def _filesystem_transport_options(settings: Settings) -> dict[str, Any]:
     folders = broker_folders(settings)
-    for folder in folders.values():
-        folder.mkdir(parents=True, exist_ok=True)
+    ensure_broker_folders(settings)
     return {
         # kombu's default pairs in/out folders for two distinct peers; every process here is both
         # producer and consumer, so both point at one folder.
