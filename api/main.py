@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from api.errors import register_error_handlers
 from api.limits import MULTIPART_SLACK_BYTES, BodySizeLimit
 from api.nul_bytes import NulByteGuard
+from api.parsing_pool import ParsingPool
 from api.routes import finetune, forecasts, health, jobs, models, schedules, series, workers
 from api.schemas import FinetuneJobCreate, FinetuneParamsIn, ForecastJobCreate, ForecastUploadCreate, SeriesBarsCreate
 from kronos_jobs import __version__
@@ -54,7 +55,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from kronos_jobs.broker.celery_app import ensure_broker_folders
 
         await run_in_threadpool(ensure_broker_folders, settings)
-        yield
+        try:
+            yield
+        finally:
+            await run_in_threadpool(app.state.parsing_pool.close)
 
     app = FastAPI(
         title="kronos-jobs",
@@ -64,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.parsing_pool = ParsingPool(settings)
     register_error_handlers(app)
     app.add_middleware(NulByteGuard)  # inside the size limit: it buffers at most a capped JSON body
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK_BYTES)

@@ -72,13 +72,23 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(60, ge=2, description="A running job's lease; another worker may take the job only after it lapses.")
     heartbeat_seconds: float = Field(10.0, gt=0, description="How often a worker renews its job lease and its registration.")
     worker_stale_seconds: int = Field(60, ge=1, description="A worker with no heartbeat for this long is not live.")
-    max_retries: int = Field(3, ge=0, description="Retries of transient errors (database, broker) per task.")
+    max_retries: int = Field(12, ge=0, description="Retries of transient errors (database, broker) per task; with the backoff cap they span several minutes.")
     broker_polling_interval: float = Field(0.05, gt=0, description="Polling interval of server-less brokers (filesystem).")
     log_level: str = "INFO"
 
     # --- schedules -----------------------------------------------------------------------------
     schedule_batch_symbols: int = Field(250, ge=1, description="Symbols per forecast job when a schedule run fans out.")
     scheduler_interval: float = Field(5.0, gt=0, description="Seconds between the beat's reads of the schedules table.")
+
+    # --- hostile input and recovery (robust) -----------------------------------------------------
+    max_upload_rows: int = Field(2_000_000, ge=1, description="Data rows an uploaded CSV or Parquet file may hold, counted before parsing.")
+    upload_parse_seconds: float = Field(30.0, gt=0, description="Time limit for parsing one upload; the parsing process is killed after it.")
+    upload_parse_workers: int = Field(2, ge=1, description="Processes the API parses uploads in (off its request threads).")
+    upload_parse_queue: int = Field(16, ge=1, description="Uploads waiting for a parsing process before the API answers 503.")
+    dispatch_interval: float = Field(2.0, gt=0, description="Seconds between beat's sends of queued jobs whose task was never sent (the outbox).")
+    dispatch_after_seconds: float = Field(5.0, ge=0, description="A queued job unsent for this long is sent by the dispatcher.")
+    retry_backoff_max: int = Field(300, ge=1, description="Cap in seconds of the backoff between retries of a task hit by a database or broker outage.")
+    cancel_check_seconds: float = Field(1.0, gt=0, description="At most one cancel check per this many seconds while a forecast decodes.")
 
     @field_validator("device")
     @classmethod
