@@ -19,13 +19,10 @@ from typing import Any
 from celery import Celery
 
 from kronos_jobs.broker.filesystem_broker import TRANSPORT_PATH
-from kronos_jobs.core.names import TASK_REQUEUE_STALE_JOBS, TASK_RUN_FINETUNE, TASK_RUN_FORECAST, Queue
+from kronos_jobs.core.names import TASK_RUN_FINETUNE, TASK_RUN_FORECAST
 from kronos_jobs.core.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
-
-# How often beat runs the reconciler that re-sends jobs Redis lost (see jobs/forecast.py).
-RECONCILE_EVERY_SECONDS = 60.0
 
 
 def broker_folders(settings: Settings) -> dict[str, Path]:
@@ -128,18 +125,20 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # behind a busy child while another worker idles.
         "worker_prefetch_multiplier": 1,
         # Soft limit raises SoftTimeLimitExceeded inside the job so it can record `failed`; the
-        # hard limit kills a child stuck in native code (Kronos#403-style hangs). max_retries caps
-        # the automatic retries of transient errors (runtime/tasks.py) at KRONOS_MAX_RETRIES.
+        # hard limit kills a child stuck in native code (Kronos#403-style hangs). A database or broker
+        # outage is retried (runtime/tasks.py deliver) with a backoff capped at KRONOS_RETRY_BACKOFF_MAX,
+        # so a task notices within that long that the service is back, KRONOS_TRANSIENT_RETRIES
+        # times, minutes in all: a 20 s outage no longer uses up every retry and drops the message.
         "task_annotations": {
             TASK_RUN_FORECAST: {
                 "soft_time_limit": settings.forecast_soft_time_limit,
                 "time_limit": settings.forecast_time_limit,
-                "max_retries": settings.max_retries,
+                "max_retries": settings.transient_retries,
             },
             TASK_RUN_FINETUNE: {
                 "soft_time_limit": settings.finetune_soft_time_limit,
                 "time_limit": settings.finetune_time_limit,
-                "max_retries": settings.max_retries,
+                "max_retries": settings.transient_retries,
             },
         },
         # On broker connection loss Celery redelivers running late-ack tasks anyway, so they could
@@ -165,13 +164,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_create_missing_queues": True,
         "timezone": "UTC",
         "enable_utc": True,
-        # The reconciler re-sends jobs a broker lost (Redis without AOF, a killed whole worker on
-        # the filesystem broker). It needs exactly one beat process. With no default queue it must
-        # name one: CPU workers always exist (embedded default, compose's worker-cpu) and it is short.
-        "beat_schedule": {
-            "requeue-stale-jobs": {"task": TASK_REQUEUE_STALE_JOBS, "schedule": RECONCILE_EVERY_SECONDS,
-                                   "options": {"queue": Queue.FORECAST_CPU.value, "expires": RECONCILE_EVERY_SECONDS}},
-        },
+        # No static beat_schedule: the recovery sweep (outbox dispatcher and reconciler) runs inside
+        # beat itself (runtime/beat.py), where a backlog on the worker queues cannot starve it.
         # Beat also reads the schedules table every KRONOS_SCHEDULER_INTERVAL seconds, so schedules
         # edited through the API take effect without a restart (kronos_jobs/runtime/beat.py says why not a library).
         "beat_scheduler": "kronos_jobs.runtime.beat:DatabaseScheduler",

@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(60, ge=2, description="A running job's lease; another worker may take the job only after it lapses.")
     heartbeat_seconds: float = Field(10.0, gt=0, description="How often a worker renews its job lease and its registration.")
     worker_stale_seconds: int = Field(60, ge=1, description="A worker with no heartbeat for this long is not live.")
-    max_retries: int = Field(12, ge=0, description="Retries of transient errors (database, broker) per task; with the backoff cap they span several minutes.")
+    max_retries: int = Field(3, ge=0, description="Retries of transient errors (database, broker) per task.")
     broker_polling_interval: float = Field(0.05, gt=0, description="Polling interval of server-less brokers (filesystem).")
     log_level: str = "INFO"
 
@@ -87,7 +87,8 @@ class Settings(BaseSettings):
     upload_parse_queue: int = Field(16, ge=1, description="Uploads waiting for a parsing process before the API answers 503.")
     dispatch_interval: float = Field(2.0, gt=0, description="Seconds between beat's sends of queued jobs whose task was never sent (the outbox).")
     dispatch_after_seconds: float = Field(5.0, ge=0, description="A queued job unsent for this long is sent by the dispatcher.")
-    retry_backoff_max: int = Field(300, ge=1, description="Cap in seconds of the backoff between retries of a task hit by a database or broker outage.")
+    transient_retries: int = Field(40, ge=0, description="Retries of a task hit by a database or broker outage; at the backoff cap (full jitter) they span about 5 minutes.")
+    retry_backoff_max: int = Field(15, ge=1, description="Cap in seconds of the backoff between those retries: a task finds the service back within this long.")
     cancel_check_seconds: float = Field(1.0, gt=0, description="At most one cancel check per this many seconds while a forecast decodes.")
 
     @field_validator("device")

@@ -201,12 +201,21 @@ def enqueue(session, settings: Settings, *, tenant_id: str, kind: JobKind, devic
         return job
     result_crud.save_job_input(session, job_id=job_id, tenant_id=tenant_id, bars=bars, future=future, source=source)
     session.commit()
-    # Only now, with the row committed, may a worker see the task.
+    # Only now, with the row committed, may a worker see the task. The row is the outbox entry:
+    # until `sent_at` is set, beat's dispatcher sends it (jobs/recovery.py), so a broker that is
+    # down now delays the job by seconds and loses nothing.
     try:
         send_job(settings, job_id, queue)
-    except Exception as exc:  # the row is committed: the reconciler will send it
-        logger.error("job %s queued but not sent (%s: %s); the reconciler will re-send it",
+    except Exception as exc:
+        logger.error("job %s queued but not sent (%s: %s); the dispatcher will send it",
                      job_id, type(exc).__name__, exc)
+    else:
+        try:
+            job_crud.mark_sent(session, job_ids=[job_id])
+            session.commit()
+        except Exception as exc:  # the task is out; at worst the dispatcher sends a duplicate (the lease absorbs it)
+            session.rollback()
+            logger.warning("job %s sent, but its sent_at was not recorded (%s)", job_id, exc)
     logger.info("job %s queued on %s (%s): %s", job_id, queue.value, reason, summary)
     return job
 
