@@ -178,5 +178,5 @@ def read_job_result(
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=ERRORS)
 def cancel_job(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobPublic:
-    """Cancel a job: a queued one never starts, a running one stops at its next batch."""
+    """Cancel a job: a queued one never starts, a running forecast stops within one decode step."""
     return JobPublic.from_row(job_crud.request_cancel(session, tenant_id=caller.tenant_id, job_id=job_id))

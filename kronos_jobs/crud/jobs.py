@@ -355,6 +355,11 @@ def give_back_job(session: Session, *, job_id: str, owner: str,
 # --- cancellation and the reconciler -----------------------------------------------------------
 
 
+def cancel_requested(session: Session, *, job_id: str) -> bool:
+    """Whether a cancel of the job was requested (one indexed read: the decode loop asks it)."""
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
 def request_cancel(session: Session, *, tenant_id: str, job_id: str) -> Job:
     """Cancel: a queued job becomes cancelled now, a running one is flagged to stop at its next
     batch boundary; a finished job raises InvalidTransition."""
