@@ -28,7 +28,8 @@ def nul_field(value: Any, prefix: str = "") -> str | None:
         return (prefix or "body") if NUL in value else None
     if isinstance(value, dict):
         for key, item in value.items():
-            here = f"{prefix}.{key}" if prefix else str(key)
+            shown = str(key).replace(NUL, "\\u0000")  # the field name itself may be the culprit
+            here = f"{prefix}.{shown}" if prefix else shown
             if NUL in str(key):
                 return here
             if (found := nul_field(item, here)) is not None:
