@@ -19,6 +19,7 @@ from typing import Any
 from celery import Celery
 
 from kronos_jobs.broker.filesystem_broker import TRANSPORT_PATH
+from kronos_jobs.broker.redis_broker import TRANSPORT_PATH as REDIS_TRANSPORT_PATH
 from kronos_jobs.core.names import TASK_RUN_FINETUNE, TASK_RUN_FORECAST
 from kronos_jobs.core.settings import Settings, get_settings
 
@@ -87,7 +88,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_url": broker_url,
         # kombu's filesystem transport can hand a consumer a half-written message (which kills the
         # worker); ours publishes atomically. None keeps the URL's own transport (redis...).
-        "broker_transport": TRANSPORT_PATH if broker_url.startswith("filesystem://") else None,
+        # Redis: kombu's transport with a softer close while Redis is down (broker/redis_broker.py).
+        "broker_transport": (TRANSPORT_PATH if broker_url.startswith("filesystem://")
+                             else REDIS_TRANSPORT_PATH if broker_url.startswith(("redis://", "rediss://")) else None),
         "broker_transport_options": transport_options,
         # Celery reads the visibility timeout from three places; set all three, or the shortest
         # (the default hour) silently wins (celery#7651, #9339).
