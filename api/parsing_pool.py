@@ -15,6 +15,7 @@ import asyncio
 import multiprocessing
 import threading
 from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Callable
 from typing import Any
 
 from pebble import ProcessExpired, ProcessPool
@@ -26,11 +27,11 @@ from kronos_jobs.inputs.parsing import BarsInput, parse_upload
 _RAISED = {cls.__name__: cls for cls in (InvalidRequest, PayloadTooLarge)}
 
 
-def _parse(data: bytes, kwargs: dict[str, Any]) -> tuple[str, Any]:
+def _parse(parser: Callable[..., BarsInput], data: bytes, kwargs: dict[str, Any]) -> tuple[str, Any]:
     """Runs in a pool process. Errors travel back as plain values (their keyword arguments would
     not survive pickling as exceptions)."""
     try:
-        return "ok", parse_upload(data, **kwargs)
+        return "ok", parser(data, **kwargs)
     except (InvalidRequest, PayloadTooLarge) as exc:
         return "error", (type(exc).__name__, exc.message, exc.details, exc.field)
 
@@ -38,8 +39,8 @@ def _parse(data: bytes, kwargs: dict[str, Any]) -> tuple[str, Any]:
 class ParsingPool:
     """The API's upload-parsing processes (one per app)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings, parser: Callable[..., BarsInput] = parse_upload) -> None:
+        self.settings, self.parser = settings, parser  # `parser`: a module-level function (it is pickled by name)
         self._pool: ProcessPool | None = None
         self._lock = threading.Lock()
         self._waiting = 0
@@ -59,7 +60,8 @@ class ParsingPool:
             raise Unavailable(f"{self._waiting} uploads are being parsed; retry shortly (KRONOS_UPLOAD_PARSE_QUEUE)")
         self._waiting += 1
         try:
-            future = self._get().schedule(_parse, args=(data, {**kwargs, "settings": self.settings}), timeout=limit)
+            future = self._get().schedule(_parse, args=(self.parser, data, {**kwargs, "settings": self.settings}),
+                                          timeout=limit)
             outcome, value = await asyncio.wrap_future(future)
         except FutureTimeout:
             raise invalid("file", f"parsing took longer than {limit:g} s (KRONOS_UPLOAD_PARSE_SECONDS); "
