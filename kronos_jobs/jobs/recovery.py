@@ -20,7 +20,6 @@ import logging
 
 from sqlalchemy import update
 
-from kronos_jobs.broker.celery_app import prune_processed_messages
 from kronos_jobs.core.names import JobState
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.crud import jobs as job_crud
@@ -98,10 +97,9 @@ def send_unsent_jobs(session, settings: Settings) -> list[str]:
 
 
 def sweep(settings: Settings) -> dict[str, list[str]]:
-    """One recovery pass (beat): the outbox, then lost tasks, then the filesystem broker's pruning."""
+    """One recovery pass (beat): the outbox, then lost tasks."""
     with session_scope(settings) as session:
         unsent = send_unsent_jobs(session, settings)
     with session_scope(settings) as session:
         resent = requeue_stale_jobs(session, settings)
-    prune_processed_messages(settings)
     return {"sent": unsent, "resent": resent}

@@ -20,10 +20,13 @@ import time
 
 from celery.beat import PersistentScheduler
 
+from kronos_jobs.broker.celery_app import prune_processed_messages
 from kronos_jobs.core.settings import get_settings
 from kronos_jobs.jobs import recovery, schedules
 
 logger = logging.getLogger(__name__)
+
+PRUNE_EVERY_SECONDS = 60.0
 
 
 class DatabaseScheduler(PersistentScheduler):
@@ -34,6 +37,7 @@ class DatabaseScheduler(PersistentScheduler):
         self.settings = get_settings()
         self._next_db_tick = 0.0
         self._next_sweep = 0.0
+        self._next_prune = 0.0
 
     def tick(self, *args, **kwargs) -> float:
         delay = super().tick(*args, **kwargs)
@@ -44,6 +48,12 @@ class DatabaseScheduler(PersistentScheduler):
                 logger.warning("beat: recovery sweep failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc,
                                self.settings.dispatch_interval)
             self._next_sweep = time.monotonic() + self.settings.dispatch_interval
+        if time.monotonic() >= self._next_prune:  # the filesystem broker's consumed messages
+            try:
+                prune_processed_messages(self.settings)
+            except OSError as exc:
+                logger.warning("beat: pruning consumed broker messages failed (%s)", exc)
+            self._next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
         if time.monotonic() >= self._next_db_tick:
             try:
                 created = schedules.tick(self.settings)

@@ -8,9 +8,8 @@ KRONOS_TEST_DATABASE_URL is set, on PostgreSQL, which refuses NUL characters in 
 
 from __future__ import annotations
 
-import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 

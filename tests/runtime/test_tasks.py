@@ -8,7 +8,6 @@ from sqlalchemy.exc import OperationalError
 
 from kronos_jobs.core.errors import JobGivenBack, LeaseHeld, LeaseLost, NotFound
 from kronos_jobs.core.names import JobState
-from kronos_jobs.jobs.lease import TRANSIENT_ERRORS
 from kronos_jobs.runtime import tasks
 
 
