@@ -191,8 +191,13 @@ def tick(settings: Settings, now: datetime | None = None) -> list[str]:
     created: list[str] = []
     with session_scope(settings) as session:
         for schedule in crud.list_schedules(session, enabled=True):
-            due = due_occurrence(schedule, now)
-            upcoming = next_occurrence(schedule.cron, schedule.timezone, now)
+            try:
+                due = due_occurrence(schedule, now)
+                upcoming = next_occurrence(schedule.cron, schedule.timezone, now)
+            except (CroniterBadDateError, ValueError) as exc:  # stored before check_cron refused such crons
+                logger.warning("schedule %s (%s): cron %r has no occurrence (%s); skipped", schedule.id, schedule.name,
+                               schedule.cron, exc)
+                continue
             if schedule.next_run_at != upcoming:
                 schedule.next_run_at = upcoming
             if due is None:
