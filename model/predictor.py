@@ -322,11 +322,13 @@ class KronosPredictor:
                       pred_len: int, T: float = 1.0, top_k: int = 0, top_p: float = 0.9,
                       sample_count: int = 1, verbose: bool = False, seed: int | None = None,
                       quantiles: Sequence[float] | None = None, return_samples: bool = False,
-                      max_batch_size: int | None = None, use_kv_cache: bool = False,
+                      max_batch_size: int | None = None, use_kv_cache: bool = False, should_stop=None,
                       progress: Callable[[int, int], None] | None = None) -> list:
         """Forecast many series in one batched loop; arguments as ``predict``, one list entry per series.
 
         Context lengths may differ between series (they are decoded in groups of equal length).
+        ``should_stop`` (a callable returning bool, optional) is asked between decode steps; when it
+        answers True the call raises ``model.decoding.DecodeStopped`` and returns nothing.
         ``progress(done, total)``, when given, is called after every decoding step with the
         row-steps decoded so far and in all (a row is one sample path of one series; ``total`` is
         ``len(df_list) * sample_count * pred_len``), so a caller can report progress within a call.
@@ -352,7 +354,8 @@ class KronosPredictor:
         generator = None if seed is None else torch.Generator(device=self.device).manual_seed(int(seed))
         t1 = time.perf_counter()
         steps = _StepCounter(progress, len(series) * sample_count * pred_len)
-        samples = self._decode(series, pred_len, T, top_k, top_p, sample_count, generator, rows, verbose, steps)
+        samples = self._decode(series, pred_len, T, top_k, top_p, sample_count, generator, rows, verbose,
+                               should_stop, steps)
         t2 = time.perf_counter()
 
         results = []
@@ -418,7 +421,7 @@ class KronosPredictor:
         return pred_len
 
     def _decode(self, series: list[_Series], pred_len, T, top_k, top_p, S, generator, rows, verbose,
-                steps: "_StepCounter | None" = None):
+                should_stop=None, steps: "_StepCounter | None" = None):
         """Run the groups/chunks; returns one (S, P, 6) float32 array (normalised) per series.
 
         A chunk holds at most ``rows`` rows (series x samples), or ``oom_rows_cap`` when smaller.
@@ -445,7 +448,7 @@ class KronosPredictor:
                 while s0 < S:
                     n_s = min(info["rows_per_chunk"], S - s0)
                     y = self._generate_or_back_off(x, xs, ys, pred_len, T, top_k, top_p, n_s, generator, info,
-                                                   verbose, steps)
+                                                   verbose, should_stop, steps)
                     if y is not None:
                         parts.append(y)  # (b, n_s, P, 6)
                         s0 += n_s
@@ -459,7 +462,8 @@ class KronosPredictor:
         return out
 
     def _generate_or_back_off(self, x, xs, ys, pred_len, T, top_k, top_p, n_s, generator, info,
-                              verbose: bool = False, steps: "_StepCounter | None" = None) -> np.ndarray | None:
+                              verbose: bool = False, should_stop=None,
+                              steps: "_StepCounter | None" = None) -> np.ndarray | None:
         """One chunk through ``generate``: (b, n_s, P, 6) float32 on the host, or None after a back-off.
 
         When ``generate`` raises ``torch.OutOfMemoryError`` and ``oom_backoff`` is on (CUDA): log a
@@ -480,7 +484,7 @@ class KronosPredictor:
                              T=T, top_k=top_k, top_p=top_p, sample_count=n_s, generator=generator,
                              packed=self._packed_model(),
                              step_mode="cuda_graph" if self.cuda_graphs else "eager",
-                             progress=steps.chunk(rows, bar))
+                             progress=steps.chunk(rows, bar), should_stop=should_stop)
             return y.float().cpu().numpy()  # no device tensor outlives the call
         except torch.OutOfMemoryError:
             steps.done = mark  # the retry decodes these rows again

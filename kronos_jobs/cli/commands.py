@@ -363,7 +363,7 @@ def jobs_list(ctx: click.Context, state: str | None, kind: str | None, limit: in
 @click.argument("job_id")
 @click.pass_context
 def cancel(ctx: click.Context, job_id: str) -> None:
-    """Cancel a job: a queued one never starts, a running one stops at its next progress write."""
+    """Cancel a job: a queued one never starts, a running one stops within a decode step."""
     job = _client(ctx).json("POST", f"/v1/jobs/{job_id}/cancel")
     click.echo(f"{job['id']} {job['state']}" + (" (cancel requested)" if job.get("cancel_requested")
                                                and job["state"] == "running" else ""))
