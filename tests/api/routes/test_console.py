@@ -61,3 +61,20 @@ def test_job_page_shows_metadata_errors_and_charts(client: TestClient, db: Sessi
     chart = client.get(f"/console/jobs/{job_id}/chart.svg", params={"symbol": "SYM0.SH"})
     assert chart.status_code == 200 and chart.headers["content-type"].startswith("image/svg+xml")
     assert client.get("/console/jobs/nope").status_code == 404
+
+
+def test_models_page_shows_a_finetunes_evaluation(client: TestClient, db: Session) -> None:
+    from kronos_jobs.crud import models as model_crud
+
+    evaluation = {"n_windows": 12, "horizon": 4, "symbols": ["A"],
+                  "base": {"mse_close": 0.25, "direction_accuracy": 0.5},
+                  "finetuned": {"mse_close": 0.125, "direction_accuracy": 0.75},
+                  "last_value": {"mse_close": 0.3, "direction_accuracy": None}}
+    model_crud.register_model(db, model_id="ft-eval", tenant_id="default", kind="finetuned", max_context=64,
+                              base_model="random:mini", artifact_path="/tmp/ft-eval", checksum="0" * 64,
+                              metrics={"evaluation": evaluation, "phases": {}})
+    db.commit()
+    page = " ".join(client.get("/console/models").text.split())
+    assert "12 held-out windows of 4 bars" in page
+    assert "finetuned mse 0.125, direction 75%" in page and "last_value mse 0.3 ·" not in page
+    assert "ft-eval <span class=\"warn\">random weights</span>" in page
