@@ -22,6 +22,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 # tests/core/test_settings.py checks that both accept exactly the same specs.
 DEVICE_SPEC_FORMS = "auto, cpu, cuda, cuda:N, mps"
 _DEVICE_SPEC = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+# Older examples shipped this database password; a deployment still using it is refused.
+PLACEHOLDER_PASSWORD = "change-me"
 
 
 class Settings(BaseSettings):
@@ -157,6 +159,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"KRONOS_HEARTBEAT_SECONDS ({self.heartbeat_seconds}) must be at most half of KRONOS_LEASE_SECONDS ({self.lease_seconds})"
             )
+        if self.database_url and f":{PLACEHOLDER_PASSWORD}@" in self.database_url:
+            raise ValueError(f"KRONOS_DATABASE_URL uses the placeholder password {PLACEHOLDER_PASSWORD!r}: set a real one")
         if self.auth == "off" and not self.binds_loopback:
             raise ValueError(f"KRONOS_AUTH=off needs KRONOS_API_HOST to be a loopback address, not {self.api_host!r}: "
                              "anyone who can reach the API would own it")
