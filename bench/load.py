@@ -188,7 +188,8 @@ def main() -> None:
                KRONOS_MODEL_DIRS=str(root / "models"), KRONOS_TORCH_THREADS="1", KRONOS_LOG_LEVEL="WARNING",
                # Both modes count every request and every tenant's in-flight jobs, far from the limits,
                # so neither refuses anything and the comparison is of the work auth adds.
-               KRONOS_RATE_LIMIT="1000000/minute", KRONOS_MAX_INFLIGHT_JOBS="1000000")
+               KRONOS_RATE_LIMIT="1000000/minute", KRONOS_MAX_INFLIGHT_JOBS="1000000",
+               PYTHONPATH=str(REPO))  # this checkout's code, also for the `kronos-jobs` console script
     cleanup = fresh_redis_and_schema(env)
     load_before = os.getloadavg()
     deployment = None
@@ -219,6 +220,28 @@ def main() -> None:
                         continue
                     latencies[mode].append(elapsed)
                     (submitted[tenant] if mode == "on" else submitted_off).append(response.json()["id"])
+
+        # the auth work alone, in this process, without HTTP: the key lookup on a pooled session (as a
+        # request does) and the rate-limit count in Redis; alternated with a bare `SELECT 1` round trip
+        from sqlalchemy import text
+
+        from api.quotas import KeyRateLimiter
+
+        limiter = KeyRateLimiter.from_settings(deployment.settings.model_copy(update={"rate_limit": "1000000/minute"}))
+        micro = {"key_lookup": [], "rate_limit_hit": [], "select_1": []}
+        token = keys[tenants[0]]
+        for _ in range(args.serial):
+            with session_scope(deployment.settings) as session:
+                started = time.perf_counter()
+                session.execute(text("SELECT 1"))
+                micro["select_1"].append(time.perf_counter() - started)
+            with session_scope(deployment.settings) as session:
+                started = time.perf_counter()
+                assert api_keys.find_active_key(session, token=token) is not None
+                micro["key_lookup"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            limiter.hit("bench")
+            micro["rate_limit_hit"].append(time.perf_counter() - started)
 
         # serial: one client, alternating modes, nothing else running on the API
         serial = {"on": [], "off": []}
@@ -308,6 +331,9 @@ def main() -> None:
     print(f"{'concurrent p99':<28} {off['p99_ms']:>10.2f}ms {on['p99_ms']:>10.2f}ms {on['p99_ms'] - off['p99_ms']:>8.2f}ms")
     print(f"{'serial p50':<28} {s_off['p50_ms']:>10.2f}ms {s_on['p50_ms']:>10.2f}ms {s_on['p50_ms'] - s_off['p50_ms']:>8.2f}ms")
     print(f"{'serial p99':<28} {s_off['p99_ms']:>10.2f}ms {s_on['p99_ms']:>10.2f}ms {s_on['p99_ms'] - s_off['p99_ms']:>8.2f}ms")
+    micro_ms = {name: ms(values) for name, values in micro.items()}
+    print("auth work alone (p50 / p99): " + ", ".join(
+        f"{name} {m['p50_ms']:.2f} / {m['p99_ms']:.2f} ms" for name, m in micro_ms.items()))
     print(f"submit errors: {len(errors)}; completed exactly once: {exactly_once}/{total}; "
           f"completion throughput {total / span:.1f} jobs/s over {span:.1f} s "
           f"(concurrent submission took {t_submitted - t_first:.1f} s, all done {t_done - t_first:.1f} s after it began)")
@@ -321,7 +347,7 @@ def main() -> None:
         "tenants": args.tenants, "workers": args.workers,
         "submit_concurrent": {"auth_on": on, "auth_off": off, "p50_delta_ms": round(on["p50_ms"] - off["p50_ms"], 2)},
         "submit_serial": {"auth_on": s_on, "auth_off": s_off, "p50_delta_ms": round(s_on["p50_ms"] - s_off["p50_ms"], 2)},
-        "submitted": total, "submit_errors": len(errors), "completed_exactly_once": exactly_once,
+        "auth_work_alone": micro_ms, "submitted": total, "submit_errors": len(errors), "completed_exactly_once": exactly_once,
         "throughput_jobs_per_s": round(total / span, 2), "tenant_lists_exact": args.tenants - wrong_lists,
         "cross_tenant_probes": probes, "cross_tenant_leaks": leaks,
     }, separators=(",", ":")))
