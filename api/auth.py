@@ -134,7 +134,7 @@ def check_inflight_quota(
     caller: CallerDep,
     session: SessionDep,
     settings: SettingsDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", include_in_schema=False)] = None,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255, include_in_schema=False)] = None,
 ) -> None:
     """429 when the tenant already has KRONOS_MAX_INFLIGHT_JOBS queued or running jobs.
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from kronos_jobs.core.names import Scope
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.db.session import session_scope
 
@@ -36,12 +37,12 @@ class Caller:
     """Who is calling: the tenant every query is scoped by, the key's scopes, and the key (None = auth off)."""
 
     tenant_id: str
-    scopes: frozenset[str] = field(default_factory=lambda: frozenset({"read", "submit", "admin"}))
+    scopes: frozenset[str] = field(default_factory=lambda: frozenset(scope.value for scope in Scope))
     key_id: str | None = None
 
     @property
     def is_admin(self) -> bool:
-        return "admin" in self.scopes
+        return Scope.ADMIN.value in self.scopes
 
     def has(self, scope: Any) -> bool:
         return self.is_admin or getattr(scope, "value", scope) in self.scopes

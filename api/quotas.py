@@ -22,6 +22,8 @@ from kronos_jobs.core.settings import Settings
 logger = logging.getLogger(__name__)
 
 STORAGE_WARNING_SECONDS = 60.0  # at most one "rate-limit storage down" warning per this many seconds
+# A Redis that hangs (not refusing, just silent) must not hold every request: give up quickly.
+REDIS_TIMEOUT_SECONDS = 0.5
 
 
 class TooManyRequests(HTTPException):
@@ -34,7 +36,8 @@ class TooManyRequests(HTTPException):
 def rate_limit_storage(settings: Settings) -> Storage:
     broker = settings.effective_broker_url
     if broker.startswith(("redis://", "rediss://")):
-        return storage_from_string(broker)
+        return storage_from_string(broker, socket_timeout=REDIS_TIMEOUT_SECONDS,
+                                   socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
     return MemoryStorage()
 
 

@@ -176,3 +176,25 @@ def test_keyless_only_for_the_embedded_default_on_loopback(settings: Settings, c
         Settings(data_dir=settings.data_dir, auth="off", api_host="0.0.0.0")
     assert Settings(data_dir=settings.data_dir, api_host="0.0.0.0").auth_required
     assert Settings(data_dir=settings.data_dir, database_url="postgresql+psycopg://db/k").auth_required
+
+
+@pytest.mark.integration
+def test_rate_limit_is_shared_by_api_processes_through_redis(auth_settings: Settings, make_key: Callable[..., str]) -> None:
+    from kronos_jobs.testing.services import TEST_REDIS_URL_ENV, require_service
+
+    shared = auth_settings.model_copy(update={"rate_limit": "3/minute", "broker_url": require_service(TEST_REDIS_URL_ENV)})
+    with TestClient(create_app(shared), base_url=BASE_URL) as one, TestClient(create_app(shared), base_url=BASE_URL) as two:
+        key = bearer(make_key())
+        assert [one.get("/v1/jobs", headers=key).status_code for _ in range(2)] == [200, 200]
+        assert two.get("/v1/jobs", headers=key).status_code == 200
+        assert two.get("/v1/jobs", headers=key).status_code == 429  # the third request was counted by the other
+        assert one.get("/v1/jobs", headers=key).status_code == 429
+
+
+def test_rate_limits_are_not_enforced_while_their_redis_is_down_and_the_log_says_so(
+        auth_settings: Settings, make_key: Callable[..., str], caplog) -> None:
+    down = auth_settings.model_copy(update={"rate_limit": "1/minute", "broker_url": "redis://127.0.0.1:1/0"})
+    with TestClient(create_app(down), base_url=BASE_URL) as client, caplog.at_level("WARNING", logger="api.quotas"):
+        key = bearer(make_key())
+        assert [client.get("/v1/jobs", headers=key).status_code for _ in range(3)] == [200] * 3
+    assert "rate limits not enforced" in caplog.text
