@@ -50,7 +50,7 @@ class ApiClient:
     def __init__(self, base_url: str, *, timeout: float = 60.0, http: httpx.Client | None = None,
                  api_key: str | None = None):
         self.base_url = base_url.rstrip("/")
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}  # = Settings.api_auth_headers
         # `http` lets tests pass an in-process client (fastapi.testclient.TestClient is an httpx.Client).
         self._client = http or httpx.Client(base_url=self.base_url, timeout=timeout)
 

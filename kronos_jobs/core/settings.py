@@ -201,6 +201,11 @@ class Settings(BaseSettings):
         return (self.api_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
 
     @property
+    def api_auth_headers(self) -> dict[str, str]:
+        """What a client of the API sends to authenticate (KRONOS_API_KEY), or nothing."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    @property
     def binds_loopback(self) -> bool:
         return self.api_host.strip("[]").lower() in ("localhost", "::1") or self.api_host.startswith("127.")
 

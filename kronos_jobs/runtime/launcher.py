@@ -129,7 +129,7 @@ class Stack:
             if (child := self.dead()) is not None:
                 raise RuntimeError(f"{child.name} exited with code {child.returncode} during start-up")
             try:
-                workers = httpx.get(f"{url}/v1/workers", timeout=5.0).json()["data"]
+                workers = httpx.get(f"{url}/v1/workers", headers=self.settings.api_auth_headers, timeout=5.0).json()["data"]
                 if any(w["live"] and w["pool"] == pool.value for w in workers):
                     return
             except (httpx.HTTPError, ValueError, KeyError):
