@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from api.auth import KeyCache
 from api.browser import add_browser_safety
 from api.errors import register_error_handlers
 from api.limits import MULTIPART_SLACK_BYTES, BodySizeLimit
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.rate_limiter = KeyRateLimiter.from_settings(settings) if settings.auth_required else None
+    app.state.key_cache = KeyCache(settings.auth_cache_seconds)
     register_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK_BYTES)
     add_browser_safety(app, settings)  # added last: runs first

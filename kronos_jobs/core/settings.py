@@ -88,6 +88,9 @@ class Settings(BaseSettings):
                             "loopback); auto = off only for the embedded default (no KRONOS_DATABASE_URL) bound to "
                             "loopback, on otherwise.")
     api_key: str | None = Field(None, description="The key the CLI and the Python client send (Authorization: Bearer).")
+    auth_cache_seconds: float = Field(
+        5.0, ge=0, description="How long an API process trusts a key it has looked up (a revoke takes effect within "
+                               "this time); 0 = look every key up on every request.")
     rate_limit: str | None = Field(
         "600/minute", description="Requests per API key, in the `limits` package's notation (e.g. 10/second;600/minute); "
                                   "empty = no limit. Counted in Redis when the broker is Redis, in memory otherwise.")

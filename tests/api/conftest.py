@@ -24,8 +24,9 @@ BASE_URL = "http://127.0.0.1"
 
 @pytest.fixture
 def auth_settings(settings: Settings) -> Settings:
-    """`settings` with keys required (and no request-rate limit: tests that count requests set their own)."""
-    return settings.model_copy(update={"auth": "on", "rate_limit": None})
+    """`settings` with keys required, each looked up on every request (a revoke applies at once), and no
+    request-rate limit (tests that count requests set their own)."""
+    return settings.model_copy(update={"auth": "on", "rate_limit": None, "auth_cache_seconds": 0})
 
 
 @pytest.fixture

@@ -198,3 +198,21 @@ def test_rate_limits_are_not_enforced_while_their_redis_is_down_and_the_log_says
         key = bearer(make_key())
         assert [client.get("/v1/jobs", headers=key).status_code for _ in range(3)] == [200] * 3
     assert "rate limits not enforced" in caplog.text
+
+
+def test_a_cached_key_lasts_until_its_entry_expires(auth_settings: Settings, make_key: Callable[..., str]) -> None:
+    cached = auth_settings.model_copy(update={"auth_cache_seconds": 3600})
+    with TestClient(create_app(cached), base_url=BASE_URL) as client:
+        token = make_key(scopes=("read",))
+        assert client.get("/v1/jobs", headers=bearer(token)).status_code == 200
+        with session_scope(auth_settings) as session:
+            api_keys.revoke_key(session, key_id=token.split("_")[1])
+        # the trade-off KRONOS_AUTH_CACHE_SECONDS buys: this process learns of the revoke at expiry
+        assert client.get("/v1/jobs", headers=bearer(token)).status_code == 200
+        client.app.state.key_cache.seconds = 0
+        client.app.state.key_cache._entries.clear()  # what expiry does
+        assert client.get("/v1/jobs", headers=bearer(token)).status_code == 401
+        # scopes come from the cache too: still enforced
+        reader = make_key(scopes=("read",))
+        assert client.get("/v1/jobs", headers=bearer(reader)).status_code == 200
+        assert client.post(FORECAST, json=make_forecast_request(), headers=bearer(reader)).status_code == 403

@@ -16,7 +16,7 @@ from kronos_jobs.core.settings import Settings, get_settings
 
 @pytest.fixture
 def keyed(settings: Settings) -> Settings:
-    return settings.model_copy(update={"auth": "on"})
+    return settings.model_copy(update={"auth": "on", "auth_cache_seconds": 0})  # a revoke applies at once
 
 
 @pytest.fixture

@@ -55,6 +55,7 @@ ENVIRONMENT: dict[str, tuple[str, object]] = {
     "auth": ("on", "on"),
     "api_key": ("kj_0123456789ab_secret", "kj_0123456789ab_secret"),
     "rate_limit": ("10/second;100/minute", "10/second;100/minute"),
+    "auth_cache_seconds": ("0", 0.0),
     "max_inflight_jobs": ("50", 50),
     "trusted_hosts": ("api.example.com, localhost", ["api.example.com", "localhost"]),
     "cors_origins": ('["https://ops.example.com"]', ["https://ops.example.com"]),
