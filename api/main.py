@@ -19,6 +19,8 @@ from api.browser import add_browser_safety
 from api.errors import register_error_handlers
 from api.limits import MULTIPART_SLACK_BYTES, BodySizeLimit
 from api.quotas import KeyRateLimiter
+from api.nul_bytes import NulByteGuard
+from api.parsing_pool import ParsingPool
 from api.routes import finetune, forecasts, health, jobs, models, schedules, series, workers
 from api.schemas import FinetuneJobCreate, FinetuneParamsIn, ForecastJobCreate, ForecastUploadCreate, SeriesBarsCreate
 from kronos_jobs import __version__
@@ -64,7 +66,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Safe when several API and worker processes start at once (migrate takes a lock).
         await run_in_threadpool(migrate.upgrade, settings)
         log_auth_mode(settings)
-        yield
+        # The embedded broker's folders exist before the first /readyz, worker or not (celery is
+        # imported here, not at module import: the app module itself stays light).
+        from kronos_jobs.broker.celery_app import ensure_broker_folders
+
+        await run_in_threadpool(ensure_broker_folders, settings)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(app.state.parsing_pool.close)
 
     app = FastAPI(
         title="kronos-jobs",
@@ -76,7 +86,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.rate_limiter = KeyRateLimiter.from_settings(settings) if settings.auth_required else None
     app.state.key_cache = KeyCache(settings.auth_cache_seconds)
+    app.state.parsing_pool = ParsingPool(settings)
     register_error_handlers(app)
+    app.add_middleware(NulByteGuard)  # inside the size limit: it buffers at most a capped JSON body
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK_BYTES)
     add_browser_safety(app, settings)  # added last: runs first
     for module in (jobs, finetune, series, schedules, forecasts, workers, models, health):

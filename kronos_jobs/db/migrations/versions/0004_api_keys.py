@@ -1,7 +1,7 @@
 """API keys: api_keys (hashed tokens, each of one tenant with its scopes).
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0007
 Create Date: 2026-12-03
 
 Written to match kronos_jobs/db/models.py (tests/db/test_migrations.py compares them); imports no
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
-down_revision: str | None = "0002"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
