@@ -12,11 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException
 
-from api.deps import CallerDep, SessionDep, SettingsDep
+from api.auth import CONSOLE_COOKIE, CONSOLE_PREFIX, authenticate
+from api.deps import Caller, SessionDep, SettingsDep
 from api.routes import jobs as job_routes
 from api.routes import models as model_routes
 from api.routes import schedules as schedule_routes
@@ -38,6 +40,20 @@ PAGES = [("jobs", "Jobs"), ("workers", "Workers"), ("queues", "Queues"), ("sched
          ("models", "Models"), ("series", "Series")]
 
 
+def console_caller(request: Request, settings: SettingsDep, session: SessionDep) -> Caller:
+    """The API's caller dependency (same keys, scopes and rate limit); a page asked for without a
+    key sends the browser to the login form instead of a JSON 401."""
+    try:
+        return authenticate(request, settings, session, None)
+    except HTTPException as exc:
+        if exc.status_code == 401 and request.method == "GET":
+            raise HTTPException(303, "log in with an API key", headers={"Location": f"{CONSOLE_PREFIX}/login"}) from None
+        raise
+
+
+CallerDep = Annotated[Caller, Depends(console_caller)]
+
+
 def _page(request: Request, template: str, page: str, **context: Any) -> HTMLResponse:
     return TEMPLATES.TemplateResponse(request, template, {"pages": PAGES, "page": page, **context})
 
@@ -56,6 +72,36 @@ def _job_view(job) -> dict[str, Any]:
 @router.get("", include_in_schema=False)
 def console_home() -> RedirectResponse:
     return RedirectResponse("/console/jobs")
+
+
+@router.get("/login", response_class=HTMLResponse)
+def console_login_form(request: Request, settings: SettingsDep) -> HTMLResponse:
+    """The key form (only needed when the API requires keys)."""
+    return _page(request, "console/login.html", "login", auth_required=settings.auth_required, error=None)
+
+
+@router.post("/login", response_class=HTMLResponse)
+def console_login(request: Request, settings: SettingsDep, session: SessionDep,
+                  key: Annotated[str, Form(max_length=256)]) -> Response:
+    """Check the key as the API would, then keep it in an HttpOnly, SameSite=Strict cookie."""
+    probe = Request({**request.scope, "method": "GET",
+                     "headers": [(b"authorization", f"Bearer {key.strip()}".encode())]})
+    try:
+        authenticate(probe, settings, session, None)
+    except HTTPException as exc:
+        return _page(request, "console/login.html", "login", auth_required=settings.auth_required,
+                     error=str(exc.detail))
+    response = RedirectResponse(f"{CONSOLE_PREFIX}/jobs", status_code=303)
+    response.set_cookie(CONSOLE_COOKIE, key.strip(), httponly=True, samesite="strict", path=CONSOLE_PREFIX,
+                        secure=request.url.scheme == "https")
+    return response
+
+
+@router.post("/logout")
+def console_logout() -> RedirectResponse:
+    response = RedirectResponse(f"{CONSOLE_PREFIX}/login", status_code=303)
+    response.delete_cookie(CONSOLE_COOKIE, path=CONSOLE_PREFIX)
+    return response
 
 
 def _choice(enum: type, value: str | None, field: str):
@@ -108,18 +154,18 @@ def console_cancel(job_id: JobId, session: SessionDep, caller: CallerDep) -> Red
 
 
 @router.get("/workers", response_class=HTMLResponse)
-def console_workers(request: Request, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
+def console_workers(request: Request, session: SessionDep, settings: SettingsDep, caller: CallerDep) -> HTMLResponse:
     """Workers seen in the last day: pool, queues, resolved device, warning, heartbeat."""
-    listed = worker_routes.list_workers(session, settings, seen_within=86_400)
+    listed = worker_routes.list_workers(session, settings, caller, seen_within=86_400)
     return _page(request, "console/workers.html", "workers", workers=[w.model_dump(mode="json") for w in listed.data],
                  stale_seconds=settings.worker_stale_seconds)
 
 
 @router.get("/queues", response_class=HTMLResponse)
-def console_queues(request: Request, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
-    """Per queue: jobs waiting, running, and the live workers consuming it."""
-    counts = job_crud.count_by_state_and_queue(session)
-    live = worker_routes.list_workers(session, settings, seen_within=0).data
+def console_queues(request: Request, session: SessionDep, settings: SettingsDep, caller: CallerDep) -> HTMLResponse:
+    """Per queue: the caller's jobs waiting, running and finished, and the live workers consuming it."""
+    counts = job_crud.count_by_state_and_queue(session, tenant_id=caller.tenant_id)
+    live = worker_routes.list_workers(session, settings, caller, seen_within=0).data
     rows = []
     for queue in sorted({q.value for q in Queue} | {q for _, _, q in counts}):
         by_state = {state: sum(n for (_, s, q), n in counts.items() if q == queue and s == state.value)

@@ -179,8 +179,7 @@ def _http_options(url: str | None, api_key: str | None, timeout: float) -> dict[
     from kronos_jobs.core.settings import get_settings
 
     settings = get_settings()
-    key = api_key if api_key is not None else settings.api_key
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else settings.api_auth_headers
     return {"base_url": (url or settings.effective_api_url).rstrip("/"), "headers": headers, "timeout": timeout}
 
 

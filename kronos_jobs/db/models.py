@@ -284,3 +284,20 @@ class ScheduleRunJob(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     schedule_id: Mapped[str] = mapped_column(String(32))
     tenant_id: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
+
+
+# --- API keys (issue 11) ---------------------------------------------------------------------------
+
+
+class ApiKey(Base):
+    """An API key: only the SHA-256 of the token is stored; the token itself is shown once, at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # public id, also inside the token
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)  # hex digest; the lookup key
+    tenant_id: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
+    scopes: Mapped[list[Any]] = mapped_column(default=list)  # names.Scope values
+    name: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)

@@ -159,15 +159,22 @@ def kronos_env(tmp_path: Path, port: int) -> dict[str, str]:
 class ApiProcess:
     """`kronos-jobs api` (uvicorn) on a free port with the stack's environment; a context manager."""
 
-    def __init__(self, stack: Stack, log: Path):
-        self.stack, self.log, self.port = stack, log, free_port()
+    def __init__(self, stack: Stack, log: Path, **env: str):
+        self.stack, self.log, self.port, self.extra_env = stack, log, free_port(), env
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
+
+    def make_key(self, *scopes: str) -> str:
+        """A new API key of the default tenant (admin unless scopes are given)."""
+        from kronos_jobs.crud import api_keys
+
+        with session_scope(self.stack.settings) as session:
+            return api_keys.create_key(session, tenant_id=DEFAULT_TENANT, scopes=scopes or ("admin",))[1]
 
     def __enter__(self) -> "ApiProcess":
         import httpx
 
-        env = {**self.stack.env, "KRONOS_API_PORT": str(self.port), "KRONOS_API_HOST": "127.0.0.1"}
+        env = {**self.stack.env, "KRONOS_API_PORT": str(self.port), "KRONOS_API_HOST": "127.0.0.1", **self.extra_env}
         self.proc = subprocess.Popen([sys.executable, "-m", "kronos_jobs.cli", "api"], cwd=REPO, env=env,
                                      stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60

@@ -9,14 +9,16 @@ import sys
 import pandas as pd
 import pytest
 
-from kronos_jobs.client import AsyncClient, Client, InvalidRequestError, NotFoundError
+from kronos_jobs.client import AsyncClient, AuthenticationError, Client, InvalidRequestError, NotFoundError
 from tests.e2e.harness import ApiProcess
 from tests.readme import ROOT, code_blocks, section
 
 
 @pytest.fixture(scope="module")
 def api(stack, tmp_path_factory):
-    with ApiProcess(stack, tmp_path_factory.mktemp("api") / "api.log") as process:
+    """The API with keys required (KRONOS_AUTH=on): the client sends its key as a bearer token."""
+    with ApiProcess(stack, tmp_path_factory.mktemp("api") / "api.log", KRONOS_AUTH="on") as process:
+        process.key = process.make_key()
         yield process
 
 
@@ -27,7 +29,7 @@ def test_readme_python_example_runs_as_written(api, tmp_path):
     script = tmp_path / "example.py"
     script.write_text(block.replace("http://localhost:8000", api.url))
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                          env={**api.stack.env, "PYTHONPATH": str(ROOT)})
+                          env={**api.stack.env, "PYTHONPATH": str(ROOT), "KRONOS_API_KEY": api.key})
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert lines[0] == "succeeded random:mini random weights", done.stdout
@@ -38,7 +40,9 @@ def test_readme_python_example_runs_as_written(api, tmp_path):
 
 def test_result_frame_carries_quantiles_and_provenance(api):
     bars = pd.read_csv(ROOT / "examples" / "bars.csv", parse_dates=["timestamp"])
-    with Client(api.url) as client:
+    with pytest.raises(AuthenticationError):
+        Client(api.url, api_key="kj_wrong").models()
+    with Client(api.url, api_key=api.key) as client:
         job = client.forecast(bars, model=str(api.stack.checkpoint), freq="5min", lookback=48, pred_len=4,
                               sample_count=3, seed=1, quantiles=[0.1, 0.9]).wait(timeout=120)
         frame = job.result()
@@ -57,7 +61,7 @@ def test_async_client_does_the_same(api):
     bars = pd.read_csv(ROOT / "examples" / "bars.csv", parse_dates=["timestamp"])
 
     async def scenario():
-        async with AsyncClient(api.url) as client:
+        async with AsyncClient(api.url, api_key=api.key) as client:
             job = await client.forecast(bars, model=str(api.stack.checkpoint), freq="5min", lookback=32, pred_len=3,
                                         seed=2)
             await job.wait(timeout=120)
@@ -87,7 +91,7 @@ def test_worker_metrics_reach_prometheus_from_the_children(api, tmp_path):
     try:
         stack.start_worker(concurrency=2)
         bars = pd.read_csv(ROOT / "examples" / "bars.csv", parse_dates=["timestamp"])
-        with Client(api.url) as client:
+        with Client(api.url, api_key=api.key) as client:
             job = client.forecast(bars, model=str(stack.checkpoint), freq="5min", lookback=32, pred_len=3, seed=4)
             assert job.wait(timeout=120).state == "succeeded"
             second = client.forecast(bars, model=str(stack.checkpoint), freq="5min", lookback=16, pred_len=2, seed=5)

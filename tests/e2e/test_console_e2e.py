@@ -46,7 +46,9 @@ def browser():
 
 @pytest.fixture(scope="module")
 def api(stack, tmp_path_factory):
-    with ApiProcess(stack, tmp_path_factory.mktemp("console-api") / "api.log") as process:
+    """The API with keys required: the browser logs in through the console's key form."""
+    with ApiProcess(stack, tmp_path_factory.mktemp("console-api") / "api.log", KRONOS_AUTH="on") as process:
+        process.key = process.make_key()
         yield process
 
 
@@ -75,8 +77,14 @@ def test_console_in_chromium(browser, api, request):
     stack_name = request.node.callspec.id.replace("+", "-")
     browser.get("about:blank")  # a page left by the previous stack's test stops polling its API
     browser.get_log("browser")  # and whatever it logged is not this test's
+    browser.delete_all_cookies()
+    browser.get(f"{api.url}/console/jobs")  # no key yet: the login form
+    assert browser.current_url.endswith("/console/login")
+    browser.find_element(By.ID, "key").send_keys(api.key)
+    browser.find_element(By.CSS_SELECTOR, "form button").click()
+    wait_until(lambda: browser.current_url.endswith("/console/jobs"), what="the login")
     bars = pd.read_csv(ROOT / "examples" / "bars.csv", parse_dates=["timestamp"])
-    with Client(api.url) as client:
+    with Client(api.url, api_key=api.key) as client:
         client.import_series(bars, freq="5min")
         # random:mini, so the pages (and the README's tour) show how random weights are labelled
         schedule = client.create_schedule(name="nightly", cron="0 18 * * 1-5", timezone="America/New_York",

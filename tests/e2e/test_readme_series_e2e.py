@@ -18,7 +18,9 @@ from tests.test_readme_series import commands, curl
 
 
 def test_series_and_schedule_walkthrough_end_to_end(stack, tmp_path):
-    with ApiProcess(stack, tmp_path / "api.log") as api, httpx.Client(base_url=api.url, timeout=60) as http:
+    # The README's walkthrough sends no key: the embedded default's loopback API, keys off.
+    with ApiProcess(stack, tmp_path / "api.log", KRONOS_AUTH="off") as api, \
+            httpx.Client(base_url=api.url, timeout=60) as http:
         schedule_id, runs = "", []
         for raw in commands():
             argv = [a.replace("$ID", schedule_id) for a in raw]

@@ -78,3 +78,24 @@ def test_models_page_shows_a_finetunes_evaluation(client: TestClient, db: Sessio
     assert "12 held-out windows of 4 bars" in page
     assert "finetuned mse 0.125, direction 75%" in page and "last_value mse 0.3 ·" not in page
     assert "ft-eval <span class=\"warn\">random weights</span>" in page
+
+
+def test_console_login_keeps_the_key_in_a_cookie_for_console_pages_only(client: TestClient, make_key) -> None:
+    from api.auth import CONSOLE_COOKIE
+
+    client.headers.pop("Authorization")
+    assert client.get("/console/jobs", follow_redirects=False).headers["location"] == "/console/login"
+    assert "API key" in client.get("/console/login").text
+    refused = client.post("/console/login", data={"key": "kj_not_a_key"}, follow_redirects=False)
+    assert refused.status_code == 200 and "unknown or revoked API key" in refused.text
+    logged_in = client.post("/console/login", data={"key": make_key(scopes=("read",))}, follow_redirects=False)
+    assert logged_in.status_code == 303 and logged_in.headers["location"] == "/console/jobs"
+    cookie = logged_in.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/console" in cookie
+    assert client.cookies.get(CONSOLE_COOKIE)
+    assert client.get("/console/jobs").status_code == 200
+    # the JSON API never takes the key from the cookie, and a read-only key cannot cancel
+    assert client.get("/v1/jobs", cookies={CONSOLE_COOKIE: client.cookies.get(CONSOLE_COOKIE)}).status_code == 401
+    assert client.post("/console/jobs/abc/cancel", follow_redirects=False).status_code == 403
+    client.post("/console/logout")
+    assert client.get("/console/jobs", follow_redirects=False).status_code == 303
