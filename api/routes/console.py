@@ -55,7 +55,11 @@ CallerDep = Annotated[Caller, Depends(console_caller)]
 
 
 def _page(request: Request, template: str, page: str, **context: Any) -> HTMLResponse:
-    return TEMPLATES.TemplateResponse(request, template, {"pages": PAGES, "page": page, **context})
+    response = TEMPLATES.TemplateResponse(request, template, {"pages": PAGES, "page": page, **context})
+    # Same-origin, not the API's no-referrer: under no-referrer a browser sends `Origin: null` with
+    # the page's form POSTs (login, cancel), which the cross-site guard rightly refuses.
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
 
 
 def _job_view(job) -> dict[str, Any]:

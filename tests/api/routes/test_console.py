@@ -18,6 +18,8 @@ def test_every_page_renders(client: TestClient, page: str) -> None:
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/html")
     assert '<a href="/console/jobs"' in response.text and "</html>" in response.text
+    # the page's forms must carry their Origin (no-referrer would send `Origin: null`, refused as cross-site)
+    assert response.headers["referrer-policy"] == "same-origin"
 
 
 def test_home_redirects_and_static_files_are_served(client: TestClient) -> None:
