@@ -19,7 +19,7 @@ from typing import Any
 from celery import Celery
 
 from kronos_jobs.broker.filesystem_broker import TRANSPORT_PATH
-from kronos_jobs.core.names import TASK_REQUEUE_STALE_JOBS, TASK_RUN_FINETUNE, TASK_RUN_FORECAST, Queue
+from kronos_jobs.core.names import TASK_PRUNE, TASK_REQUEUE_STALE_JOBS, TASK_RUN_FINETUNE, TASK_RUN_FORECAST, Queue
 from kronos_jobs.core.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -164,6 +164,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": {
             "requeue-stale-jobs": {"task": TASK_REQUEUE_STALE_JOBS, "schedule": RECONCILE_EVERY_SECONDS,
                                    "options": {"queue": Queue.FORECAST_CPU.value, "expires": RECONCILE_EVERY_SECONDS}},
+            # Retention (jobs/retention.py): bounded batches, so it shares the CPU queue harmlessly;
+            # `expires` drops a tick that waited a whole interval, so two prunes rarely overlap.
+            "prune-retention": {"task": TASK_PRUNE, "schedule": settings.prune_interval_seconds,
+                                "options": {"queue": Queue.FORECAST_CPU.value, "expires": settings.prune_interval_seconds}},
         },
         # Beat also reads the schedules table every KRONOS_SCHEDULER_INTERVAL seconds, so schedules
         # edited through the API take effect without a restart (kronos_jobs/runtime/beat.py says why not a library).

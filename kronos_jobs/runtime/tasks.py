@@ -27,12 +27,13 @@ from celery.exceptions import TimeLimitExceeded
 
 from kronos_jobs.broker.celery_app import prune_processed_messages
 from kronos_jobs.core.errors import JobGivenBack, LeaseHeld, LeaseLost, NotFound
-from kronos_jobs.core.names import TASK_REQUEUE_STALE_JOBS, TASK_RUN_FINETUNE, TASK_RUN_FORECAST
+from kronos_jobs.core.names import TASK_PRUNE, TASK_REQUEUE_STALE_JOBS, TASK_RUN_FINETUNE, TASK_RUN_FORECAST
 from kronos_jobs.core.settings import get_settings
 from kronos_jobs.db.session import session_scope
 from kronos_jobs.jobs.lease import TRANSIENT_ERRORS
 from kronos_jobs.jobs.recovery import fail_after_hard_time_limit
 from kronos_jobs.jobs.recovery import requeue_stale_jobs as requeue
+from kronos_jobs.jobs.retention import prune
 from kronos_jobs.runtime import drain, worker
 
 logger = logging.getLogger(__name__)
@@ -107,3 +108,9 @@ def requeue_stale_jobs() -> int:
         sent = requeue(session, settings)
     prune_processed_messages(settings)
     return len(sent)
+
+
+@shared_task(name=TASK_PRUNE, ignore_result=True)
+def prune_retention() -> dict:
+    """Beat: delete inputs, results, job rows, runs and retired models' files past their retention."""
+    return prune(get_settings()).as_dict()
