@@ -42,6 +42,9 @@ from kronos_jobs.core.errors import ArtifactUnavailable
 from kronos_jobs.core.settings import Settings
 
 logger = logging.getLogger(__name__)
+# botocore's DEBUG records print each request's headers, access key id included: never below INFO.
+for _name in ("botocore", "aiobotocore", "s3fs"):
+    logging.getLogger(_name).setLevel(max(logging.getLogger(_name).level, logging.INFO))
 
 MANIFEST_NAME = "kronos-artifact.json"  # {"files": {"model/model.safetensors": "<sha256>", ...}}
 MODEL_WEIGHTS = "model/model.safetensors"  # whose sha256 is the registry's `checksum` (model/checkpoint.py)
@@ -118,6 +121,7 @@ class ArtifactStore:
 
     def list_files(self) -> list[str]:
         """Relative keys of every object below this folder ([] when there is none)."""
+        self.fs.invalidate_cache(self.root)  # another host may have written here since this process listed it
         try:
             found = self.fs.find(self.root)
         except FileNotFoundError:
