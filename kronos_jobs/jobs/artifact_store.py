@@ -80,6 +80,7 @@ class ArtifactStore:
 
     def __init__(self, url: str, *, endpoint_url: str | None = None):
         self.url = str(url).rstrip("/") or str(url)
+        self.endpoint_url = endpoint_url
         self.remote = is_remote_url(self.url)
         options = {}
         if self.remote and endpoint_url and get_protocol(self.url) in ("s3", "s3a"):
@@ -98,10 +99,8 @@ class ArtifactStore:
         return "/".join([self.url, *parts])
 
     def sub(self, *parts: str) -> "ArtifactStore":
-        store = object.__new__(ArtifactStore)
-        store.url, store.remote, store.fs = self.child(*parts), self.remote, self.fs
-        store.root = str(PurePosixPath(self.root).joinpath(*parts)) if self.remote else str(Path(self.root).joinpath(*parts))
-        return store
+        """The folder `parts` below this one (fsspec hands back the same cached file system)."""
+        return ArtifactStore(self.child(*parts), endpoint_url=self.endpoint_url)
 
     def holds(self, directory: Path) -> bool:
         """True when this store is the local folder `directory` itself (nothing to mirror)."""
