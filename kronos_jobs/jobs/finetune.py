@@ -34,10 +34,11 @@ Delivery and resume (the choice, and why):
 uploaded to and that a new owner on another host downloads the state from first
 (jobs/artifact_store.py, the one place that moves these files).
 
-Artifacts policy: succeeded → only `<artifacts>/<job id>/final/` (model/, tokenizer/, the
-registered version, its sha256 manifest) is kept; the training states are deleted. Cancelled or failed → the whole
-`<artifacts>/<job id>/` directory is deleted once the state is recorded. Retiring a model keeps its
-files (old jobs stay readable; new jobs cannot name it).
+Artifacts policy: succeeded → only `<artifacts>/<job id>/final/` (model/, tokenizer/ and their
+sha256 manifest: the registered version) is kept; the training states are deleted. Cancelled or
+failed → the whole `<artifacts>/<job id>/` directory is deleted once the state is recorded.
+Retiring a model keeps its files for KRONOS_RETAIN_RETIRED_MODELS_DAYS (jobs/retention.py; old
+jobs stay readable, new jobs cannot name it).
 """
 
 from __future__ import annotations
