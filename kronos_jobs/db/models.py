@@ -85,6 +85,7 @@ class Job(Base):
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
         # The reconciler's scans: queued jobs not touched for a while, running jobs by lease.
         Index("ix_jobs_state", "state", "updated_at"),
+        Index("ix_jobs_outbox", "state", "sent_at"),  # the dispatcher's scan for unsent queued jobs
         Index("ix_jobs_finished_at", "finished_at"),  # retention's scans (jobs/retention.py)
     )
 
@@ -113,6 +114,7 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(nullable=True)  # task reached the broker (the outbox)
     # Set when retention deleted the job's input bars / result rows (jobs/retention.py).
     input_pruned_at: Mapped[datetime | None] = mapped_column(nullable=True)
     result_pruned_at: Mapped[datetime | None] = mapped_column(nullable=True)
