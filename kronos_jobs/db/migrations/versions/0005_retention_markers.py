@@ -2,7 +2,7 @@
 models.artifact_pruned_at, the pruned_records tombstones) and the indexes retention scans by.
 
 Revision ID: 0005
-Revises: 0007
+Revises: 0004
 Create Date: 2026-12-03
 
 Written to match kronos_jobs/db/models.py (tests/db/test_migrations.py compares them); imports no
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005"
-down_revision: str | None = "0007"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
