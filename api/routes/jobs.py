@@ -23,7 +23,7 @@ from api.tables import FILE_RESPONSES, ResultFormat, file_response, json_rows
 from api.parsing_pool import pool_of
 from api.uploads import Upload, read_json_or_upload, upload_body_doc
 from kronos_jobs.charts.forecast import CHART_FORMATS, ChartFormat, chart_timezone, chart_title, forecast_chart
-from kronos_jobs.core.errors import Conflict, NotFound
+from kronos_jobs.core.errors import Conflict, Gone, NotFound
 from kronos_jobs.core.names import JobKind, JobState
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.crud import jobs as job_crud
@@ -35,7 +35,7 @@ from kronos_jobs.jobs.submit import submit_forecast
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 409, 413, 415, 422, 503)}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 409, 410, 413, 415, 422, 503)}
 JobId = Annotated[str, Path(max_length=64, description="The job id returned by POST.")]
 
 
@@ -173,6 +173,10 @@ def read_job_result(
             f"job {job.id} is {job.state}; its result is available once it finishes",
             details=[{"field": "state", "message": f"job is {job.state}"}],
         )
+    if job.result_pruned_at is not None:
+        raise Gone(f"job {job.id}'s result rows were deleted by retention on {job.result_pruned_at:%Y-%m-%d} "
+                   "(KRONOS_RETAIN_RESULTS_DAYS); GET /v1/jobs/{id} still shows its metadata",
+                   details=[{"field": "job_id", "message": "result deleted by retention"}])
     rows = result_crud.read_forecasts(session, job_id=job.id)
     made_by = provenance(job.execution_metadata, job.model)
     if format is ResultFormat.JSON:
@@ -195,6 +199,10 @@ def read_job_chart(
         what = f"is a {job.kind} job" if job.kind != JobKind.FORECAST.value else f"is {job.state}"
         raise Conflict(f"job {job.id} {what}; charts are drawn for finished forecast jobs",
                        details=[{"field": "kind" if job.kind != JobKind.FORECAST.value else "state", "message": what}])
+    if job.result_pruned_at is not None:
+        raise Gone(f"job {job.id}'s result rows were deleted by retention on {job.result_pruned_at:%Y-%m-%d} "
+                   "(KRONOS_RETAIN_RESULTS_DAYS); there is nothing to draw",
+                   details=[{"field": "job_id", "message": "result deleted by retention"}])
     rows = result_crud.read_forecasts(session, job_id=job.id)
     symbols = list(dict.fromkeys(rows["symbol"]))
     if not symbols:
@@ -204,7 +212,12 @@ def read_job_chart(
     if symbol not in symbols:
         raise NotFound(f"job {job.id} has no forecast rows for symbol {symbol!r}; it has {', '.join(symbols[:20])}",
                        details=[{"field": "symbol", "message": f"not among the job's symbols: {symbol!r}"}])
-    bars, _ = result_crud.load_job_input(session, job_id=job.id)
+    try:
+        bars, _ = result_crud.load_job_input(session, job_id=job.id)
+    except NotFound:
+        raise Gone(f"job {job.id}'s input bars, the chart's history, were deleted by retention "
+                   "(KRONOS_RETAIN_INPUTS_DAYS); its result rows are still at GET /v1/jobs/{id}/result",
+                   details=[{"field": "job_id", "message": "input deleted by retention"}]) from None
     image = forecast_chart(bars, rows, symbol=symbol, fmt=format, timezone=chart_timezone(job.params),
                            title=chart_title(symbol, provenance(job.execution_metadata, job.model), job.state))
     return Response(image, media_type=CHART_FORMATS[format])

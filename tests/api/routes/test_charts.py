@@ -103,3 +103,19 @@ def test_quantiles_with_one_sample_path_are_rejected_saying_why(client: TestClie
     assert "sample_count >= 2" in error["message"] and "equal the mean" in error["message"]
     body["sampling"]["sample_count"] = 2
     assert client.post("/v1/jobs/forecast", json=body).status_code == 202
+
+
+def test_chart_of_a_pruned_job_is_gone(client: TestClient, db: Session) -> None:
+    from datetime import datetime, timezone
+
+    from kronos_jobs.db.models import Job, JobInput
+
+    job_id = finished(client, db, meta=RANDOM_META)
+    db.query(JobInput).filter(JobInput.job_id == job_id).delete()  # retention took the input only
+    db.commit()
+    response = client.get(f"/v1/jobs/{job_id}/chart")
+    assert response.status_code == 410 and "KRONOS_RETAIN_INPUTS_DAYS" in response.json()["error"]["message"]
+    db.query(Job).filter(Job.id == job_id).update({"result_pruned_at": datetime.now(timezone.utc)})
+    db.commit()
+    response = client.get(f"/v1/jobs/{job_id}/chart")
+    assert response.status_code == 410 and "KRONOS_RETAIN_RESULTS_DAYS" in response.json()["error"]["message"]
