@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.errors import register_error_handlers
 from api.limits import MULTIPART_SLACK_BYTES, BodySizeLimit
-from api.routes import finetune, forecasts, health, jobs, models, schedules, series, workers
+from api.routes import backtests, finetune, forecasts, health, jobs, models, schedules, scores, series, workers
 from api.schemas import FinetuneJobCreate, FinetuneParamsIn, ForecastJobCreate, ForecastUploadCreate, SeriesBarsCreate
 from kronos_jobs import __version__
 from kronos_jobs.core.settings import Settings, get_settings
@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     register_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK_BYTES)
-    for module in (jobs, finetune, series, schedules, forecasts, workers, models, health):
+    for module in (jobs, finetune, series, schedules, forecasts, workers, models, health, backtests, scores):
         app.include_router(module.router)
     for route in app.routes:
         # A handler's one-line docstring is its OpenAPI summary (the name alone says less).

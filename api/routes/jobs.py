@@ -6,10 +6,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
+import pandas as pd
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
 from api.deps import CallerDep, SessionDep, SettingsDep
 from api.schemas import (
+    BacktestResultPublic,
     ErrorResponse,
     ForecastJobCreate,
     ForecastParamsIn,
@@ -23,6 +25,7 @@ from api.uploads import Upload, read_json_or_upload, upload_body_doc
 from kronos_jobs.core.errors import Conflict
 from kronos_jobs.core.names import JobKind, JobState
 from kronos_jobs.core.settings import Settings
+from kronos_jobs.crud import backtests as backtest_crud
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import results as result_crud
 from kronos_jobs.inputs.parsing import BarsInput, parse_inline_series, parse_upload
@@ -131,7 +134,7 @@ def read_job(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobPublic
 
 @router.get(
     "/{job_id}/result",
-    response_model=ResultPublic,
+    response_model=ResultPublic | BacktestResultPublic,
     responses={**ERRORS, **FILE_RESPONSES},
 )
 def read_job_result(
@@ -140,7 +143,8 @@ def read_job_result(
     caller: CallerDep,
     format: ResultFormat = ResultFormat.JSON,  # noqa: A002 - the query parameter's public name
 ) -> Any:
-    """Read a finished forecast job's rows as JSON, CSV or Parquet (a fine-tune's result is its model: 409)."""
+    """Read a finished job's rows as JSON, CSV or Parquet: a forecast's bars, a backtest's per-origin
+    forecasts and truths (a fine-tune's result is its model: 409)."""
     job = job_crud.get_job(session, tenant_id=caller.tenant_id, job_id=job_id)
     if job.kind == JobKind.FINETUNE.value:
         # A fine-tune's result is a model, not rows: say where it is instead of an empty table.
@@ -154,10 +158,21 @@ def read_job_result(
             f"job {job.id} is {job.state}; its result is available once it finishes",
             details=[{"field": "state", "message": f"job is {job.state}"}],
         )
+    if job.kind == JobKind.BACKTEST.value:
+        return backtest_result(job, backtest_crud.read_rows(session, job_id=job.id), format)
     rows = result_crud.read_forecasts(session, job_id=job.id)
     if format is ResultFormat.JSON:
         return ResultPublic(job_id=job.id, state=job.state, columns=list(rows.columns), rows=json_rows(rows),
                             errors=job.symbol_errors or [])
+    return file_response(rows, format, job.id)
+
+
+def backtest_result(job, rows: pd.DataFrame | None, format: ResultFormat) -> Any:  # noqa: A002
+    """A finished backtest's rows (an empty table when it wrote none: cancelled or failed)."""
+    rows = pd.DataFrame(columns=list(backtest_crud.ROW_COLUMNS)) if rows is None else rows
+    if format is ResultFormat.JSON:
+        return BacktestResultPublic(job_id=job.id, state=job.state, columns=list(rows.columns), rows=json_rows(rows),
+                                    errors=job.symbol_errors or [])
     return file_response(rows, format, job.id)
 
 

@@ -19,7 +19,14 @@ from typing import Any
 from celery import Celery
 
 from kronos_jobs.broker.filesystem_broker import TRANSPORT_PATH
-from kronos_jobs.core.names import TASK_REQUEUE_STALE_JOBS, TASK_RUN_FINETUNE, TASK_RUN_FORECAST, Queue
+from kronos_jobs.core.names import (
+    TASK_REQUEUE_STALE_JOBS,
+    TASK_RUN_BACKTEST,
+    TASK_RUN_FINETUNE,
+    TASK_RUN_FORECAST,
+    TASK_SCORE_FORECASTS,
+    Queue,
+)
 from kronos_jobs.core.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -129,6 +136,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "time_limit": settings.forecast_time_limit,
                 "max_retries": settings.max_retries,
             },
+            TASK_RUN_BACKTEST: {  # a backtest is many forecasts: the forecast limits, on the forecast queues
+                "soft_time_limit": settings.forecast_soft_time_limit,
+                "time_limit": settings.forecast_time_limit,
+                "max_retries": settings.max_retries,
+            },
             TASK_RUN_FINETUNE: {
                 "soft_time_limit": settings.finetune_soft_time_limit,
                 "time_limit": settings.finetune_time_limit,
@@ -164,6 +176,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": {
             "requeue-stale-jobs": {"task": TASK_REQUEUE_STALE_JOBS, "schedule": RECONCILE_EVERY_SECONDS,
                                    "options": {"queue": Queue.FORECAST_CPU.value, "expires": RECONCILE_EVERY_SECONDS}},
+            # Live scoring: stored forecasts whose realized bars reached the series store (evaluation/scoring.py).
+            "score-forecasts": {"task": TASK_SCORE_FORECASTS, "schedule": settings.score_interval,
+                                "options": {"queue": Queue.FORECAST_CPU.value, "expires": settings.score_interval}},
         },
         # Beat also reads the schedules table every KRONOS_SCHEDULER_INTERVAL seconds, so schedules
         # edited through the API take effect without a restart (kronos_jobs/runtime/beat.py says why not a library).

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     schedule_batch_symbols: int = Field(250, ge=1, description="Symbols per forecast job when a schedule run fans out.")
     scheduler_interval: float = Field(5.0, gt=0, description="Seconds between the beat's reads of the schedules table.")
 
+    # --- backtests and live scoring (issue 10) -----------------------------------------------
+    score_interval: float = Field(300.0, gt=0, description="Seconds between the beat's live scoring of stored forecasts.")
+
     @field_validator("device")
     @classmethod
     def _device_form(cls, value: str) -> str:

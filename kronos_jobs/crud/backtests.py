@@ -18,6 +18,8 @@ from kronos_jobs.db.models import BacktestMetric, BacktestResult
 
 # The metrics columns stored as their own columns; pinball_* and coverage_* go to `bands`.
 STORED_METRICS = ("n", "mae", "rmse", "smape", "mase", "directional_accuracy", "crps", "skill", "dm_stat", "dm_pvalue")
+ROW_COLUMNS = ("model", "kind", "lookback", "symbol", "origin", "repeat", "step", "timestamp", "open", "high", "low",
+               "close", "volume", "amount")
 KEY_COLUMNS = ("model", "kind", "lookback", "symbol", "step", "horizon")
 
 

@@ -74,6 +74,7 @@ class ForecastParams:
     # Trading calendar for generated future timestamps (kronos_jobs/inputs/calendar.py): a flat spec, or
     # {"default": spec, "symbols": {symbol: spec}}. Empty: weekends skipped for daily bars only.
     calendar: dict[str, Any] = dataclasses.field(default_factory=dict)
+    score: bool = False  # score live once the bars arrive (kronos_jobs/evaluation/scoring.py); schedule runs always are
 
     @classmethod
     def from_value(cls, value: "ForecastParams | dict[str, Any]") -> "ForecastParams":

@@ -27,7 +27,13 @@ from celery.exceptions import TimeLimitExceeded
 
 from kronos_jobs.broker.celery_app import prune_processed_messages
 from kronos_jobs.core.errors import JobGivenBack, LeaseHeld, LeaseLost, NotFound
-from kronos_jobs.core.names import TASK_REQUEUE_STALE_JOBS, TASK_RUN_FINETUNE, TASK_RUN_FORECAST
+from kronos_jobs.core.names import (
+    TASK_REQUEUE_STALE_JOBS,
+    TASK_RUN_BACKTEST,
+    TASK_RUN_FINETUNE,
+    TASK_RUN_FORECAST,
+    TASK_SCORE_FORECASTS,
+)
 from kronos_jobs.core.settings import get_settings
 from kronos_jobs.db.session import session_scope
 from kronos_jobs.jobs.lease import TRANSIENT_ERRORS
@@ -90,6 +96,14 @@ def run_forecast(self, job_id: str) -> str | None:
     return deliver(self, job_id, run_forecast_job, identity=worker.current_identity())
 
 
+@shared_task(bind=True, base=JobTask, name=TASK_RUN_BACKTEST, ignore_result=True, **RETRY_OPTIONS)
+def run_backtest(self, job_id: str) -> str | None:
+    """Run one delivery of backtest job `job_id` (see jobs/backtest.py)."""
+    from kronos_jobs.jobs.backtest import run_backtest_job  # torch, on the first job only
+
+    return deliver(self, job_id, run_backtest_job, identity=worker.current_identity())
+
+
 @shared_task(bind=True, base=JobTask, name=TASK_RUN_FINETUNE, ignore_result=True, **RETRY_OPTIONS)
 def run_finetune(self, job_id: str) -> str | None:
     """Run one delivery of fine-tune job `job_id` (see jobs/finetune.py: lease, resume, register)."""
@@ -107,3 +121,13 @@ def requeue_stale_jobs() -> int:
         sent = requeue(session, settings)
     prune_processed_messages(settings)
     return len(sent)
+
+
+@shared_task(name=TASK_SCORE_FORECASTS, ignore_result=True)
+def score_forecasts() -> int:
+    """Beat: score stored forecasts whose realized bars reached the series store (evaluation/scoring.py)."""
+    from kronos_jobs.evaluation.scoring import score_new_forecasts
+
+    settings = get_settings()
+    with session_scope(settings) as session:
+        return score_new_forecasts(session)
