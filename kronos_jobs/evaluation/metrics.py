@@ -171,4 +171,7 @@ def metrics_table(rows: pd.DataFrame, *, scales: pd.Series, quantiles: Sequence[
     out = out[ordered]
     out["step"] = out["step"].astype("Int64")
     out["horizon"] = out["horizon"].astype("Int64")
-    return out.sort_values([*keys, "horizon", "step"], na_position="first", kind="stable", ignore_index=True)
+    # Models first, then the baselines; per model the step rows, then the sub-horizons.
+    out = out.assign(_baseline=out["kind"] != "model")
+    out = out.sort_values(["_baseline", *keys, "horizon", "step"], na_position="first", kind="stable", ignore_index=True)
+    return out.drop(columns="_baseline")
