@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shlex
 
-import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
@@ -33,5 +32,4 @@ def test_backtest_example_prints_the_metrics_table(settings, monkeypatch) -> Non
     assert printed[0].split() == shown[0].split()  # the same columns
     assert len(printed) == len(shown)
     # The same rows (model, lookback, step/horizon); the numbers are those of this machine's run.
-    width = len("model") + 2
     assert [line.split()[:3] for line in printed[1:]] == [line.split()[:3] for line in shown[1:]]
