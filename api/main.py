@@ -17,7 +17,15 @@ from starlette.concurrency import run_in_threadpool
 from api.errors import register_error_handlers
 from api.limits import MULTIPART_SLACK_BYTES, BodySizeLimit
 from api.routes import backtests, finetune, forecasts, health, jobs, models, schedules, scores, series, workers
-from api.schemas import FinetuneJobCreate, FinetuneParamsIn, ForecastJobCreate, ForecastUploadCreate, SeriesBarsCreate
+from api.schemas import (
+    BacktestJobCreate,
+    BacktestUploadCreate,
+    FinetuneJobCreate,
+    FinetuneParamsIn,
+    ForecastJobCreate,
+    ForecastUploadCreate,
+    SeriesBarsCreate,
+)
 from kronos_jobs import __version__
 from kronos_jobs.core.settings import Settings, get_settings
 from kronos_jobs.db import migrate
@@ -32,7 +40,8 @@ def _openapi_with_request_bodies(app: FastAPI) -> dict[str, Any]:
 
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (ForecastJobCreate, ForecastUploadCreate, FinetuneJobCreate, FinetuneParamsIn, SeriesBarsCreate):
+        for model in (ForecastJobCreate, ForecastUploadCreate, FinetuneJobCreate, FinetuneParamsIn, SeriesBarsCreate,
+                      BacktestJobCreate, BacktestUploadCreate):
             body = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(body.pop("$defs", {}))
             components[model.__name__] = body

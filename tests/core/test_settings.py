@@ -51,6 +51,7 @@ ENVIRONMENT: dict[str, tuple[str, object]] = {
     "log_level": ("DEBUG", "DEBUG"),
     "schedule_batch_symbols": ("100", 100),
     "scheduler_interval": ("1.5", 1.5),
+    "score_interval": ("60", 60.0),
 }
 
 
