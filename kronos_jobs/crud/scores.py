@@ -44,15 +44,14 @@ def unscored_with_bars(session: Session, *, limit: int) -> pd.DataFrame:
     return frame.drop_duplicates(["job_id", "symbol", "step"], ignore_index=True)
 
 
-def insert_scores(session: Session, *, records: list[dict[str, Any]]) -> int:
+def insert_scores(session: Session, *, records: list[dict[str, Any]]) -> None:
     """Insert scores, skipping any (job, symbol, step) already scored (a second beat raced us)."""
     if not records:
-        return 0
+        return
     dialect = session.get_bind().dialect.name
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     statement = insert(ForecastScore.__table__).on_conflict_do_nothing(index_elements=["job_id", "symbol", "step"])
-    result = session.execute(statement, records)
-    return int(result.rowcount or 0) if result.rowcount and result.rowcount > 0 else len(records)
+    session.execute(statement, records)
 
 
 def read_scores(session: Session, *, tenant_id: str, schedule_id: str | None = None,

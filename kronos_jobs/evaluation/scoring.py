@@ -30,7 +30,8 @@ ID = "_group"
 
 
 def score_new_forecasts(session: Session, *, limit: int = SCORE_BATCH) -> int:
-    """Score the forecast bars whose realized bars arrived; returns how many were scored."""
+    """Score the forecast bars whose realized bars arrived; returns how many this call found unscored
+    (a beat racing this one may have inserted some of them first: those are skipped, not doubled)."""
     pending = score_crud.unscored_with_bars(session, limit=limit)
     if pending.empty:
         return 0

@@ -70,3 +70,53 @@ def test_greedy_backtest_equals_the_per_origin_loop(job_settings, tiny_checkpoin
     assert (naive["skill"] == 0).all()
     per_symbol = load(job_settings, job_id, by_symbol=True)[1]
     assert set(per_symbol["symbol"]) == {"AAA", "BBB"}
+
+
+def test_backtests_ride_the_forecast_queues_with_their_own_task():
+    from kronos_jobs.core.names import TASK_RUN_BACKTEST, TASK_RUN_FORECAST, JobKind, Queue
+    from kronos_jobs.core.routing import choose_queue
+    from kronos_jobs.jobs.submit import task_for_queue
+
+    assert choose_queue(JobKind.BACKTEST, "auto", []) == choose_queue(JobKind.FORECAST, "auto", [])
+    gpu_worker = {"queues": ["forecast.gpu"]}
+    assert choose_queue(JobKind.BACKTEST, "auto", [gpu_worker])[0] is Queue.FORECAST_GPU
+    assert task_for_queue(Queue.FORECAST_CPU, JobKind.BACKTEST) == TASK_RUN_BACKTEST
+    assert task_for_queue(Queue.FORECAST_CPU) == task_for_queue(Queue.FORECAST_CPU, JobKind.FORECAST) == TASK_RUN_FORECAST
+
+
+def test_a_lost_backtest_is_resent_as_a_backtest(job_settings, tiny_checkpoint, monkeypatch):
+    from kronos_jobs.jobs import recovery
+
+    job_id = submit(job_settings, tiny_checkpoint, make_bars({"AAA": 60}))
+    sent = []
+    monkeypatch.setattr(recovery, "send_job", lambda settings, job_id, queue, kind=None: sent.append((job_id, kind)))
+    with session_scope(job_settings) as session:
+        recovery.requeue_stale_jobs(session, job_settings, queued_older_than=0)
+    assert sent == [(job_id, "backtest")]
+
+
+def test_cancel_while_running_keeps_no_rows(job_settings, tiny_checkpoint, monkeypatch):
+    from kronos_jobs.crud import jobs as job_crud
+
+    job_id = submit(job_settings, tiny_checkpoint, make_bars({s: 60 for s in "ABCD"}))  # 4 x 2 x 6 = 48 forecasts
+    real = model_cache.get_predictor
+
+    class CancelOnFirstCall:
+        def __init__(self, predictor):
+            self.predictor = predictor
+
+        def predict_batch(self, *args, **kwargs):
+            with session_scope(job_settings) as session:
+                job_crud.request_cancel(session, tenant_id=DEFAULT_TENANT, job_id=job_id)
+            return self.predictor.predict_batch(*args, **kwargs)
+
+    def patched(spec, device, settings):
+        entry, cached = real(spec, device, settings)
+        return type(entry)(**{**entry.__dict__, "predictor": CancelOnFirstCall(entry.predictor)}), cached
+
+    monkeypatch.setattr(model_cache, "get_predictor", patched)
+    assert run_backtest_job(job_id, settings=job_settings, identity=worker_identity(job_settings)) is JobState.CANCELLED
+    job = load_job(job_settings, job_id)
+    assert job.state == "cancelled" and job.progress_done == 2  # stopped after the first batch of 2 contexts
+    rows, metrics = load(job_settings, job_id)
+    assert rows is None and metrics.empty
