@@ -123,3 +123,12 @@ def test_a_finished_backtest_serves_rows_and_metrics(settings: Settings, tmp_pat
         by_symbol = client.get(f"/v1/jobs/{job_id}/metrics", params={"by": "symbol"}).json()
         assert {r["symbol"] for r in by_symbol["rows"]} == {"S0", "S1"}
         assert client.get(f"/v1/jobs/{job_id}/metrics", params={"by": "model"}).status_code == 422
+
+
+def test_idempotency_key(client: TestClient) -> None:
+    first = client.post(BACKTEST, json=body(), headers={"Idempotency-Key": "bt-1"})
+    again = client.post(BACKTEST, json=body(), headers={"Idempotency-Key": "bt-1"})
+    assert first.status_code == again.status_code == 202 and first.json()["id"] == again.json()["id"]
+    other = client.post(BACKTEST, json=body(horizon=3), headers={"Idempotency-Key": "bt-1"})
+    assert other.status_code == 409
+    assert len(client.get("/v1/jobs").json()["data"]) == 1
