@@ -15,7 +15,7 @@ import logging
 
 from sqlalchemy import update
 
-from kronos_jobs.core.names import JobKind, JobState
+from kronos_jobs.core.names import JobState
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.db.models import Job, utcnow
@@ -62,10 +62,7 @@ def requeue_stale_jobs(session, settings: Settings, *, queued_older_than: float 
     sent = []
     for job in jobs:
         try:
-            if job.kind == JobKind.BACKTEST.value:  # shares the forecast queues, runs its own task
-                send_job(settings, job.id, job.queue, job.kind)
-            else:
-                send_job(settings, job.id, job.queue)
+            send_job(settings, job.id, job.queue, job.kind)
             sent.append(job.id)
         except Exception as exc:
             logger.warning("reconciler: could not re-send job %s (%s)", job.id, exc)

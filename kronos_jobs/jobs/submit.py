@@ -200,7 +200,7 @@ def enqueue(session, settings: Settings, *, tenant_id: str, kind: JobKind, devic
     session.commit()
     # Only now, with the row committed, may a worker see the task.
     try:
-        send_job(settings, job_id, queue, kind) if kind is JobKind.BACKTEST else send_job(settings, job_id, queue)
+        send_job(settings, job_id, queue, kind)
     except Exception as exc:  # the row is committed: the reconciler will send it
         logger.error("job %s queued but not sent (%s: %s); the reconciler will re-send it",
                      job_id, type(exc).__name__, exc)
