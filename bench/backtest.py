@@ -142,9 +142,10 @@ def bench(name: str, args) -> dict:
     scored = forecasts * len(params.report_horizons)
     print(f"\n[{name}] {setting['arch']} architecture, random weights, {setting['symbols']} symbol(s) x "
           f"{params.n_windows} origins x lookbacks {params.lookbacks} x {params.repeats} repeat(s), horizon "
-          f"{params.horizon} (reported {params.report_horizons}): {forecasts} forecasts, {scored} scored")
+          f"{params.horizon} (reported {params.report_horizons}): {forecasts} forecasts, {scored} scored", flush=True)
 
     batched, batched_s, batched_mib = timed(lambda: run_batched(predictor, items, params, args.batch))
+    print(f"  batched done in {batched_s:.1f} s", flush=True)
     t0 = time.perf_counter()
     rows = pd.concat([_baseline_rows(series, params)] + [
         _model_rows("random", lb, repeat, chunk, outs, params) for (lb, repeat, _), (chunk, outs) in batched.items()],
@@ -154,6 +155,7 @@ def bench(name: str, args) -> dict:
     loop_n = forecasts if args.loop_forecasts is None else min(forecasts, args.loop_forecasts)
     _, loop_s, loop_mib = timed(lambda: run_loop(predictor, items, params, limit=loop_n))
     loop_total = loop_s * forecasts / loop_n
+    print(f"  loop done in {loop_s:.1f} s ({loop_n} forecasts)", flush=True)
     oracle_n = min(forecasts, args.oracle_forecasts)
     _, oracle_s, oracle_mib = timed(lambda: run_oracle(predictor, items, params, oracle_n))
     oracle_total = oracle_s * forecasts / oracle_n
