@@ -16,6 +16,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api.errors import register_error_handlers
 from api.limits import MULTIPART_SLACK_BYTES, BodySizeLimit
+from api.nul_bytes import NulByteGuard
+from api.parsing_pool import ParsingPool
 from api.routes import backtests, finetune, forecasts, health, jobs, models, schedules, scores, series, workers
 from api.schemas import (
     BacktestJobCreate,
@@ -57,7 +59,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Safe when several API and worker processes start at once (migrate takes a lock).
         await run_in_threadpool(migrate.upgrade, settings)
-        yield
+        # The embedded broker's folders exist before the first /readyz, worker or not (celery is
+        # imported here, not at module import: the app module itself stays light).
+        from kronos_jobs.broker.celery_app import ensure_broker_folders
+
+        await run_in_threadpool(ensure_broker_folders, settings)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(app.state.parsing_pool.close)
 
     app = FastAPI(
         title="kronos-jobs",
@@ -67,7 +77,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.parsing_pool = ParsingPool(settings)
     register_error_handlers(app)
+    app.add_middleware(NulByteGuard)  # inside the size limit: it buffers at most a capped JSON body
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK_BYTES)
     for module in (jobs, finetune, series, schedules, forecasts, workers, models, health, backtests, scores):
         app.include_router(module.router)

@@ -16,11 +16,12 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from api.deps import CallerDep, SessionDep, SettingsDep
 from api.routes.jobs import ERRORS
 from api.schemas import FinetuneJobCreate, FinetuneJobPublic, FinetuneParamsIn, JobPublic
+from api.parsing_pool import pool_of
 from api.uploads import Upload, read_json_or_upload, upload_body_doc
 from kronos_jobs.core.errors import InvalidRequest, NotFound, invalid
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.crud import series as series_crud
-from kronos_jobs.inputs.parsing import parse_upload
+from kronos_jobs.inputs.parsing import BarsInput
 from kronos_jobs.jobs.finetune_submit import submit_finetune
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -30,13 +31,12 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 class FinetuneSubmission:
     params: FinetuneParamsIn  # a FinetuneJobCreate (series store) or FinetuneParamsIn (upload)
     upload: Upload | None = None
+    parsed: BarsInput | None = None  # the upload's bars, parsed off the request threads (api/parsing_pool.py)
 
     def bars(self, session, settings: Settings, tenant_id: str) -> tuple[pd.DataFrame, str]:
         """The long-format training bars and their source (upload format, or `store`)."""
-        if self.upload is not None:
-            parsed = parse_upload(self.upload.data, filename=self.upload.filename,
-                                            content_type=self.upload.content_type, freq=None, settings=settings)
-            return parsed.bars, parsed.source
+        if self.parsed is not None:
+            return self.parsed.bars, self.parsed.source
         return _store_bars(session, self.params.data, tenant_id), "store"
 
     def finetune_params(self, settings: Settings) -> dict:
@@ -68,7 +68,11 @@ async def read_finetune_submission(request: Request) -> FinetuneSubmission:
     params, upload = await read_json_or_upload(
         request, FinetuneJobCreate, FinetuneParamsIn, what="the CSV or Parquet training bars",
         accepted="multipart/form-data with a file, or application/json naming series-store symbols in `data`")
-    return FinetuneSubmission(params=params, upload=upload)
+    parsed = None
+    if upload is not None:
+        parsed = await pool_of(request.app).parse_upload(
+            upload.data, filename=upload.filename, content_type=upload.content_type, freq=None)
+    return FinetuneSubmission(params=params, upload=upload, parsed=parsed)
 
 
 FinetuneSubmissionDep = Annotated[FinetuneSubmission, Depends(read_finetune_submission)]

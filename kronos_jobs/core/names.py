@@ -76,9 +76,7 @@ POOL_QUEUES: dict[Pool, tuple[Queue, ...]] = {
 # Celery task names (tasks carry only the job id).
 TASK_RUN_FORECAST = "kronos_jobs.run_forecast"
 TASK_RUN_FINETUNE = "kronos_jobs.run_finetune"
-TASK_REQUEUE_STALE_JOBS = "kronos_jobs.requeue_stale_jobs"  # beat: re-send jobs a broker lost
 TASK_RUN_BACKTEST = "kronos_jobs.run_backtest"
-TASK_SCORE_FORECASTS = "kronos_jobs.score_forecasts"  # beat: score stored forecasts whose bars arrived
 
 DEFAULT_TENANT = "default"
 

@@ -80,6 +80,17 @@ class Settings(BaseSettings):
     schedule_batch_symbols: int = Field(250, ge=1, description="Symbols per forecast job when a schedule run fans out.")
     scheduler_interval: float = Field(5.0, gt=0, description="Seconds between the beat's reads of the schedules table.")
 
+    # --- hostile input and recovery (robust) -----------------------------------------------------
+    max_upload_rows: int = Field(2_000_000, ge=1, description="Data rows an uploaded CSV or Parquet file may hold, counted before parsing.")
+    upload_parse_seconds: float = Field(30.0, gt=0, description="Time limit for parsing one upload; the parsing process is killed after it.")
+    upload_parse_workers: int = Field(2, ge=1, description="Processes the API parses uploads in (off its request threads).")
+    upload_parse_queue: int = Field(16, ge=1, description="Uploads waiting for a parsing process before the API answers 503.")
+    dispatch_interval: float = Field(2.0, gt=0, description="Seconds between beat's sends of queued jobs whose task was never sent (the outbox).")
+    dispatch_after_seconds: float = Field(5.0, ge=0, description="A queued job unsent for this long is sent by the dispatcher.")
+    transient_retries: int = Field(40, ge=0, description="Retries of a task hit by a database or broker outage; at the backoff cap (full jitter) they span about 5 minutes.")
+    retry_backoff_max: int = Field(15, ge=1, description="Cap in seconds of the backoff between those retries: a task finds the service back within this long.")
+    cancel_check_seconds: float = Field(1.0, gt=0, description="At most one cancel check per this many seconds while a forecast decodes.")
+
     # --- backtests and live scoring (issue 10) -----------------------------------------------
     score_interval: float = Field(300.0, gt=0, description="Seconds between the beat's live scoring of stored forecasts.")
 

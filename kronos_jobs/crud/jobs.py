@@ -355,6 +355,11 @@ def give_back_job(session: Session, *, job_id: str, owner: str,
 # --- cancellation and the reconciler -----------------------------------------------------------
 
 
+def cancel_requested(session: Session, *, job_id: str) -> bool:
+    """Whether a cancel of the job was requested (one indexed read: the decode loop asks it)."""
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
 def request_cancel(session: Session, *, tenant_id: str, job_id: str) -> Job:
     """Cancel: a queued job becomes cancelled now, a running one is flagged to stop at its next
     batch boundary; a finished job raises InvalidTransition."""
@@ -388,11 +393,32 @@ def stale_queued_jobs(session: Session, *, older_than_seconds: float, limit: int
     return list(session.scalars(query))
 
 
-def expired_running_jobs(session: Session, *, limit: int = 100) -> list[Job]:
-    """Running jobs whose lease lapsed: their worker died; a new delivery may claim them."""
-    query = (select(Job).where(Job.state == JobState.RUNNING.value, Job.lease_expires_at < utcnow())
+def expired_running_jobs(session: Session, *, limit: int = 100, untouched_for_seconds: float = 0.0) -> list[Job]:
+    """Running jobs whose lease lapsed: their worker died; a new delivery may claim them. With
+    `untouched_for_seconds`, only those not re-sent (touched) within that long."""
+    now = utcnow()
+    query = (select(Job).where(Job.state == JobState.RUNNING.value, Job.lease_expires_at < now,
+                               Job.updated_at <= now - timedelta(seconds=untouched_for_seconds))
              .order_by(Job.lease_expires_at).limit(limit))
     return list(session.scalars(query))
+
+
+def unsent_queued_jobs(session: Session, *, older_than_seconds: float, limit: int = 500) -> list[Job]:
+    """The outbox: queued jobs committed over `older_than_seconds` ago whose task never reached the broker."""
+    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    query = (select(Job).where(Job.state == JobState.QUEUED.value, Job.sent_at.is_(None), Job.created_at < cutoff)
+             .order_by(Job.created_at).limit(limit))
+    return list(session.scalars(query))
+
+
+def mark_sent(session: Session, *, job_ids: Iterable[str]) -> int:
+    """Record that the jobs' tasks reached the broker (the outbox is drained of them)."""
+    ids = list(job_ids)
+    if not ids:
+        return 0
+    result = session.execute(update(Job).where(Job.id.in_(ids), Job.sent_at.is_(None)).values(sent_at=utcnow())
+                             .execution_options(synchronize_session=False))
+    return result.rowcount
 
 
 def touch_jobs(session: Session, *, job_ids: Iterable[str]) -> int:

@@ -85,6 +85,7 @@ class Job(Base):
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
         # The reconciler's scans: queued jobs not touched for a while, running jobs by lease.
         Index("ix_jobs_state", "state", "updated_at"),
+        Index("ix_jobs_outbox", "state", "sent_at"),  # the dispatcher's scan for unsent queued jobs
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex; also the Celery task id
@@ -112,6 +113,7 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(nullable=True)  # task reached the broker (the outbox)
 
 
 class JobInput(Base):

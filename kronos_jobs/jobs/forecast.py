@@ -1,8 +1,9 @@
 """The forecast job lifecycle, owned in one place (like arq's `run_job`/`finish_job`).
 
 `run_forecast_job` claims the job's lease, heartbeats it, runs the series through the predictor in
-chunks, checks for cancellation between chunks, and writes results, execution metadata and the final
-state in ONE transaction. A second delivery of the same job (at-least-once broker) finds the lease
+chunks, checks for cancellation between decode steps (`CancelFlag`, at most one database read per
+KRONOS_CANCEL_CHECK_SECONDS) and between chunks, and writes results, execution metadata and the final
+state in ONE transaction. A cancelled job keeps the rows of the chunks that finished before it. A second delivery of the same job (at-least-once broker) finds the lease
 held or the job finished and stops (jobs/lease.py); a delivery after the lease expired (its worker
 died) takes over. Jobs whose messages were lost are re-sent by jobs/recovery.py.
 """
@@ -27,7 +28,7 @@ from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import results as result_crud
 from kronos_jobs.db.models import utcnow
 from kronos_jobs.db.session import session_scope
-from kronos_jobs.jobs.lease import LeaseHeartbeat, raise_if_held
+from kronos_jobs.jobs.lease import TRANSIENT_ERRORS, LeaseHeartbeat, raise_if_held
 from kronos_jobs.jobs.lifecycle import Delivery, new_owner, run_delivery
 from kronos_jobs.jobs.registry import PUBLISHED_MODELS, RANDOM_PREFIX, local_model_dir, resolve_model
 from kronos_jobs.jobs.series import SeriesInput, build_inputs, result_rows, rows_frame
@@ -41,6 +42,27 @@ logger = logging.getLogger(__name__)
 @dataclasses.dataclass
 class _Run(Delivery):
     params: ForecastParams
+    parts: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # finished series' result rows
+
+
+class CancelFlag:
+    """`should_stop` for the decode loop: whether the job's cancel was requested, read from the
+    database at most once per `every` seconds (between reads the last answer stands)."""
+
+    def __init__(self, settings: Settings, job_id: str, every: float):
+        self.settings, self.job_id, self.every = settings, job_id, every
+        self._next_read = time.monotonic() + every
+        self.raised = False
+
+    def __call__(self) -> bool:
+        if not self.raised and time.monotonic() >= self._next_read:
+            try:
+                with session_scope(self.settings, autocommit=True) as session:
+                    self.raised = job_crud.cancel_requested(session, job_id=self.job_id)
+            except TRANSIENT_ERRORS as exc:  # a blip must not fail the forecast; the chunk boundary checks again
+                logger.warning("job %s: cancel check failed (%s)", self.job_id, exc)
+            self._next_read = time.monotonic() + self.every
+        return self.raised
 
 
 def _log(run: _Run, state: JobState | str, extra: str = "") -> None:
@@ -93,8 +115,10 @@ def _execute(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_input
     return run_delivery(
         run, settings, lambda: _forecast(run, settings, heartbeat, job_input, meta, identity),
         fail=lambda error: _finish(run, settings, JobState.FAILED, meta=meta, rows=_EMPTY, error=error),
-        cancelled=lambda _exc: _finish(run, settings, JobState.CANCELLED, meta=meta, rows=_EMPTY,
-                                       error={"code": "cancelled", "message": "cancelled by request while running"}),
+        cancelled=lambda _exc: _finish(run, settings, JobState.CANCELLED, meta=meta,
+                                       rows=rows_frame(run.parts) if run.parts else _EMPTY,
+                                       error={"code": "cancelled", "message": "cancelled by request while running; "
+                                              f"the {len(run.parts)} series finished before it are kept"}),
         time_limit_message=f"the forecast exceeded its {settings.forecast_soft_time_limit} s soft time limit",
     )
 
@@ -135,7 +159,10 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
 
     # --- chunks -----------------------------------------------------------------------------------
     prepare_seconds = run.elapsed()  # claim, input, series, model lookup (or load)
-    parts: list[dict[str, Any]] = []
+    from model.decoding import DecodeStopped  # torch: this module is imported by torch-free processes
+
+    parts = run.parts  # kept by a cancel: the rows of every finished chunk
+    should_stop = CancelFlag(settings, run.job_id, settings.cancel_check_seconds)
     done, inference_seconds = len(symbol_errors), 0.0
     # How the predictor chunked its rows; kept current so a failed job records it too.
     meta["decode"] = decode = {"requested_rows_per_chunk": None, "rows_per_chunk": None, "oom_retries": 0}
@@ -147,7 +174,10 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
         started = time.perf_counter()
         # Each chunk seeds its own generator from the job's seed: reproducible, and no two chunks
         # replay the same random draws.
-        outputs, errors = _predict_chunk(entry.predictor, chunk, params, seed + index // size, decode)
+        try:
+            outputs, errors = _predict_chunk(entry.predictor, chunk, params, seed + index // size, decode, should_stop)
+        except DecodeStopped:
+            raise JobCancelled(f"job {run.job_id} cancelled while decoding after {done}/{total} series") from None
         inference_seconds += time.perf_counter() - started
         parts += [result_rows(item, out, params.quantiles) for item, out in outputs]
         symbol_errors += errors
@@ -183,7 +213,8 @@ def _needs_session(model: str, model_dirs: Sequence[Path]) -> bool:
                 or local_model_dir(model, model_dirs) is not None)
 
 
-def _predict_chunk(predictor, chunk: list[SeriesInput], params: ForecastParams, seed: int, decode: dict[str, Any]):
+def _predict_chunk(predictor, chunk: list[SeriesInput], params: ForecastParams, seed: int, decode: dict[str, Any],
+                   should_stop=None):
     """Run one chunk; a ValueError from one bad series is isolated by re-running the series alone.
 
     After every predictor call (even one that raised), its `last_decode_info` is folded into `decode`:
@@ -191,7 +222,7 @@ def _predict_chunk(predictor, chunk: list[SeriesInput], params: ForecastParams, 
     """
     s = params.sampling
     kwargs = dict(pred_len=params.pred_len, T=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                  sample_count=s.sample_count, seed=seed, quantiles=params.quantiles or None)
+                  sample_count=s.sample_count, seed=seed, quantiles=params.quantiles or None, should_stop=should_stop)
 
     def call(items: list[SeriesInput]):
         try:
@@ -207,7 +238,7 @@ def _predict_chunk(predictor, chunk: list[SeriesInput], params: ForecastParams, 
             return [], [{"symbol": chunk[0].symbol, "code": "predictor_rejected", "message": str(exc)}]
     outputs, errors = [], []
     for item in chunk:
-        one_out, one_err = _predict_chunk(predictor, [item], params, seed, decode)
+        one_out, one_err = _predict_chunk(predictor, [item], params, seed, decode, should_stop)
         outputs += one_out
         errors += one_err
     return outputs, errors

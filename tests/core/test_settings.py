@@ -51,6 +51,15 @@ ENVIRONMENT: dict[str, tuple[str, object]] = {
     "log_level": ("DEBUG", "DEBUG"),
     "schedule_batch_symbols": ("100", 100),
     "scheduler_interval": ("1.5", 1.5),
+    "max_upload_rows": ("1000", 1000),
+    "upload_parse_seconds": ("2.5", 2.5),
+    "upload_parse_workers": ("3", 3),
+    "upload_parse_queue": ("4", 4),
+    "dispatch_interval": ("0.5", 0.5),
+    "dispatch_after_seconds": ("1", 1.0),
+    "transient_retries": ("7", 7),
+    "retry_backoff_max": ("30", 30),
+    "cancel_check_seconds": ("0.25", 0.25),
     "score_interval": ("60", 60.0),
 }
 
