@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from api.deps import CallerDep, SessionDep, SettingsDep
+from api.parsing_pool import pool_of
 from api.routes.jobs import ERRORS, JobId
 from api.schemas import (
     BacktestJobCreate,
@@ -29,7 +30,7 @@ from kronos_jobs.core.names import JobKind, JobState
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.crud import backtests as backtest_crud
 from kronos_jobs.crud import jobs as job_crud
-from kronos_jobs.inputs.parsing import BarsInput, parse_inline_series, parse_upload
+from kronos_jobs.inputs.parsing import BarsInput, parse_inline_series
 from kronos_jobs.inputs.store import read_store_range
 from kronos_jobs.jobs.backtest_submit import submit_backtest
 
@@ -40,17 +41,17 @@ router = APIRouter(prefix="/v1/jobs", tags=["backtests"])
 class BacktestSubmission:
     params: BacktestParamsIn  # a BacktestJobCreate (JSON) or a BacktestUploadCreate (upload)
     upload: Upload | None = None
+    parsed: BarsInput | None = None  # the upload's bars, parsed off the request threads (api/parsing_pool.py)
 
     def series_input(self, settings: Settings, session, tenant_id: str) -> BarsInput:
         store = getattr(self.params, "series_store", None)
         if store is not None:
             return read_store_range(session, tenant_id=tenant_id, symbols=store.symbols, freq=store.freq,
                                     start=store.start, end=store.end, settings=settings)
-        if self.upload is None:
-            series = [s.model_dump() for s in self.params.series]
-            return parse_inline_series(series, pred_len=self.params.horizon, settings=settings)
-        return parse_upload(self.upload.data, filename=self.upload.filename, content_type=self.upload.content_type,
-                            freq=self.params.freq, settings=settings)
+        if self.parsed is not None:
+            return self.parsed
+        series = [s.model_dump() for s in self.params.series]
+        return parse_inline_series(series, pred_len=self.params.horizon, settings=settings)
 
     def backtest_params(self, settings: Settings) -> dict[str, Any]:
         """The job's parameters in `kronos_jobs.jobs.backtest_submit.BacktestParams` form."""
@@ -65,7 +66,11 @@ async def read_backtest_submission(request: Request) -> BacktestSubmission:
     params, upload = await read_json_or_upload(
         request, BacktestJobCreate, BacktestUploadCreate, what="the CSV or Parquet file",
         accepted="application/json or multipart/form-data with a file")
-    return BacktestSubmission(params=params, upload=upload)
+    parsed = None
+    if upload is not None:
+        parsed = await pool_of(request.app).parse_upload(
+            upload.data, filename=upload.filename, content_type=upload.content_type, freq=params.freq)
+    return BacktestSubmission(params=params, upload=upload, parsed=parsed)
 
 
 BACKTEST_BODY_DOC = upload_body_doc(
