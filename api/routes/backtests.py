@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
+from api.auth import InflightQuota
 from api.deps import CallerDep, SessionDep, SettingsDep
 from api.parsing_pool import pool_of
 from api.routes.jobs import ERRORS, JobId
@@ -80,7 +81,8 @@ BACKTEST_BODY_DOC = upload_body_doc(
 )
 
 
-@router.post("/backtest", status_code=202, response_model=JobPublic, responses=ERRORS, openapi_extra=BACKTEST_BODY_DOC)
+@router.post("/backtest", status_code=202, response_model=JobPublic, responses=ERRORS, openapi_extra=BACKTEST_BODY_DOC,
+             dependencies=[InflightQuota])
 def create_backtest_job(
     submission: Annotated[BacktestSubmission, Depends(read_backtest_submission)],
     session: SessionDep,

@@ -13,6 +13,7 @@ from typing import Annotated
 import pandas as pd
 from fastapi import APIRouter, Depends, Header, Request, Response
 
+from api.auth import InflightQuota
 from api.deps import CallerDep, SessionDep, SettingsDep
 from api.routes.jobs import ERRORS
 from api.schemas import FinetuneJobCreate, FinetuneJobPublic, FinetuneParamsIn, JobPublic
@@ -84,7 +85,8 @@ FINETUNE_BODY_DOC = upload_body_doc(
 )
 
 
-@router.post("/finetune", status_code=202, response_model=FinetuneJobPublic, responses=ERRORS, openapi_extra=FINETUNE_BODY_DOC)
+@router.post("/finetune", status_code=202, response_model=FinetuneJobPublic, responses=ERRORS, openapi_extra=FINETUNE_BODY_DOC,
+             dependencies=[InflightQuota])
 def create_finetune_job(
     submission: FinetuneSubmissionDep,
     session: SessionDep,
@@ -98,4 +100,4 @@ def create_finetune_job(
     job, warnings = submit_finetune(session, settings, tenant_id=caller.tenant_id, request=submission.finetune_params(settings),
                                     bars=bars, source=source, idempotency_key=idempotency_key)
     response.headers["Location"] = f"{router.prefix}/{job.id}"
-    return FinetuneJobPublic(**JobPublic.from_row(job).model_dump(), warnings=warnings)
+    return FinetuneJobPublic(**JobPublic.from_row(job, caller).model_dump(), warnings=warnings)

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import pandas as pd
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
+from api.auth import InflightQuota
 from api.deps import CallerDep, SessionDep, SettingsDep
 from api.schemas import (
     BacktestResultPublic,
@@ -102,7 +103,8 @@ FORECAST_BODY_DOC = upload_body_doc(
 # --- handlers -------------------------------------------------------------------------------------
 
 
-@router.post("/forecast", status_code=202, response_model=JobPublic, responses=ERRORS, openapi_extra=FORECAST_BODY_DOC)
+@router.post("/forecast", status_code=202, response_model=JobPublic, responses=ERRORS, openapi_extra=FORECAST_BODY_DOC,
+             dependencies=[InflightQuota])
 def create_forecast_job(
     submission: SubmissionDep,
     session: SessionDep,
@@ -119,7 +121,7 @@ def create_forecast_job(
         series_fields=submission.series_fields(series.symbols),
     )
     response.headers["Location"] = f"{router.prefix}/{job.id}"
-    return JobPublic.from_row(job)
+    return JobPublic.from_row(job, caller)
 
 
 @router.get("", response_model=JobsPublic, responses=ERRORS)
@@ -138,13 +140,13 @@ def list_jobs(
         session, tenant_id=caller.tenant_id, state=state, kind=kind,
         created_after=created_after, created_before=created_before, cursor=cursor, limit=limit,
     )
-    return JobsPublic(data=[JobPublic.from_row(job) for job in jobs], next_cursor=next_cursor)
+    return JobsPublic(data=[JobPublic.from_row(job, caller) for job in jobs], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=ERRORS)
 def read_job(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobPublic:
     """Read a job: state, progress, errors and execution metadata."""
-    return JobPublic.from_row(job_crud.get_job(session, tenant_id=caller.tenant_id, job_id=job_id))
+    return JobPublic.from_row(job_crud.get_job(session, tenant_id=caller.tenant_id, job_id=job_id), caller)
 
 
 @router.get(
@@ -194,4 +196,4 @@ def backtest_result(job, rows: pd.DataFrame | None, format: ResultFormat) -> Any
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=ERRORS)
 def cancel_job(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobPublic:
     """Cancel a job: a queued one never starts, a running forecast stops within one decode step."""
-    return JobPublic.from_row(job_crud.request_cancel(session, tenant_id=caller.tenant_id, job_id=job_id))
+    return JobPublic.from_row(job_crud.request_cancel(session, tenant_id=caller.tenant_id, job_id=job_id), caller)

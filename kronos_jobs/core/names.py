@@ -80,6 +80,18 @@ TASK_RUN_BACKTEST = "kronos_jobs.run_backtest"
 
 DEFAULT_TENANT = "default"
 
+
+class Scope(str, Enum):
+    """What an API key may do. `admin` includes the other two."""
+
+    READ = "read"  # GET: jobs, results, series, schedules, models, workers
+    SUBMIT = "submit"  # create, change, cancel and delete the tenant's jobs, series, schedules, models
+    ADMIN = "admin"  # everything, plus what identifies the deployment: hostnames, pids, versions
+
+
+# Tenant names: what a key's tenant may be called (they also appear in logs and metrics).
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
 # Result columns, in order; quantile columns follow as q<level>_<column>.
 PRICE_COLUMNS = ("open", "high", "low", "close")
 BAR_COLUMNS = ("open", "high", "low", "close", "volume", "amount")

@@ -191,6 +191,13 @@ def count_by_state(session: Session, *, tenant_id: str | None = None) -> dict[tu
     return {(kind, state): n for kind, state, n in session.execute(query)}
 
 
+def count_in_flight(session: Session, *, tenant_id: str) -> int:
+    """The tenant's queued and running jobs (what KRONOS_MAX_INFLIGHT_JOBS bounds)."""
+    query = select(func.count()).select_from(Job).where(
+        Job.tenant_id == tenant_id, Job.state.in_((JobState.QUEUED.value, JobState.RUNNING.value)))
+    return int(session.scalar(query) or 0)
+
+
 # --- leases: claim, renew, progress, finish -----------------------------------------------------
 
 

@@ -286,6 +286,23 @@ class ScheduleRunJob(Base):
     tenant_id: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
 
 
+# --- API keys (issue 11) ---------------------------------------------------------------------------
+
+
+class ApiKey(Base):
+    """An API key: only the SHA-256 of the token is stored; the token itself is shown once, at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # public id, also inside the token
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)  # hex digest; the lookup key
+    tenant_id: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
+    scopes: Mapped[list[Any]] = mapped_column(default=list)  # names.Scope values
+    name: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
 # --- backtests and live scoring (issue 10) -----------------------------------------------------------
 
 

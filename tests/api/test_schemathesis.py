@@ -24,7 +24,8 @@ from kronos_jobs.db import migrate
 MAX_EXAMPLES = 12
 
 _settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="kronos-schemathesis-")), database_url=None,
-                     broker_url=None, max_upload_bytes=256 * 1024)
+                     broker_url=None, max_upload_bytes=256 * 1024,
+                     trusted_hosts=["testserver", "localhost", "127.0.0.1"])  # the ASGI client's Host: testserver
 migrate.upgrade(_settings)  # what the app's lifespan does; the ASGI transport does not run it
 ensure_broker_folders(_settings)
 app = create_app(_settings)
