@@ -96,7 +96,7 @@ def create_backtest_job(
     job = submit_backtest(session, settings, tenant_id=caller.tenant_id, request=submission.backtest_params(settings),
                           bars=series.bars, source=series.source, idempotency_key=idempotency_key)
     response.headers["Location"] = f"{router.prefix}/{job.id}"
-    return JobPublic.from_row(job)
+    return JobPublic.from_row(job, caller)
 
 
 def _finished_backtest(session, tenant_id: str, job_id: str):

@@ -82,7 +82,9 @@ def test_scored_once_the_bars_arrive_and_not_before(job_settings, scheduled):
     assert row["mae_naive"] == pytest.approx(np.mean(np.abs(realized["close"] - last_close)))
     assert row["skill"] == pytest.approx(1 - row["mae"] / row["mae_naive"])
 
-    with TestClient(create_app(job_settings)) as client:
+    # Keys are the auth tests' business: this API runs keyless on loopback.
+    api_settings = job_settings.model_copy(update={"auth": "off"})
+    with TestClient(create_app(api_settings), base_url="http://127.0.0.1") as client:
         body = client.get("/v1/scores", params={"schedule": schedule_id, "since": "2024-06-18T00:00:00Z"}).json()
         assert body["rows"][0]["n"] == 4 and body["rows"][0]["mae"] == pytest.approx(row["mae"])
         assert client.get("/v1/scores", params={"since": "2030-01-01T00:00:00Z"}).json()["rows"] == []
