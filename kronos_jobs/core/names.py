@@ -77,6 +77,7 @@ POOL_QUEUES: dict[Pool, tuple[Queue, ...]] = {
 TASK_RUN_FORECAST = "kronos_jobs.run_forecast"
 TASK_RUN_FINETUNE = "kronos_jobs.run_finetune"
 TASK_RUN_BACKTEST = "kronos_jobs.run_backtest"
+TASK_PRUNE = "kronos_jobs.prune"  # beat: delete what retention lets go (jobs/retention.py)
 
 DEFAULT_TENANT = "default"
 

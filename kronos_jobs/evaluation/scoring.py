@@ -19,6 +19,7 @@ import pandas as pd
 from sqlalchemy.orm import Session
 from utilsforecast import losses
 
+from kronos_jobs.core.errors import NotFound
 from kronos_jobs.crud import results as result_crud
 from kronos_jobs.crud import scores as score_crud
 from kronos_jobs.db.models import utcnow
@@ -37,7 +38,11 @@ def score_new_forecasts(session: Session, *, limit: int = SCORE_BATCH) -> int:
         return 0
     last_close: dict[tuple[str, str], float] = {}
     for job_id in pending["job_id"].unique():
-        bars, _ = result_crud.load_job_input(session, job_id=job_id)
+        try:
+            bars, _ = result_crud.load_job_input(session, job_id=job_id)
+        except NotFound:  # retention deleted the input (KRONOS_RETAIN_INPUTS_DAYS): no persistence to score against
+            logger.warning("live scoring: job %s has no stored input any more; its forecasts stay unscored", job_id)
+            continue
         latest = bars.sort_values("timestamp").groupby(bars["symbol"].astype(str)).tail(1)
         last_close.update({(job_id, str(s)): float(c) for s, c in zip(latest["symbol"], latest["close"])})
     now = utcnow()
