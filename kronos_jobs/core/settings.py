@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         [], description="Browser origins allowed to call the API cross-site (e.g. https://ops.example.com); default none.")
 
+    # --- backtests and live scoring (issue 10) -----------------------------------------------
+    score_interval: float = Field(300.0, gt=0, description="Seconds between the beat's live scoring of stored forecasts.")
+
     # --- looking at the service: progress, worker metrics (issue 12) -------------------
     progress_write_seconds: float = Field(1.0, gt=0, description="Least seconds between a forecast's progress writes within a chunk.")
     worker_metrics_port: int | None = Field(

@@ -20,7 +20,7 @@ import logging
 
 from sqlalchemy import update
 
-from kronos_jobs.core.names import JobState
+from kronos_jobs.core.names import JobKind, JobState
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.db.models import Job, utcnow
@@ -53,6 +53,14 @@ def fail_after_hard_time_limit(job_id: str, *, settings: Settings, limit: float 
     return bool(result.rowcount)
 
 
+def _send(settings: Settings, job) -> None:
+    """Send a job's task; a backtest, which shares the forecast queues, names its kind."""
+    if job.kind == JobKind.BACKTEST.value:
+        send_job(settings, job.id, job.queue, job.kind)
+    else:
+        send_job(settings, job.id, job.queue)
+
+
 def requeue_stale_jobs(session, settings: Settings, *, queued_older_than: float | None = None) -> list[str]:
     """Re-send tasks for queued jobs untouched for a while and running jobs whose lease lapsed
     (each at most once per lease: the re-send touches it).
@@ -68,7 +76,7 @@ def requeue_stale_jobs(session, settings: Settings, *, queued_older_than: float 
     sent = []
     for job in jobs:
         try:
-            send_job(settings, job.id, job.queue)
+            _send(settings, job)
             sent.append(job.id)
         except Exception as exc:
             logger.warning("reconciler: could not re-send job %s (%s)", job.id, exc)
@@ -84,7 +92,7 @@ def send_unsent_jobs(session, settings: Settings) -> list[str]:
     sent = []
     for job in jobs:
         try:
-            send_job(settings, job.id, job.queue)
+            _send(settings, job)
         except Exception as exc:  # the broker is still down: the next sweep tries again
             logger.warning("dispatcher: could not send job %s (%s); retrying in %.1f s", job.id, exc,
                            settings.dispatch_interval)

@@ -18,7 +18,14 @@ from typing import Any
 import pandas as pd
 
 from kronos_jobs.core.errors import InvalidRequest
-from kronos_jobs.core.names import TASK_RUN_FINETUNE, TASK_RUN_FORECAST, DevicePreference, JobKind, Queue
+from kronos_jobs.core.names import (
+    TASK_RUN_BACKTEST,
+    TASK_RUN_FINETUNE,
+    TASK_RUN_FORECAST,
+    DevicePreference,
+    JobKind,
+    Queue,
+)
 from kronos_jobs.core.routing import choose_queue
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.crud import jobs as job_crud
@@ -70,6 +77,7 @@ class ForecastParams:
     # Trading calendar for generated future timestamps (kronos_jobs/inputs/calendar.py): a flat spec, or
     # {"default": spec, "symbols": {symbol: spec}}. Empty: weekends skipped for daily bars only.
     calendar: dict[str, Any] = dataclasses.field(default_factory=dict)
+    score: bool = False  # score live once the bars arrive (kronos_jobs/evaluation/scoring.py); schedule runs always are
 
     @classmethod
     def from_value(cls, value: "ForecastParams | dict[str, Any]") -> "ForecastParams":
@@ -170,17 +178,20 @@ def request_hash(params: ForecastParams, bars: pd.DataFrame, future: pd.DataFram
     return digest.hexdigest()
 
 
-def task_for_queue(queue: Queue | str) -> str:
-    """The task that runs jobs of the queue's kind (the reconciler re-sends both kinds)."""
+def task_for_queue(queue: Queue | str, kind: JobKind | str | None = None) -> str:
+    """The task that runs a job of `kind` on `queue` (the reconciler re-sends every kind); backtests
+    share the forecast queues, so their kind decides."""
+    if kind is not None and JobKind(kind) is JobKind.BACKTEST:
+        return TASK_RUN_BACKTEST
     return TASK_RUN_FINETUNE if Queue(queue) in (Queue.FINETUNE_CPU, Queue.FINETUNE_GPU) else TASK_RUN_FORECAST
 
 
-def send_job(settings: Settings, job_id: str, queue: Queue | str) -> None:
-    """Send the task for a committed job (also used by the reconciler)."""
+def send_job(settings: Settings, job_id: str, queue: Queue | str, kind: JobKind | str | None = None) -> None:
+    """Send the task for a committed job of `kind` (also used by the reconciler)."""
     from kronos_jobs.broker.celery_app import app_for  # celery only on the sending path
 
     app_for(settings).send_task(
-        task_for_queue(queue), args=[job_id], task_id=job_id, queue=Queue(queue).value,
+        task_for_queue(queue, kind), args=[job_id], task_id=job_id, queue=Queue(queue).value,
         retry=True, retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.5},
     )
 
@@ -210,7 +221,10 @@ def enqueue(session, settings: Settings, *, tenant_id: str, kind: JobKind, devic
     # until `sent_at` is set, beat's dispatcher sends it (jobs/recovery.py), so a broker that is
     # down now delays the job by seconds and loses nothing.
     try:
-        send_job(settings, job_id, queue)
+        if kind is JobKind.BACKTEST:  # it shares the forecast queues: its kind names its task
+            send_job(settings, job_id, queue, kind)
+        else:
+            send_job(settings, job_id, queue)
     except Exception as exc:
         logger.error("job %s queued but not sent (%s: %s); the dispatcher will send it",
                      job_id, type(exc).__name__, exc)
