@@ -21,7 +21,7 @@ from tqdm import tqdm
 from kronos_jobs.cli.demo_report import model_label, summary_text, write_chart, write_labelled_parquet
 from kronos_jobs.cli.sample_data import sample_bars, session_timestamps
 from kronos_jobs.core.errors import ModelUnavailable
-from kronos_jobs.core.names import JobState
+from kronos_jobs.core.names import DEFAULT_TENANT, JobState, Scope
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.runtime.launcher import (
     INTERRUPT_STOP_TIMEOUT_SECONDS,
@@ -121,7 +121,7 @@ def demo(settings: Settings, options: DemoOptions, *, env: Mapping[str, str] | N
           f"-> {out_dir / 'input.parquet'}; model {model_label(model)}", flush=True)
 
     url = settings.effective_api_url
-    stack, log, job_id, stop_timeout = None, None, None, STOP_TIMEOUT_SECONDS
+    stack, log, job_id, stop_timeout, demo_key_id = None, None, None, STOP_TIMEOUT_SECONDS, None
     previous = signal.signal(signal.SIGTERM, raise_stop)
     try:
         if not api_is_up(url):
@@ -129,6 +129,7 @@ def demo(settings: Settings, options: DemoOptions, *, env: Mapping[str, str] | N
             print(f"demo: no API at {url}; starting the API, a CPU worker and beat "
                   f"(log: {out_dir / 'services.log'})", flush=True)
             upgrade_database(settings)
+            settings, demo_key_id = _with_demo_key(settings)
             stack = Stack(settings, env=dict(env if env is not None else os.environ), log=log)
             stack.start()
             stack.wait_until_ready()
@@ -177,6 +178,34 @@ def demo(settings: Settings, options: DemoOptions, *, env: Mapping[str, str] | N
             stack.stop(timeout=stop_timeout)
         if log is not None:
             log.close()
+        if demo_key_id is not None:
+            _revoke_demo_key(settings, demo_key_id)
+
+
+def _with_demo_key(settings: Settings) -> tuple[Settings, str | None]:
+    """Settings carrying a key for the stack the demo starts itself, when its API will require one.
+
+    The demo has the database the API uses, so it mints a short-lived key of the default tenant
+    instead of asking a first-time user to create one; `_revoke_demo_key` revokes it at the end.
+    """
+    if settings.api_key or not settings.auth_required:
+        return settings, None
+    from kronos_jobs.crud import api_keys
+    from kronos_jobs.db.session import session_scope
+
+    with session_scope(settings) as session:
+        key, token = api_keys.create_key(session, tenant_id=DEFAULT_TENANT, scopes=list(Scope), name="demo")
+        key_id = key.id
+    print(f"demo: the API requires keys; using a temporary key {key_id} (revoked when the demo ends)", flush=True)
+    return settings.model_copy(update={"api_key": token}), key_id
+
+
+def _revoke_demo_key(settings: Settings, key_id: str) -> None:
+    from kronos_jobs.crud import api_keys
+    from kronos_jobs.db.session import session_scope
+
+    with session_scope(settings) as session:
+        api_keys.revoke_key(session, key_id=key_id)
 
 
 def _cancel_quietly(url: str, job_id: str, headers: dict[str, str]) -> None:

@@ -52,6 +52,22 @@ def add_secrets(values: Iterable[str | None]) -> None:
             _secrets.add(unquote(value))
 
 
+def _redacted_arg(value):
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    text = str(value)
+    masked = redact(text)
+    return value if masked == text else masked
+
+
+def _redacted_args(args):
+    if isinstance(args, tuple):
+        return tuple(_redacted_arg(value) for value in args)
+    if isinstance(args, dict):
+        return {key: _redacted_arg(value) for key, value in args.items()}
+    return args
+
+
 _installed = False
 
 
@@ -70,7 +86,14 @@ def install(settings) -> None:
             message = record.getMessage()
         except Exception:  # a bad format string: leave it for the handler to report
             return record
-        record.msg, record.args = redact(message), None
+        if redact(message) != message:
+            # Masked argument by argument, not flattened into msg: formatters such as uvicorn's
+            # access log unpack record.args and break on a record whose args were dropped.
+            if isinstance(record.msg, str):
+                record.msg = redact(record.msg)
+            record.args = _redacted_args(record.args)
+            if redact(record.getMessage()) != record.getMessage():  # a secret split across msg and args
+                record.msg, record.args = redact(record.getMessage()), None
         if record.exc_info and record.exc_info[0] is not None:
             record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)).rstrip("\n"))
         return record

@@ -52,3 +52,23 @@ def test_installed_settings_secrets_are_masked_in_log_records_and_tracebacks(cap
     for secret in ("pa/ss-W0RD", "br%2Fok3r-pw", "br/ok3r-pw", "client-key-secret"):
         assert secret not in text, secret
     assert text.count("***") >= 5 and "RuntimeError" in text
+
+
+def test_access_log_records_keep_their_arguments_for_uvicorns_formatter():
+    """uvicorn's access formatter unpacks record.args into five fields: masking must keep them."""
+    from uvicorn.logging import AccessFormatter
+
+    redaction.install(Settings(api_key="kj_bbbbbbbbbbbb_access-log-secret"))
+    formatter = AccessFormatter("%(client_addr)s - \"%(request_line)s\" %(status_code)s", use_colors=False)
+    plain = logging.getLogger("uvicorn.access").makeRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", "/v1/workers", "1.1", 401), None)
+    assert plain.args == ("127.0.0.1:5000", "GET", "/v1/workers", "1.1", 401)
+    assert formatter.format(plain) == '127.0.0.1:5000 - "GET /v1/workers HTTP/1.1" 401 Unauthorized'
+
+    secret = logging.getLogger("uvicorn.access").makeRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", "/v1/jobs?key=kj_bbbbbbbbbbbb_access-log-secret", "1.1", 200), None)
+    line = formatter.format(secret)
+    assert "access-log-secret" not in line
+    assert line == '127.0.0.1:5000 - "GET /v1/jobs?key=*** HTTP/1.1" 200 OK'
