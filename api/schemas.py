@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from kronos_jobs.core.names import DevicePreference, JobKind, JobState
+from kronos_jobs.core.workload import DEFAULT_PRIORITY, PRIORITY_MAX, PRIORITY_MIN, Workload
 from kronos_jobs.inputs.wall_clock import utc_instant
 from kronos_jobs.jobs.finetune_submit import FinetuneParams
 from kronos_jobs.jobs.submit import SAMPLING_LIMITS, Sampling
@@ -73,6 +74,7 @@ class ForecastParamsIn(_Strict):
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     quantiles: list[float] | None = Field(None, max_length=MAX_QUANTILES, description="Sample quantile levels in (0, 1), e.g. [0.1, 0.5, 0.9].")
     calendar: dict[str, Any] | None = Field(None, description='Trading calendar for generated future timestamps (see the README): {"timezone", "weekdays", "open", "close", "holidays"}, or {"default": {...}, "symbols": {...}}. Default: weekends skipped for daily bars.')
+    priority: int | None = Field(None, ge=PRIORITY_MIN, le=PRIORITY_MAX, description=f"{PRIORITY_MIN}..{PRIORITY_MAX}, higher runs first; default {DEFAULT_PRIORITY[Workload.INTERACTIVE]} (schedule runs: {DEFAULT_PRIORITY[Workload.BULK]}).")
 
     @field_validator("quantiles")
     @classmethod
@@ -134,6 +136,8 @@ class JobPublic(BaseModel):
     device: DevicePreference = Field(description="The device the job asked for.")
     queue: str
     routing_reason: str
+    priority: int = Field(description=f"{PRIORITY_MIN}..{PRIORITY_MAX}, higher runs first.")
+    workload: Workload = Field(description="interactive (asked for by a person) or bulk (schedule runs): bulk work yields to interactive jobs.")
     progress: Progress
     error: dict[str, Any] | None = Field(None, description='{"code", "message"} when the job failed.')
     symbol_errors: list[dict[str, Any]] = Field(default_factory=list, description='[{"symbol", "code", "message"}]')
@@ -149,7 +153,7 @@ class JobPublic(BaseModel):
     def from_row(cls, job: Any) -> "JobPublic":
         return cls(
             id=job.id, kind=job.kind, state=job.state, model=job.model, device=job.device_requested,
-            queue=job.queue, routing_reason=job.routing_reason,
+            queue=job.queue, routing_reason=job.routing_reason, priority=job.priority, workload=job.workload,
             progress=Progress(done=job.progress_done or 0, total=job.progress_total or 0, detail=job.progress_detail or {}),
             error=job.error, symbol_errors=job.symbol_errors or [], cancel_requested=bool(job.cancel_requested),
             params=job.params or {}, metadata=job.execution_metadata or {},

@@ -2,7 +2,15 @@
 
 `run_forecast_job` claims the job's lease, heartbeats it, runs the series through the predictor in
 chunks, checks for cancellation between chunks, and writes results, execution metadata and the final
-state in ONE transaction. A second delivery of the same job (at-least-once broker) finds the lease
+state in ONE transaction.
+
+A bulk job (core/workload.py) runs one chunk of about KRONOS_BULK_CHUNK_SECONDS of model time per
+delivery, sized by this worker's measured pace (jobs/pace.py): the chunk's rows go to
+`job_chunks`, the job yields (still `running` for its user, no owner: crud.jobs.yield_job) and its
+task is sent again at the job's priority, so an interactive job queued meanwhile takes the worker
+first. The last chunk's delivery writes every chunk's rows, the metadata and the final state in
+the one finish transaction. A bulk claim over the tenant's KRONOS_TENANT_BULK_LIMIT sends the task
+again after a pause instead (TenantBusy): the job waits, it does not fail. A second delivery of the same job (at-least-once broker) finds the lease
 held or the job finished and stops (jobs/lease.py); a delivery after the lease expired (its worker
 died) takes over. Jobs whose messages were lost are re-sent by jobs/recovery.py.
 """
@@ -19,19 +27,22 @@ from typing import Any
 
 import pandas as pd
 
-from kronos_jobs.core.errors import JobCancelled, LeaseLost
+from kronos_jobs.core.errors import JobCancelled, LeaseLost, NotFound, TenantBusy
 from kronos_jobs.core.identity import WorkerIdentity
 from kronos_jobs.core.names import RESULT_COLUMNS, JobState
 from kronos_jobs.core.settings import Settings
+from kronos_jobs.core.workload import Workload, chunk_series
+from kronos_jobs.crud import chunks as chunk_crud
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import results as result_crud
 from kronos_jobs.db.models import utcnow
 from kronos_jobs.db.session import session_scope
 from kronos_jobs.jobs.lease import LeaseHeartbeat, raise_if_held
+from kronos_jobs.jobs import pace
 from kronos_jobs.jobs.lifecycle import Delivery, new_owner, run_delivery
 from kronos_jobs.jobs.registry import PUBLISHED_MODELS, RANDOM_PREFIX, local_model_dir, resolve_model
 from kronos_jobs.jobs.series import SeriesInput, build_inputs, result_rows, rows_frame
-from kronos_jobs.jobs.submit import ForecastParams
+from kronos_jobs.jobs.submit import ForecastParams, send_job
 
 __all__ = ["run_forecast_job"]
 
@@ -41,6 +52,12 @@ logger = logging.getLogger(__name__)
 @dataclasses.dataclass
 class _Run(Delivery):
     params: ForecastParams
+    priority: int = 6
+    workload: str = Workload.INTERACTIVE.value
+    bulk: bool = False  # one chunk per delivery, then yield (module docstring)
+    start: int = 0  # a bulk delivery's first symbol (the chunks before it are stored)
+    wait_seconds: float = 0.0  # this delivery's time on the queue
+    first_wait_seconds: float | None = None  # the job's: submit -> first claim
 
 
 def _log(run: _Run, state: JobState | str, extra: str = "") -> None:
@@ -59,21 +76,43 @@ def run_forecast_job(job_id: str, *, settings: Settings, identity: WorkerIdentit
     owner = new_owner()
     t0 = time.perf_counter()
     # --- claim --------------------------------------------------------------------------------
+    with session_scope(settings, autocommit=True) as session:
+        context = job_crud.claim_context(session, job_id=job_id)
+    if context is None:
+        raise NotFound(f"no job {job_id!r}")
+    wait = max(0.0, (utcnow() - (context.enqueued_at or context.created_at)).total_seconds())
+    bulk = context.workload == Workload.BULK.value and settings.queue_policy == "priority"
+    limit = (context.tenant_id, settings.tenant_bulk_limit) if bulk and settings.tenant_bulk_limit else None
     try:
         # The claim is one conditional UPDATE, atomic on its own: run it without a transaction
-        # around it (no BEGIN/COMMIT round trips). The input is read first, as the job's own
+        # around it (no BEGIN/COMMIT round trips), except for a bulk claim under a tenant limit,
+        # which holds the tenant's lock while it counts. The input is read first, as the job's own
         # immutable data, so a failure to read it leaves the job unclaimed as before.
-        with session_scope(settings, autocommit=True) as session:
+        with session_scope(settings, autocommit=limit is None) as session:
+            if limit is not None:
+                job_crud.lock_tenant(session, tenant_id=context.tenant_id)
             job_input = result_crud.load_job_input(session, job_id=job_id)
-            job = job_crud.claim_job(session, job_id=job_id, owner=owner, lease_seconds=settings.lease_seconds)
+            job = job_crud.claim_job(session, job_id=job_id, owner=owner, lease_seconds=settings.lease_seconds,
+                                     wait_seconds=wait, bulk_limit=limit)
             run = _Run(job_id=job.id, owner=owner, tenant_id=job.tenant_id,
                        params=ForecastParams.from_value({k: v for k, v in job.params.items()
                                                          if k not in ("source", "n_series")}),
                        queue=job.queue, device_requested=job.device_requested, attempt=job.attempts,
-                       queued_at=job.created_at, started_at=job.started_at, t0=t0)
+                       queued_at=job.created_at, started_at=job.started_at, t0=t0, priority=job.priority, workload=job.workload,
+                       bulk=bulk, start=chunk_crud.next_start(session, job_id=job_id) if bulk else 0,
+                       wait_seconds=wait, first_wait_seconds=job.queue_wait_seconds)
     except JobCancelled:
+        with session_scope(settings) as session:
+            chunk_crud.delete_chunks(session, job_id=job_id)
         logger.info("job %s cancelled elapsed=%.3fs (before it started)", job_id, time.perf_counter() - t0)
         return JobState.CANCELLED
+    except TenantBusy as exc:
+        # Not a failure: the job stays where it was and comes back once one of the tenant's
+        # chunks (about KRONOS_BULK_CHUNK_SECONDS each) has ended; jitter spreads the retries.
+        countdown = settings.bulk_chunk_seconds * random.uniform(1.0, 2.0)
+        send_job(settings, job_id, context.queue, priority=context.priority, countdown=countdown)
+        logger.info("job %s waits: %s; sent again in %.1f s", job_id, exc, countdown)
+        return None
     except LeaseLost as exc:
         raise_if_held(job_id, settings, exc)
         raise
@@ -122,8 +161,18 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
             spec = resolve_model(params.model, session, tenant_id=run.tenant_id, model_dirs=model_dirs)
     else:
         spec = resolve_model(params.model, model_dirs=model_dirs)
+    total = stop = int(bars["symbol"].nunique())
+    if run.bulk:  # this delivery's chunk only, sized by this worker's pace on this shape
+        key = pace.shape_key(params.model, str(identity.device), params.lookback, params.pred_len,
+                             params.sampling.sample_count)
+        size = chunk_series(pace.measured_rate(key), settings.bulk_chunk_seconds, total - run.start,
+                            settings.bulk_probe_series)
+        stop = min(total, run.start + size)
+        wanted = pd.unique(bars["symbol"].astype(str))[run.start:stop]
+        bars = bars[bars["symbol"].astype(str).isin(wanted)]
+        if future is not None:
+            future = future[future["symbol"].astype(str).isin(wanted)]
     inputs, symbol_errors = build_inputs(bars, future, params)
-    total = len(inputs) + len(symbol_errors)
     entry, cached = model_cache.get_predictor(spec, identity.device, settings)
     meta.update(spec.metadata())
     meta.update(model_checksum=entry.model_checksum, tokenizer_checksum=entry.tokenizer_checksum,
@@ -136,7 +185,7 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
     # --- chunks -----------------------------------------------------------------------------------
     prepare_seconds = run.elapsed()  # claim, input, series, model lookup (or load)
     parts: list[dict[str, Any]] = []
-    done, inference_seconds = len(symbol_errors), 0.0
+    done, inference_seconds = run.start + len(symbol_errors), 0.0
     # How the predictor chunked its rows; kept current so a failed job records it too.
     meta["decode"] = decode = {"requested_rows_per_chunk": None, "rows_per_chunk": None, "oom_retries": 0}
     size = settings.max_batch_size
@@ -147,7 +196,7 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
         started = time.perf_counter()
         # Each chunk seeds its own generator from the job's seed: reproducible, and no two chunks
         # replay the same random draws.
-        outputs, errors = _predict_chunk(entry.predictor, chunk, params, seed + index // size, decode)
+        outputs, errors = _predict_chunk(entry.predictor, chunk, params, seed + (run.start + index) // size, decode)
         inference_seconds += time.perf_counter() - started
         parts += [result_rows(item, out, params.quantiles) for item, out in outputs]
         symbol_errors += errors
@@ -157,6 +206,14 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
                 cancel = job_crud.update_progress(session, job_id=run.job_id, owner=run.owner, done=done, total=total)
             if cancel:
                 raise JobCancelled(f"job {run.job_id} cancelled after {done}/{total} series")
+
+    merged = None
+    if run.bulk:
+        pace.record(key, len(inputs), inference_seconds)
+        if stop < total:
+            return _yield_chunk(run, settings, parts, symbol_errors, inference_seconds, stop, identity)
+        merged, symbol_errors, inference_seconds = _merge_chunks(run, settings, parts, symbol_errors,
+                                                                 inference_seconds, meta, stop)
 
     # --- classify and finish ------------------------------------------------------------------------
     meta["timings"] = {"prepare_seconds": round(prepare_seconds, 6), "model_load_seconds": round(model_load_seconds, 6),
@@ -171,9 +228,43 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
         state = JobState.FAILED
         first = symbol_errors[0] if symbol_errors else {"message": "no series"}
         error = {"code": "all_series_failed", "message": f"all {total} series failed; first: {first['message']}"}
-    rows = rows_frame(parts) if parts else _EMPTY
+    rows = merged if merged is not None else rows_frame(parts) if parts else _EMPTY
     return _finish(run, settings, state, meta=meta, rows=rows, error=error, symbol_errors=symbol_errors,
                    progress=(total, total))
+
+
+def _yield_chunk(run: _Run, settings: Settings, parts: list[dict[str, Any]], symbol_errors: list[dict[str, Any]],
+                 inference_seconds: float, stop: int, identity: WorkerIdentity) -> JobState:
+    """Store this delivery's chunk and yield the job in one transaction, then send its next task."""
+    with session_scope(settings) as session:
+        chunk_crud.save_chunk(session, job_id=run.job_id, start=run.start, stop=stop,
+                              rows=rows_frame(parts) if parts else None, symbol_errors=symbol_errors,
+                              inference_seconds=inference_seconds, wait_seconds=run.wait_seconds,
+                              device=str(identity.device))
+        # Raises JobCancelled (rolling the chunk back) when a cancel arrived during the chunk.
+        job_crud.yield_job(session, job_id=run.job_id, owner=run.owner, done=stop,
+                           grace_seconds=10 * settings.lease_seconds)
+    # Should this send fail, the job waits yielded until the reconciler sends it (jobs/recovery.py).
+    send_job(settings, run.job_id, run.queue, priority=run.priority)
+    _log(run, "yielded", f"series={run.start}:{stop} inference={inference_seconds:.3f}s")
+    return JobState.RUNNING
+
+
+def _merge_chunks(run: _Run, settings: Settings, parts: list[dict[str, Any]], symbol_errors: list[dict[str, Any]],
+                  inference_seconds: float, meta: dict[str, Any], stop: int):
+    """The stored chunks' rows and errors joined to this last chunk's: (rows or None, errors,
+    inference seconds of every chunk). The finish writes them all and deletes the stored chunks."""
+    with session_scope(settings) as session:
+        stored = chunk_crud.load_chunks(session, job_id=run.job_id)
+    frames = [c["rows"] for c in stored if c["rows"] is not None] + ([rows_frame(parts)] if parts else [])
+    errors = [e for c in stored for e in c["symbol_errors"]] + symbol_errors
+    # Waits between chunks: every delivery's but the first one's (that is the job's queue wait).
+    waits = [c["wait_seconds"] for c in stored[1:]] + ([run.wait_seconds] if stored else [])
+    meta["chunks"] = {"count": len(stored) + 1,
+                      "series": [c["stop"] - c["start"] for c in stored] + [stop - run.start],
+                      "wait_seconds": round(sum(waits), 6)}
+    merged = pd.concat(frames, ignore_index=True) if frames else None
+    return merged, errors, inference_seconds + sum(c["inference_seconds"] for c in stored)
 
 
 def _needs_session(model: str, model_dirs: Sequence[Path]) -> bool:
@@ -236,7 +327,12 @@ def _finish(run: _Run, settings: Settings, state: JobState, *, meta: dict[str, A
         queued_at=run.queued_at.isoformat() if run.queued_at else None,
         started_at=run.started_at.isoformat() if run.started_at else None,
         finished_at=finished_at.isoformat(), elapsed_seconds=round(run.elapsed(), 6))
+    first_wait = run.first_wait_seconds if run.first_wait_seconds is not None else run.wait_seconds
+    meta.update(priority=run.priority, workload=run.workload)
+    meta["timings"]["queue_wait_seconds"] = round(first_wait, 6)  # submit -> first claim
     with session_scope(settings) as session:
+        if run.bulk:
+            chunk_crud.delete_chunks(session, job_id=run.job_id)
         if rows is not None:
             frame = _empty_rows() if rows is _EMPTY else rows
             result_crud.write_forecasts(session, job_id=run.job_id, tenant_id=run.tenant_id, rows=frame)

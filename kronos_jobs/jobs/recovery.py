@@ -62,7 +62,7 @@ def requeue_stale_jobs(session, settings: Settings, *, queued_older_than: float 
     sent = []
     for job in jobs:
         try:
-            send_job(settings, job.id, job.queue)
+            send_job(settings, job.id, job.queue, priority=job.priority)
             sent.append(job.id)
         except Exception as exc:
             logger.warning("reconciler: could not re-send job %s (%s)", job.id, exc)

@@ -51,6 +51,12 @@ ENVIRONMENT: dict[str, tuple[str, object]] = {
     "log_level": ("DEBUG", "DEBUG"),
     "schedule_batch_symbols": ("100", 100),
     "scheduler_interval": ("1.5", 1.5),
+    # sharing the fleet
+    "queue_policy": ("fifo", "fifo"),
+    "bulk_chunk_seconds": ("0.5", 0.5),
+    "bulk_probe_series": ("2", 2),
+    "schedule_batch_symbols_gpu": ("500", 500),
+    "tenant_bulk_limit": ("2", 2),
 }
 
 
