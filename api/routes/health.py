@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.utils import floatToGoString
 from sqlalchemy import text
 
 from api.deps import SettingsDep
@@ -146,7 +147,7 @@ class _FleetCollector:
         wait = HistogramMetricFamily("kronos_jobs_queue_wait_seconds", "Time from submit to the first claim, "
                                      "by job kind and workload, over every job claimed.", labels=["kind", "workload"])
         for (kind, workload), (counts, total, n) in sorted(self.waits.items()):
-            buckets = [(f"{bound:g}", count) for bound, count in zip(QUEUE_WAIT_BUCKETS, counts)] + [("+Inf", n)]
+            buckets = [(floatToGoString(bound), count) for bound, count in zip(QUEUE_WAIT_BUCKETS, counts)] + [("+Inf", n)]
             wait.add_metric([kind, workload], buckets, total)
         yield wait
 
