@@ -65,9 +65,14 @@ def _log(run: _Run, state: JobState | str, extra: str = "") -> None:
     logger.info("job %s %s elapsed=%.3fs%s", run.job_id, state, run.elapsed(), f" {extra}" if extra else "")
 
 
-def run_forecast_job(job_id: str, *, settings: Settings, identity: WorkerIdentity) -> JobState | None:
+def run_forecast_job(job_id: str, *, settings: Settings, identity: WorkerIdentity,
+                     start: int | None = None) -> JobState | None:
     """Run one delivery of a forecast job on the worker `identity` (its resolved device included);
-    the final state, or None when this delivery did nothing.
+    the final state (`running` after a bulk chunk), or None when this delivery did nothing.
+
+    `start`: the bulk chunk the message was sent for. A message for a chunk the job has already
+    passed is a duplicate (the reconciler re-sent a chunk that was only slow) and does nothing, so
+    duplicates die out instead of each yielding and re-sending for the rest of the job.
 
     Raises LeaseLost (another delivery owns the job: stop quietly) and transient errors (database or
     broker down: the task retries). Every other outcome is recorded on the job before returning.
@@ -78,8 +83,12 @@ def run_forecast_job(job_id: str, *, settings: Settings, identity: WorkerIdentit
     # --- claim --------------------------------------------------------------------------------
     with session_scope(settings, autocommit=True) as session:
         context = job_crud.claim_context(session, job_id=job_id)
+        current = chunk_crud.next_start(session, job_id=job_id) if start is not None and context else None
     if context is None:
         raise NotFound(f"no job {job_id!r}")
+    if start is not None and current != start:
+        logger.info("job %s: message for chunk %d, the job is at %d; dropped as a duplicate", job_id, start, current)
+        return None
     wait = max(0.0, (utcnow() - (context.enqueued_at or context.created_at)).total_seconds())
     bulk = context.workload == Workload.BULK.value and settings.queue_policy == "priority"
     limit = (context.tenant_id, settings.tenant_bulk_limit) if bulk and settings.tenant_bulk_limit else None
@@ -110,7 +119,7 @@ def run_forecast_job(job_id: str, *, settings: Settings, identity: WorkerIdentit
         # Not a failure: the job stays where it was and comes back once one of the tenant's
         # chunks (about KRONOS_BULK_CHUNK_SECONDS each) has ended; jitter spreads the retries.
         countdown = settings.bulk_chunk_seconds * random.uniform(1.0, 2.0)
-        send_job(settings, job_id, context.queue, priority=context.priority, countdown=countdown)
+        send_job(settings, job_id, context.queue, priority=context.priority, countdown=countdown, start=start)
         logger.info("job %s waits: %s; sent again in %.1f s", job_id, exc, countdown)
         return None
     except LeaseLost as exc:
@@ -245,7 +254,7 @@ def _yield_chunk(run: _Run, settings: Settings, parts: list[dict[str, Any]], sym
         job_crud.yield_job(session, job_id=run.job_id, owner=run.owner, done=stop,
                            grace_seconds=10 * settings.lease_seconds)
     # Should this send fail, the job waits yielded until the reconciler sends it (jobs/recovery.py).
-    send_job(settings, run.job_id, run.queue, priority=run.priority)
+    send_job(settings, run.job_id, run.queue, priority=run.priority, start=stop)
     _log(run, "yielded", f"series={run.start}:{stop} inference={inference_seconds:.3f}s")
     return JobState.RUNNING
 

@@ -17,6 +17,7 @@ from sqlalchemy import update
 
 from kronos_jobs.core.names import JobState
 from kronos_jobs.core.settings import Settings
+from kronos_jobs.crud import chunks as chunk_crud
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.db.models import Job, utcnow
 from kronos_jobs.db.session import session_scope
@@ -62,7 +63,10 @@ def requeue_stale_jobs(session, settings: Settings, *, queued_older_than: float 
     sent = []
     for job in jobs:
         try:
-            send_job(settings, job.id, job.queue, priority=job.priority)
+            # A bulk job between chunks: the message names its next chunk (a duplicate then dies out).
+            start = (chunk_crud.next_start(session, job_id=job.id)
+                     if job.workload == "bulk" and job.state == JobState.RUNNING.value else None)
+            send_job(settings, job.id, job.queue, priority=job.priority, start=start)
             sent.append(job.id)
         except Exception as exc:
             logger.warning("reconciler: could not re-send job %s (%s)", job.id, exc)

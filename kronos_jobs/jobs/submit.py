@@ -158,9 +158,12 @@ def task_for_queue(queue: Queue | str) -> str:
 
 
 def send_job(settings: Settings, job_id: str, queue: Queue | str, *, priority: int,
-             countdown: float | None = None) -> None:
+             countdown: float | None = None, start: int | None = None) -> None:
     """Send the task for a committed job at its priority (also used by the reconciler, a bulk job's
-    next chunk and a claim over the tenant's bulk limit, which passes a `countdown`)."""
+    next chunk and a claim over the tenant's bulk limit, which passes a `countdown`).
+
+    `start`: the first series of the bulk chunk this message is for; a delivery whose job has
+    moved past it is a duplicate and does nothing (jobs/forecast.py)."""
     from kronos_jobs.broker.celery_app import app_for  # celery only on the sending path
 
     options: dict[str, Any] = {}
@@ -168,6 +171,8 @@ def send_job(settings: Settings, job_id: str, queue: Queue | str, *, priority: i
         options["priority"] = broker_priority(priority)
     if countdown:
         options["countdown"] = countdown
+    if start is not None:
+        options["kwargs"] = {"start": int(start)}
     app_for(settings).send_task(
         task_for_queue(queue), args=[job_id], task_id=job_id, queue=Queue(queue).value,
         retry=True, retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.5}, **options,

@@ -5,9 +5,11 @@ records its priority and queue wait."""
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from kronos_jobs.broker.depth import queue_depths
 from kronos_jobs.core.errors import LeaseLost
@@ -16,7 +18,7 @@ from kronos_jobs.core.workload import DEFAULT_PRIORITY, Workload
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import series as series_crud
 from kronos_jobs.crud import workers as worker_crud
-from kronos_jobs.db.models import JobChunk, ScheduleRun
+from kronos_jobs.db.models import Job, JobChunk, ScheduleRun, utcnow
 from kronos_jobs.db.session import session_scope
 from kronos_jobs.jobs import pace, schedules
 from kronos_jobs.jobs.forecast import run_forecast_job
@@ -71,6 +73,27 @@ def test_a_bulk_job_yields_between_chunks_and_matches_the_same_job_run_whole(fle
                                   load(fleet_settings, whole)[1].drop(columns="job_id", errors="ignore").reset_index(drop=True))
 
 
+def test_a_duplicate_chunk_message_does_nothing_so_duplicates_die_out(fleet_settings, tiny_checkpoint, monkeypatch):
+    from kronos_jobs.jobs import recovery
+
+    job_id = submit(fleet_settings, tiny_checkpoint, make_bars(SYMBOLS), workload=Workload.BULK)
+    assert deliver(fleet_settings, job_id) is JobState.RUNNING  # chunk 0:2 done, its message names chunk 2
+    sent = []
+    monkeypatch.setattr(recovery, "send_job", lambda settings, job_id, queue, priority, start=None: sent.append(start))
+    with session_scope(fleet_settings) as session:  # the chunk waited past its grace: the reconciler re-sends it
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow()))
+    with session_scope(fleet_settings) as session:
+        assert recovery.requeue_stale_jobs(session, fleet_settings) == [job_id]
+    assert sent == [2]  # the re-send names the job's next chunk
+
+    identity = worker_identity(fleet_settings)
+    assert run_forecast_job(job_id, settings=fleet_settings, identity=identity, start=2) is JobState.RUNNING
+    # The other message for chunk 2 (the original or the re-send) comes second: it does nothing.
+    assert run_forecast_job(job_id, settings=fleet_settings, identity=identity, start=2) is None
+    assert load(fleet_settings, job_id)[0].progress_done == 4
+    assert run_forecast_job(job_id, settings=fleet_settings, identity=identity, start=4) is JobState.SUCCEEDED
+
+
 def test_an_interactive_job_runs_whole_in_one_delivery(fleet_settings, tiny_checkpoint):
     job_id = submit(fleet_settings, tiny_checkpoint, make_bars(SYMBOLS))
     assert deliver(fleet_settings, job_id) is JobState.SUCCEEDED
@@ -103,8 +126,6 @@ def test_a_dead_chunk_delivery_is_taken_over_and_the_job_finishes(fleet_settings
     assert deliver(fleet_settings, job_id) is JobState.RUNNING
     with session_scope(fleet_settings) as session:  # the second chunk's worker claims and dies
         job_crud.claim_job(session, job_id=job_id, owner="dead-worker", lease_seconds=0.01)
-    import time
-
     time.sleep(0.05)
     assert deliver(fleet_settings, job_id) is JobState.RUNNING
     assert deliver(fleet_settings, job_id) is JobState.SUCCEEDED
