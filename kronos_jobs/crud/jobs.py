@@ -304,6 +304,11 @@ def claim_context(session: Session, *, job_id: str) -> Any:
                                   Job.created_at).where(Job.id == job_id)).first()
 
 
+def seconds_waiting(context: Any) -> float:
+    """How long a job (a `claim_context` row) has been on the queue: since it was last enqueued."""
+    return max(0.0, (utcnow() - (context.enqueued_at or context.created_at)).total_seconds())
+
+
 def yield_job(session: Session, *, job_id: str, owner: str, done: int, grace_seconds: float) -> Job:
     """A bulk job between chunks: still running for its user, but no delivery owns it, so the next
     chunk's delivery claims it at once (attempt uncounted: the delivery did not fail). Its lease

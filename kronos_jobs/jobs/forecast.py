@@ -89,7 +89,7 @@ def run_forecast_job(job_id: str, *, settings: Settings, identity: WorkerIdentit
     if start is not None and current != start:
         logger.info("job %s: message for chunk %d, the job is at %d; dropped as a duplicate", job_id, start, current)
         return None
-    wait = max(0.0, (utcnow() - (context.enqueued_at or context.created_at)).total_seconds())
+    wait = job_crud.seconds_waiting(context)
     bulk = context.workload == Workload.BULK.value and settings.queue_policy == "priority"
     limit = (context.tenant_id, settings.tenant_bulk_limit) if bulk and settings.tenant_bulk_limit else None
     try:
