@@ -207,8 +207,10 @@ def main() -> None:
                 client.start()
                 row["with_interactive"] = run_night(stack, model, args)
                 row["interactive"] = client.stop_and_measure()
-                if args.scaling_symbols:
-                    subset = [f"SYM{i:04d}" for i in range(min(args.scaling_symbols, args.symbols))]
+                if args.scaling_symbols >= args.symbols:  # the same night as the one run alone
+                    row["scaling"] = row["alone"]
+                elif args.scaling_symbols:
+                    subset = [f"SYM{i:04d}" for i in range(args.scaling_symbols)]
                     row["scaling"] = run_night(stack, model, args, subset)
                 results.setdefault(name, {})[policy] = row
                 alone, mixed, inter = row["alone"], row["with_interactive"], row["interactive"]

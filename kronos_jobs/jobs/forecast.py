@@ -10,9 +10,11 @@ delivery, sized by this worker's measured pace (jobs/pace.py): the chunk's rows 
 task is sent again at the job's priority, so an interactive job queued meanwhile takes the worker
 first. The last chunk's delivery writes every chunk's rows, the metadata and the final state in
 the one finish transaction. A bulk claim over the tenant's KRONOS_TENANT_BULK_LIMIT sends the task
-again after a pause instead (TenantBusy): the job waits, it does not fail. A second delivery of the same job (at-least-once broker) finds the lease
-held or the job finished and stops (jobs/lease.py); a delivery after the lease expired (its worker
-died) takes over. Jobs whose messages were lost are re-sent by jobs/recovery.py.
+again after a pause instead (TenantBusy): the job waits, it does not fail.
+
+A second delivery of the same job (at-least-once broker) finds the lease held or the job finished
+and stops (jobs/lease.py); a delivery after the lease expired (its worker died) takes over. Jobs
+whose messages were lost are re-sent by jobs/recovery.py.
 """
 
 from __future__ import annotations
@@ -107,8 +109,8 @@ def run_forecast_job(job_id: str, *, settings: Settings, identity: WorkerIdentit
                        params=ForecastParams.from_value({k: v for k, v in job.params.items()
                                                          if k not in ("source", "n_series")}),
                        queue=job.queue, device_requested=job.device_requested, attempt=job.attempts,
-                       queued_at=job.created_at, started_at=job.started_at, t0=t0, priority=job.priority, workload=job.workload,
-                       bulk=bulk, start=chunk_crud.next_start(session, job_id=job_id) if bulk else 0,
+                       queued_at=job.created_at, started_at=job.started_at, t0=t0, priority=job.priority,
+                       workload=job.workload, bulk=bulk, start=chunk_crud.next_start(session, job_id=job_id) if bulk else 0,
                        wait_seconds=wait, first_wait_seconds=job.queue_wait_seconds)
     except JobCancelled:
         with session_scope(settings) as session:

@@ -177,7 +177,7 @@ def register(settings, worker_id: str, concurrency: int, queues=("forecast.cpu",
                                     device_resolved="cpu", device_name="cpu", device_warning=None, device_info={})
 
 
-def run_schedule(settings, n_symbols: int) -> tuple[int, list[int]]:
+def run_schedule(settings, n_symbols: int) -> tuple[int, list[int], list[str], list[int]]:
     bars = make_bars({f"S{i:03d}": 40 for i in range(n_symbols)})
     with session_scope(settings) as session:
         series_crud.upsert_bars(session, tenant_id=DEFAULT_TENANT, bars=bars, freqs={s: "5min" for s in bars.symbol.unique()})
@@ -190,7 +190,8 @@ def run_schedule(settings, n_symbols: int) -> tuple[int, list[int]]:
     with session_scope(settings) as session:
         run = session.get(ScheduleRun, run.id)
         jobs = schedules.crud.run_jobs(session, run_id=run.id)
-        return run.detail["fanout"]["live_slots"], sorted(int(j.progress_total) for j in jobs), [j.workload for j in jobs], [j.priority for j in jobs]
+        sizes = sorted(int(j.progress_total) for j in jobs)
+        return run.detail["fanout"]["live_slots"], sizes, [j.workload for j in jobs], [j.priority for j in jobs]
 
 
 @pytest.mark.parametrize(("workers", "max_batch", "sizes"), [
