@@ -11,7 +11,8 @@ Pure decisions, no I/O (like `routing.py`): the API, the schedule fan-out and th
 * `fanout_batch_size`: how many symbols one job of a schedule run gets, so that every live worker
   slot of the run's queue has a job, within the largest batch a task may carry.
 * `chunk_series`: how many series a bulk job's delivery decodes before it yields the worker, so
-  that a chunk takes about `target_seconds` of model time on the device it runs on.
+  that a chunk takes about `target_seconds` of model time on the device it runs on (from the
+  worker's measured cost, jobs/pace.py).
 """
 
 from __future__ import annotations
@@ -63,9 +64,19 @@ def fanout_batch_size(n_symbols: int, slots: int, max_batch: int) -> int:
     return max(1, min(max_batch, per_slot))
 
 
-def chunk_series(rate: float | None, target_seconds: float, max_series: int, probe: int) -> int:
-    """Series in one bulk chunk: `rate` (series per second measured on this worker for this shape)
-    times `target_seconds`, within [1, max_series]; `probe` series until a rate is known."""
-    if rate is None or rate <= 0:
+def chunk_series(cost: tuple[float, float] | None, target_seconds: float, max_series: int, probe: int) -> int:
+    """Series in one bulk chunk, within [1, max_series]; `probe` series until a cost is known.
+
+    `cost` (fixed seconds, seconds per series), measured on this worker for this shape: the most
+    series whose predicted time fits `target_seconds`. When the fixed part alone exceeds the
+    target (a slow CPU), a chunk still takes enough series that the fixed part is at most a quarter
+    of its time: cutting smaller would not shorten an interactive job's wait much but would
+    multiply the night's model time."""
+    if cost is None:
         return max(1, min(probe, max_series))
-    return max(1, min(max_series, int(rate * target_seconds)))
+    fixed, per_series = cost
+    if per_series <= 0:
+        return max(1, max_series)
+    fits = (target_seconds - fixed) / per_series
+    floor = 3 * fixed / per_series  # the fixed part is a quarter of the chunk
+    return max(1, min(max_series, int(max(fits, floor))))

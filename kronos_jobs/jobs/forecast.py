@@ -5,7 +5,7 @@ chunks, checks for cancellation between chunks, and writes results, execution me
 state in ONE transaction.
 
 A bulk job (core/workload.py) runs one chunk of about KRONOS_BULK_CHUNK_SECONDS of model time per
-delivery, sized by this worker's measured pace (jobs/pace.py): the chunk's rows go to
+delivery, sized by this worker's measured cost (jobs/pace.py): the chunk's rows go to
 `job_chunks`, the job yields (still `running` for its user, no owner: crud.jobs.yield_job) and its
 task is sent again at the job's priority, so an interactive job queued meanwhile takes the worker
 first. The last chunk's delivery writes every chunk's rows, the metadata and the final state in
@@ -176,7 +176,7 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
     if run.bulk:  # this delivery's chunk only, sized by this worker's pace on this shape
         key = pace.shape_key(params.model, str(identity.device), params.lookback, params.pred_len,
                              params.sampling.sample_count)
-        size = chunk_series(pace.measured_rate(key), settings.bulk_chunk_seconds, total - run.start,
+        size = chunk_series(pace.cost_model(key), settings.bulk_chunk_seconds, total - run.start,
                             settings.bulk_probe_series)
         stop = min(total, run.start + size)
         wanted = pd.unique(bars["symbol"].astype(str))[run.start:stop]

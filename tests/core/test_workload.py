@@ -52,11 +52,15 @@ def test_fanout_spreads_over_live_slots_within_the_maximum(n, slots, max_batch, 
     assert -(-n // size) == jobs
 
 
-def test_chunks_follow_the_measured_pace():
+def test_chunks_follow_the_measured_cost():
     assert chunk_series(None, 3.0, 500, probe=4) == 4  # nothing measured yet
-    assert chunk_series(10.0, 3.0, 500, probe=4) == 30  # 10 series/s x 3 s
-    assert chunk_series(1000.0, 3.0, 500, probe=4) == 500  # a fast GPU: the whole remainder
-    assert chunk_series(0.01, 3.0, 500, probe=4) == 1  # slower than one series per chunk
+    assert chunk_series((0.0, 0.1), 3.0, 500, probe=4) == 30  # 0.1 s per series: 30 in 3 s
+    assert chunk_series((1.0, 0.1), 3.0, 500, probe=4) == 20  # 1 s of it is fixed: 20 fit
+    assert chunk_series((0.05, 0.001), 3.0, 500, probe=4) == 500  # a fast GPU: the whole remainder
+    # A slow CPU (2.7 s fixed + 0.3 s per series): not one series per chunk, but enough that the
+    # fixed part is a quarter of the chunk, so the night does not pay it for every series.
+    assert chunk_series((2.7, 0.3), 3.0, 500, probe=4) == 27
+    assert chunk_series((0.0, 5.0), 3.0, 500, probe=4) == 1  # slower than one series per chunk
 
 
 def test_slots_count_the_concurrency_of_consumers_of_the_queue():
@@ -64,3 +68,17 @@ def test_slots_count_the_concurrency_of_consumers_of_the_queue():
                {"queues": ["forecast.gpu"], "concurrency": 4}]
     assert slots_of(Queue.FORECAST_CPU, workers) == 3 and slots_of(Queue.FORECAST_GPU, workers) == 4
     assert slots_of(Queue.FINETUNE_GPU, workers) == 0
+
+
+def test_the_cost_model_sees_the_fixed_part_once_two_chunk_sizes_are_measured():
+    from kronos_jobs.jobs import pace
+
+    key = pace.shape_key("m", "cpu", 400, 48, 1)
+    pace.forget()
+    assert pace.cost_model(key) is None
+    pace.record(key, 4, 3.9)
+    assert pace.cost_model(key) == (0.0, 3.9 / 4)  # one size: cost per series only
+    pace.record(key, 1, 3.0)
+    fixed, per_series = pace.cost_model(key)
+    assert fixed == pytest.approx(2.7) and per_series == pytest.approx(0.3)
+    pace.forget()

@@ -32,7 +32,7 @@ SYMBOLS = {s: 30 for s in "ABCDE"}
 @pytest.fixture
 def fleet_settings(job_settings, monkeypatch):
     """Chunks of two series (no pace measured yet, so every chunk is a probe)."""
-    monkeypatch.setattr(pace, "measured_rate", lambda key: None)
+    monkeypatch.setattr(pace, "cost_model", lambda key: None)
     return job_settings.model_copy(update={"bulk_probe_series": 2})
 
 
