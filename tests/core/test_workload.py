@@ -55,7 +55,7 @@ def test_fanout_spreads_over_live_slots_within_the_maximum(n, slots, max_batch, 
 def test_chunks_follow_the_measured_cost():
     assert chunk_series(None, 3.0, 500, probe=4) == 4  # nothing measured yet
     assert chunk_series((0.0, 0.1), 3.0, 500, probe=4) == 30  # 0.1 s per series: 30 in 3 s
-    assert chunk_series((1.0, 0.1), 3.0, 500, probe=4) == 20  # 1 s of it is fixed: 20 fit
+    assert chunk_series((0.5, 0.1), 3.0, 500, probe=4) == 25  # 0.5 s of it is fixed: 25 fit
     assert chunk_series((0.05, 0.001), 3.0, 500, probe=4) == 500  # a fast GPU: the whole remainder
     # A slow CPU (2.7 s fixed + 0.3 s per series): not one series per chunk, but enough that the
     # fixed part is a quarter of the chunk, so the night does not pay it for every series.
