@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Annotated
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from kronos_jobs.core.names import DEFAULT_TENANT
+from kronos_jobs.core.names import Scope
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.db.session import session_scope
 
@@ -34,13 +34,25 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling. One default tenant until API keys arrive; every query is scoped by it."""
+    """Who is calling: the tenant every query is scoped by, the key's scopes, and the key (None = auth off)."""
 
     tenant_id: str
+    scopes: frozenset[str] = field(default_factory=lambda: frozenset(scope.value for scope in Scope))
+    key_id: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return Scope.ADMIN.value in self.scopes
+
+    def has(self, scope: Any) -> bool:
+        return self.is_admin or getattr(scope, "value", scope) in self.scopes
 
 
-def get_caller() -> Caller:
-    return Caller(tenant_id=DEFAULT_TENANT)
+def get_caller(request: Request, settings: SettingsDep, session: SessionDep) -> Caller:
+    """The authenticated caller (api/auth.py): `read` scope for GET and HEAD, `submit` otherwise."""
+    from api.auth import authenticate  # api.auth builds on this module
+
+    return authenticate(request, settings, session, None)
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -14,11 +14,17 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from api.auth import KeyCache
+from api.browser import add_browser_safety
 from api.errors import register_error_handlers
 from api.limits import MULTIPART_SLACK_BYTES, BodySizeLimit
+from api.quotas import KeyRateLimiter
+from api.nul_bytes import NulByteGuard
+from api.parsing_pool import ParsingPool
 from api.routes import finetune, forecasts, health, jobs, models, schedules, series, workers
 from api.schemas import FinetuneJobCreate, FinetuneParamsIn, ForecastJobCreate, ForecastUploadCreate, SeriesBarsCreate
 from kronos_jobs import __version__
+from kronos_jobs.core import redaction
 from kronos_jobs.core.settings import Settings, get_settings
 from kronos_jobs.db import migrate
 
@@ -40,15 +46,35 @@ def _openapi_with_request_bodies(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
+def log_auth_mode(settings: Settings) -> None:
+    """Say at start-up whether requests need API keys, and why."""
+    if settings.auth_required:
+        logger.info("API keys required (KRONOS_AUTH=%s); create one with `kronos-jobs keys create`", settings.auth)
+    else:
+        logger.warning("API keys NOT required (KRONOS_AUTH=%s): bound to loopback %s%s; anyone on this machine can "
+                       "use the API. Set KRONOS_AUTH=on to require keys.", settings.auth, settings.api_host,
+                       ", embedded default" if settings.auth == "auto" else "")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API for `settings` (default: the process settings from KRONOS_* variables)."""
     settings = settings or get_settings()
+    redaction.install(settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Safe when several API and worker processes start at once (migrate takes a lock).
         await run_in_threadpool(migrate.upgrade, settings)
-        yield
+        log_auth_mode(settings)
+        # The embedded broker's folders exist before the first /readyz, worker or not (celery is
+        # imported here, not at module import: the app module itself stays light).
+        from kronos_jobs.broker.celery_app import ensure_broker_folders
+
+        await run_in_threadpool(ensure_broker_folders, settings)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(app.state.parsing_pool.close)
 
     app = FastAPI(
         title="kronos-jobs",
@@ -58,8 +84,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.rate_limiter = KeyRateLimiter.from_settings(settings) if settings.auth_required else None
+    app.state.key_cache = KeyCache(settings.auth_cache_seconds)
+    app.state.parsing_pool = ParsingPool(settings)
     register_error_handlers(app)
+    app.add_middleware(NulByteGuard)  # inside the size limit: it buffers at most a capped JSON body
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK_BYTES)
+    add_browser_safety(app, settings)  # added last: runs first
     for module in (jobs, finetune, series, schedules, forecasts, workers, models, health):
         app.include_router(module.router)
     for route in app.routes:

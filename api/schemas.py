@@ -8,11 +8,13 @@ offending bar; these schemas check shapes, types and parameter ranges.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from api.auth import visible_metadata
 from kronos_jobs.core.names import DevicePreference, JobKind, JobState
 from kronos_jobs.core.workload import DEFAULT_PRIORITY, PRIORITY_MAX, PRIORITY_MIN, Workload
 from kronos_jobs.inputs.wall_clock import utc_instant
@@ -150,13 +152,14 @@ class JobPublic(BaseModel):
     updated_at: datetime | None = None
 
     @classmethod
-    def from_row(cls, job: Any) -> "JobPublic":
+    def from_row(cls, job: Any, caller: Any = None) -> "JobPublic":
+        """The job as `caller` sees it (no caller: as a non-admin key, without hosts, pids and versions)."""
         return cls(
             id=job.id, kind=job.kind, state=job.state, model=job.model, device=job.device_requested,
             queue=job.queue, routing_reason=job.routing_reason, priority=job.priority, workload=job.workload,
             progress=Progress(done=job.progress_done or 0, total=job.progress_total or 0, detail=job.progress_detail or {}),
             error=job.error, symbol_errors=job.symbol_errors or [], cancel_requested=bool(job.cancel_requested),
-            params=job.params or {}, metadata=job.execution_metadata or {},
+            params=job.params or {}, metadata=visible_metadata(job.execution_metadata, caller),
             created_at=utc_instant(job.created_at), started_at=utc_instant(job.started_at),
             finished_at=utc_instant(job.finished_at), updated_at=utc_instant(job.updated_at),
         )
@@ -238,9 +241,9 @@ class FinetuneJobPublic(JobPublic):
 
 
 class WorkerPublic(BaseModel):
-    id: str
-    hostname: str
-    pid: int
+    id: str = Field(description="The Celery node name for admin keys; a stable pseudonym (pool-<hash>) for others.")
+    hostname: str | None = Field(None, description="Admin keys only.")
+    pid: int | None = Field(None, description="Admin keys only.")
     pool: str
     queues: list[str]
     concurrency: int
@@ -249,22 +252,29 @@ class WorkerPublic(BaseModel):
     device_resolved: str
     device_name: str | None = None
     device_warning: str | None = Field(None, description="Exact fallback warning, e.g. a GPU worker running on CPU.")
-    device_info: dict[str, Any] = Field(default_factory=dict)
+    device_info: dict[str, Any] = Field(default_factory=dict, description="Versions and device details; admin keys only.")
     live: bool = Field(description="Heartbeat within KRONOS_WORKER_STALE_SECONDS and not stopped.")
     started_at: datetime
     heartbeat_at: datetime
     stopped_at: datetime | None = None
 
     @classmethod
-    def from_row(cls, worker: Any, *, live: bool) -> "WorkerPublic":
+    def from_row(cls, worker: Any, *, live: bool, admin: bool = False) -> "WorkerPublic":
         return cls(
-            id=worker.id, hostname=worker.hostname, pid=worker.pid, pool=worker.pool, queues=list(worker.queues or []),
+            id=worker.id if admin else worker_pseudonym(worker.id, worker.pool),
+            hostname=worker.hostname if admin else None, pid=worker.pid if admin else None,
+            pool=worker.pool, queues=list(worker.queues or []),
             concurrency=worker.concurrency, torch_threads=worker.torch_threads,
             device_requested=worker.device_requested, device_resolved=worker.device_resolved,
-            device_name=worker.device_name, device_warning=worker.device_warning, device_info=worker.device_info or {},
+            device_name=worker.device_name, device_warning=worker.device_warning, device_info=(worker.device_info or {}) if admin else {},
             live=live, started_at=utc_instant(worker.started_at), heartbeat_at=utc_instant(worker.heartbeat_at),
             stopped_at=utc_instant(worker.stopped_at),
         )
+
+
+def worker_pseudonym(worker_id: str, pool: str) -> str:
+    """A stable name for a worker that does not give away its host (Celery node names hold it)."""
+    return f"{pool}-{hashlib.sha256(worker_id.encode()).hexdigest()[:10]}"
 
 
 class WorkersPublic(BaseModel):

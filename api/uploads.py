@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from api.nul_bytes import nul_in_json
 from kronos_jobs.core.errors import PayloadTooLarge, invalid
 
 # Multipart limits besides the file's own size cap: one file, a few small text fields.
@@ -32,6 +33,9 @@ class Upload:
 
 def validate_json(schema: type[BaseModel], raw: bytes | str, prefix: tuple[str, ...]) -> Any:
     """`schema` parsed from JSON text; errors name the field under `prefix` (e.g. request.pred_len)."""
+    raw_bytes = raw.encode("utf-8", errors="replace") if isinstance(raw, str) else raw
+    if (field := nul_in_json(raw_bytes, ".".join(prefix[1:]) if prefix[:1] == ("body",) else ".".join(prefix))) is not None:
+        raise invalid(field, "must not contain NUL characters (\\u0000)")
     try:
         return schema.model_validate_json(raw)
     except ValidationError as exc:

@@ -15,6 +15,7 @@ Upstream's other public names live where upstream has them: ``model.kronos`` (sa
 """
 
 from .checkpoint import CheckpointError, CheckpointMismatchError, CheckpointNotFoundError, file_sha256
+from .decoding import DecodeStopped
 from .device import device_info, resolve_device
 from .finetune import FinetuneConfig, FinetuneLoop, FinetuneResult, finetune_predictor, finetune_tokenizer
 from .predictor import Forecast, KronosPredictor
@@ -45,6 +46,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
     "CheckpointNotFoundError",
+    "DecodeStopped",
     "FinetuneConfig",
     "FinetuneLoop",
     "FinetuneResult",

@@ -84,6 +84,10 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
+class DecodeStopped(Exception):
+    """``generate``'s ``should_stop`` answered True between two decode steps."""
+
+
 class PackedKronos:
     """Inference-only view of a ``Kronos`` with its weights packed for decoding.
 
@@ -283,7 +287,8 @@ def _alloc_caches(packed: PackedKronos, rows: int, length: int, dtype, device,
 def generate(model, tokenizer, x: torch.Tensor, x_stamp: torch.Tensor, y_stamp: torch.Tensor, pred_len: int,
              max_context: int, T: float = 1.0, top_k: int = 0, top_p: float = 0.9, sample_count: int = 1,
              generator: torch.Generator | None = None, packed: PackedKronos | None = None,
-             step_mode: str = "eager", progress=None, full_window: bool = False) -> torch.Tensor:
+             step_mode: str = "eager", progress=None, full_window: bool = False,
+             should_stop=None) -> torch.Tensor:
     """Forecast in normalised space.
 
     Parameters
@@ -298,6 +303,8 @@ def generate(model, tokenizer, x: torch.Tensor, x_stamp: torch.Tensor, y_stamp: 
         ``step_static``, eagerly) or ``cuda_graph`` (``step_static`` captured once and replayed).
     progress : object with ``update(n)`` (e.g. a tqdm bar), optional; advanced once per step.
     full_window : return the whole final decode window (``min(L+P, M)`` rows) instead of its last P.
+    should_stop : callable returning bool, optional; asked before every step after the first, and
+        ``DecodeStopped`` is raised when it answers True (a cancelled job stops within one step).
 
     Returns
     -------
@@ -364,6 +371,8 @@ def generate(model, tokenizer, x: torch.Tensor, x_stamp: torch.Tensor, y_stamp: 
 
     # ---- one K-line per step ------------------------------------------------------------------
     for i in range(P):
+        if i and should_stop is not None and should_stop():
+            raise DecodeStopped(f"stopped by request after {i} of {P} decode steps")
         n = L + i  # tokens known so far; the window is the last W = min(n, M)
         a = sample_tokens(packed.s1_logits(last), T, top_k, top_p, generator)  # (R,)
         b = sample_tokens(packed.s2_logits(last, dep_k[:, :, :W], dep_v[:, :, :W], a), T, top_k, top_p, generator)

@@ -322,10 +322,12 @@ class KronosPredictor:
                       pred_len: int, T: float = 1.0, top_k: int = 0, top_p: float = 0.9,
                       sample_count: int = 1, verbose: bool = False, seed: int | None = None,
                       quantiles: Sequence[float] | None = None, return_samples: bool = False,
-                      max_batch_size: int | None = None, use_kv_cache: bool = False) -> list:
+                      max_batch_size: int | None = None, use_kv_cache: bool = False, should_stop=None) -> list:
         """Forecast many series in one batched loop; arguments as ``predict``, one list entry per series.
 
         Context lengths may differ between series (they are decoded in groups of equal length).
+        ``should_stop`` (a callable returning bool, optional) is asked between decode steps; when it
+        answers True the call raises ``model.decoding.DecodeStopped`` and returns nothing.
         Returns a list in input order, of DataFrames or of ``Forecast`` objects (see ``predict``).
         """
         self.last_decode_info = {}  # filled by _decode, kept up to date when it raises
@@ -347,7 +349,8 @@ class KronosPredictor:
 
         generator = None if seed is None else torch.Generator(device=self.device).manual_seed(int(seed))
         t1 = time.perf_counter()
-        samples = self._decode(series, pred_len, T, top_k, top_p, sample_count, generator, rows, verbose)
+        samples = self._decode(series, pred_len, T, top_k, top_p, sample_count, generator, rows, verbose,
+                               should_stop)
         t2 = time.perf_counter()
 
         results = []
@@ -412,7 +415,8 @@ class KronosPredictor:
             raise ValueError(f"pred_len ({pred_len}) must not exceed max_context ({self.max_context})")
         return pred_len
 
-    def _decode(self, series: list[_Series], pred_len, T, top_k, top_p, S, generator, rows, verbose):
+    def _decode(self, series: list[_Series], pred_len, T, top_k, top_p, S, generator, rows, verbose,
+                should_stop=None):
         """Run the groups/chunks; returns one (S, P, 6) float32 array (normalised) per series.
 
         A chunk holds at most ``rows`` rows (series x samples), or ``oom_rows_cap`` when smaller.
@@ -439,7 +443,7 @@ class KronosPredictor:
                 while s0 < S:
                     n_s = min(info["rows_per_chunk"], S - s0)
                     y = self._generate_or_back_off(x, xs, ys, pred_len, T, top_k, top_p, n_s, generator, info,
-                                                   verbose)
+                                                   verbose, should_stop)
                     if y is not None:
                         parts.append(y)  # (b, n_s, P, 6)
                         s0 += n_s
@@ -453,7 +457,7 @@ class KronosPredictor:
         return out
 
     def _generate_or_back_off(self, x, xs, ys, pred_len, T, top_k, top_p, n_s, generator, info,
-                              verbose: bool = False) -> np.ndarray | None:
+                              verbose: bool = False, should_stop=None) -> np.ndarray | None:
         """One chunk through ``generate``: (b, n_s, P, 6) float32 on the host, or None after a back-off.
 
         When ``generate`` raises ``torch.OutOfMemoryError`` and ``oom_backoff`` is on (CUDA): log a
@@ -471,7 +475,8 @@ class KronosPredictor:
                 y = generate(self.model, self.tokenizer, x, xs, ys, pred_len, self.max_context,
                              T=T, top_k=top_k, top_p=top_p, sample_count=n_s, generator=generator,
                              packed=self._packed_model(),
-                             step_mode="cuda_graph" if self.cuda_graphs else "eager", progress=bar)
+                             step_mode="cuda_graph" if self.cuda_graphs else "eager", progress=bar,
+                             should_stop=should_stop)
             return y.float().cpu().numpy()  # no device tensor outlives the call
         except torch.OutOfMemoryError:
             if not self.oom_backoff or rows <= 1:

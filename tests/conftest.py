@@ -53,8 +53,12 @@ def _hermetic_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    """Embedded-default settings rooted in a fresh temp dir (SQLite file, filesystem broker)."""
-    return Settings(data_dir=tmp_path / "kronos-data", database_url=None, broker_url=None)
+    """Embedded-default settings rooted in a fresh temp dir (SQLite file, filesystem broker).
+
+    `testserver` is the Host header of Starlette's TestClient; the API answers only trusted hosts.
+    """
+    return Settings(data_dir=tmp_path / "kronos-data", database_url=None, broker_url=None,
+                    trusted_hosts=["127.0.0.1", "localhost", "testserver"])
 
 
 # --- databases -------------------------------------------------------------------------------------

@@ -108,10 +108,51 @@ def test_production_urls(service):
     assert "@postgres:5432/" in env["KRONOS_DATABASE_URL"]
 
 
+REQUIRED_PASSWORD = "${POSTGRES_PASSWORD:?"
+
+
 def test_database_url_matches_the_postgres_container():
-    url = ENV_EXAMPLE["KRONOS_DATABASE_URL"]
-    user, password, database = (ENV_EXAMPLE[k] for k in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"))
-    assert url == f"postgresql+psycopg://{user}:{password}@postgres:5432/{database}"
+    for service in KRONOS_SERVICES:
+        url = service_env(service)["KRONOS_DATABASE_URL"]
+        assert url.startswith("postgresql+psycopg://${POSTGRES_USER:-kronos}:" + REQUIRED_PASSWORD), service
+        assert url.endswith("@postgres:5432/${POSTGRES_DB:-kronos}"), service
+    assert SERVICES["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith(REQUIRED_PASSWORD)
+
+
+# --- hardening (issue 11) --------------------------------------------------------------------------
+
+
+def test_no_default_database_password_anywhere():
+    assert "POSTGRES_PASSWORD" not in ENV_EXAMPLE and "KRONOS_DATABASE_URL" not in ENV_EXAMPLE
+    text = (ROOT / "docker-compose.yml").read_text() + (ROOT / ".env.example").read_text()
+    assert "change-me" not in text
+    for default in re.findall(r"\$\{POSTGRES_PASSWORD([^}]*)\}", text):
+        assert default.startswith(":?"), default  # required, never `:-something`
+
+
+def test_the_old_placeholder_password_is_refused_by_every_process():
+    with pytest.raises(ValueError, match="placeholder password"):
+        Settings(database_url="postgresql+psycopg://kronos:change-me@postgres:5432/kronos")
+
+
+@pytest.mark.parametrize("service", ["api", "flower"])
+def test_published_ports_bind_loopback_unless_configured(service):
+    for port in SERVICES[service]["ports"]:
+        assert port.startswith("${PUBLISH_ADDRESS:-127.0.0.1}:"), port
+    published = {name for name, s in SERVICES.items() if s.get("ports")}
+    assert published == {"api", "flower"}
+
+
+def test_flower_requires_basic_auth_and_uses_the_configured_broker():
+    flower = SERVICES["flower"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+    assert "--broker=\"$$KRONOS_BROKER_URL\"" in " ".join(command("flower"))
+    assert ".env.example" in [e["path"] if isinstance(e, dict) else e for e in flower["env_file"]]
+
+
+def test_the_api_trusts_the_names_it_is_reached_by():
+    env = service_env("api")
+    assert {"localhost", "127.0.0.1"} <= set(env["KRONOS_TRUSTED_HOSTS"].split(","))
 
 
 def test_every_kronos_variable_is_a_setting():
@@ -136,8 +177,8 @@ def test_environment_values_are_valid_settings(monkeypatch):
 
 def test_api_listens_on_all_interfaces_and_is_published():
     env = service_env("api")
-    assert env["KRONOS_API_HOST"] == "0.0.0.0"
-    assert f"{env['KRONOS_API_PORT']}:{env['KRONOS_API_PORT']}" in SERVICES["api"]["ports"]
+    assert env["KRONOS_API_HOST"] == "0.0.0.0"  # inside its container; published on loopback (above)
+    assert any(port.endswith(f":{env['KRONOS_API_PORT']}:{env['KRONOS_API_PORT']}") for port in SERVICES["api"]["ports"])
 
 
 def test_gpu_worker_reserves_an_nvidia_gpu_and_uses_the_cuda_image():
@@ -173,8 +214,7 @@ def test_cpu_image_takes_the_cpu_torch_build():
 
 
 def test_flower_watches_the_same_broker():
-    assert "--broker=redis://redis:6379/0" in command("flower")
-    assert ENV_EXAMPLE["KRONOS_BROKER_URL"] == "redis://redis:6379/0"
+    assert ENV_EXAMPLE["KRONOS_BROKER_URL"] == "redis://redis:6379/0"  # flower reads KRONOS_BROKER_URL
 
 
 @pytest.mark.parametrize("service", KRONOS_SERVICES)

@@ -13,14 +13,16 @@ from typing import Annotated
 import pandas as pd
 from fastapi import APIRouter, Depends, Header, Request, Response
 
+from api.auth import InflightQuota
 from api.deps import CallerDep, SessionDep, SettingsDep
 from api.routes.jobs import ERRORS
 from api.schemas import FinetuneJobCreate, FinetuneJobPublic, FinetuneParamsIn, JobPublic
+from api.parsing_pool import pool_of
 from api.uploads import Upload, read_json_or_upload, upload_body_doc
 from kronos_jobs.core.errors import InvalidRequest, NotFound, invalid
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.crud import series as series_crud
-from kronos_jobs.inputs.parsing import parse_upload
+from kronos_jobs.inputs.parsing import BarsInput
 from kronos_jobs.jobs.finetune_submit import submit_finetune
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -30,13 +32,12 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 class FinetuneSubmission:
     params: FinetuneParamsIn  # a FinetuneJobCreate (series store) or FinetuneParamsIn (upload)
     upload: Upload | None = None
+    parsed: BarsInput | None = None  # the upload's bars, parsed off the request threads (api/parsing_pool.py)
 
     def bars(self, session, settings: Settings, tenant_id: str) -> tuple[pd.DataFrame, str]:
         """The long-format training bars and their source (upload format, or `store`)."""
-        if self.upload is not None:
-            parsed = parse_upload(self.upload.data, filename=self.upload.filename,
-                                            content_type=self.upload.content_type, freq=None, settings=settings)
-            return parsed.bars, parsed.source
+        if self.parsed is not None:
+            return self.parsed.bars, self.parsed.source
         return _store_bars(session, self.params.data, tenant_id), "store"
 
     def finetune_params(self, settings: Settings) -> dict:
@@ -68,7 +69,11 @@ async def read_finetune_submission(request: Request) -> FinetuneSubmission:
     params, upload = await read_json_or_upload(
         request, FinetuneJobCreate, FinetuneParamsIn, what="the CSV or Parquet training bars",
         accepted="multipart/form-data with a file, or application/json naming series-store symbols in `data`")
-    return FinetuneSubmission(params=params, upload=upload)
+    parsed = None
+    if upload is not None:
+        parsed = await pool_of(request.app).parse_upload(
+            upload.data, filename=upload.filename, content_type=upload.content_type, freq=None)
+    return FinetuneSubmission(params=params, upload=upload, parsed=parsed)
 
 
 FinetuneSubmissionDep = Annotated[FinetuneSubmission, Depends(read_finetune_submission)]
@@ -80,7 +85,8 @@ FINETUNE_BODY_DOC = upload_body_doc(
 )
 
 
-@router.post("/finetune", status_code=202, response_model=FinetuneJobPublic, responses=ERRORS, openapi_extra=FINETUNE_BODY_DOC)
+@router.post("/finetune", status_code=202, response_model=FinetuneJobPublic, responses=ERRORS, openapi_extra=FINETUNE_BODY_DOC,
+             dependencies=[InflightQuota])
 def create_finetune_job(
     submission: FinetuneSubmissionDep,
     session: SessionDep,
@@ -94,4 +100,4 @@ def create_finetune_job(
     job, warnings = submit_finetune(session, settings, tenant_id=caller.tenant_id, request=submission.finetune_params(settings),
                                     bars=bars, source=source, idempotency_key=idempotency_key)
     response.headers["Location"] = f"{router.prefix}/{job.id}"
-    return FinetuneJobPublic(**JobPublic.from_row(job).model_dump(), warnings=warnings)
+    return FinetuneJobPublic(**JobPublic.from_row(job, caller).model_dump(), warnings=warnings)

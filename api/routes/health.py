@@ -12,9 +12,9 @@ import logging
 import os
 import time
 from collections import Counter
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
@@ -22,7 +22,8 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.utils import floatToGoString
 from sqlalchemy import text
 
-from api.deps import SettingsDep
+from api.auth import IsAdminDep, require_admin_own_session
+from api.deps import Caller, SettingsDep
 from kronos_jobs.broker.depth import queue_depths
 from kronos_jobs.core.names import JobKind, JobState, Pool, Queue
 from kronos_jobs.core.workload import PRIORITY_MAX, PRIORITY_MIN
@@ -84,8 +85,8 @@ def read_health() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "database or broker unreachable"}})
-def read_readiness(settings: SettingsDep) -> JSONResponse:
-    """Readiness: database, broker and the live workers per pool."""
+def read_readiness(settings: SettingsDep, admin: IsAdminDep) -> JSONResponse:
+    """Readiness: database, broker and the live workers per pool (error texts and worker names: admin keys only)."""
     checks = {"database": check_database(settings), "broker": check_broker(settings)}
     workers: dict[str, list[dict[str, Any]]] = {}
     if checks["database"]["ok"]:
@@ -94,6 +95,10 @@ def read_readiness(settings: SettingsDep) -> JSONResponse:
         except Exception as exc:  # e.g. reachable but not migrated
             checks["database"] = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
     ready = all(check["ok"] for check in checks.values())
+    if not admin:  # error texts name hosts and ports; worker ids name hosts
+        checks = {name: {k: v for k, v in check.items() if k != "error"} for name, check in checks.items()}
+        workers = {pool: [{k: v for k, v in w.items() if k not in ("id", "hostname")} for w in ws]
+                   for pool, ws in workers.items()}
     body = {"status": "ready" if ready else "unavailable", "checks": checks, "workers": workers}
     return JSONResponse(body, status_code=200 if ready else 503)
 
@@ -168,8 +173,8 @@ def _fleet_collector(settings: Settings) -> _FleetCollector:
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-def read_metrics(settings: SettingsDep) -> Response:
-    """Prometheus metrics: jobs by kind and state, live workers by pool and device."""
+def read_metrics(settings: SettingsDep, _admin: Annotated[Caller, Depends(require_admin_own_session)]) -> Response:
+    """Prometheus metrics: jobs by kind and state (every tenant), live workers by pool and device; admin keys only."""
     try:
         with session_scope(settings) as session:
             counts = job_crud.count_by_state(session)

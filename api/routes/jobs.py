@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
+from api.auth import InflightQuota
 from api.deps import CallerDep, SessionDep, SettingsDep
 from api.schemas import (
     ErrorResponse,
@@ -19,6 +20,7 @@ from api.schemas import (
     ResultPublic,
 )
 from api.tables import FILE_RESPONSES, ResultFormat, file_response, json_rows
+from api.parsing_pool import pool_of
 from api.uploads import Upload, read_json_or_upload, upload_body_doc
 from kronos_jobs.core.errors import Conflict
 from kronos_jobs.core.names import JobKind, JobState
@@ -26,7 +28,7 @@ from kronos_jobs.core.settings import Settings
 from kronos_jobs.core.workload import workload_of
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import results as result_crud
-from kronos_jobs.inputs.parsing import BarsInput, parse_inline_series, parse_upload
+from kronos_jobs.inputs.parsing import BarsInput, parse_inline_series
 from kronos_jobs.inputs.store import read_store_input
 from kronos_jobs.jobs.submit import submit_forecast
 
@@ -43,6 +45,7 @@ JobId = Annotated[str, Path(max_length=64, description="The job id returned by P
 class ForecastSubmission:
     params: ForecastParamsIn  # a ForecastJobCreate (JSON) or a ForecastUploadCreate (upload)
     upload: Upload | None = None
+    parsed: BarsInput | None = None  # the upload's bars, parsed off the request threads (api/parsing_pool.py)
 
     def series_input(self, settings: Settings, session=None, tenant_id: str | None = None) -> BarsInput:
         """Parse and check the bars (CPU work: runs in the handler's thread, not the event loop)."""
@@ -50,13 +53,21 @@ class ForecastSubmission:
         if store is not None:  # the latest `lookback` bars of stored symbols
             return read_store_input(session, tenant_id=tenant_id, symbols=store.symbols, freq=store.freq,
                                               lookback=self.params.lookback, settings=settings)
+        if self.parsed is not None:
+            return self.parsed
+        series = [s.model_dump() for s in self.params.series]
+        return parse_inline_series(series, pred_len=self.params.pred_len, settings=settings)
+
+    def series_fields(self, symbols: list[str]) -> dict[str, str]:
+        """Each symbol's field in the request, for a 422 about a series the worker could not forecast."""
+        store = getattr(self.params, "series_store", None)
+        if store is not None:
+            given = {str(s).strip(): i for i, s in reversed(list(enumerate(store.symbols)))}
+            return {s: f"series_store.symbols[{given[s]}]" for s in symbols if s in given}
         if self.upload is None:
-            series = [s.model_dump() for s in self.params.series]
-            return parse_inline_series(series, pred_len=self.params.pred_len, settings=settings)
-        return parse_upload(
-            self.upload.data, filename=self.upload.filename, content_type=self.upload.content_type,
-            freq=self.params.freq, settings=settings,
-        )
+            given = {str(item.symbol).strip(): i for i, item in enumerate(self.params.series)}
+            return {s: f"series[{given[s]}]" for s in symbols if s in given}
+        return {s: f"file (symbol {s})" for s in symbols}
 
     def forecast_params(self, freqs: dict[str, str | None], settings: Settings) -> dict[str, Any]:
         """The job's parameters in `kronos_jobs.jobs.submit.ForecastParams` form."""
@@ -71,7 +82,11 @@ async def read_forecast_submission(request: Request) -> ForecastSubmission:
     params, upload = await read_json_or_upload(
         request, ForecastJobCreate, ForecastUploadCreate, what="the CSV or Parquet file",
         accepted="application/json or multipart/form-data with a file")
-    return ForecastSubmission(params=params, upload=upload)
+    parsed = None
+    if upload is not None:
+        parsed = await pool_of(request.app).parse_upload(
+            upload.data, filename=upload.filename, content_type=upload.content_type, freq=params.freq)
+    return ForecastSubmission(params=params, upload=upload, parsed=parsed)
 
 
 SubmissionDep = Annotated[ForecastSubmission, Depends(read_forecast_submission)]
@@ -86,7 +101,8 @@ FORECAST_BODY_DOC = upload_body_doc(
 # --- handlers -------------------------------------------------------------------------------------
 
 
-@router.post("/forecast", status_code=202, response_model=JobPublic, responses=ERRORS, openapi_extra=FORECAST_BODY_DOC)
+@router.post("/forecast", status_code=202, response_model=JobPublic, responses=ERRORS, openapi_extra=FORECAST_BODY_DOC,
+             dependencies=[InflightQuota])
 def create_forecast_job(
     submission: SubmissionDep,
     session: SessionDep,
@@ -100,10 +116,11 @@ def create_forecast_job(
     job = submit_forecast(
         session, settings, tenant_id=caller.tenant_id, request=submission.forecast_params(series.freqs, settings),
         bars=series.bars, future=series.future, source=series.source, idempotency_key=idempotency_key,
+        series_fields=submission.series_fields(series.symbols),
         workload=workload_of(JobKind.FORECAST, scheduled=False), priority=submission.params.priority,
     )
     response.headers["Location"] = f"{router.prefix}/{job.id}"
-    return JobPublic.from_row(job)
+    return JobPublic.from_row(job, caller)
 
 
 @router.get("", response_model=JobsPublic, responses=ERRORS)
@@ -122,13 +139,13 @@ def list_jobs(
         session, tenant_id=caller.tenant_id, state=state, kind=kind,
         created_after=created_after, created_before=created_before, cursor=cursor, limit=limit,
     )
-    return JobsPublic(data=[JobPublic.from_row(job) for job in jobs], next_cursor=next_cursor)
+    return JobsPublic(data=[JobPublic.from_row(job, caller) for job in jobs], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=ERRORS)
 def read_job(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobPublic:
     """Read a job: state, progress, errors and execution metadata."""
-    return JobPublic.from_row(job_crud.get_job(session, tenant_id=caller.tenant_id, job_id=job_id))
+    return JobPublic.from_row(job_crud.get_job(session, tenant_id=caller.tenant_id, job_id=job_id), caller)
 
 
 @router.get(
@@ -165,5 +182,5 @@ def read_job_result(
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=ERRORS)
 def cancel_job(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobPublic:
-    """Cancel a job: a queued one never starts, a running one stops at its next batch."""
-    return JobPublic.from_row(job_crud.request_cancel(session, tenant_id=caller.tenant_id, job_id=job_id))
+    """Cancel a job: a queued one never starts, a running forecast stops within one decode step."""
+    return JobPublic.from_row(job_crud.request_cancel(session, tenant_id=caller.tenant_id, job_id=job_id), caller)

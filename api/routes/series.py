@@ -27,12 +27,13 @@ from api.schemas import (
     SeriesPublic,
 )
 from api.tables import FILE_RESPONSES, ResultFormat, file_response, json_rows
+from api.parsing_pool import pool_of
 from api.uploads import Upload, validate_json
 from kronos_jobs.core.errors import InvalidRequest, PayloadTooLarge
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.crud import series as series_crud
 from kronos_jobs.inputs.checks import check_symbol
-from kronos_jobs.inputs.parsing import parse_symbol_bars, parse_upload
+from kronos_jobs.inputs.parsing import BarsInput, parse_symbol_bars
 from kronos_jobs.inputs.store import store_freqs
 from kronos_jobs.inputs.wall_clock import utc_instant
 
@@ -63,6 +64,7 @@ IMPORT_BODY_DOC = {
 @dataclass
 class StoreUpload(Upload):
     freq: str | None = None  # the multipart `freq` field
+    parsed: BarsInput | None = None  # parsed off the request threads (api/parsing_pool.py)
 
 
 async def read_import(request: Request) -> SeriesBarsCreate | StoreUpload:
@@ -87,6 +89,11 @@ async def read_import(request: Request) -> SeriesBarsCreate | StoreUpload:
                                  "text/csv, application/vnd.apache.parquet or multipart/form-data with a file")
     if len(upload.data) > limit:
         raise PayloadTooLarge(f"file: more than {limit} bytes (KRONOS_MAX_UPLOAD_BYTES)", field="file")
+    symbol = request.path_params.get("symbol")  # /v1/series/{symbol}/bars: the file is that symbol's
+    upload.parsed = await pool_of(request.app).parse_upload(
+        upload.data, filename=upload.filename, content_type=upload.content_type,
+        freq=upload.freq or request.query_params.get("freq"),
+        symbol=None if symbol is None else check_symbol(symbol, "symbol"))
     return upload
 
 
@@ -99,9 +106,7 @@ def _import(session, settings: Settings, tenant_id: str, body: SeriesBarsCreate 
         parsed = parse_symbol_bars(symbol, freq=body.freq or freq, settings=settings,
                                              bars=[b.model_dump(exclude_none=True) for b in body.bars])
     else:
-        given = body.freq or freq
-        parsed = parse_upload(body.data, filename=body.filename, content_type=body.content_type,
-                                        freq=given, settings=settings, symbol=symbol)
+        parsed = body.parsed
     freqs = store_freqs(parsed)
     written = series_crud.upsert_bars(session, tenant_id=tenant_id, bars=parsed.bars, freqs=freqs)
     stored = series_crud.list_symbols(session, tenant_id=tenant_id, symbols=list(freqs))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.deps import SessionDep, SettingsDep
+from api.deps import CallerDep, SessionDep, SettingsDep
 from api.schemas import ErrorResponse, WorkerPublic, WorkersPublic
 from kronos_jobs.crud import workers as worker_crud
 from kronos_jobs.db.models import utcnow
@@ -20,10 +20,11 @@ router = APIRouter(prefix="/v1/workers", tags=["workers"])
 def list_workers(
     session: SessionDep,
     settings: SettingsDep,
+    caller: CallerDep,
     seen_within: Annotated[int, Query(ge=0, le=30 * 86_400, description="Also list stopped or silent workers seen this many seconds ago.")] = 3_600,
 ) -> WorkersPublic:
-    """List live workers and those seen recently, with their devices."""
+    """List live workers and those seen recently, with their devices (hosts, pids and versions: admin keys only)."""
     live = {w.id for w in worker_crud.live_workers(session, stale_seconds=settings.worker_stale_seconds)}
     cutoff = utcnow() - timedelta(seconds=seen_within)
     workers = [w for w in worker_crud.list_workers(session) if w.id in live or utc_instant(w.heartbeat_at) >= cutoff]
-    return WorkersPublic(data=[WorkerPublic.from_row(w, live=w.id in live) for w in workers])
+    return WorkersPublic(data=[WorkerPublic.from_row(w, live=w.id in live, admin=caller.is_admin) for w in workers])

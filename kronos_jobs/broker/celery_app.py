@@ -19,14 +19,12 @@ from typing import Any
 from celery import Celery
 
 from kronos_jobs.broker.filesystem_broker import TRANSPORT_PATH
-from kronos_jobs.core.names import TASK_REQUEUE_STALE_JOBS, TASK_RUN_FINETUNE, TASK_RUN_FORECAST, Queue
+from kronos_jobs.broker.redis_broker import TRANSPORT_PATH as REDIS_TRANSPORT_PATH
+from kronos_jobs.core.names import TASK_RUN_FINETUNE, TASK_RUN_FORECAST
 from kronos_jobs.core.settings import Settings, get_settings
 from kronos_jobs.core.workload import PRIORITY_MAX
 
 logger = logging.getLogger(__name__)
-
-# How often beat runs the reconciler that re-sends jobs Redis lost (see jobs/forecast.py).
-RECONCILE_EVERY_SECONDS = 60.0
 
 
 def broker_folders(settings: Settings) -> dict[str, Path]:
@@ -35,10 +33,17 @@ def broker_folders(settings: Settings) -> dict[str, Path]:
     return {"data": root / "data", "processed": root / "processed", "control": root / "control"}
 
 
+def ensure_broker_folders(settings: Settings) -> None:
+    """Create the embedded broker's folders (no-op for a server broker). The API calls this at
+    start-up, so readiness does not depend on a worker having started first."""
+    if settings.effective_broker_url.startswith("filesystem://"):
+        for folder in broker_folders(settings).values():
+            folder.mkdir(parents=True, exist_ok=True)
+
+
 def _filesystem_transport_options(settings: Settings) -> dict[str, Any]:
     folders = broker_folders(settings)
-    for folder in folders.values():
-        folder.mkdir(parents=True, exist_ok=True)
+    ensure_broker_folders(settings)
     return {
         # kombu's default pairs in/out folders for two distinct peers; every process here is both
         # producer and consumer, so both point at one folder.
@@ -93,7 +98,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_url": broker_url,
         # kombu's filesystem transport can hand a consumer a half-written message (which kills the
         # worker); ours publishes atomically. None keeps the URL's own transport (redis...).
-        "broker_transport": TRANSPORT_PATH if broker_url.startswith("filesystem://") else None,
+        # Redis: kombu's transport with a softer close while Redis is down (broker/redis_broker.py).
+        "broker_transport": (TRANSPORT_PATH if broker_url.startswith("filesystem://")
+                             else REDIS_TRANSPORT_PATH if broker_url.startswith(("redis://", "rediss://")) else None),
         "broker_transport_options": transport_options,
         # Celery reads the visibility timeout from three places; set all three, or the shortest
         # (the default hour) silently wins (celery#7651, #9339).
@@ -131,18 +138,20 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # behind a busy child while another worker idles.
         "worker_prefetch_multiplier": 1,
         # Soft limit raises SoftTimeLimitExceeded inside the job so it can record `failed`; the
-        # hard limit kills a child stuck in native code (Kronos#403-style hangs). max_retries caps
-        # the automatic retries of transient errors (runtime/tasks.py) at KRONOS_MAX_RETRIES.
+        # hard limit kills a child stuck in native code (Kronos#403-style hangs). A database or broker
+        # outage is retried (runtime/tasks.py deliver) with a backoff capped at KRONOS_RETRY_BACKOFF_MAX,
+        # so a task notices within that long that the service is back, KRONOS_TRANSIENT_RETRIES
+        # times, minutes in all: a 20 s outage no longer uses up every retry and drops the message.
         "task_annotations": {
             TASK_RUN_FORECAST: {
                 "soft_time_limit": settings.forecast_soft_time_limit,
                 "time_limit": settings.forecast_time_limit,
-                "max_retries": settings.max_retries,
+                "max_retries": settings.transient_retries,
             },
             TASK_RUN_FINETUNE: {
                 "soft_time_limit": settings.finetune_soft_time_limit,
                 "time_limit": settings.finetune_time_limit,
-                "max_retries": settings.max_retries,
+                "max_retries": settings.transient_retries,
             },
         },
         # On broker connection loss Celery redelivers running late-ack tasks anyway, so they could
@@ -168,13 +177,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_create_missing_queues": True,
         "timezone": "UTC",
         "enable_utc": True,
-        # The reconciler re-sends jobs a broker lost (Redis without AOF, a killed whole worker on
-        # the filesystem broker). It needs exactly one beat process. With no default queue it must
-        # name one: CPU workers always exist (embedded default, compose's worker-cpu) and it is short.
-        "beat_schedule": {
-            "requeue-stale-jobs": {"task": TASK_REQUEUE_STALE_JOBS, "schedule": RECONCILE_EVERY_SECONDS,
-                                   "options": {"queue": Queue.FORECAST_CPU.value, "expires": RECONCILE_EVERY_SECONDS}},
-        },
+        # No static beat_schedule: the recovery sweep (outbox dispatcher and reconciler) runs inside
+        # beat itself (runtime/beat.py), where a backlog on the worker queues cannot starve it.
         # Beat also reads the schedules table every KRONOS_SCHEDULER_INTERVAL seconds, so schedules
         # edited through the API take effect without a restart (kronos_jobs/runtime/beat.py says why not a library).
         "beat_scheduler": "kronos_jobs.runtime.beat:DatabaseScheduler",

@@ -7,9 +7,10 @@
     kronos-jobs wait JOB                             # progress bar; exit 0 only when succeeded
     kronos-jobs result JOB -o forecast.parquet       # or a table on stdout
     kronos-jobs status JOB | workers | models
+    kronos-jobs keys create --tenant acme --scope read --scope submit   # prints the key once
 
 Client commands talk to KRONOS_API_URL (default http://KRONOS_API_HOST:KRONOS_API_PORT) through
-httpx and read nothing else. Server commands import their machinery lazily, so a client command
+httpx, sending KRONOS_API_KEY as `Authorization: Bearer`, and read nothing else. Server commands import their machinery lazily, so a client command
 never imports torch, celery or sqlalchemy.
 """
 
@@ -46,19 +47,25 @@ RESULT_FORMATS = ("json", "csv", "parquet")
 class ApiClient:
     """A thin httpx wrapper: API errors and an unreachable API become one-line ClickExceptions."""
 
-    def __init__(self, base_url: str, *, timeout: float = 60.0, http: httpx.Client | None = None):
+    def __init__(self, base_url: str, *, timeout: float = 60.0, http: httpx.Client | None = None,
+                 api_key: str | None = None):
         self.base_url = base_url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}  # = Settings.api_auth_headers
         # `http` lets tests pass an in-process client (fastapi.testclient.TestClient is an httpx.Client).
         self._client = http or httpx.Client(base_url=self.base_url, timeout=timeout)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = self._client.request(method, path, **kwargs)
+            headers = {**self.headers, **(kwargs.pop("headers", None) or {})}
+            response = self._client.request(method, path, headers=headers, **kwargs)
         except httpx.TransportError as exc:
             raise click.ClickException(
                 f"cannot reach the API at {self.base_url} ({type(exc).__name__}: {exc}). "
                 "Start it with `kronos-jobs api` (or `kronos-jobs up`), or point KRONOS_API_URL / --api-url at it."
             ) from None
+        if response.status_code == 401 and not self.headers:
+            raise click.ClickException(f"{describe_error(response)}\nSet KRONOS_API_KEY to a key "
+                                       "(`kronos-jobs keys create` on the server makes one).")
         if response.is_error:
             raise click.ClickException(describe_error(response))
         return response
@@ -83,7 +90,7 @@ def _client(ctx: click.Context) -> ApiClient:
     obj = ctx.find_root().obj
     http = obj.get("http")
     url = obj.get("api_url") or (str(http.base_url) if http is not None else obj["settings"].effective_api_url)
-    return ApiClient(url, http=http)
+    return ApiClient(url, http=http, api_key=obj["settings"].api_key)
 
 
 def _cell(value: Any) -> str:
@@ -110,6 +117,9 @@ def main(ctx: click.Context, api_url: str | None) -> None:
     """Kronos forecast and fine-tune jobs."""
     ctx.ensure_object(dict)
     ctx.obj.setdefault("settings", get_settings())
+    from kronos_jobs.core.redaction import install
+
+    install(ctx.obj["settings"])
     if api_url:
         ctx.obj["api_url"] = api_url
 
@@ -129,9 +139,14 @@ def api(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Run the HTTP API (uvicorn)."""
     import uvicorn
 
+    from api.main import create_app
+
     settings = _settings(ctx)
-    uvicorn.run("api.main:create_app", factory=True, host=host or settings.api_host, port=port or settings.api_port,
-                log_level=settings.log_level.lower())
+    # The app must know the address it is bound to: KRONOS_AUTH allows running keyless only on loopback.
+    settings = settings.model_copy(update={"api_host": host or settings.api_host, "api_port": port or settings.api_port})
+    if settings.auth == "off" and not settings.binds_loopback:
+        raise click.UsageError(f"KRONOS_AUTH=off needs a loopback address, not --host {settings.api_host}")
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level=settings.log_level.lower())
 
 
 @main.command()
@@ -171,7 +186,9 @@ def db_upgrade(ctx: click.Context) -> None:
 
     settings = _settings(ctx)
     upgrade(settings)
-    click.echo(f"database at head: {settings.effective_database_url}")
+    from kronos_jobs.core.redaction import redact
+
+    click.echo(f"database at head: {redact(settings.effective_database_url)}")
 
 
 # --- client commands -------------------------------------------------------------------------------
@@ -521,6 +538,73 @@ def schedules_run(ctx: click.Context, schedule_id: str) -> None:
     """Run a schedule now; prints the run id."""
     run = _client(ctx).json("POST", f"/v1/schedules/{schedule_id}/run")
     click.echo(run["id"])
+
+
+# --- API keys (server side: they talk to the database, like `db upgrade`) -------------------------
+
+
+@main.group()
+def keys() -> None:
+    """API keys: create (shown once), list, revoke."""
+
+
+@keys.command("create")
+@click.option("--tenant", default="default", show_default=True, help="The tenant whose jobs, series, schedules and models the key reaches.")
+@click.option("--scope", "scopes", multiple=True, type=click.Choice(["read", "submit", "admin"]),
+              default=("read", "submit"), show_default=True, help="Repeat for several; admin includes the others.")
+@click.option("--name", default="", help="A label to recognise the key by in `keys list`.")
+@click.pass_context
+def keys_create(ctx: click.Context, tenant: str, scopes: tuple[str, ...], name: str) -> None:
+    """Create a key; prints the token on stdout, once (only its SHA-256 is stored)."""
+    from kronos_jobs.core.errors import InvalidRequest
+    from kronos_jobs.crud import api_keys
+    from kronos_jobs.db.migrate import upgrade
+    from kronos_jobs.db.session import session_scope
+
+    settings = _settings(ctx)
+    upgrade(settings)
+    try:
+        with session_scope(settings) as session:
+            key, token = api_keys.create_key(session, tenant_id=tenant, scopes=scopes, name=name)
+            summary = f"key {key.id} for tenant {key.tenant_id}, scopes {','.join(key.scopes)}"
+    except InvalidRequest as exc:
+        raise click.BadParameter(exc.message) from None
+    click.echo(f"created {summary}; the token below is shown only now:", err=True)
+    click.echo(token)
+
+
+@keys.command("list")
+@click.option("--tenant", default=None, help="Only this tenant's keys.")
+@click.option("--all", "include_revoked", is_flag=True, help="Include revoked keys.")
+@click.pass_context
+def keys_list(ctx: click.Context, tenant: str | None, include_revoked: bool) -> None:
+    """List keys (ids, tenants, scopes; never the tokens)."""
+    from kronos_jobs.crud import api_keys
+    from kronos_jobs.db.session import session_scope
+
+    with session_scope(_settings(ctx)) as session:
+        rows = [{"id": k.id, "tenant": k.tenant_id, "scopes": ",".join(k.scopes), "name": k.name,
+                 "created_at": k.created_at.isoformat(timespec="seconds"),
+                 "revoked_at": k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else None}
+                for k in api_keys.list_keys(session, tenant_id=tenant, include_revoked=include_revoked)]
+    click.echo(_table(rows, ["id", "tenant", "scopes", "name", "created_at", "revoked_at"]))
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.pass_context
+def keys_revoke(ctx: click.Context, key_id: str) -> None:
+    """Revoke a key by its id (the part after `kj_` in the token); effective on the next request."""
+    from kronos_jobs.core.errors import NotFound
+    from kronos_jobs.crud import api_keys
+    from kronos_jobs.db.session import session_scope
+
+    try:
+        with session_scope(_settings(ctx)) as session:
+            key = api_keys.revoke_key(session, key_id=key_id)
+            click.echo(f"revoked key {key.id} of tenant {key.tenant_id}")
+    except NotFound as exc:
+        raise click.ClickException(exc.message) from None
 
 
 # --- the one-machine launcher (kronos_jobs/runtime/launcher.py) --------------------------------

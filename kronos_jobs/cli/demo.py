@@ -136,7 +136,7 @@ def demo(settings: Settings, options: DemoOptions, *, env: Mapping[str, str] | N
         else:
             print(f"demo: using the API already running at {url}", flush=True)
 
-        with httpx.Client(base_url=url, timeout=120.0) as client:
+        with httpx.Client(base_url=url, timeout=120.0, headers=settings.api_auth_headers) as client:
             response = client.post("/v1/jobs/forecast", json=demo_request(bars, model=model, options=options))
             if response.status_code != 202:
                 print(f"demo: the API refused the job: {_error_text(response)}", file=sys.stderr)
@@ -161,7 +161,7 @@ def demo(settings: Settings, options: DemoOptions, *, env: Mapping[str, str] | N
     except (StopRequested, KeyboardInterrupt):
         print("\ndemo: interrupted", file=sys.stderr)
         if job_id is not None:
-            _cancel_quietly(url, job_id)
+            _cancel_quietly(url, job_id, settings.api_auth_headers)
         # The demo's own processes hold nothing worth waiting for: don't sit out a warm shutdown.
         stop_timeout = INTERRUPT_STOP_TIMEOUT_SECONDS
         return 130
@@ -179,10 +179,10 @@ def demo(settings: Settings, options: DemoOptions, *, env: Mapping[str, str] | N
             log.close()
 
 
-def _cancel_quietly(url: str, job_id: str) -> None:
+def _cancel_quietly(url: str, job_id: str, headers: dict[str, str]) -> None:
     """Cancel the demo's job so a later `up` on the same data dir does not run it again."""
     try:
-        response = httpx.post(f"{url}/v1/jobs/{job_id}/cancel", timeout=5.0)
+        response = httpx.post(f"{url}/v1/jobs/{job_id}/cancel", headers=headers, timeout=5.0)
         if response.status_code == 200:
             print(f"demo: cancel requested for job {job_id}", file=sys.stderr)
     except httpx.HTTPError:

@@ -70,9 +70,20 @@ POOL_QUEUES: dict[Pool, tuple[Queue, ...]] = {
 # Celery task names (tasks carry only the job id).
 TASK_RUN_FORECAST = "kronos_jobs.run_forecast"
 TASK_RUN_FINETUNE = "kronos_jobs.run_finetune"
-TASK_REQUEUE_STALE_JOBS = "kronos_jobs.requeue_stale_jobs"  # beat: re-send jobs a broker lost
 
 DEFAULT_TENANT = "default"
+
+
+class Scope(str, Enum):
+    """What an API key may do. `admin` includes the other two."""
+
+    READ = "read"  # GET: jobs, results, series, schedules, models, workers
+    SUBMIT = "submit"  # create, change, cancel and delete the tenant's jobs, series, schedules, models
+    ADMIN = "admin"  # everything, plus what identifies the deployment: hostnames, pids, versions
+
+
+# Tenant names: what a key's tenant may be called (they also appear in logs and metrics).
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 # Result columns, in order; quantile columns follow as q<level>_<column>.
 PRICE_COLUMNS = ("open", "high", "low", "close")

@@ -22,6 +22,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 # tests/core/test_settings.py checks that both accept exactly the same specs.
 DEVICE_SPEC_FORMS = "auto, cpu, cuda, cuda:N, mps"
 _DEVICE_SPEC = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+# Older examples shipped this database password; a deployment still using it is refused.
+PLACEHOLDER_PASSWORD = "change-me"
 
 
 class Settings(BaseSettings):
@@ -80,6 +82,36 @@ class Settings(BaseSettings):
     schedule_batch_symbols: int = Field(250, ge=1, description="Most symbols per forecast job when a schedule run fans out to CPU workers (runs are split over at least as many jobs as live worker slots).")
     scheduler_interval: float = Field(5.0, gt=0, description="Seconds between the beat's reads of the schedules table.")
 
+    # --- hostile input and recovery (robust) -----------------------------------------------------
+    max_upload_rows: int = Field(2_000_000, ge=1, description="Data rows an uploaded CSV or Parquet file may hold, counted before parsing.")
+    upload_parse_seconds: float = Field(30.0, gt=0, description="Time limit for parsing one upload; the parsing process is killed after it.")
+    upload_parse_workers: int = Field(2, ge=1, description="Processes the API parses uploads in (off its request threads).")
+    upload_parse_queue: int = Field(16, ge=1, description="Uploads waiting for a parsing process before the API answers 503.")
+    dispatch_interval: float = Field(2.0, gt=0, description="Seconds between beat's sends of queued jobs whose task was never sent (the outbox).")
+    dispatch_after_seconds: float = Field(5.0, ge=0, description="A queued job unsent for this long is sent by the dispatcher.")
+    transient_retries: int = Field(40, ge=0, description="Retries of a task hit by a database or broker outage; at the backoff cap (full jitter) they span about 5 minutes.")
+    retry_backoff_max: int = Field(15, ge=1, description="Cap in seconds of the backoff between those retries: a task finds the service back within this long.")
+    cancel_check_seconds: float = Field(1.0, gt=0, description="At most one cancel check per this many seconds while a forecast decodes.")
+
+    # --- auth, tenants and browser safety (issue 11) -------------------------------------------
+    auth: Literal["auto", "on", "off"] = Field(
+        "auto", description="API keys: on = every /v1 request needs a key; off = no keys (only while KRONOS_API_HOST is "
+                            "loopback); auto = off only for the embedded default (no KRONOS_DATABASE_URL) bound to "
+                            "loopback, on otherwise.")
+    api_key: str | None = Field(None, description="The key the CLI and the Python client send (Authorization: Bearer).")
+    auth_cache_seconds: float = Field(
+        5.0, ge=0, description="How long an API process trusts a key it has looked up (a revoke takes effect within "
+                               "this time); 0 = look every key up on every request.")
+    rate_limit: str | None = Field(
+        "600/minute", description="Requests per API key, in the `limits` package's notation (e.g. 10/second;600/minute); "
+                                  "empty = no limit. Counted in Redis when the broker is Redis, in memory otherwise.")
+    max_inflight_jobs: int | None = Field(
+        1_000, ge=1, description="Queued plus running jobs a tenant may have; a submit beyond it answers 429. Empty = no quota.")
+    trusted_hosts: Annotated[list[str], NoDecode] = Field(
+        ["localhost", "127.0.0.1", "::1"], description="Host header values the API answers (DNS-rebinding guard); a JSON "
+                                                       "list or comma-separated; * accepts any.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        [], description="Browser origins allowed to call the API cross-site (e.g. https://ops.example.com); default none.")
     # --- sharing the fleet: priorities, bulk chunks, fan-out by capacity, tenant fairness --------
     queue_policy: Literal["priority", "fifo"] = Field(
         "priority", description="priority: interactive jobs go first, bulk jobs yield between chunks and schedule runs "
@@ -110,6 +142,31 @@ class Settings(BaseSettings):
                 raise ValueError(f"KRONOS_MODEL_DIRS: not a JSON list of paths: {exc}") from None
         return [part for part in value.split(os.pathsep) if part.strip()]
 
+    @field_validator("trusted_hosts", "cors_origins", mode="before")
+    @classmethod
+    def _name_list(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"not a JSON list of names: {exc}") from None
+        return [part.strip() for part in value.split(",") if part.strip()]
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_form(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError as exc:
+            raise ValueError(f"KRONOS_RATE_LIMIT: {value!r} is not a rate like 10/second;600/minute ({exc})") from None
+        return value.strip()
+
     @model_validator(mode="after")
     def _limits_are_ordered(self) -> "Settings":
         for kind in ("forecast", "finetune"):
@@ -125,6 +182,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"KRONOS_HEARTBEAT_SECONDS ({self.heartbeat_seconds}) must be at most half of KRONOS_LEASE_SECONDS ({self.lease_seconds})"
             )
+        if self.database_url and f":{PLACEHOLDER_PASSWORD}@" in self.database_url:
+            raise ValueError(f"KRONOS_DATABASE_URL uses the placeholder password {PLACEHOLDER_PASSWORD!r}: set a real one")
+        if self.auth == "off" and not self.binds_loopback:
+            raise ValueError(f"KRONOS_AUTH=off needs KRONOS_API_HOST to be a loopback address, not {self.api_host!r}: "
+                             "anyone who can reach the API would own it")
         return self
 
     # --- derived values (one place for each default) -------------------------------------------
@@ -160,6 +222,22 @@ class Settings(BaseSettings):
     @property
     def effective_api_url(self) -> str:
         return (self.api_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    @property
+    def api_auth_headers(self) -> dict[str, str]:
+        """What a client of the API sends to authenticate (KRONOS_API_KEY), or nothing."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    @property
+    def binds_loopback(self) -> bool:
+        return self.api_host.strip("[]").lower() in ("localhost", "::1") or self.api_host.startswith("127.")
+
+    @property
+    def auth_required(self) -> bool:
+        """Whether /v1 requests need an API key (KRONOS_AUTH resolved)."""
+        if self.auth == "auto":
+            return not (self.database_url is None and self.binds_loopback)
+        return self.auth == "on"
 
     def effective_torch_threads(self, concurrency: int | None = None) -> int:
         if self.torch_threads:

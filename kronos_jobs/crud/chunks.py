@@ -16,7 +16,7 @@ import pandas as pd
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from kronos_jobs.crud.results import _from_parquet, _to_parquet
+from kronos_jobs.crud.results import _from_parquet, _to_parquet, write_forecasts
 from kronos_jobs.db.models import JobChunk
 
 
@@ -43,6 +43,18 @@ def load_chunks(session: Session, *, job_id: str) -> list[dict[str, Any]]:
     return [{"start": c.start, "stop": c.stop, "symbol_errors": list(c.symbol_errors or []),
              "inference_seconds": c.inference_seconds, "wait_seconds": c.wait_seconds, "device": c.device,
              "rows": None if c.rows_parquet is None else _from_parquet(c.rows_parquet)} for c in chunks]
+
+
+def keep_as_result(session: Session, *, job_id: str, tenant_id: str) -> tuple[int, list[dict[str, Any]]]:
+    """A bulk job cancelled between chunks keeps what its finished chunks forecast: their rows
+    become the job's result and the chunks are deleted; (series kept, their symbol errors)."""
+    chunks = load_chunks(session, job_id=job_id)
+    frames = [c["rows"] for c in chunks if c["rows"] is not None]
+    if frames:
+        write_forecasts(session, job_id=job_id, tenant_id=tenant_id, rows=pd.concat(frames, ignore_index=True))
+    delete_chunks(session, job_id=job_id)
+    kept = int(sum(f["symbol"].nunique() for f in frames))
+    return kept, [e for c in chunks for e in c["symbol_errors"]]
 
 
 def delete_chunks(session: Session, *, job_id: str) -> int:

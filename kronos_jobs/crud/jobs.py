@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, case, delete, func, literal, or_, select, update
+from sqlalchemy import and_, case, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -33,7 +33,8 @@ from kronos_jobs.core.errors import (
     TenantBusy,
 )
 from kronos_jobs.core.names import JobKind, JobState
-from kronos_jobs.db.models import Job, JobChunk, utcnow
+from kronos_jobs.crud import chunks as chunk_crud
+from kronos_jobs.db.models import Job, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +194,13 @@ def count_by_state(session: Session, *, tenant_id: str | None = None) -> dict[tu
     if tenant_id is not None:
         query = query.where(Job.tenant_id == tenant_id)
     return {(kind, state): n for kind, state, n in session.execute(query)}
+
+
+def count_in_flight(session: Session, *, tenant_id: str) -> int:
+    """The tenant's queued and running jobs (what KRONOS_MAX_INFLIGHT_JOBS bounds)."""
+    query = select(func.count()).select_from(Job).where(
+        Job.tenant_id == tenant_id, Job.state.in_((JobState.QUEUED.value, JobState.RUNNING.value)))
+    return int(session.scalar(query) or 0)
 
 
 # --- leases: claim, renew, progress, finish -----------------------------------------------------
@@ -439,6 +447,11 @@ def give_back_job(session: Session, *, job_id: str, owner: str,
 # --- cancellation and the reconciler -----------------------------------------------------------
 
 
+def cancel_requested(session: Session, *, job_id: str) -> bool:
+    """Whether a cancel of the job was requested (one indexed read: the decode loop asks it)."""
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
 def request_cancel(session: Session, *, tenant_id: str, job_id: str) -> Job:
     """Cancel: a queued job (or a bulk job waiting between chunks) becomes cancelled now, a running
     one is flagged to stop at its next batch boundary; a finished job raises InvalidTransition."""
@@ -458,8 +471,14 @@ def request_cancel(session: Session, *, tenant_id: str, job_id: str) -> Job:
             .execution_options(synchronize_session=False)
         )
         if result.rowcount == 1:
-            if values is cancelled:  # a yielded bulk job's finished chunks will never be written
-                session.execute(delete(JobChunk).where(JobChunk.job_id == job_id))
+            if from_state is JobState.RUNNING and values is cancelled:
+                # A bulk job between chunks: nobody runs it, so the cancel settles it here, keeping
+                # the series its finished chunks forecast, as a cancel while running does.
+                kept, errors = chunk_crud.keep_as_result(session, job_id=job_id, tenant_id=tenant_id)
+                session.execute(update(Job).where(Job.id == job_id).values(
+                    symbol_errors=errors, error={"code": "cancelled", "message": "cancelled by request between chunks; "
+                                                 f"the {kept} series finished before it are kept"})
+                    .execution_options(synchronize_session=False))
             logger.info("job %s cancel requested while %s", job_id, from_state.value)
             job = _refetch(session, job_id)
             assert job is not None
@@ -477,11 +496,32 @@ def stale_queued_jobs(session: Session, *, older_than_seconds: float, limit: int
     return list(session.scalars(query))
 
 
-def expired_running_jobs(session: Session, *, limit: int = 100) -> list[Job]:
-    """Running jobs whose lease lapsed: their worker died; a new delivery may claim them."""
-    query = (select(Job).where(Job.state == JobState.RUNNING.value, Job.lease_expires_at < utcnow())
+def expired_running_jobs(session: Session, *, limit: int = 100, untouched_for_seconds: float = 0.0) -> list[Job]:
+    """Running jobs whose lease lapsed: their worker died; a new delivery may claim them. With
+    `untouched_for_seconds`, only those not re-sent (touched) within that long."""
+    now = utcnow()
+    query = (select(Job).where(Job.state == JobState.RUNNING.value, Job.lease_expires_at < now,
+                               Job.updated_at <= now - timedelta(seconds=untouched_for_seconds))
              .order_by(Job.lease_expires_at).limit(limit))
     return list(session.scalars(query))
+
+
+def unsent_queued_jobs(session: Session, *, older_than_seconds: float, limit: int = 500) -> list[Job]:
+    """The outbox: queued jobs committed over `older_than_seconds` ago whose task never reached the broker."""
+    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    query = (select(Job).where(Job.state == JobState.QUEUED.value, Job.sent_at.is_(None), Job.created_at < cutoff)
+             .order_by(Job.created_at).limit(limit))
+    return list(session.scalars(query))
+
+
+def mark_sent(session: Session, *, job_ids: Iterable[str]) -> int:
+    """Record that the jobs' tasks reached the broker (the outbox is drained of them)."""
+    ids = list(job_ids)
+    if not ids:
+        return 0
+    result = session.execute(update(Job).where(Job.id.in_(ids), Job.sent_at.is_(None)).values(sent_at=utcnow())
+                             .execution_options(synchronize_session=False))
+    return result.rowcount
 
 
 def touch_jobs(session: Session, *, job_ids: Iterable[str]) -> int:

@@ -85,6 +85,7 @@ class Job(Base):
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
         # The reconciler's scans: queued jobs not touched for a while, running jobs by lease.
         Index("ix_jobs_state", "state", "updated_at"),
+        Index("ix_jobs_outbox", "state", "sent_at"),  # the dispatcher's scan for unsent queued jobs
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex; also the Celery task id
@@ -112,6 +113,7 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(nullable=True)  # task reached the broker (the outbox)
     # --- sharing the fleet (core/workload.py) ---
     priority: Mapped[int] = mapped_column(Integer, default=6, server_default="6")  # 0..9, higher runs first
     workload: Mapped[str] = mapped_column(String(16), default="interactive", server_default="interactive")
@@ -306,3 +308,20 @@ class ScheduleRunJob(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     schedule_id: Mapped[str] = mapped_column(String(32))
     tenant_id: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
+
+
+# --- API keys (issue 11) ---------------------------------------------------------------------------
+
+
+class ApiKey(Base):
+    """An API key: only the SHA-256 of the token is stored; the token itself is shown once, at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # public id, also inside the token
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)  # hex digest; the lookup key
+    tenant_id: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
+    scopes: Mapped[list[Any]] = mapped_column(default=list)  # names.Scope values
+    name: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)

@@ -30,6 +30,11 @@ SYMBOL_PATTERN = re.compile(r"^[A-Za-z0-9^][A-Za-z0-9._:/=@+\-^]*$")
 SYMBOL_CHARSET = "letters, digits and . _ : / = @ + - ^"
 OPTIONAL_COLUMNS = ("volume", "amount")
 MAX_DETAILS = 20  # problems listed per response; the first one is the message
+# Bars and forecast timestamps must lie in pandas' nanosecond range (1677-2262), where every
+# downstream step (resampling, the model's time features, Parquet results) can hold them; the lower
+# bound is raised to 1900 because earlier "bars" are typos (year 0002), not market data.
+MIN_YEAR, MAX_YEAR = 1900, 2262
+FREQ_MAX_LENGTH = 32
 
 Locate = Callable[[int, str], str]  # (row position in the frame, column) -> field name
 
@@ -82,12 +87,16 @@ def check_symbol(value: Any, field: str) -> str:
 def check_freq(value: Any, field: str) -> str:
     """A pandas offset alias such as `5min`, `1h`, `1D` or `B`; raises InvalidRequest otherwise."""
     text = str(value).strip()
-    try:
-        offset = to_offset(text)
-    except (ValueError, TypeError):
-        offset = None
-    if offset is None or not text or len(text) > 32:
+    offset = None
+    if text and len(text) <= FREQ_MAX_LENGTH:
+        try:
+            offset = to_offset(text)
+        except (ValueError, TypeError, OverflowError):
+            offset = None
+    if offset is None:
         raise invalid(field, f"{text[:40]!r} is not a pandas frequency alias such as 5min, 1h, 1D or B")
+    if offset.n <= 0:  # `0min` never advances: no future timestamp could be generated from it
+        raise invalid(field, f"{text!r} does not step forward; give a positive frequency such as 5min")
     return text
 
 
@@ -108,7 +117,11 @@ def parse_timestamps(values: pd.Series, locate: Locate, problems: Problems) -> p
     for pos in np.flatnonzero(stamps.isna().to_numpy())[:MAX_DETAILS]:
         shown = values.iloc[pos]
         problems.add(locate(int(pos), "timestamp"), f"{str(shown)[:40]!r} is not an ISO 8601 timestamp such as 2024-06-18T11:15:00+08:00")
-    return stamps.astype("datetime64[us, UTC]")
+    stamps = stamps.astype("datetime64[us, UTC]")
+    years = stamps.dt.year.to_numpy(dtype="float64", na_value=np.nan)
+    for pos in np.flatnonzero((years < MIN_YEAR) | (years > MAX_YEAR))[:MAX_DETAILS]:
+        problems.add(locate(int(pos), "timestamp"), f"{stamps.iloc[pos].isoformat()} is outside the years {MIN_YEAR}-{MAX_YEAR}")
+    return stamps
 
 
 # The UTC offset at the end of an ISO 8601 timestamp with a time part: `...T11:15:00+08:00`, `-0500`, `Z`.

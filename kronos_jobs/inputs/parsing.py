@@ -51,6 +51,10 @@ from kronos_jobs.inputs.checks import (
 )
 
 FILE_COLUMNS = ("symbol", "timestamp", *PRICE_COLUMNS, *OPTIONAL_COLUMNS, "freq")
+# Caps checked on the raw bytes before any parser runs: a header of a million columns costs pandas'
+# reader hours (duplicate-name mangling is quadratic), and one endless line holds the whole file.
+MAX_FILE_COLUMNS = 4 * len(FILE_COLUMNS)
+MAX_LINE_BYTES = 4096
 TIMESTAMP_ALIASES = {"timestamps": "timestamp"}
 
 
@@ -191,7 +195,7 @@ def parse_upload(
         raise invalid("file", "the uploaded file is empty")
     freq = check_freq(freq, "freq") if freq else None
     source = upload_format(data, filename=filename, content_type=content_type)
-    raw = _read_parquet(data) if source == "parquet" else _read_csv(data)
+    raw = _read_parquet(data, settings) if source == "parquet" else _read_csv(data, settings)
     if symbol is not None:
         raw = _with_symbol(raw, symbol)
     bars, file_freqs = _frame_from_file(raw, settings)
@@ -210,7 +214,26 @@ def upload_format(data: bytes, *, filename: str | None, content_type: str | None
     return "csv"
 
 
-def _read_csv(data: bytes) -> pd.DataFrame:
+def check_csv_shape(data: bytes, settings: Settings) -> None:
+    """Header columns, line length and row count of a CSV, from its bytes alone (no parser)."""
+    newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))  # (lines,)
+    header = data[: newlines[0] if len(newlines) else len(data)]
+    columns = header.count(b",") + 1
+    if columns > MAX_FILE_COLUMNS:
+        raise invalid("file", f"the header has {columns} columns, at most {MAX_FILE_COLUMNS} accepted; "
+                              f"expected {', '.join(FILE_COLUMNS)}")
+    bounds = np.concatenate(([-1], newlines, [len(data)]))
+    lengths = np.diff(bounds) - 1  # bytes per line without its newline
+    if len(lengths) and int(lengths.max()) > MAX_LINE_BYTES:
+        line = int(np.argmax(lengths))
+        raise invalid("file", f"line {line + 1} is {int(lengths[line])} bytes long, at most {MAX_LINE_BYTES} accepted")
+    rows = int(np.count_nonzero(lengths[1:]))  # data lines, blank ones not counted
+    if rows > settings.max_upload_rows:
+        raise invalid("file", f"{rows} data rows, at most {settings.max_upload_rows} (KRONOS_MAX_UPLOAD_ROWS)")
+
+
+def _read_csv(data: bytes, settings: Settings) -> pd.DataFrame:
+    check_csv_shape(data, settings)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -221,10 +244,19 @@ def _read_csv(data: bytes) -> pd.DataFrame:
         raise invalid("file", f"cannot parse CSV: {str(exc).strip()[:200]}") from None
 
 
-def _read_parquet(data: bytes) -> pd.DataFrame:
+def _read_parquet(data: bytes, settings: Settings) -> pd.DataFrame:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    try:
+        meta = pq.ParquetFile(io.BytesIO(data)).metadata  # the footer only: the caps before any column is read
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise invalid("file", f"cannot read Parquet: {str(exc).strip()[:200]}") from None
+    if meta.num_columns > MAX_FILE_COLUMNS:
+        raise invalid("file", f"the file has {meta.num_columns} columns, at most {MAX_FILE_COLUMNS} accepted; "
+                              f"expected {', '.join(FILE_COLUMNS)}")
+    if meta.num_rows > settings.max_upload_rows:
+        raise invalid("file", f"{meta.num_rows} data rows, at most {settings.max_upload_rows} (KRONOS_MAX_UPLOAD_ROWS)")
     try:
         table = pq.read_table(io.BytesIO(data))
     except (pa.ArrowException, OSError, ValueError) as exc:
@@ -253,6 +285,9 @@ def _frame_from_file(raw: pd.DataFrame, settings: Settings) -> tuple[pd.DataFram
     locate: Locate = lambda pos, column: f"file row {pos + 1}: {column}"  # noqa: E731
     problems = Problems()
     symbols = raw["symbol"].map(lambda v: None if is_missing(v) else str(v).strip())
+    distinct = symbols.nunique()
+    if distinct > settings.max_series_per_job:  # before the per-row work on timestamps and numbers
+        raise invalid("file", f"{distinct} symbols, at most {settings.max_series_per_job} per job (KRONOS_MAX_SERIES_PER_JOB)")
     symbol_problems = symbols.map(symbol_problem)
     for pos in np.flatnonzero(symbol_problems.notna().to_numpy())[:MAX_DETAILS]:
         problems.add(locate(int(pos), "symbol"), symbol_problems.iloc[pos])

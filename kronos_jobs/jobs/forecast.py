@@ -1,8 +1,9 @@
 """The forecast job lifecycle, owned in one place (like arq's `run_job`/`finish_job`).
 
 `run_forecast_job` claims the job's lease, heartbeats it, runs the series through the predictor in
-chunks, checks for cancellation between chunks, and writes results, execution metadata and the final
-state in ONE transaction.
+chunks, checks for cancellation between decode steps (`CancelFlag`, at most one database read per
+KRONOS_CANCEL_CHECK_SECONDS) and between chunks, and writes results, execution metadata and the final
+state in ONE transaction. A cancelled job keeps the rows of the chunks that finished before it.
 
 A bulk job (core/workload.py) runs one chunk of about KRONOS_BULK_CHUNK_SECONDS of model time per
 delivery, sized by this worker's measured cost (jobs/pace.py): the chunk's rows go to
@@ -39,8 +40,8 @@ from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import results as result_crud
 from kronos_jobs.db.models import utcnow
 from kronos_jobs.db.session import session_scope
-from kronos_jobs.jobs.lease import LeaseHeartbeat, raise_if_held
 from kronos_jobs.jobs import pace
+from kronos_jobs.jobs.lease import TRANSIENT_ERRORS, LeaseHeartbeat, raise_if_held
 from kronos_jobs.jobs.lifecycle import Delivery, new_owner, run_delivery
 from kronos_jobs.jobs.registry import PUBLISHED_MODELS, RANDOM_PREFIX, local_model_dir, resolve_model
 from kronos_jobs.jobs.series import SeriesInput, build_inputs, result_rows, rows_frame
@@ -54,12 +55,33 @@ logger = logging.getLogger(__name__)
 @dataclasses.dataclass
 class _Run(Delivery):
     params: ForecastParams
+    parts: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # finished series' result rows
     priority: int = 6
     workload: str = Workload.INTERACTIVE.value
     bulk: bool = False  # one chunk per delivery, then yield (module docstring)
     start: int = 0  # a bulk delivery's first symbol (the chunks before it are stored)
     wait_seconds: float = 0.0  # this delivery's time on the queue
     first_wait_seconds: float | None = None  # the job's: submit -> first claim
+
+
+class CancelFlag:
+    """`should_stop` for the decode loop: whether the job's cancel was requested, read from the
+    database at most once per `every` seconds (between reads the last answer stands)."""
+
+    def __init__(self, settings: Settings, job_id: str, every: float):
+        self.settings, self.job_id, self.every = settings, job_id, every
+        self._next_read = time.monotonic() + every
+        self.raised = False
+
+    def __call__(self) -> bool:
+        if not self.raised and time.monotonic() >= self._next_read:
+            try:
+                with session_scope(self.settings, autocommit=True) as session:
+                    self.raised = job_crud.cancel_requested(session, job_id=self.job_id)
+            except TRANSIENT_ERRORS as exc:  # a blip must not fail the forecast; the chunk boundary checks again
+                logger.warning("job %s: cancel check failed (%s)", self.job_id, exc)
+            self._next_read = time.monotonic() + self.every
+        return self.raised
 
 
 def _log(run: _Run, state: JobState | str, extra: str = "") -> None:
@@ -143,13 +165,28 @@ def _execute(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_input
     return run_delivery(
         run, settings, lambda: _forecast(run, settings, heartbeat, job_input, meta, identity),
         fail=lambda error: _finish(run, settings, JobState.FAILED, meta=meta, rows=_EMPTY, error=error),
-        cancelled=lambda _exc: _finish(run, settings, JobState.CANCELLED, meta=meta, rows=_EMPTY,
-                                       error={"code": "cancelled", "message": "cancelled by request while running"}),
+        cancelled=lambda _exc: _cancelled(run, settings, meta),
         time_limit_message=f"the forecast exceeded its {settings.forecast_soft_time_limit} s soft time limit",
     )
 
 
 _EMPTY = object()  # "write an empty result": a cancelled or failed job keeps no rows
+
+
+def _cancelled(run: _Run, settings: Settings, meta: dict[str, Any]) -> JobState:
+    """Record a cancel that arrived while running, keeping the series finished before it (a bulk
+    job's stored chunks included)."""
+    frames = []
+    if run.bulk:
+        with session_scope(settings) as session:
+            frames = [c["rows"] for c in chunk_crud.load_chunks(session, job_id=run.job_id) if c["rows"] is not None]
+    if run.parts:
+        frames.append(rows_frame(run.parts))
+    rows = pd.concat(frames, ignore_index=True) if frames else _EMPTY
+    kept = 0 if rows is _EMPTY else rows["symbol"].nunique()
+    return _finish(run, settings, JobState.CANCELLED, meta=meta, rows=rows,
+                   error={"code": "cancelled", "message": "cancelled by request while running; "
+                          f"the {kept} series finished before it are kept"})
 
 
 def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_input: tuple,
@@ -195,7 +232,10 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
 
     # --- chunks -----------------------------------------------------------------------------------
     prepare_seconds = run.elapsed()  # claim, input, series, model lookup (or load)
-    parts: list[dict[str, Any]] = []
+    from model.decoding import DecodeStopped  # torch: this module is imported by torch-free processes
+
+    parts = run.parts  # kept by a cancel: the rows of every finished chunk
+    should_stop = CancelFlag(settings, run.job_id, settings.cancel_check_seconds)
     done, inference_seconds = run.start + len(symbol_errors), 0.0
     # How the predictor chunked its rows; kept current so a failed job records it too.
     meta["decode"] = decode = {"requested_rows_per_chunk": None, "rows_per_chunk": None, "oom_retries": 0}
@@ -207,7 +247,11 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
         started = time.perf_counter()
         # Each chunk seeds its own generator from the job's seed: reproducible, and no two chunks
         # replay the same random draws.
-        outputs, errors = _predict_chunk(entry.predictor, chunk, params, seed + (run.start + index) // size, decode)
+        try:
+            outputs, errors = _predict_chunk(entry.predictor, chunk, params, seed + (run.start + index) // size, decode,
+                                             should_stop)
+        except DecodeStopped:
+            raise JobCancelled(f"job {run.job_id} cancelled while decoding after {done}/{total} series") from None
         inference_seconds += time.perf_counter() - started
         parts += [result_rows(item, out, params.quantiles) for item, out in outputs]
         symbol_errors += errors
@@ -285,7 +329,8 @@ def _needs_session(model: str, model_dirs: Sequence[Path]) -> bool:
                 or local_model_dir(model, model_dirs) is not None)
 
 
-def _predict_chunk(predictor, chunk: list[SeriesInput], params: ForecastParams, seed: int, decode: dict[str, Any]):
+def _predict_chunk(predictor, chunk: list[SeriesInput], params: ForecastParams, seed: int, decode: dict[str, Any],
+                   should_stop=None):
     """Run one chunk; a ValueError from one bad series is isolated by re-running the series alone.
 
     After every predictor call (even one that raised), its `last_decode_info` is folded into `decode`:
@@ -293,7 +338,7 @@ def _predict_chunk(predictor, chunk: list[SeriesInput], params: ForecastParams, 
     """
     s = params.sampling
     kwargs = dict(pred_len=params.pred_len, T=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                  sample_count=s.sample_count, seed=seed, quantiles=params.quantiles or None)
+                  sample_count=s.sample_count, seed=seed, quantiles=params.quantiles or None, should_stop=should_stop)
 
     def call(items: list[SeriesInput]):
         try:
@@ -309,7 +354,7 @@ def _predict_chunk(predictor, chunk: list[SeriesInput], params: ForecastParams, 
             return [], [{"symbol": chunk[0].symbol, "code": "predictor_rejected", "message": str(exc)}]
     outputs, errors = [], []
     for item in chunk:
-        one_out, one_err = _predict_chunk(predictor, [item], params, seed, decode)
+        one_out, one_err = _predict_chunk(predictor, [item], params, seed, decode, should_stop)
         outputs += one_out
         errors += one_err
     return outputs, errors

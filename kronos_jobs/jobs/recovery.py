@@ -1,10 +1,15 @@
 """Recovery of jobs whose delivery went wrong outside the lifecycle's control.
 
-* `requeue_stale_jobs` (beat, every minute) re-sends tasks a broker lost: queued jobs nobody
-  claimed for a while (Redis without AOF, a filesystem-broker worker killed after taking the
-  message, a fine-tune given back at a warm shutdown whose re-send failed: give_back_job leaves it
-  queued with a fresh `updated_at`) and running jobs whose lease lapsed (their worker died and no
-  redelivery came).
+`sweep` runs in the beat process itself every KRONOS_DISPATCH_INTERVAL seconds (runtime/beat.py),
+not as a task on a worker queue, so a backlog of long jobs can never delay or expire it. It does:
+
+* `send_unsent_jobs`, the outbox: queued jobs whose task never reached the broker (`sent_at` NULL:
+  the broker was down at submit) are sent once they are KRONOS_DISPATCH_AFTER_SECONDS old, so a
+  broker outage delays them by seconds after it ends, never loses them.
+* `requeue_stale_jobs` re-sends tasks a broker lost: running jobs whose lease lapsed (their worker
+  died, or the broker connection dropped under it and Celery cancelled the task), at most once per
+  lease, and queued jobs nobody claimed for 10 leases (Redis without AOF, a filesystem-broker
+  worker killed after taking the message, a fine-tune given back whose re-send failed).
 * `fail_after_hard_time_limit` (the worker parent, when Celery's hard limit killed a child) fails
   the job, which the killed child could not record itself.
 """
@@ -50,7 +55,8 @@ def fail_after_hard_time_limit(job_id: str, *, settings: Settings, limit: float 
 
 
 def requeue_stale_jobs(session, settings: Settings, *, queued_older_than: float | None = None) -> list[str]:
-    """Re-send tasks for queued jobs untouched for a while and running jobs whose lease lapsed.
+    """Re-send tasks for queued jobs untouched for a while and running jobs whose lease lapsed
+    (each at most once per lease: the re-send touches it).
 
     A broker can lose messages (Redis without AOF, a whole filesystem-broker worker killed after it
     took the message). A duplicate message is harmless: the lease lets one delivery run the job and
@@ -59,7 +65,7 @@ def requeue_stale_jobs(session, settings: Settings, *, queued_older_than: float 
 
     older = queued_older_than if queued_older_than is not None else 10 * settings.lease_seconds
     jobs = job_crud.stale_queued_jobs(session, older_than_seconds=older)
-    jobs += job_crud.expired_running_jobs(session)
+    jobs += job_crud.expired_running_jobs(session, untouched_for_seconds=settings.lease_seconds)
     sent = []
     for job in jobs:
         try:
@@ -74,3 +80,30 @@ def requeue_stale_jobs(session, settings: Settings, *, queued_older_than: float 
     if sent:
         logger.info("reconciler: re-sent %d job(s): %s", len(sent), ", ".join(sent[:20]))
     return sent
+
+
+def send_unsent_jobs(session, settings: Settings) -> list[str]:
+    """Send the tasks of queued jobs committed but never sent; returns their ids (the caller commits)."""
+    jobs = job_crud.unsent_queued_jobs(session, older_than_seconds=settings.dispatch_after_seconds)
+    sent = []
+    for job in jobs:
+        try:
+            send_job(settings, job.id, job.queue, priority=job.priority)
+        except Exception as exc:  # the broker is still down: the next sweep tries again
+            logger.warning("dispatcher: could not send job %s (%s); retrying in %.1f s", job.id, exc,
+                           settings.dispatch_interval)
+            break
+        sent.append(job.id)
+    job_crud.mark_sent(session, job_ids=sent)
+    if sent:
+        logger.info("dispatcher: sent %d unsent job(s): %s", len(sent), ", ".join(sent[:20]))
+    return sent
+
+
+def sweep(settings: Settings) -> dict[str, list[str]]:
+    """One recovery pass (beat): the outbox, then lost tasks."""
+    with session_scope(settings) as session:
+        unsent = send_unsent_jobs(session, settings)
+    with session_scope(settings) as session:
+        resent = requeue_stale_jobs(session, settings)
+    return {"sent": unsent, "resent": resent}

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
@@ -59,6 +59,7 @@ from kronos_jobs.jobs.submit import ForecastParams, check_calendar, submit_forec
 logger = logging.getLogger(__name__)
 
 CRON_FIELDS = 5
+CRON_MAX_YEARS_BETWEEN_RUNS = 5  # `0 0 29 2 *` (leap days) fires; `0 0 30 2 *` never does
 FANOUT_STALL_SECONDS = 300  # a queued run whose fan-out made no progress for this long is taken over
 
 
@@ -71,6 +72,13 @@ def check_cron(expression: Any, field: str = "cron") -> str:
     if len(text.split(" ")) != CRON_FIELDS or not croniter.is_valid(text):
         raise InvalidRequest(f"{field}: {text[:64]!r} is not a five-field cron expression such as '0 18 * * 1-5'",
                              field=field)
+    # A valid expression may still never fire (`0 0 30 2 *`: February 30th); such a schedule would
+    # stall the beat looking for its next run, so it is refused here.
+    try:
+        croniter(text, datetime(2000, 1, 1), max_years_between_matches=CRON_MAX_YEARS_BETWEEN_RUNS).get_next(datetime)
+    except (CroniterBadDateError, ValueError, OverflowError):
+        raise InvalidRequest(f"{field}: {text!r} never fires (no occurrence within "
+                             f"{CRON_MAX_YEARS_BETWEEN_RUNS} years)", field=field) from None
     return text
 
 
@@ -186,8 +194,13 @@ def tick(settings: Settings, now: datetime | None = None) -> list[str]:
     created: list[str] = []
     with session_scope(settings) as session:
         for schedule in crud.list_schedules(session, enabled=True):
-            due = due_occurrence(schedule, now)
-            upcoming = next_occurrence(schedule.cron, schedule.timezone, now)
+            try:
+                due = due_occurrence(schedule, now)
+                upcoming = next_occurrence(schedule.cron, schedule.timezone, now)
+            except (CroniterBadDateError, ValueError) as exc:  # stored before check_cron refused such crons
+                logger.warning("schedule %s (%s): cron %r has no occurrence (%s); skipped", schedule.id, schedule.name,
+                               schedule.cron, exc)
+                continue
             if schedule.next_run_at != upcoming:
                 schedule.next_run_at = upcoming
             if due is None:

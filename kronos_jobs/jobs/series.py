@@ -29,6 +29,7 @@ import pandas as pd
 
 from kronos_jobs.core.names import BAR_COLUMNS, PRICE_COLUMNS, UTC_OFFSET_COLUMN, quantile_column
 from kronos_jobs.inputs import calendar as trading
+from kronos_jobs.inputs.checks import MAX_YEAR
 from kronos_jobs.inputs.frequency import infer_offset
 from kronos_jobs.inputs.wall_clock import (
     as_utc,
@@ -71,9 +72,13 @@ def future_for_symbol(symbol: str, last: pd.Timestamp, pred_len: int, freq: str 
     spec = trading.calendar_for(calendar, symbol)
     try:
         stamps = trading.future_timestamps(last, pred_len, offset, trading.TradingCalendar.from_spec(spec) if spec else None)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # pandas' OutOfBounds* errors are ValueErrors
         return _error(symbol, "calendar", str(exc))
-    return pd.DatetimeIndex(stamps, name="timestamp")
+    stamps = pd.DatetimeIndex(stamps, name="timestamp")
+    if len(stamps) and stamps[-1].year > MAX_YEAR:
+        return _error(symbol, "future_out_of_range", f"the forecast would reach {stamps[-1].isoformat()}, "
+                      f"beyond the year {MAX_YEAR}; check freq")
+    return stamps
 
 
 def build_one(symbol: str, stamps: pd.DatetimeIndex, values: np.ndarray, columns: list[str],

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
@@ -25,7 +26,9 @@ from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import results as result_crud
 from kronos_jobs.crud import workers as worker_crud
 from kronos_jobs.inputs.calendar import TradingCalendar
+from kronos_jobs.inputs.checks import MAX_DETAILS, check_freq
 from kronos_jobs.jobs.registry import resolve_model
+from kronos_jobs.jobs.series import build_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -110,11 +113,22 @@ def validate_params(params: ForecastParams, max_context: int, symbols: list[str]
     for symbol, freq in params.freq.items():
         if symbol not in symbols:
             raise InvalidRequest(f"freq given for symbol {symbol!r}, which has no bars", field=f"freq.{symbol}")
-        try:
-            pd.tseries.frequencies.to_offset(freq)
-        except ValueError:
-            raise InvalidRequest(f"freq {freq!r} of {symbol!r} is not a pandas frequency such as 5min, 1h, 1D",
-                                 field=f"freq.{symbol}") from None
+        check_freq(freq, f"freq.{symbol}")
+
+
+def reject_unforecastable(bars: pd.DataFrame, future: pd.DataFrame | None, params: ForecastParams,
+                          fields: Mapping[str, str]) -> None:
+    """InvalidRequest naming each series the worker could not forecast (too few bars, no frequency,
+    a calendar or future that does not fit): the worker's own per-symbol checks, run at submit, so
+    one code path decides. `fields` names each symbol's place in the request (`series[2]`)."""
+    _, errors = build_inputs(bars, future, params)
+    if not errors:
+        return
+    details = [{"field": fields.get(e["symbol"], f"symbol {e['symbol']}"), "message": f"{e['code']}: {e['message']}"}
+               for e in errors[:MAX_DETAILS]]
+    more = f" (and {len(errors) - 1} more series)" if len(errors) > 1 else ""
+    raise InvalidRequest(f"{details[0]['field']}: {details[0]['message']}{more}", field=details[0]["field"],
+                         details=details)
 
 
 def check_sampling(sampling: Sampling) -> None:
@@ -203,12 +217,21 @@ def enqueue(session, settings: Settings, *, tenant_id: str, kind: JobKind, devic
         return job
     result_crud.save_job_input(session, job_id=job_id, tenant_id=tenant_id, bars=bars, future=future, source=source)
     session.commit()
-    # Only now, with the row committed, may a worker see the task.
+    # Only now, with the row committed, may a worker see the task. The row is the outbox entry:
+    # until `sent_at` is set, beat's dispatcher sends it (jobs/recovery.py), so a broker that is
+    # down now delays the job by seconds and loses nothing.
     try:
         send_job(settings, job_id, queue, priority=priority)
-    except Exception as exc:  # the row is committed: the reconciler will send it
-        logger.error("job %s queued but not sent (%s: %s); the reconciler will re-send it",
+    except Exception as exc:
+        logger.error("job %s queued but not sent (%s: %s); the dispatcher will send it",
                      job_id, type(exc).__name__, exc)
+    else:
+        try:
+            job_crud.mark_sent(session, job_ids=[job_id])
+            session.commit()
+        except Exception as exc:  # the task is out; at worst the dispatcher sends a duplicate (the lease absorbs it)
+            session.rollback()
+            logger.warning("job %s sent, but its sent_at was not recorded (%s)", job_id, exc)
     logger.info("job %s queued on %s at priority %d (%s, %s): %s", job_id, queue.value, priority, workload.value,
                 reason, summary)
     return job
@@ -216,17 +239,22 @@ def enqueue(session, settings: Settings, *, tenant_id: str, kind: JobKind, devic
 
 def submit_forecast(session, settings: Settings, *, tenant_id: str, request: ForecastParams | dict[str, Any],
                     bars: pd.DataFrame, future: pd.DataFrame | None, source: str,
-                    idempotency_key: str | None = None, workload: Workload = Workload.INTERACTIVE,
-                    priority: int | None = None):
+                    idempotency_key: str | None = None, series_fields: Mapping[str, str] | None = None,
+                    workload: Workload = Workload.INTERACTIVE, priority: int | None = None):
     """Validate, route, insert the job and its input, COMMIT, then send the task; return the Job.
 
-    `workload` and `priority` (None: the workload's default) come from core/workload.py's rules."""
+    With `series_fields` (symbol -> its field in the request; the API), a series the worker could
+    not forecast is a 422 naming that field. Without it (schedules), such a series becomes the job's
+    per-symbol error, so one thin symbol does not stop a nightly run. `workload` and `priority`
+    (None: the workload's default) come from core/workload.py's rules."""
     params = ForecastParams.from_value(request)
     symbols = pd.unique(bars["symbol"].astype(str)).tolist()  # first-seen order; vectorised (100k+ rows from the store)
     if not symbols:
         raise InvalidRequest("a forecast needs at least one series", field="series")
     spec = resolve_model(params.model, session, tenant_id=tenant_id, model_dirs=settings.effective_model_dirs)
     validate_params(params, spec.max_context, symbols)
+    if series_fields is not None:
+        reject_unforecastable(bars, future, params, series_fields)
     # The hash only tells a retried request from a different one under the same key.
     digest = request_hash(params, bars, future) if idempotency_key else None
     live = worker_crud.live_worker_queues(session, stale_seconds=settings.worker_stale_seconds)

@@ -1,4 +1,6 @@
-"""The beat scheduler: Celery's static schedule (the reconciler) plus OUR schedules table.
+"""The beat scheduler: OUR schedules table, and the recovery sweep (the outbox dispatcher and the
+reconciler, kronos_jobs/jobs/recovery.py). Both run inside the beat process, not as tasks on a
+worker queue: a backlog of long jobs cannot delay them, and no message can expire unrun.
 
 Why not a library: sqlalchemy-celery-beat (and django-celery-beat) keep their own tables of
 periodic tasks and crontabs, so every schedule would live twice (ours, with universe, forecast
@@ -18,22 +20,40 @@ import time
 
 from celery.beat import PersistentScheduler
 
+from kronos_jobs.broker.celery_app import prune_processed_messages
 from kronos_jobs.core.settings import get_settings
-from kronos_jobs.jobs import schedules
+from kronos_jobs.jobs import recovery, schedules
 
 logger = logging.getLogger(__name__)
 
+PRUNE_EVERY_SECONDS = 60.0
+
 
 class DatabaseScheduler(PersistentScheduler):
-    """Runs the static `beat_schedule` and ticks the database schedules between its entries."""
+    """Ticks the database schedules and the recovery sweep between Celery's own entries."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.settings = get_settings()
         self._next_db_tick = 0.0
+        self._next_sweep = 0.0
+        self._next_prune = 0.0
 
     def tick(self, *args, **kwargs) -> float:
         delay = super().tick(*args, **kwargs)
+        if time.monotonic() >= self._next_sweep:
+            try:
+                recovery.sweep(self.settings)
+            except Exception as exc:  # database or broker down: the next sweep retries
+                logger.warning("beat: recovery sweep failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc,
+                               self.settings.dispatch_interval)
+            self._next_sweep = time.monotonic() + self.settings.dispatch_interval
+        if time.monotonic() >= self._next_prune:  # the filesystem broker's consumed messages
+            try:
+                prune_processed_messages(self.settings)
+            except OSError as exc:
+                logger.warning("beat: pruning consumed broker messages failed (%s)", exc)
+            self._next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
         if time.monotonic() >= self._next_db_tick:
             try:
                 created = schedules.tick(self.settings)
@@ -42,4 +62,4 @@ class DatabaseScheduler(PersistentScheduler):
             except Exception:  # a database hiccup must not stop the beat; the next tick retries
                 logger.exception("beat: schedule tick failed; retrying in %.1f s", self.settings.scheduler_interval)
             self._next_db_tick = time.monotonic() + self.settings.scheduler_interval
-        return max(0.0, min(delay, self._next_db_tick - time.monotonic()))
+        return max(0.0, min(delay, self._next_db_tick - time.monotonic(), self._next_sweep - time.monotonic()))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from typing import IO
 import httpx
 
 from kronos_jobs.core.names import Pool
+from kronos_jobs.core.redaction import redact
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.db.migrate import upgrade
 
@@ -129,7 +129,7 @@ class Stack:
             if (child := self.dead()) is not None:
                 raise RuntimeError(f"{child.name} exited with code {child.returncode} during start-up")
             try:
-                workers = httpx.get(f"{url}/v1/workers", timeout=5.0).json()["data"]
+                workers = httpx.get(f"{url}/v1/workers", headers=self.settings.api_auth_headers, timeout=5.0).json()["data"]
                 if any(w["live"] and w["pool"] == pool.value for w in workers):
                     return
             except (httpx.HTTPError, ValueError, KeyError):
@@ -168,7 +168,7 @@ def _signal_group(child: Child, signum: int) -> None:
 
 def redacted(url: str) -> str:
     """The URL with its password replaced, fit for a log line."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+    return redact(url)
 
 
 def api_is_up(url: str) -> bool:

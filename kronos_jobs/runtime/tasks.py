@@ -1,9 +1,8 @@
 """Celery tasks: thin, "like a web view". Each takes a job id and calls one service function.
 
 Outcomes: the service records every final state itself. Transient errors (database or broker down)
-retry with Celery's own exponential backoff and full jitter (`autoretry_for`, `retry_backoff`,
-`retry_jitter`: a countdown drawn from 0 to min(60, 2**retries) s), up to KRONOS_MAX_RETRIES times
-(`max_retries`, set from settings in broker/celery_app.py); LeaseLost means another delivery owns
+retry with Celery's exponential backoff and full jitter (a countdown drawn from 0 to
+min(KRONOS_RETRY_BACKOFF_MAX, 2**retries) s), up to KRONOS_TRANSIENT_RETRIES times; LeaseLost means another delivery owns
 the job, so this one returns quietly; LeaseHeld (the other delivery may have died) looks again when
 its lease would lapse; JobGivenBack (a fine-tune checkpointed because its worker is shutting down,
 and went back to `queued`) sends the task again at once. A hard time limit kills the child before
@@ -24,21 +23,24 @@ from collections.abc import Callable
 
 from celery import Task, shared_task
 from celery.exceptions import TimeLimitExceeded
+from celery.utils.time import get_exponential_backoff_interval
 
-from kronos_jobs.broker.celery_app import prune_processed_messages
 from kronos_jobs.core.errors import JobGivenBack, LeaseHeld, LeaseLost, NotFound
-from kronos_jobs.core.names import TASK_REQUEUE_STALE_JOBS, TASK_RUN_FINETUNE, TASK_RUN_FORECAST
+from kronos_jobs.core.names import TASK_RUN_FINETUNE, TASK_RUN_FORECAST
 from kronos_jobs.core.settings import get_settings
-from kronos_jobs.db.session import session_scope
 from kronos_jobs.jobs.lease import TRANSIENT_ERRORS
 from kronos_jobs.jobs.recovery import fail_after_hard_time_limit
-from kronos_jobs.jobs.recovery import requeue_stale_jobs as requeue
 from kronos_jobs.runtime import drain, worker
 
 logger = logging.getLogger(__name__)
 
-# Celery's retry options for transient errors: exponential backoff from 1 s, capped at 60 s, full jitter.
-RETRY_OPTIONS = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": 1, "retry_backoff_max": 60, "retry_jitter": True}
+
+def outage_countdown(retries: int, settings) -> int:
+    """Seconds before retry number `retries + 1` of a database or broker outage: Celery's exponential
+    backoff from 1 s with full jitter, capped at KRONOS_RETRY_BACKOFF_MAX (Celery's autoretry options
+    are fixed when the task is defined; this reads the settings)."""
+    return get_exponential_backoff_interval(factor=1, retries=retries, maximum=settings.retry_backoff_max,
+                                            full_jitter=True)
 
 
 class JobTask(Task):
@@ -76,13 +78,17 @@ def deliver(task: Task, job_id: str, service: Callable[..., object], **context: 
         logger.warning("job %s: no such job; message dropped", job_id)
         return None
     except TRANSIENT_ERRORS as exc:
-        logger.warning("job %s: transient %s (%s); retry %d of at most %s", job_id, type(exc).__name__, exc,
-                       task.request.retries + 1, task.max_retries)
-        raise
+        # Minutes of tries (KRONOS_TRANSIENT_RETRIES), each at most KRONOS_RETRY_BACKOFF_MAX apart:
+        # an outage of any length up to that is ridden out, and noticed soon after it ends.
+        retries = task.request.retries or 0
+        countdown = outage_countdown(retries, settings)
+        logger.warning("job %s: transient %s (%s); retry %d of at most %d in %d s", job_id, type(exc).__name__, exc,
+                       retries + 1, settings.transient_retries, countdown)
+        raise task.retry(exc=exc, countdown=countdown, max_retries=settings.transient_retries)
     return getattr(state, "value", state)
 
 
-@shared_task(bind=True, base=JobTask, name=TASK_RUN_FORECAST, ignore_result=True, **RETRY_OPTIONS)
+@shared_task(bind=True, base=JobTask, name=TASK_RUN_FORECAST, ignore_result=True)
 def run_forecast(self, job_id: str, start: int | None = None) -> str | None:
     """Run one delivery of forecast job `job_id` (see jobs/forecast.py); `start`: the bulk chunk
     this message is for, None for a job's first message."""
@@ -91,20 +97,9 @@ def run_forecast(self, job_id: str, start: int | None = None) -> str | None:
     return deliver(self, job_id, run_forecast_job, identity=worker.current_identity(), start=start)
 
 
-@shared_task(bind=True, base=JobTask, name=TASK_RUN_FINETUNE, ignore_result=True, **RETRY_OPTIONS)
+@shared_task(bind=True, base=JobTask, name=TASK_RUN_FINETUNE, ignore_result=True)
 def run_finetune(self, job_id: str) -> str | None:
     """Run one delivery of fine-tune job `job_id` (see jobs/finetune.py: lease, resume, register)."""
     from kronos_jobs.jobs.finetune import run_finetune_job  # torch, on the first job only
 
     return deliver(self, job_id, run_finetune_job, identity=worker.current_identity(), draining=drain.draining)
-
-
-@shared_task(name=TASK_REQUEUE_STALE_JOBS, ignore_result=True)
-def requeue_stale_jobs() -> int:
-    """Beat: re-send tasks of jobs a broker lost, and prune the filesystem broker's consumed files."""
-
-    settings = get_settings()
-    with session_scope(settings) as session:
-        sent = requeue(session, settings)
-    prune_processed_messages(settings)
-    return len(sent)

@@ -194,10 +194,12 @@ def start_worker(pool: Pool | str, concurrency: int | None, settings: Settings) 
     from celery import signals
 
     from kronos_jobs.broker.celery_app import make_celery
+    from kronos_jobs.core import redaction
     from kronos_jobs.db.migrate import upgrade
 
     global _identity, _heartbeat
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redaction.install(settings)
     upgrade(settings)  # safe when several workers start at once (advisory / file lock)
     identity = _identity = build_identity(pool, concurrency, settings)
     if identity.device_warning:

@@ -19,7 +19,7 @@ def test_reliability_settings(settings):
     limits = conf.task_annotations
     assert limits[TASK_RUN_FORECAST] == {"soft_time_limit": settings.forecast_soft_time_limit,
                                          "time_limit": settings.forecast_time_limit,
-                                         "max_retries": settings.max_retries}
+                                         "max_retries": settings.transient_retries}
     assert limits[TASK_RUN_FINETUNE]["time_limit"] == settings.finetune_time_limit
 
 

@@ -51,6 +51,23 @@ ENVIRONMENT: dict[str, tuple[str, object]] = {
     "log_level": ("DEBUG", "DEBUG"),
     "schedule_batch_symbols": ("100", 100),
     "scheduler_interval": ("1.5", 1.5),
+    "max_upload_rows": ("1000", 1000),
+    "upload_parse_seconds": ("2.5", 2.5),
+    "upload_parse_workers": ("3", 3),
+    "upload_parse_queue": ("4", 4),
+    "dispatch_interval": ("0.5", 0.5),
+    "dispatch_after_seconds": ("1", 1.0),
+    "transient_retries": ("7", 7),
+    "retry_backoff_max": ("30", 30),
+    "cancel_check_seconds": ("0.25", 0.25),
+    # auth, tenants and browser safety (issue 11)
+    "auth": ("on", "on"),
+    "api_key": ("kj_0123456789ab_secret", "kj_0123456789ab_secret"),
+    "rate_limit": ("10/second;100/minute", "10/second;100/minute"),
+    "auth_cache_seconds": ("0", 0.0),
+    "max_inflight_jobs": ("50", 50),
+    "trusted_hosts": ("api.example.com, localhost", ["api.example.com", "localhost"]),
+    "cors_origins": ('["https://ops.example.com"]', ["https://ops.example.com"]),
     # sharing the fleet
     "queue_policy": ("fifo", "fifo"),
     "bulk_chunk_seconds": ("0.5", 0.5),
@@ -156,3 +173,34 @@ def test_kronos_device_accepts_exactly_what_model_device_accepts(monkeypatch, sp
     except ValidationError:
         settings_accept = False
     assert settings_accept == model_accepts, spec
+
+
+# --- auth (issue 11) ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("environment, required", [
+    ({}, False),  # the embedded default on loopback
+    ({"KRONOS_API_HOST": "0.0.0.0"}, True),
+    ({"KRONOS_DATABASE_URL": "postgresql+psycopg://kronos@db:5432/kronos"}, True),
+    ({"KRONOS_AUTH": "on"}, True),
+    ({"KRONOS_AUTH": "off", "KRONOS_API_HOST": "localhost"}, False),
+], ids=["embedded-loopback", "all-interfaces", "postgresql", "on", "off-loopback"])
+def test_auth_auto_requires_keys_unless_embedded_on_loopback(monkeypatch, environment, required):
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert Settings().auth_required is required
+
+
+def test_auth_off_is_refused_off_loopback(monkeypatch):
+    monkeypatch.setenv("KRONOS_AUTH", "off")
+    monkeypatch.setenv("KRONOS_API_HOST", "0.0.0.0")
+    with pytest.raises(ValidationError, match="KRONOS_AUTH=off"):
+        Settings()
+
+
+def test_a_bad_rate_limit_is_refused(monkeypatch):
+    monkeypatch.setenv("KRONOS_RATE_LIMIT", "lots")
+    with pytest.raises(ValidationError, match="KRONOS_RATE_LIMIT"):
+        Settings()
+    monkeypatch.setenv("KRONOS_RATE_LIMIT", "")
+    assert Settings().rate_limit is None

@@ -11,7 +11,7 @@ from kronos_jobs.core.errors import LeaseLost
 from kronos_jobs.core.names import DEFAULT_TENANT, RESULT_COLUMNS, JobState, quantile_column
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.db.session import session_scope
-from kronos_jobs.jobs import model_cache
+from kronos_jobs.jobs import forecast, model_cache
 from kronos_jobs.jobs.forecast import run_forecast_job
 from kronos_jobs.jobs.recovery import requeue_stale_jobs
 from kronos_jobs.testing.checkpoints import TINY_MAX_CONTEXT
@@ -86,36 +86,62 @@ def test_given_future_timestamps_are_used(job_settings, tiny_checkpoint):
     assert list(load(job_settings, job_id)[1].timestamp) == list(future.timestamp)
 
 
-@pytest.mark.parametrize(("symbols", "progress_done"), [
-    ("ABCDE", 2),  # noticed at the boundary after the first chunk of 2
-    ("A", 0),  # the only chunk is the last: noticed by the finish, which rolls back and cancels
-], ids=["between-chunks", "during-the-last-chunk"])
-def test_cancel_while_running(job_settings, tiny_checkpoint, monkeypatch, symbols, progress_done):
-    job_id = submit(job_settings, tiny_checkpoint, make_bars({s: 30 for s in symbols}))
+class CancelDuringCall:
+    """A predictor proxy: the user cancels the job while call number `at` runs."""
+
+    def __init__(self, predictor, settings, job_id, at):
+        self.predictor, self.settings, self.job_id, self.at, self.calls = predictor, settings, job_id, at, 0
+
+    def predict_batch(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.at:
+            with session_scope(self.settings) as session:
+                job_crud.request_cancel(session, tenant_id=DEFAULT_TENANT, job_id=self.job_id)
+        return self.predictor.predict_batch(*args, **kwargs)
+
+
+def cancel_during_call(monkeypatch, settings, job_id, at):
     real = model_cache.get_predictor
 
-    class CancelAfterFirstChunk:
-        def __init__(self, predictor):
-            self.predictor, self.calls = predictor, 0
-
-        def predict_batch(self, *args, **kwargs):
-            self.calls += 1
-            if self.calls == 1:  # a user cancels while the first chunk runs
-                with session_scope(job_settings) as session:
-                    job_crud.request_cancel(session, tenant_id=DEFAULT_TENANT, job_id=job_id)
-            return self.predictor.predict_batch(*args, **kwargs)
-
-    def patched(spec, device, settings):
-        entry, cached = real(spec, device, settings)
-        proxy = CancelAfterFirstChunk(entry.predictor)
-        patched.proxy = proxy
-        return type(entry)(**{**entry.__dict__, "predictor": proxy}), cached
+    def patched(spec, device, settings_):
+        entry, cached = real(spec, device, settings_)
+        patched.proxy = CancelDuringCall(entry.predictor, settings, job_id, at)
+        return type(entry)(**{**entry.__dict__, "predictor": patched.proxy}), cached
 
     monkeypatch.setattr(model_cache, "get_predictor", patched)
-    assert run_forecast_job(job_id, settings=job_settings, identity=worker_identity(job_settings)) is JobState.CANCELLED
-    job, rows = load(job_settings, job_id)
-    assert job.state == "cancelled" and rows.empty and patched.proxy.calls == 1
+    return patched
+
+
+@pytest.mark.parametrize(("symbols", "progress_done", "kept"), [
+    ("ABCDE", 2, ["A", "B"]),  # noticed at the boundary after the first chunk of 2; its rows are kept
+    ("A", 0, ["A"]),  # the only chunk is the last: noticed by the finish, which rolls back and cancels
+], ids=["between-chunks", "during-the-last-chunk"])
+def test_cancel_while_running(job_settings, tiny_checkpoint, monkeypatch, symbols, progress_done, kept):
+    settings = job_settings.model_copy(update={"cancel_check_seconds": 3600.0})  # chunk boundaries only
+    job_id = submit(settings, tiny_checkpoint, make_bars({s: 30 for s in symbols}))
+    patched = cancel_during_call(monkeypatch, settings, job_id, at=1)
+    assert run_forecast_job(job_id, settings=settings, identity=worker_identity(settings)) is JobState.CANCELLED
+    job, rows = load(settings, job_id)
+    assert job.state == "cancelled" and sorted(rows.symbol.unique()) == kept and patched.proxy.calls == 1
     assert job.progress_done == progress_done and job.error["code"] == "cancelled"
+
+
+@pytest.mark.parametrize(("at", "kept"), [(1, []), (2, ["A", "B"])], ids=["first-chunk", "second-chunk"])
+def test_cancel_stops_the_decode_within_a_step_and_keeps_finished_chunks(job_settings, tiny_checkpoint, monkeypatch,
+                                                                        at, kept):
+    settings = job_settings.model_copy(update={"cancel_check_seconds": 0.001})
+    job_id = submit(settings, tiny_checkpoint, make_bars({s: 30 for s in "ABCDE"}), pred_len=TINY_MAX_CONTEXT - 30)
+    patched = cancel_during_call(monkeypatch, settings, job_id, at=at)
+    steps = []
+    real_stop = forecast.CancelFlag.__call__
+    monkeypatch.setattr(forecast.CancelFlag, "__call__", lambda self: steps.append(1) or real_stop(self))
+    assert run_forecast_job(job_id, settings=settings, identity=worker_identity(settings)) is JobState.CANCELLED
+    job, rows = load(settings, job_id)
+    assert job.state == "cancelled" and sorted(rows.symbol.unique()) == kept
+    assert patched.proxy.calls == at  # no chunk started after the cancel
+    # Stopped within a step or two of the cancel, far from the chunk's last step.
+    per_chunk = TINY_MAX_CONTEXT - 30 - 1
+    assert len(steps) <= (at - 1) * per_chunk + 3 < at * per_chunk
 
 
 def test_queued_cancel_never_starts(job_settings, tiny_checkpoint):

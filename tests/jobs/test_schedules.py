@@ -240,3 +240,26 @@ def test_a_fan_out_that_died_is_retried_without_duplicate_jobs(store, monkeypatc
     with session_scope(store) as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 2  # batch 0 was not submitted twice
         assert len(schedule_crud.run_jobs(session, run_id=run.id)) == 2
+
+
+def test_a_stored_cron_that_never_fires_is_skipped_without_stopping_the_others(job_settings):
+    # Such a cron is refused by the API now (check_cron); one stored before must not stall every schedule.
+    from datetime import datetime, timezone
+
+    from kronos_jobs.crud import schedules as schedule_crud
+    from kronos_jobs.db.session import session_scope
+    from kronos_jobs.jobs import schedules
+
+    with session_scope(job_settings) as session:
+        never = schedules.create_schedule(session, tenant_id="default", fields=dict(
+            name="never", cron="0 18 * * *", timezone="UTC", symbols=["NONE"], model="random:mini"))
+        fine = schedules.create_schedule(session, tenant_id="default", fields=dict(
+            name="fine", cron="* * * * *", timezone="UTC", symbols=["NONE"], model="random:mini"))
+        schedule_crud.update_schedule(session, tenant_id="default", schedule_id=never.id, changes={"cron": "0 0 30 2 *"})
+        schedule_crud.update_schedule(session, tenant_id="default", schedule_id=fine.id, changes={
+            "anchor_at": datetime(2026, 1, 1, tzinfo=timezone.utc)})
+    created = schedules.tick(job_settings, now=datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc))
+    with session_scope(job_settings) as session:
+        assert len(created) == 1
+        assert [r.id for r in schedule_crud.list_runs(session, tenant_id="default", schedule_id=fine.id)] == created
+        assert schedule_crud.list_runs(session, tenant_id="default", schedule_id=never.id) == []

@@ -4,7 +4,7 @@ import model
 
 EXPECTED = {
     "KRONOS_CONFIGS", "TOKENIZER_CONFIGS", "BarWindows", "CheckpointError", "CheckpointMismatchError",
-    "CheckpointNotFoundError", "FinetuneConfig", "FinetuneLoop", "FinetuneResult", "Forecast", "Kronos",
+    "CheckpointNotFoundError", "DecodeStopped", "FinetuneConfig", "FinetuneLoop", "FinetuneResult", "Forecast", "Kronos",
     "KronosConfig", "KronosPredictor", "KronosTokenizer", "KronosTokenizerConfig", "device_info",
     "file_sha256", "finetune_predictor", "finetune_tokenizer", "get_model_class", "model_dict", "resolve_device",
 }

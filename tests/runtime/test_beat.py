@@ -43,3 +43,29 @@ def test_beat_picks_up_a_new_schedule_without_restart(monkeypatch, tmp_path):
             assert runs[0].symbol_errors[0]["code"] == "not_in_store"
     finally:
         beat.close()
+
+
+def test_beat_itself_sends_a_job_whose_task_never_reached_the_broker(monkeypatch, tmp_path):
+    # The recovery sweep runs in beat's own tick, not as a task queued behind jobs.
+    from kronos_jobs.crud import jobs as job_crud
+    from kronos_jobs.jobs import recovery
+
+    monkeypatch.setenv("KRONOS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("KRONOS_DISPATCH_AFTER_SECONDS", "0")
+    get_settings.cache_clear()
+    settings = get_settings()
+    upgrade(settings)
+    with session_scope(settings) as session:
+        job_crud.create_job(session, job_id="unsent1", tenant_id=DEFAULT_TENANT, kind="forecast", device_requested="cpu",
+                            queue="forecast.cpu", routing_reason="test", model="random:mini", params={}, progress_total=1)
+    sent = []
+    monkeypatch.setattr(recovery, "send_job", lambda s, job_id, queue: sent.append((job_id, queue)))
+    beat = DatabaseScheduler(app=make_celery(settings), schedule_filename=str(tmp_path / "beat-schedule"))
+    try:
+        time.sleep(0.01)
+        beat.tick()
+    finally:
+        beat.close()
+    assert sent == [("unsent1", "forecast.cpu")]
+    with session_scope(settings) as session:
+        assert job_crud.get_job(session, tenant_id=DEFAULT_TENANT, job_id="unsent1").sent_at is not None

@@ -8,7 +8,6 @@ from sqlalchemy.exc import OperationalError
 
 from kronos_jobs.core.errors import JobGivenBack, LeaseHeld, LeaseLost, NotFound
 from kronos_jobs.core.names import JobState
-from kronos_jobs.jobs.lease import TRANSIENT_ERRORS
 from kronos_jobs.runtime import tasks
 
 
@@ -69,14 +68,20 @@ def test_transient_errors_retry_with_celerys_capped_jittered_backoff(task, monke
     assert 0 <= caught.value.kwargs["countdown"] <= 1  # first retry: full jitter over [0, 2**0] s
 
 
-def test_retry_options_are_celerys_backoff_capped_at_kronos_max_retries(settings):
-    from kronos_jobs.broker.celery_app import make_celery
-
-    app = make_celery(settings.model_copy(update={"max_retries": 5}))
-    for name in (tasks.run_forecast.name, tasks.run_finetune.name):
-        task = app.tasks[name]
-        assert (task.retry_backoff, task.retry_backoff_max, task.retry_jitter) == (1, 60, True)
-        assert task.autoretry_for == TRANSIENT_ERRORS and task.max_retries == 5
+def test_outage_retries_span_minutes_with_a_backoff_capped_by_settings(task, monkeypatch, settings):
+    tuned = settings.model_copy(update={"transient_retries": 50, "retry_backoff_max": 12})
+    monkeypatch.setattr(tasks, "get_settings", lambda: tuned)
+    error = OperationalError("SELECT 1", {}, Exception("connection refused"))
+    monkeypatch.setattr(task.request, "retries", 30, raising=False)
+    countdowns = set()
+    for _ in range(50):
+        with pytest.raises(Retried) as caught:
+            tasks.deliver(task, "j1", service_raising(error))
+        assert caught.value.kwargs["exc"] is error and caught.value.kwargs["max_retries"] == 50
+        countdowns.add(caught.value.kwargs["countdown"])
+    assert max(countdowns) <= 12 and len(countdowns) > 1  # capped, jittered
+    # The defaults: retries at most a few seconds apart once capped, minutes of them in all.
+    assert settings.retry_backoff_max <= 20 and settings.transient_retries * settings.retry_backoff_max / 2 >= 240
 
 
 def test_hard_time_limit_fails_the_running_job(db_settings, monkeypatch):

@@ -30,6 +30,17 @@ def test_readyz_lists_live_workers_per_pool_with_device_and_warning(client: Test
     assert gpu["device_resolved"] == "cpu" and gpu["device_warning"] == GPU_FALLBACK
 
 
+def test_readyz_is_ready_on_the_embedded_default_before_any_worker_started(settings: Settings) -> None:
+    from kronos_jobs.broker.celery_app import broker_folders
+
+    assert not settings.broker_dir.exists()  # a fresh data dir: no worker ever created the folders
+    with TestClient(create_app(settings)) as client:
+        response = client.get("/readyz")
+    assert response.status_code == 200, response.text
+    assert response.json()["checks"]["broker"]["ok"]
+    assert all(folder.is_dir() for folder in broker_folders(settings).values())
+
+
 def test_readyz_is_503_when_the_broker_is_down(settings: Settings) -> None:
     broken = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
     with TestClient(create_app(broken)) as client:
