@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kronos_jobs.core.errors import (
     Conflict,
+    Gone,
     InvalidRequest,
     KronosJobsError,
     NotFound,
@@ -38,6 +39,7 @@ STATUS_BY_ERROR: tuple[tuple[type[KronosJobsError], int], ...] = (
     (PayloadTooLarge, 413),
     (InvalidRequest, 422),
     (NotFound, 404),
+    (Gone, 410),
     (Conflict, 409),
     (Unavailable, 503),
 )
@@ -48,6 +50,7 @@ CODE_BY_STATUS = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    410: "gone",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid_request",

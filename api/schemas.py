@@ -150,6 +150,8 @@ class JobPublic(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     updated_at: datetime | None = None
+    input_pruned_at: datetime | None = Field(None, description="When retention deleted the job's input bars (KRONOS_RETAIN_INPUTS_DAYS).")
+    result_pruned_at: datetime | None = Field(None, description="When retention deleted its result rows; the result then answers 410.")
 
     @classmethod
     def from_row(cls, job: Any, caller: Any = None) -> "JobPublic":
@@ -162,6 +164,8 @@ class JobPublic(BaseModel):
             params=job.params or {}, metadata=visible_metadata(job.execution_metadata, caller),
             created_at=utc_instant(job.created_at), started_at=utc_instant(job.started_at),
             finished_at=utc_instant(job.finished_at), updated_at=utc_instant(job.updated_at),
+            input_pruned_at=utc_instant(getattr(job, "input_pruned_at", None)),
+            result_pruned_at=utc_instant(getattr(job, "result_pruned_at", None)),
         )
 
 
@@ -297,11 +301,13 @@ class ModelPublic(BaseModel):
     data_summary: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime | None = None
     retired_at: datetime | None = None
+    artifact_pruned_at: datetime | None = Field(None, description="When retention deleted a retired model's files.")
 
     @classmethod
     def from_row(cls, row: Any) -> "ModelPublic":
         fields = {name: getattr(row, name, None) for name in cls.model_fields}
-        fields.update(created_at=utc_instant(row.created_at), retired_at=utc_instant(row.retired_at))
+        fields.update(created_at=utc_instant(row.created_at), retired_at=utc_instant(row.retired_at),
+                      artifact_pruned_at=utc_instant(getattr(row, "artifact_pruned_at", None)))
         for name in ("hyperparameters", "metrics", "data_summary"):
             fields[name] = fields[name] or {}
         return cls(**fields)

@@ -222,3 +222,81 @@ def test_commands_parse_with_the_real_cli(service):
     from tests.readme import parse_cli
 
     parse_cli(command(service))
+
+
+# --- the artifact store and worker-only hosts (docker-compose.worker.yml, docker-compose.central.yml) ---
+
+WORKER_COMPOSE = yaml.safe_load((ROOT / "docker-compose.worker.yml").read_text())
+WORKER_SERVICES = WORKER_COMPOSE["services"]
+CENTRAL_COMPOSE = yaml.safe_load((ROOT / "docker-compose.central.yml").read_text())
+
+
+@pytest.mark.parametrize("service", ["api", "worker-cpu", "worker-gpu", "beat"])
+def test_kronos_services_wait_for_the_artifact_bucket(service):
+    assert SERVICES[service]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+    assert SERVICES["minio-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert SERVICES["minio"]["healthcheck"]["test"]
+    assert any(v.startswith("minio-data:") for v in SERVICES["minio"]["volumes"])
+
+
+def test_minio_is_the_default_artifact_store_and_its_bucket_is_the_one_created():
+    url = ENV_EXAMPLE["KRONOS_ARTIFACTS_URL"]
+    assert url == f"s3://{ENV_EXAMPLE['MINIO_BUCKET']}"
+    assert ENV_EXAMPLE["KRONOS_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert "$$MINIO_BUCKET" in " ".join(SERVICES["minio-init"]["command"])  # the container's variable, not compose's
+    # Workers sign requests with MinIO's account, through the standard AWS variables only, and the
+    # password has no default anywhere: compose refuses to start until .env sets it.
+    assert "MINIO_ROOT_PASSWORD" not in ENV_EXAMPLE and "AWS_SECRET_ACCESS_KEY" not in ENV_EXAMPLE
+    required = "${MINIO_ROOT_PASSWORD:?"
+    for service in ("minio", "minio-init"):
+        assert SERVICES[service]["environment"]["MINIO_ROOT_PASSWORD"].startswith(required)
+    for service in KRONOS_SERVICES:
+        env = service_env(service)
+        assert env["KRONOS_ARTIFACTS_URL"] == url
+        assert env["AWS_SECRET_ACCESS_KEY"].startswith(required) and env["AWS_ACCESS_KEY_ID"] == "${MINIO_ROOT_USER:-kronos}"
+    for name in WORKER_SERVICES:
+        assert worker_env(name)["AWS_SECRET_ACCESS_KEY"].startswith(required)
+
+
+def worker_env(name: str) -> dict[str, str]:
+    env = dict(ENV_EXAMPLE)
+    env.update({k: str(v) for k, v in WORKER_SERVICES[name]["environment"].items()})
+    return env
+
+
+@pytest.mark.parametrize("name", ["worker-cpu", "worker-gpu-0", "worker-gpu-1"])
+def test_worker_hosts_point_at_the_central_services_and_keep_no_shared_files(name):
+    env = worker_env(name)
+    assert env["KRONOS_BROKER_URL"].startswith("redis://${CENTRAL_HOST:?")
+    assert "@${CENTRAL_HOST:?" in env["KRONOS_DATABASE_URL"] and env["KRONOS_DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert env["KRONOS_S3_ENDPOINT_URL"].startswith("http://${CENTRAL_HOST:?")
+    assert env["KRONOS_ARTIFACTS_URL"].startswith("s3://")  # models travel through the store, not a mount
+    volumes = WORKER_SERVICES[name]["volumes"]
+    assert volumes == ["worker-data:/data"] and set(WORKER_COMPOSE["volumes"]) == {"worker-data"}
+    assert not {"redis", "postgres", "minio", "api", "beat"} & set(WORKER_SERVICES)
+    unknown = {k for k in env if k.startswith("KRONOS_")} - SETTINGS_VARS
+    assert not unknown
+    cmd = WORKER_SERVICES[name]["command"]
+    from tests.readme import parse_cli
+
+    parse_cli([str(part) for part in cmd])
+
+
+@pytest.mark.parametrize("card", [0, 1])
+def test_one_gpu_worker_per_card_reserves_that_card_only(card):
+    service = WORKER_SERVICES[f"worker-gpu-{card}"]
+    [device] = service["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["device_ids"] == [str(card)] and "gpu" in device["capabilities"]
+    assert "count" not in device  # device_ids and count exclude each other
+    # The reserved card is the only one the container sees, so CUDA numbers it 0 there.
+    assert worker_env(f"worker-gpu-{card}")["KRONOS_DEVICE"] == "cuda:0"
+    assert service["command"][:4] == ["kronos-jobs", "worker", "--pool", "gpu"]
+    assert service["build"]["dockerfile"] == "Dockerfile.gpu"
+    assert worker_env("worker-cpu")["KRONOS_DEVICE"] == "cpu" and "deploy" not in WORKER_SERVICES["worker-cpu"]
+
+
+def test_central_override_publishes_the_shared_services_on_a_private_address_only():
+    for service, port in (("redis", 6379), ("postgres", 5432), ("minio", 9000)):
+        assert service in SERVICES
+        [mapping] = CENTRAL_COMPOSE["services"][service]["ports"]
+        assert mapping.startswith("${PRIVATE_ADDRESS:?") and mapping.endswith(f":{port}:{port}")

@@ -22,7 +22,7 @@ from api.schemas import (
 from api.tables import FILE_RESPONSES, ResultFormat, file_response, json_rows
 from api.parsing_pool import pool_of
 from api.uploads import Upload, read_json_or_upload, upload_body_doc
-from kronos_jobs.core.errors import Conflict
+from kronos_jobs.core.errors import Conflict, Gone
 from kronos_jobs.core.names import JobKind, JobState
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.core.workload import workload_of
@@ -34,7 +34,7 @@ from kronos_jobs.jobs.submit import submit_forecast
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 409, 413, 415, 422, 503)}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 409, 410, 413, 415, 422, 503)}
 JobId = Annotated[str, Path(max_length=64, description="The job id returned by POST.")]
 
 
@@ -173,6 +173,10 @@ def read_job_result(
             f"job {job.id} is {job.state}; its result is available once it finishes",
             details=[{"field": "state", "message": f"job is {job.state}"}],
         )
+    if job.result_pruned_at is not None:
+        raise Gone(f"job {job.id}'s result rows were deleted by retention on {job.result_pruned_at:%Y-%m-%d} "
+                   "(KRONOS_RETAIN_RESULTS_DAYS); GET /v1/jobs/{id} still shows its metadata",
+                   details=[{"field": "job_id", "message": "result deleted by retention"}])
     rows = result_crud.read_forecasts(session, job_id=job.id)
     if format is ResultFormat.JSON:
         return ResultPublic(job_id=job.id, state=job.state, columns=list(rows.columns), rows=json_rows(rows),

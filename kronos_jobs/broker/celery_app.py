@@ -20,7 +20,7 @@ from celery import Celery
 
 from kronos_jobs.broker.filesystem_broker import TRANSPORT_PATH
 from kronos_jobs.broker.redis_broker import TRANSPORT_PATH as REDIS_TRANSPORT_PATH
-from kronos_jobs.core.names import TASK_RUN_FINETUNE, TASK_RUN_FORECAST
+from kronos_jobs.core.names import TASK_PRUNE, TASK_RUN_FINETUNE, TASK_RUN_FORECAST, Queue
 from kronos_jobs.core.settings import Settings, get_settings
 from kronos_jobs.core.workload import PRIORITY_MAX
 
@@ -177,8 +177,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_create_missing_queues": True,
         "timezone": "UTC",
         "enable_utc": True,
-        # No static beat_schedule: the recovery sweep (outbox dispatcher and reconciler) runs inside
-        # beat itself (runtime/beat.py), where a backlog on the worker queues cannot starve it.
+        # The recovery sweep (outbox dispatcher and reconciler) is no beat_schedule entry: it runs
+        # inside beat itself (runtime/beat.py), where a backlog on the worker queues cannot starve it.
+        # Retention (jobs/retention.py) is the one static entry, and a task on a worker queue rather
+        # than work inside beat: after downtime a prune may delete for minutes, and beat must keep
+        # sweeping meanwhile. Its deletes are bounded batches, so it shares the CPU queue harmlessly;
+        # `expires` drops a tick that waited a whole interval (the next one catches up).
+        "beat_schedule": {
+            "prune-retention": {"task": TASK_PRUNE, "schedule": settings.prune_interval_seconds,
+                                "options": {"queue": Queue.FORECAST_CPU.value, "expires": settings.prune_interval_seconds}},
+        },
         # Beat also reads the schedules table every KRONOS_SCHEDULER_INTERVAL seconds, so schedules
         # edited through the API take effect without a restart (kronos_jobs/runtime/beat.py says why not a library).
         "beat_scheduler": "kronos_jobs.runtime.beat:DatabaseScheduler",

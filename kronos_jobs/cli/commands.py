@@ -8,6 +8,7 @@
     kronos-jobs result JOB -o forecast.parquet       # or a table on stdout
     kronos-jobs status JOB | workers | models
     kronos-jobs keys create --tenant acme --scope read --scope submit   # prints the key once
+    kronos-jobs prune --dry-run                      # what retention (KRONOS_RETAIN_*) would delete
 
 Client commands talk to KRONOS_API_URL (default http://KRONOS_API_HOST:KRONOS_API_PORT) through
 httpx, sending KRONOS_API_KEY as `Authorization: Bearer`, and read nothing else. Server commands import their machinery lazily, so a client command
@@ -189,6 +190,18 @@ def db_upgrade(ctx: click.Context) -> None:
     from kronos_jobs.core.redaction import redact
 
     click.echo(f"database at head: {redact(settings.effective_database_url)}")
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def prune(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
+    """Delete inputs, results, job rows, schedule runs and retired models' files past KRONOS_RETAIN_*."""
+    from kronos_jobs.jobs.retention import prune as prune_now  # the database layer, on this command only
+
+    report = prune_now(_settings(ctx), dry_run=dry_run)
+    click.echo(json.dumps(report.as_dict(), indent=2) if as_json else "\n".join(report.lines()))
 
 
 # --- client commands -------------------------------------------------------------------------------

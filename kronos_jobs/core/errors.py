@@ -5,6 +5,7 @@
     │   ├── PayloadTooLarge       (413) a body or file is over the configured size
     │   └── UpstreamConfigError   (CLI) an upstream fine-tune YAML that cannot be imported
     ├── NotFound                  (404) no such job / model / worker / series / schedule for this tenant
+    ├── Gone                      (410) it existed, but retention deleted it (KRONOS_RETAIN_*)
     ├── Conflict                  (409) the request contradicts stored state
     │   ├── IdempotencyConflict   (409) same Idempotency-Key, different body
     │   └── InvalidTransition     (409) e.g. cancelling a finished job
@@ -19,6 +20,7 @@
         ├── StoppedForShutdown    a fine-tune stopped at a step boundary for a shutdown (checkpointed)
         ├── ArtifactVerificationError  a saved checkpoint does not reload to the trained weights
         └── ModelUnavailable      the checkpoint cannot be loaded (hub unreachable, files missing)
+            └── ArtifactUnavailable   a registered model's files are missing, corrupt or unreadable in the artifact store
 """
 
 from __future__ import annotations
@@ -69,6 +71,12 @@ class NotFound(KronosJobsError):
     """The named resource does not exist for the caller's tenant."""
 
     code = "not_found"
+
+
+class Gone(KronosJobsError):
+    """The job, result or run existed but retention deleted it (kronos_jobs/jobs/retention.py)."""
+
+    code = "gone"
 
 
 class Conflict(KronosJobsError):
@@ -168,3 +176,11 @@ class ModelUnavailable(JobFailure):
     mismatched); the message says how to use a local checkpoint or `random:small` instead."""
 
     code = "model_unavailable"
+
+
+class ArtifactUnavailable(ModelUnavailable):
+    """A registered model's files cannot be fetched from the artifact store (KRONOS_ARTIFACTS_URL):
+    an object is missing, its sha256 differs from the manifest or the registry, or access is
+    denied. The message names the model and the URL, never credentials."""
+
+    code = "artifact_unavailable"

@@ -70,6 +70,7 @@ POOL_QUEUES: dict[Pool, tuple[Queue, ...]] = {
 # Celery task names (tasks carry only the job id).
 TASK_RUN_FORECAST = "kronos_jobs.run_forecast"
 TASK_RUN_FINETUNE = "kronos_jobs.run_finetune"
+TASK_PRUNE = "kronos_jobs.prune"  # beat: delete what retention lets go (jobs/retention.py)
 
 DEFAULT_TENANT = "default"
 

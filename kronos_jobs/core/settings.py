@@ -92,6 +92,23 @@ class Settings(BaseSettings):
     transient_retries: int = Field(40, ge=0, description="Retries of a task hit by a database or broker outage; at the backoff cap (full jitter) they span about 5 minutes.")
     retry_backoff_max: int = Field(15, ge=1, description="Cap in seconds of the backoff between those retries: a task finds the service back within this long.")
     cancel_check_seconds: float = Field(1.0, gt=0, description="At most one cancel check per this many seconds while a forecast decodes.")
+    # --- artifact store and retention (issue 15: several machines, a year of nights) -----------
+    artifacts_url: str | None = Field(
+        None, description="Where fine-tune checkpoints, resumable training state and registered models are kept: a "
+                          "local path, or an object store URL such as s3://bucket/prefix; default KRONOS_ARTIFACTS_DIR. "
+                          "Credentials come from the standard AWS variables (AWS_ACCESS_KEY_ID, ...).")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, Ceph...) for s3:// artifact URLs; "
+                                                          "default: AWS itself.")
+    model_cache_dir: Path | None = Field(None, description="Local copies of registered models fetched from an object "
+                                                           "store, one folder per checksum; default <data_dir>/model-cache.")
+    # Days to keep each kind of record after its job (or run) finished; 0 keeps it forever.
+    retain_inputs_days: int = Field(30, ge=0, description="Days to keep a finished job's input bars.")
+    retain_results_days: int = Field(365, ge=0, description="Days to keep a finished forecast's result rows.")
+    retain_jobs_days: int = Field(365, ge=0, description="Days to keep finished job rows (metadata, errors).")
+    retain_schedule_runs_days: int = Field(365, ge=0, description="Days to keep finished schedule runs.")
+    retain_retired_models_days: int = Field(90, ge=0, description="Days to keep a retired model's artifact files.")
+    prune_batch_rows: int = Field(5_000, ge=1, description="Rows deleted per transaction when pruning (bounds lock time).")
+    prune_interval_seconds: float = Field(3_600.0, gt=0, description="How often beat prunes what retention lets go.")
 
     # --- auth, tenants and browser safety (issue 11) -------------------------------------------
     auth: Literal["auto", "on", "off"] = Field(
@@ -178,6 +195,12 @@ class Settings(BaseSettings):
                 f"KRONOS_VISIBILITY_TIMEOUT ({self.visibility_timeout}) must exceed the longest task time limit "
                 f"({self.longest_time_limit}), or Redis redelivers tasks that are still running"
             )
+        if self.retain_jobs_days and self.retain_results_days and self.retain_jobs_days < self.retain_results_days:
+            raise ValueError(f"KRONOS_RETAIN_JOBS_DAYS ({self.retain_jobs_days}) must be at least KRONOS_RETAIN_RESULTS_DAYS "
+                             f"({self.retain_results_days}): a result is served through its job row")
+        if self.retain_jobs_days and not self.retain_results_days:
+            raise ValueError("KRONOS_RETAIN_JOBS_DAYS is set but KRONOS_RETAIN_RESULTS_DAYS is 0 (keep forever): results "
+                             "cannot outlive their job rows")
         if self.heartbeat_seconds * 2 > self.lease_seconds:
             raise ValueError(
                 f"KRONOS_HEARTBEAT_SECONDS ({self.heartbeat_seconds}) must be at most half of KRONOS_LEASE_SECONDS ({self.lease_seconds})"
@@ -213,6 +236,14 @@ class Settings(BaseSettings):
     @property
     def effective_artifacts_dir(self) -> Path:
         return (self.artifacts_dir or self.data_dir / "artifacts").resolve()
+
+    @property
+    def effective_artifacts_url(self) -> str:
+        return self.artifacts_url or str(self.effective_artifacts_dir)
+
+    @property
+    def effective_model_cache_dir(self) -> Path:
+        return (self.model_cache_dir or self.data_dir / "model-cache").resolve()
 
     @property
     def effective_model_dirs(self) -> list[Path]:

@@ -34,6 +34,8 @@ from kronos_jobs.core.errors import (
 )
 from kronos_jobs.core.names import JobKind, JobState
 from kronos_jobs.crud import chunks as chunk_crud
+from kronos_jobs.crud.retention import JOB as PRUNED_JOB
+from kronos_jobs.crud.retention import raise_if_pruned
 from kronos_jobs.db.models import Job, utcnow
 
 logger = logging.getLogger(__name__)
@@ -123,6 +125,7 @@ def get_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
     """The tenant's job; NotFound when it does not exist or belongs to another tenant."""
     job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
     if job is None:
+        raise_if_pruned(session, kind=PRUNED_JOB, record_id=job_id, tenant_id=tenant_id, field="job_id")
         raise NotFound(f"no job {job_id!r}", details=[{"field": "job_id", "message": "not found"}])
     return job
 

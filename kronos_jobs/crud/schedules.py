@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from kronos_jobs.core.errors import Conflict, NotFound
 from kronos_jobs.core.names import JobState, RunTrigger
+from kronos_jobs.crud.retention import SCHEDULE_RUN, raise_if_pruned
 from kronos_jobs.db.models import Job, Schedule, ScheduleRun, ScheduleRunJob, utcnow
 
 SCHEDULE_FIELDS = ("name", "cron", "timezone", "symbols", "freq", "model", "device", "params", "calendar",
@@ -120,6 +121,8 @@ def create_run(session: Session, *, schedule: Schedule, scheduled_for: datetime,
 def get_run(session: Session, *, tenant_id: str, run_id: str, schedule_id: str | None = None) -> ScheduleRun:
     run = session.get(ScheduleRun, run_id)
     if run is None or run.tenant_id != tenant_id or (schedule_id is not None and run.schedule_id != schedule_id):
+        if run is None:
+            raise_if_pruned(session, kind=SCHEDULE_RUN, record_id=run_id, tenant_id=tenant_id, field="run_id")
         raise NotFound(f"no schedule run {run_id!r}", details=[{"field": "run_id", "message": "not found"}])
     return run
 

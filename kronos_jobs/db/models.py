@@ -86,6 +86,7 @@ class Job(Base):
         # The reconciler's scans: queued jobs not touched for a while, running jobs by lease.
         Index("ix_jobs_state", "state", "updated_at"),
         Index("ix_jobs_outbox", "state", "sent_at"),  # the dispatcher's scan for unsent queued jobs
+        Index("ix_jobs_finished_at", "finished_at"),  # retention's scans (jobs/retention.py)
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex; also the Celery task id
@@ -114,6 +115,9 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(nullable=True)  # task reached the broker (the outbox)
+    # Set when retention deleted the job's input bars / result rows (jobs/retention.py).
+    input_pruned_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    result_pruned_at: Mapped[datetime | None] = mapped_column(nullable=True)
     # --- sharing the fleet (core/workload.py) ---
     priority: Mapped[int] = mapped_column(Integer, default=6, server_default="6")  # 0..9, higher runs first
     workload: Mapped[str] = mapped_column(String(16), default="interactive", server_default="interactive")
@@ -221,6 +225,7 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     retired_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    artifact_pruned_at: Mapped[datetime | None] = mapped_column(nullable=True)  # retention deleted its files
 
 
 # --- series store and schedules (issue 5) ----------------------------------------------------------
@@ -277,6 +282,7 @@ class ScheduleRun(Base):
     __table_args__ = (
         UniqueConstraint("schedule_id", "scheduled_for", name="uq_schedule_runs_schedule_id_scheduled_for"),
         Index("ix_schedule_runs_state", "state"),
+        Index("ix_schedule_runs_finished_at", "finished_at"),  # retention's scans
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -308,6 +314,17 @@ class ScheduleRunJob(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     schedule_id: Mapped[str] = mapped_column(String(32))
     tenant_id: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
+
+
+class PrunedRecord(Base):
+    """A tombstone: retention deleted this job or schedule run, so the API answers 410 Gone, not 404."""
+
+    __tablename__ = "pruned_records"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # "job" | "schedule_run"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
+    pruned_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 # --- API keys (issue 11) ---------------------------------------------------------------------------

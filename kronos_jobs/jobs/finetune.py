@@ -30,10 +30,15 @@ Delivery and resume (the choice, and why):
   reconciler re-sends it. A cold shutdown (SIGQUIT) or a kill resumes from the last periodic
   checkpoint, as above.
 
-Artifacts policy: succeeded → only `<artifacts>/<job id>/final/` (model/, tokenizer/, the
-registered version) is kept; the training states are deleted. Cancelled or failed → the whole
-`<artifacts>/<job id>/` directory is deleted once the state is recorded. Retiring a model keeps its
-files (old jobs stay readable; new jobs cannot name it).
+`<artifacts>` is KRONOS_ARTIFACTS_URL: a local folder, or an object store that every checkpoint is
+uploaded to and that a new owner on another host downloads the state from first
+(jobs/artifact_store.py, the one place that moves these files).
+
+Artifacts policy: succeeded → only `<artifacts>/<job id>/final/` (model/, tokenizer/ and their
+sha256 manifest: the registered version) is kept; the training states are deleted. Cancelled or
+failed → the whole `<artifacts>/<job id>/` directory is deleted once the state is recorded.
+Retiring a model keeps its files for KRONOS_RETAIN_RETIRED_MODELS_DAYS (jobs/retention.py; old
+jobs stay readable, new jobs cannot name it).
 """
 
 from __future__ import annotations
@@ -41,7 +46,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -60,6 +64,7 @@ from kronos_jobs.crud import models as model_crud
 from kronos_jobs.crud import results as result_crud
 from kronos_jobs.db.models import utcnow
 from kronos_jobs.db.session import session_scope
+from kronos_jobs.jobs.artifact_store import FinetuneArtifacts
 from kronos_jobs.jobs.finetune_submit import FinetuneParams, resolve_finetune_model
 from kronos_jobs.jobs.lease import LeaseHeartbeat, raise_if_held
 from kronos_jobs.jobs.lifecycle import Delivery, new_owner, run_delivery
@@ -76,7 +81,8 @@ def model_id_for(job_id: str) -> str:
 
 
 def artifacts_dir(settings: Settings, job_id: str) -> Path:
-    return settings.effective_artifacts_dir / job_id
+    """The job's local working folder (mirrored to KRONOS_ARTIFACTS_URL when that is an object store)."""
+    return FinetuneArtifacts(settings, job_id).work_dir
 
 
 # --- progress on the job row --------------------------------------------------------------------------
@@ -211,7 +217,8 @@ def _train_and_register(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat
         bars, _ = result_crud.load_job_input(session, job_id=run.job_id)
         spec = resolve_finetune_model(params, session, tenant_id=run.tenant_id, model_dirs=settings.effective_model_dirs)
     meta.update(spec.metadata())
-    work_dir = artifacts_dir(settings, run.job_id)
+    artifacts = FinetuneArtifacts(settings, run.job_id)
+    artifacts.restore(params.phases)  # another host may have checkpointed this job: resume from its state
     holder: dict[str, JobProgress] = {}
 
     def progress_factory(totals: dict[str, int]) -> JobProgress:
@@ -220,8 +227,8 @@ def _train_and_register(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat
         return holder["progress"]
 
     started = time.perf_counter()
-    outcome = train_pair(params, bars, spec, work_dir=work_dir, device=identity.device, settings=settings,
-                         progress_factory=progress_factory)
+    outcome = train_pair(params, bars, spec, work_dir=artifacts.work_dir, device=identity.device, settings=settings,
+                         progress_factory=progress_factory, on_checkpoint=artifacts.checkpointed)
     meta.update(resumed_from=outcome.resumed_from, amp=outcome.amp, training_device=outcome.device,
                 timings={"training_seconds": round(time.perf_counter() - started, 6)})
     if outcome.resumed_from:
@@ -229,7 +236,8 @@ def _train_and_register(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat
 
     # --- register + finish in ONE transaction --------------------------------------------------------
     model_id = model_id_for(run.job_id)
-    meta.update(finetuned_model_id=model_id, artifact_path=str(outcome.final_dir), model_checksum=outcome.model_checksum,
+    artifact_path = artifacts.publish(outcome.final_dir)  # uploaded (manifest last) before it is registered
+    meta.update(finetuned_model_id=model_id, artifact_path=artifact_path, model_checksum=outcome.model_checksum,
                 tokenizer_checksum=outcome.tokenizer_checksum)
     progress = holder["progress"]
     with session_scope(settings) as session:
@@ -237,15 +245,14 @@ def _train_and_register(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat
                                  detail=dict(progress.snapshot(), eta_seconds=0))
         model_crud.register_model(
             session, model_id=model_id, tenant_id=run.tenant_id, kind=model_crud.FINETUNED, max_context=spec.max_context,
-            base_model=params.model, artifact_path=str(outcome.final_dir), checksum=outcome.model_checksum,
+            base_model=params.model, artifact_path=artifact_path, checksum=outcome.model_checksum,
             job_id=run.job_id, data_summary={**run.data_summary, "name": params.name, "description": params.description},
             hyperparameters={**params.hyperparameters(), "device": outcome.device, "amp": outcome.amp},
             metrics=outcome.metrics(),
         )
         _finish_row(session, run, JobState.SUCCEEDED, meta, None)
     _log(run, JobState.SUCCEEDED, f"model={model_id}")
-    for phase in params.phases:  # the registered model is in final/; training states are not needed
-        shutil.rmtree(work_dir / phase, ignore_errors=True)
+    artifacts.discard_states(params.phases, checksum=outcome.model_checksum)  # the registered model is final/
     return JobState.SUCCEEDED
 
 
@@ -294,7 +301,7 @@ def _finish(run: _Run, settings: Settings, state: JobState, *, meta: dict[str, A
 
 
 def _remove_artifacts(settings: Settings, job_id: str) -> None:
-    shutil.rmtree(artifacts_dir(settings, job_id), ignore_errors=True)
+    FinetuneArtifacts(settings, job_id).remove()
 
 
 def _log(run: _Run, state: JobState, extra: str = "") -> None:

@@ -21,7 +21,8 @@ import torch
 
 from kronos_jobs.core.errors import ModelUnavailable
 from kronos_jobs.core.settings import Settings
-from kronos_jobs.jobs.registry import RANDOM_SEED, ModelSpec
+from kronos_jobs.jobs.artifact_store import fetch_model
+from kronos_jobs.jobs.registry import LOCAL_MODEL_SUBDIR, LOCAL_TOKENIZER_SUBDIR, RANDOM_SEED, ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,10 @@ def load_pair(spec: ModelSpec, settings: Settings):
     """A fresh, uncached (model, tokenizer) for `spec`; fine-tunes train such a copy in place."""
     if spec.source == "random":
         return _build_random(spec)
+    if spec.artifact_url:  # a registered model in the object store: load the verified local copy
+        directory = fetch_model(settings, name=spec.name, url=spec.artifact_url, checksum=spec.checksum)
+        spec = dataclasses.replace(spec, model_path=str(directory / LOCAL_MODEL_SUBDIR),
+                                   tokenizer_path=str(directory / LOCAL_TOKENIZER_SUBDIR))
     from model.checkpoint import CheckpointError
     from model.tokenizer import KronosTokenizer
     from model.transformer import Kronos

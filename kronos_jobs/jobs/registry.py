@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from kronos_jobs.core.errors import InvalidRequest, NotFound
 from kronos_jobs.core.names import DEFAULT_TENANT
+from kronos_jobs.jobs.artifact_store import is_remote_url
 
 if TYPE_CHECKING:  # torch stays out of the API process
     from sqlalchemy.orm import Session
@@ -89,6 +90,7 @@ class ModelSpec:
     tokenizer_size: str | None = None
     checksum: str | None = None  # registry checksum of a fine-tuned artifact
     label: str | None = None  # "random weights" when so
+    artifact_url: str | None = None  # a registered model in an object store: fetched into the local cache to load
 
     @property
     def key(self) -> str:
@@ -177,6 +179,13 @@ def finetuned_spec(name: str, session: "Session", tenant_id: str) -> ModelSpec:
         raise _unknown(name, "was retired")
     if not row.artifact_path:
         raise _unknown(name, "has no artifact to load")
+    if getattr(row, "artifact_pruned_at", None) is not None:
+        raise _unknown(name, "had its files deleted by retention (KRONOS_RETAIN_RETIRED_MODELS_DAYS)")
+    if is_remote_url(row.artifact_path):  # checked and fetched by the worker that loads it (artifact_store.fetch_model)
+        url = row.artifact_path.rstrip("/")
+        return ModelSpec(name=name, source="finetuned", model_path=f"{url}/{LOCAL_MODEL_SUBDIR}",
+                         tokenizer_path=f"{url}/{LOCAL_TOKENIZER_SUBDIR}", max_context=row.max_context,
+                         checksum=row.checksum, artifact_url=url)
     spec = local_spec(name, Path(row.artifact_path))
     return dataclasses.replace(spec, source="finetuned", checksum=row.checksum, max_context=row.max_context)
 

@@ -37,6 +37,7 @@ from kronos_jobs.jobs.finetune_submit import (
     window_count,
     window_warnings,
 )
+from kronos_jobs.jobs.artifact_store import FINAL_DIR  # registered model: final/model, final/tokenizer
 from kronos_jobs.jobs.holdout import evaluate, holdout_windows
 from kronos_jobs.jobs.model_cache import load_pair
 from kronos_jobs.jobs.registry import (
@@ -54,7 +55,6 @@ from model.transformer import Kronos
 
 logger = logging.getLogger(__name__)
 
-FINAL_DIR = "final"  # registered model: final/model, final/tokenizer (registry.save_local_model layout)
 BASELINE_FILE = "val_loss_before.json"  # a phase's validation loss before its first step
 
 
@@ -195,10 +195,25 @@ def verify_artifact(final_dir: Path, model, tokenizer) -> tuple[str, str]:
     return checksums[0], checksums[1]
 
 
+class _ReportingLoop(FinetuneLoop):
+    """A FinetuneLoop that hands its checkpoint folder to `on_checkpoint` after each checkpoint it
+    writes (the fine-tune job uploads it to the artifact store: jobs/artifact_store.py)."""
+
+    on_checkpoint: Callable[[Path], None] | None = None
+
+    def save_checkpoint(self, started: float | None = None) -> Path | None:
+        path = super().save_checkpoint(started)
+        if path is not None and self.on_checkpoint is not None:
+            self.on_checkpoint(self.checkpoint_dir)
+        return path
+
+
 def train_pair(params: FinetuneParams, bars: pd.DataFrame, spec: ModelSpec, *, work_dir: Path, device: str,
-               settings: Settings, progress_factory: Callable[[dict[str, int]], Progress]) -> TrainingOutcome:
+               settings: Settings, progress_factory: Callable[[dict[str, int]], Progress],
+               on_checkpoint: Callable[[Path], None] | None = None) -> TrainingOutcome:
     """Train the asked phases from `spec`'s weights in `work_dir` (resuming what is there), save,
-    verify and evaluate. Raises JobCancelled when the progress object asked the loop to stop."""
+    verify and evaluate. Raises JobCancelled when the progress object asked the loop to stop.
+    `on_checkpoint(phase_dir)` runs after every checkpoint a phase writes."""
 
     train, val = split_series(bars, params.validation_split)
     val = {k: v for k, v in val.items() if len(v) >= params.window} or None
@@ -209,9 +224,10 @@ def train_pair(params: FinetuneParams, bars: pd.DataFrame, spec: ModelSpec, *, w
     resumed, seconds_used, loop = [], 0.0, None
     for phase in params.phases:
         directory = work_dir / phase
-        loop = FinetuneLoop(phase, tokenizer if phase == "tokenizer" else model, train, val, loop_config(params, phase),
+        loop = _ReportingLoop(phase, tokenizer if phase == "tokenizer" else model, train, val, loop_config(params, phase),
                             tokenizer=tokenizer if phase == "predictor" else None, device=device,
                             checkpoint_dir=directory, on_progress=progress.report, should_stop=progress.should_stop)
+        loop.on_checkpoint = on_checkpoint
         if loop.load_checkpoint():
             resumed.append({"phase": phase, "step": loop.step, "epoch": loop.epoch})
         progress.start_phase(phase, loop)

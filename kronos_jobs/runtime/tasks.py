@@ -26,10 +26,11 @@ from celery.exceptions import TimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 
 from kronos_jobs.core.errors import JobGivenBack, LeaseHeld, LeaseLost, NotFound
-from kronos_jobs.core.names import TASK_RUN_FINETUNE, TASK_RUN_FORECAST
+from kronos_jobs.core.names import TASK_PRUNE, TASK_RUN_FINETUNE, TASK_RUN_FORECAST
 from kronos_jobs.core.settings import get_settings
 from kronos_jobs.jobs.lease import TRANSIENT_ERRORS
 from kronos_jobs.jobs.recovery import fail_after_hard_time_limit
+from kronos_jobs.jobs.retention import prune
 from kronos_jobs.runtime import drain, worker
 
 logger = logging.getLogger(__name__)
@@ -103,3 +104,9 @@ def run_finetune(self, job_id: str) -> str | None:
     from kronos_jobs.jobs.finetune import run_finetune_job  # torch, on the first job only
 
     return deliver(self, job_id, run_finetune_job, identity=worker.current_identity(), draining=drain.draining)
+
+
+@shared_task(name=TASK_PRUNE, ignore_result=True)
+def prune_retention() -> dict:
+    """Beat: delete inputs, results, job rows, runs and retired models' files past their retention."""
+    return prune(get_settings()).as_dict()

@@ -68,6 +68,17 @@ ENVIRONMENT: dict[str, tuple[str, object]] = {
     "max_inflight_jobs": ("50", 50),
     "trusted_hosts": ("api.example.com, localhost", ["api.example.com", "localhost"]),
     "cors_origins": ('["https://ops.example.com"]', ["https://ops.example.com"]),
+    # artifact store and retention
+    "artifacts_url": ("s3://kronos-artifacts/prod", "s3://kronos-artifacts/prod"),
+    "s3_endpoint_url": ("http://minio:9000", "http://minio:9000"),
+    "model_cache_dir": ("/srv/model-cache", Path("/srv/model-cache")),
+    "retain_inputs_days": ("7", 7),
+    "retain_results_days": ("200", 200),
+    "retain_jobs_days": ("800", 800),
+    "retain_schedule_runs_days": ("30", 30),
+    "retain_retired_models_days": ("0", 0),
+    "prune_batch_rows": ("100", 100),
+    "prune_interval_seconds": ("60", 60.0),
     # sharing the fleet
     "queue_policy": ("fifo", "fifo"),
     "bulk_chunk_seconds": ("0.5", 0.5),
@@ -116,6 +127,9 @@ def test_defaults_derive_from_data_dir(monkeypatch, tmp_path):
     assert settings.broker_dir == tmp_path.resolve() / "broker"
     assert settings.effective_artifacts_dir == tmp_path.resolve() / "artifacts"
     assert settings.effective_model_dirs == [tmp_path.resolve() / "models"]
+    assert settings.effective_artifacts_url == str(tmp_path.resolve() / "artifacts")  # the local store by default
+    assert settings.effective_model_cache_dir == tmp_path.resolve() / "model-cache"
+    assert (settings.retain_inputs_days, settings.retain_results_days, settings.retain_jobs_days) == (30, 365, 365)
     assert settings.effective_visibility_timeout == 2 * settings.longest_time_limit
     assert settings.effective_api_url == "http://127.0.0.1:8000"
 
@@ -138,7 +152,10 @@ def test_model_dirs_also_read_a_json_list_and_resolve(monkeypatch, tmp_path):
     ({"KRONOS_VISIBILITY_TIMEOUT": "3600"}, ["KRONOS_VISIBILITY_TIMEOUT"]),
     ({"KRONOS_HEARTBEAT_SECONDS": "40"}, ["KRONOS_HEARTBEAT_SECONDS", "KRONOS_LEASE_SECONDS"]),
     ({"KRONOS_DEVICE": "tpu"}, ["KRONOS_DEVICE", "cuda:N"]),
-], ids=["forecast-limits", "finetune-limits", "visibility", "heartbeat", "device"])
+    ({"KRONOS_RETAIN_JOBS_DAYS": "30"}, ["KRONOS_RETAIN_JOBS_DAYS", "KRONOS_RETAIN_RESULTS_DAYS"]),
+    ({"KRONOS_RETAIN_RESULTS_DAYS": "0"}, ["KRONOS_RETAIN_JOBS_DAYS", "KRONOS_RETAIN_RESULTS_DAYS"]),
+], ids=["forecast-limits", "finetune-limits", "visibility", "heartbeat", "device", "jobs-before-results",
+        "results-forever-jobs-not"])
 def test_invalid_combinations_name_the_variable(monkeypatch, environment, named):
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
