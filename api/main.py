@@ -21,8 +21,16 @@ from api.limits import MULTIPART_SLACK_BYTES, BodySizeLimit
 from api.quotas import KeyRateLimiter
 from api.nul_bytes import NulByteGuard
 from api.parsing_pool import ParsingPool
-from api.routes import finetune, forecasts, health, jobs, models, schedules, series, workers
-from api.schemas import FinetuneJobCreate, FinetuneParamsIn, ForecastJobCreate, ForecastUploadCreate, SeriesBarsCreate
+from api.routes import backtests, finetune, forecasts, health, jobs, models, schedules, scores, series, workers
+from api.schemas import (
+    BacktestJobCreate,
+    BacktestUploadCreate,
+    FinetuneJobCreate,
+    FinetuneParamsIn,
+    ForecastJobCreate,
+    ForecastUploadCreate,
+    SeriesBarsCreate,
+)
 from kronos_jobs import __version__
 from kronos_jobs.core import redaction
 from kronos_jobs.core.settings import Settings, get_settings
@@ -38,7 +46,8 @@ def _openapi_with_request_bodies(app: FastAPI) -> dict[str, Any]:
 
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (ForecastJobCreate, ForecastUploadCreate, FinetuneJobCreate, FinetuneParamsIn, SeriesBarsCreate):
+        for model in (ForecastJobCreate, ForecastUploadCreate, FinetuneJobCreate, FinetuneParamsIn, SeriesBarsCreate,
+                      BacktestJobCreate, BacktestUploadCreate):
             body = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(body.pop("$defs", {}))
             components[model.__name__] = body
@@ -91,7 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(NulByteGuard)  # inside the size limit: it buffers at most a capped JSON body
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK_BYTES)
     add_browser_safety(app, settings)  # added last: runs first
-    for module in (jobs, finetune, series, schedules, forecasts, workers, models, health):
+    for module in (jobs, finetune, series, schedules, forecasts, workers, models, health, backtests, scores):
         app.include_router(module.router)
     for route in app.routes:
         # A handler's one-line docstring is its OpenAPI summary (the name alone says less).

@@ -18,6 +18,8 @@ from api.auth import visible_metadata
 from kronos_jobs.core.names import DevicePreference, JobKind, JobState
 from kronos_jobs.core.workload import DEFAULT_PRIORITY, PRIORITY_MAX, PRIORITY_MIN, Workload
 from kronos_jobs.inputs.wall_clock import utc_instant
+from kronos_jobs.evaluation.baselines import BASELINES
+from kronos_jobs.jobs.backtest_submit import MAX_LOOKBACKS, MAX_MODELS, MAX_ORIGINS, MAX_REPEATS
 from kronos_jobs.jobs.finetune_submit import FinetuneParams
 from kronos_jobs.jobs.submit import SAMPLING_LIMITS, Sampling
 
@@ -76,6 +78,7 @@ class ForecastParamsIn(_Strict):
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     quantiles: list[float] | None = Field(None, max_length=MAX_QUANTILES, description="Sample quantile levels in (0, 1), e.g. [0.1, 0.5, 0.9].")
     calendar: dict[str, Any] | None = Field(None, description='Trading calendar for generated future timestamps (see the README): {"timezone", "weekdays", "open", "close", "holidays"}, or {"default": {...}, "symbols": {...}}. Default: weekends skipped for daily bars.')
+    score: bool = Field(False, description="Score this forecast live (GET /v1/scores) once its bars reach the series store; schedule runs always are.")
     priority: int | None = Field(None, ge=PRIORITY_MIN, le=PRIORITY_MAX, description=f"{PRIORITY_MIN}..{PRIORITY_MAX}, higher runs first; default {DEFAULT_PRIORITY[Workload.INTERACTIVE]} (schedule runs: {DEFAULT_PRIORITY[Workload.BULK]}).")
 
     @field_validator("quantiles")
@@ -488,3 +491,83 @@ class ForecastsPublic(BaseModel):
     columns: list[str]
     rows: list[dict[str, Any]] = Field(description="Per symbol, the rows of its latest forecast; `job_id` and "
                                                    "`forecast_at` (when that job finished) say which.")
+
+
+# --- backtests (issue 10) -------------------------------------------------------------------------
+
+
+class BacktestParamsIn(_Strict):
+    """The backtest parameters: the JSON body minus the bars, or the `request` field of an upload.
+    Ranges are checked here; what needs the bars or the models (history, context) by the job layer."""
+
+    models: list[str] | None = Field(None, max_length=MAX_MODELS, description="Models to evaluate (names as for forecasts); default [KRONOS_DEFAULT_MODEL].")
+    device: DevicePreference = Field(DevicePreference.AUTO, description="auto prefers a live GPU worker, else CPU.")
+    lookbacks: list[int] = Field([400], min_length=1, max_length=MAX_LOOKBACKS, description="Context lengths to evaluate, each a separate set of forecasts.")
+    horizon: int = Field(12, ge=1, le=MAX_STEPS, description="Steps forecast from each origin; metrics for every step 1..horizon.")
+    horizons: list[int] = Field(default_factory=list, max_length=64, description="Sub-horizons also reported pooled (steps 1..h), read off the same paths.")
+    n_windows: int | None = Field(None, ge=1, le=MAX_ORIGINS, description="Rolling origins per symbol, the last `horizon` bars before the end.")
+    step_size: int | None = Field(None, ge=1, le=MAX_STEPS, description="Bars between rolling origins; default horizon.")
+    origins: list[datetime] | None = Field(None, max_length=MAX_ORIGINS, description="Explicit origin times instead of n_windows: each forecast sees the bars at or before its origin.")
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    repeats: int = Field(1, ge=1, le=MAX_REPEATS, description="Forecasts per origin with seeds seed, seed+1, ...")
+    quantiles: list[float] | None = Field(None, max_length=MAX_QUANTILES, description="Band levels (need sampling.sample_count >= 2); central pairs such as 0.1/0.9 also get a coverage.")
+    baselines: list[str] = Field(list(BASELINES), max_length=len(BASELINES), description="Any of naive, seasonal_naive, drift.")
+
+    _quantile_levels = field_validator("quantiles")(ForecastParamsIn._quantile_levels.__func__)
+
+
+class BacktestSeriesIn(_Strict):
+    symbol: str = Field(description="1-64 characters: letters, digits and . _ : / = @ + - ^")
+    freq: str | None = Field(None, description="pandas offset alias; inferred from the bars when omitted.")
+    bars: list[BarIn] = Field(description="The whole history to evaluate on, any order.")
+
+
+class BacktestStoreSelection(_Strict):
+    """Backtest input read from the series store: each symbol's bars between start and end."""
+
+    symbols: list[str] = Field(min_length=1, max_length=100_000)
+    freq: str | None = Field(None, max_length=32, description="Needed only when a symbol is stored at several frequencies.")
+    start: datetime | None = Field(None, description="First bar time (inclusive); default the first stored.")
+    end: datetime | None = Field(None, description="Last bar time (inclusive); default the last stored.")
+
+
+class BacktestJobCreate(BacktestParamsIn):
+    """`POST /v1/jobs/backtest` as JSON: inline `series`, or `series_store` symbols and a time range."""
+
+    series_store: BacktestStoreSelection | None = Field(None, description="Instead of `series`: bars from the series store.")
+    series: list[BacktestSeriesIn] = Field(default_factory=list, validate_default=True, description="One entry per symbol.")
+
+    _one_input = field_validator("series")(ForecastJobCreate._one_input.__func__)
+
+
+class BacktestUploadCreate(BacktestParamsIn):
+    """The `request` form field of a multipart backtest upload."""
+
+    freq: str | None = Field(None, description="Frequency of every symbol without a `freq` column value.")
+
+
+class BacktestResultPublic(BaseModel):
+    """`GET /v1/jobs/{id}/result?format=json` of a backtest."""
+
+    job_id: str
+    state: JobState
+    columns: list[str] = Field(description="model, kind, lookback, symbol, origin, repeat, step, timestamp, open..amount, q<level>_<column>, actual_open..actual_amount, last_close[, crps].")
+    rows: list[dict[str, Any]] = Field(description="One row per model/lookback/symbol/origin/repeat/step; timestamps ISO 8601 UTC.")
+    errors: list[dict[str, Any]] = Field(description='Origins that could not be forecast: [{"symbol", "code", "message", "origin", "lookback"}].')
+
+
+class MetricsPublic(BaseModel):
+    """`GET /v1/jobs/{id}/metrics`."""
+
+    job_id: str
+    state: JobState
+    by: Literal["all", "symbol"]
+    columns: list[str]
+    rows: list[dict[str, Any]] = Field(description="One row per model x lookback[ x symbol] x step (horizon null), then x sub-horizon (step null).")
+
+
+class ScoresPublic(BaseModel):
+    """`GET /v1/scores`."""
+
+    columns: list[str]
+    rows: list[dict[str, Any]] = Field(description="One row per schedule x model[ x symbol]: the model's and persistence's errors on the same scored bars.")

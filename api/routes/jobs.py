@@ -6,11 +6,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
+import pandas as pd
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
 from api.auth import InflightQuota
 from api.deps import CallerDep, SessionDep, SettingsDep
 from api.schemas import (
+    BacktestResultPublic,
     ErrorResponse,
     ForecastJobCreate,
     ForecastParamsIn,
@@ -25,6 +27,7 @@ from api.uploads import Upload, read_json_or_upload, upload_body_doc
 from kronos_jobs.core.errors import Conflict, Gone
 from kronos_jobs.core.names import JobKind, JobState
 from kronos_jobs.core.settings import Settings
+from kronos_jobs.crud import backtests as backtest_crud
 from kronos_jobs.core.workload import workload_of
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import results as result_crud
@@ -150,7 +153,7 @@ def read_job(job_id: JobId, session: SessionDep, caller: CallerDep) -> JobPublic
 
 @router.get(
     "/{job_id}/result",
-    response_model=ResultPublic,
+    response_model=ResultPublic | BacktestResultPublic,
     responses={**ERRORS, **FILE_RESPONSES},
 )
 def read_job_result(
@@ -159,7 +162,8 @@ def read_job_result(
     caller: CallerDep,
     format: ResultFormat = ResultFormat.JSON,  # noqa: A002 - the query parameter's public name
 ) -> Any:
-    """Read a finished forecast job's rows as JSON, CSV or Parquet (a fine-tune's result is its model: 409)."""
+    """Read a finished job's rows as JSON, CSV or Parquet: a forecast's bars, a backtest's per-origin
+    forecasts and truths (a fine-tune's result is its model: 409)."""
     job = job_crud.get_job(session, tenant_id=caller.tenant_id, job_id=job_id)
     if job.kind == JobKind.FINETUNE.value:
         # A fine-tune's result is a model, not rows: say where it is instead of an empty table.
@@ -177,10 +181,21 @@ def read_job_result(
         raise Gone(f"job {job.id}'s result rows were deleted by retention on {job.result_pruned_at:%Y-%m-%d} "
                    "(KRONOS_RETAIN_RESULTS_DAYS); GET /v1/jobs/{id} still shows its metadata",
                    details=[{"field": "job_id", "message": "result deleted by retention"}])
+    if job.kind == JobKind.BACKTEST.value:
+        return backtest_result(job, backtest_crud.read_rows(session, job_id=job.id), format)
     rows = result_crud.read_forecasts(session, job_id=job.id)
     if format is ResultFormat.JSON:
         return ResultPublic(job_id=job.id, state=job.state, columns=list(rows.columns), rows=json_rows(rows),
                             errors=job.symbol_errors or [])
+    return file_response(rows, format, job.id)
+
+
+def backtest_result(job, rows: pd.DataFrame | None, format: ResultFormat) -> Any:  # noqa: A002
+    """A finished backtest's rows (an empty table when it wrote none: cancelled or failed)."""
+    rows = pd.DataFrame(columns=list(backtest_crud.ROW_COLUMNS)) if rows is None else rows
+    if format is ResultFormat.JSON:
+        return BacktestResultPublic(job_id=job.id, state=job.state, columns=list(rows.columns), rows=json_rows(rows),
+                                    errors=job.symbol_errors or [])
     return file_response(rows, format, job.id)
 
 

@@ -20,7 +20,7 @@ from celery import Celery
 
 from kronos_jobs.broker.filesystem_broker import TRANSPORT_PATH
 from kronos_jobs.broker.redis_broker import TRANSPORT_PATH as REDIS_TRANSPORT_PATH
-from kronos_jobs.core.names import TASK_PRUNE, TASK_RUN_FINETUNE, TASK_RUN_FORECAST, Queue
+from kronos_jobs.core.names import TASK_PRUNE, TASK_RUN_BACKTEST, TASK_RUN_FINETUNE, TASK_RUN_FORECAST, Queue
 from kronos_jobs.core.settings import Settings, get_settings
 from kronos_jobs.core.workload import PRIORITY_MAX
 
@@ -144,6 +144,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # times, minutes in all: a 20 s outage no longer uses up every retry and drops the message.
         "task_annotations": {
             TASK_RUN_FORECAST: {
+                "soft_time_limit": settings.forecast_soft_time_limit,
+                "time_limit": settings.forecast_time_limit,
+                "max_retries": settings.transient_retries,
+            },
+            TASK_RUN_BACKTEST: {  # a backtest is many forecasts: the forecast limits, on the forecast queues
                 "soft_time_limit": settings.forecast_soft_time_limit,
                 "time_limit": settings.forecast_time_limit,
                 "max_retries": settings.transient_retries,

@@ -623,6 +623,128 @@ def keys_revoke(ctx: click.Context, key_id: str) -> None:
 # --- the one-machine launcher (kronos_jobs/runtime/launcher.py) --------------------------------
 
 
+# --- backtests and scores (issue 10) ---------------------------------------------------------------
+
+# The metrics table the CLI prints: the columns a reader compares first; every column is in the API's.
+METRIC_COLUMNS = ("model", "lookback", "step", "horizon", "n", "mae", "rmse", "smape", "mase", "directional_accuracy",
+                  "crps", "skill", "dm_pvalue")
+
+
+def _csv_ints(value: str | None, option: str) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{option}: expected comma-separated whole numbers such as 250,280, got {value!r}") from None
+
+
+def _csv_words(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def metrics_text(body: dict[str, Any], per_step: bool = False) -> str:
+    """A metrics response as a table: the sub-horizon rows (steps 1..h pooled), or with `per_step`
+    every step too (columns that are all empty, such as crps of a greedy run, are left out)."""
+    rows = [r for r in body["rows"] if per_step or r.get("horizon") is not None]
+    columns = [c for c in (*METRIC_COLUMNS, *(c for c in body["columns"] if c.startswith(("pinball_", "coverage_"))))
+               if c in body["columns"] and any(r.get(c) is not None for r in rows)]
+    if "symbol" in body["columns"]:
+        columns.insert(1, "symbol")
+    return _table(rows, columns) if rows else "(no rows)"
+
+
+@main.command()
+@click.argument("path", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--symbols", default=None, help="Comma-separated symbols of the series store (instead of PATH).")
+@click.option("--start", default=None, help="With --symbols: first bar time (ISO 8601).")
+@click.option("--end", default=None, help="With --symbols: last bar time (ISO 8601).")
+@click.option("--models", default=None, help="Comma-separated models (default KRONOS_DEFAULT_MODEL).")
+@click.option("--lookbacks", default=None, help="Comma-separated context lengths, e.g. 250,280.")
+@click.option("--horizon", type=int, default=None, help="Steps forecast from each origin.")
+@click.option("--horizons", default=None, help="Comma-separated sub-horizons also reported, e.g. 2,3.")
+@click.option("--n-windows", type=int, default=None, help="Rolling origins per symbol.")
+@click.option("--step-size", type=int, default=None, help="Bars between origins (default: horizon).")
+@click.option("--origins", default=None, help="Comma-separated origin times instead of --n-windows.")
+@click.option("--baselines", default=None, help="Comma-separated: naive, seasonal_naive, drift (default all).")
+@click.option("--quantiles", default=None, help="Comma-separated levels, e.g. 0.1,0.9 (need --sample-count >= 2).")
+@click.option("--repeats", type=int, default=None, help="Forecasts per origin with seeds seed, seed+1, ...")
+@click.option("--device", type=click.Choice([d.value for d in DevicePreference]), default=None)
+@click.option("--freq", default=None, help="Bar frequency of a CSV/Parquet file, or of --symbols in the store.")
+@click.option("--temperature", type=float, default=None)
+@click.option("--top-k", type=int, default=None)
+@click.option("--top-p", type=float, default=None)
+@click.option("--sample-count", type=int, default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--by-symbol", is_flag=True, help="Print the per-symbol metrics.")
+@click.option("--per-step", is_flag=True, help="Print every step's row, not only the sub-horizons (steps 1..h pooled).")
+@click.option("--no-wait", is_flag=True, help="Print the job id and return.")
+@click.option("--interval", type=float, default=0.5, show_default=True, help="Seconds between progress polls.")
+@click.pass_context
+def backtest(ctx: click.Context, path: Path | None, symbols: str | None, start: str | None, end: str | None,
+             by_symbol: bool, per_step: bool, no_wait: bool, interval: float, **options: Any) -> None:
+    """Backtest models on a CSV/Parquet/JSON file or stored symbols: submit, show progress, print metrics."""
+    if (path is None) == (symbols is None):
+        raise click.UsageError("give a PATH or --symbols (not both)")
+    params = _request_params({k: v for k, v in options.items() if k not in ("models", "lookbacks", "horizons", "origins", "baselines")})
+    for name, value in (("models", _csv_words(options["models"])), ("lookbacks", _csv_ints(options["lookbacks"], "--lookbacks")),
+                        ("horizons", _csv_ints(options["horizons"], "--horizons")),
+                        ("origins", _csv_words(options["origins"])), ("baselines", _csv_words(options["baselines"]))):
+        if value is not None:
+            params[name] = value
+    client = _client(ctx)
+    if symbols is not None:
+        store = {"symbols": _csv_words(symbols), "freq": params.pop("freq", None), "start": start, "end": end}
+        job = client.json("POST", "/v1/jobs/backtest", json={**params, "series_store": {k: v for k, v in store.items() if v}})
+    elif path.suffix.lower() == ".json":
+        try:
+            body = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise click.ClickException(f"{path} is not JSON: {exc}") from None
+        params.pop("freq", None)
+        job = client.json("POST", "/v1/jobs/backtest", json={**body, **params})
+    else:
+        files = {"file": (path.name, path.read_bytes(), "application/octet-stream")}
+        job = client.json("POST", "/v1/jobs/backtest", files=files, data={"request": json.dumps(params)})
+    click.echo(f"backtest {job['id']} queued on {job['queue']}: {job['progress']['total']} forecasts", err=True)
+    if no_wait:
+        click.echo(job["id"])
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=job["progress"]["total"] or None, desc=job["id"][:8], unit="forecast", file=sys.stderr,
+              dynamic_ncols=True) as bar:
+        while JobState(job["state"]) not in TERMINAL_STATES:
+            time.sleep(interval)
+            job = client.json("GET", f"/v1/jobs/{job['id']}")
+            bar.n = job["progress"]["done"]
+            bar.set_postfix_str(job["state"])
+            bar.refresh()
+    if job["state"] in (JobState.FAILED.value, JobState.CANCELLED.value):
+        click.echo(_job_summary(job), err=True)
+        ctx.exit(EXIT_CODES[job["state"]])
+    metrics = client.json("GET", f"/v1/jobs/{job['id']}/metrics", params={"by": "symbol" if by_symbol else "all"})
+    click.echo(metrics_text(metrics, per_step))
+    click.echo(f"rows: kronos-jobs result {job['id']}   metrics: GET /v1/jobs/{job['id']}/metrics", err=True)
+
+
+@main.command()
+@click.option("--schedule", default=None, help="Only forecasts of this schedule's runs.")
+@click.option("--model", "models", multiple=True, help="Repeat for several; default every model.")
+@click.option("--symbol", "symbols", multiple=True, help="Repeat for several; default every symbol.")
+@click.option("--since", default=None, help="Only forecast bars at or after this time (ISO 8601).")
+@click.option("--by-symbol", is_flag=True, help="A row per symbol.")
+@click.pass_context
+def scores(ctx: click.Context, schedule: str | None, models: tuple[str, ...], symbols: tuple[str, ...],
+           since: str | None, by_symbol: bool) -> None:
+    """Live scores of stored forecasts against persistence (schedule runs, and forecasts with score: true)."""
+    query: dict[str, Any] = {"model": list(models), "symbol": list(symbols), "by": "symbol" if by_symbol else "all"}
+    query.update({k: v for k, v in (("schedule", schedule), ("since", since)) if v})
+    body = _client(ctx).json("GET", "/v1/scores", params=query)
+    columns = [c for c in body["columns"] if c not in ("first_timestamp",)]
+    click.echo(_table(body["rows"], columns) if body["rows"] else "(no scored forecasts yet)")
+
+
 @main.command()
 @click.pass_context
 def up(ctx: click.Context) -> None:

@@ -33,6 +33,7 @@ TERMINAL_STATES = frozenset(
 class JobKind(str, Enum):
     FORECAST = "forecast"
     FINETUNE = "finetune"
+    BACKTEST = "backtest"  # rolling-origin evaluation; runs on the forecast queues
 
 
 class DevicePreference(str, Enum):
@@ -55,9 +56,14 @@ class Queue(str, Enum):
     FINETUNE_GPU = "finetune.gpu"
 
 
+# Kinds that share another kind's queues (and so its workers and routing).
+QUEUE_KIND: dict[JobKind, JobKind] = {JobKind.BACKTEST: JobKind.FORECAST}
+
+
 def queue_for(kind: JobKind, pool: Pool) -> Queue:
     """The queue that carries jobs of `kind` to workers of `pool`."""
-    return Queue(f"{JobKind(kind).value}.{Pool(pool).value}")
+    kind = QUEUE_KIND.get(JobKind(kind), JobKind(kind))
+    return Queue(f"{kind.value}.{Pool(pool).value}")
 
 
 # Queues each pool consumes. A GPU-pool worker whose device fell back to CPU consumes
@@ -70,6 +76,7 @@ POOL_QUEUES: dict[Pool, tuple[Queue, ...]] = {
 # Celery task names (tasks carry only the job id).
 TASK_RUN_FORECAST = "kronos_jobs.run_forecast"
 TASK_RUN_FINETUNE = "kronos_jobs.run_finetune"
+TASK_RUN_BACKTEST = "kronos_jobs.run_backtest"
 TASK_PRUNE = "kronos_jobs.prune"  # beat: delete what retention lets go (jobs/retention.py)
 
 DEFAULT_TENANT = "default"

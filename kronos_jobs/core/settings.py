@@ -139,6 +139,9 @@ class Settings(BaseSettings):
     schedule_batch_symbols_gpu: int = Field(2_000, ge=1, description="Most symbols per forecast job when a schedule run fans out to GPU workers.")
     tenant_bulk_limit: int = Field(0, ge=0, description="Bulk tasks of one tenant running at once; a claim over it waits and retries. 0 = no limit.")
 
+    # --- backtests and live scoring (issue 10) -----------------------------------------------
+    score_interval: float = Field(300.0, gt=0, description="Seconds between the beat's live scoring of stored forecasts.")
+
     @field_validator("device")
     @classmethod
     def _device_form(cls, value: str) -> str:

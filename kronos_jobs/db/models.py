@@ -342,3 +342,68 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(128), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+# --- backtests and live scoring (issue 10) -----------------------------------------------------------
+
+
+class BacktestResult(Base):
+    """A backtest's per-origin forecasts and truths, one Parquet table per job (rows are read whole:
+    the result endpoint returns all of them, and a job writes them once, in its finish)."""
+
+    __tablename__ = "backtest_results"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
+    # model, kind, lookback, symbol, origin, repeat, step, timestamp, open..amount, q<level>_<column>,
+    # actual_open..actual_amount, last_close[, crps]
+    rows_parquet: Mapped[bytes] = mapped_column(LargeBinary)
+    n_rows: Mapped[int] = mapped_column(BigInteger)
+
+
+class BacktestMetric(Base):
+    """One row of a backtest's metrics table: model x lookback[ x symbol] x step, or x sub-horizon."""
+
+    __tablename__ = "backtest_metrics"
+    __table_args__ = (Index("ix_backtest_metrics_job_id", "job_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    tenant_id: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
+    model: Mapped[str] = mapped_column(String(256))  # the model as requested, or a baseline's name
+    kind: Mapped[str] = mapped_column(String(16))  # model | baseline
+    lookback: Mapped[int] = mapped_column(Integer)
+    symbol: Mapped[str | None] = mapped_column(String(128), nullable=True)  # NULL: all symbols pooled
+    step: Mapped[int | None] = mapped_column(Integer, nullable=True)  # 1-based; NULL on sub-horizon rows
+    horizon: Mapped[int | None] = mapped_column(Integer, nullable=True)  # steps 1..horizon pooled; NULL on step rows
+    n: Mapped[int] = mapped_column(Integer)
+    mae: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rmse: Mapped[float | None] = mapped_column(Float, nullable=True)
+    smape: Mapped[float | None] = mapped_column(Float, nullable=True)
+    mase: Mapped[float | None] = mapped_column(Float, nullable=True)
+    directional_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    crps: Mapped[float | None] = mapped_column(Float, nullable=True)
+    skill: Mapped[float | None] = mapped_column(Float, nullable=True)
+    dm_stat: Mapped[float | None] = mapped_column(Float, nullable=True)
+    dm_pvalue: Mapped[float | None] = mapped_column(Float, nullable=True)
+    bands: Mapped[dict[str, Any]] = mapped_column(default=dict)  # pinball_q<level>, coverage_<lo>_<hi>
+
+
+class ForecastScore(Base):
+    """A stored forecast bar scored against the realized bar: the model's close, the actual close,
+    and persistence (the last close the forecast saw). (job, symbol, step) is the idempotency key."""
+
+    __tablename__ = "forecast_scores"
+    __table_args__ = (Index("ix_forecast_scores_tenant_timestamp", "tenant_id", "timestamp"),)
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(128), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)  # 0-based, as in `forecasts`
+    tenant_id: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
+    schedule_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    model: Mapped[str] = mapped_column(String(256))
+    timestamp: Mapped[datetime] = mapped_column()
+    forecast: Mapped[float] = mapped_column(Float)
+    actual: Mapped[float] = mapped_column(Float)
+    naive: Mapped[float] = mapped_column(Float)
+    scored_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pandas as pd
+
 from kronos_jobs.core.errors import InvalidRequest, NotFound, invalid
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.crud import series as series_crud
@@ -47,3 +49,31 @@ def store_freqs(series: BarsInput) -> dict[str, str]:
                                    "it could not be inferred from its bars")
         freqs[symbol] = freq
     return freqs
+
+
+def read_store_range(session, *, tenant_id: str, symbols: Sequence[str], freq: str | None, start, end,
+                     settings: Settings, field: str = "series_store") -> BarsInput:
+    """A backtest's input from the series store: every stored bar of each symbol with
+    start <= timestamp <= end (either open); a symbol not stored is a 422 naming `<field>.symbols[i]`."""
+    if len(symbols) > settings.max_series_per_job:
+        raise invalid(f"{field}.symbols", f"{len(symbols)} symbols, at most {settings.max_series_per_job} per job (KRONOS_MAX_SERIES_PER_JOB)")
+    freq = check_freq(freq, f"{field}.freq") if freq else None
+    if start is not None and end is not None and start > end:
+        raise invalid(f"{field}.start", f"start {start.isoformat()} is after end {end.isoformat()}")
+    frames, keys = [], {}
+    for i, value in enumerate(symbols):
+        symbol = check_symbol(value, f"{field}.symbols[{i}]")
+        if symbol in keys:
+            raise invalid(f"{field}.symbols[{i}]", f"symbol {symbol!r} is listed twice")
+        try:
+            keys[symbol] = series_crud.resolve_freq(session, tenant_id=tenant_id, symbol=symbol, freq=freq)
+        except NotFound as exc:
+            raise invalid(f"{field}.symbols[{i}]", exc.message) from None
+        except InvalidRequest as exc:
+            raise invalid(f"{field}.freq", exc.message.removeprefix("freq: ")) from None
+        frame = series_crud.read_bars(session, tenant_id=tenant_id, symbol=symbol, freq=keys[symbol], start=start, end=end)
+        if frame.empty:
+            raise invalid(f"{field}.symbols[{i}]", f"symbol {symbol!r} has no stored bars between {start} and {end}")
+        frames.append(frame)
+    bars = pd.concat(frames, ignore_index=True).dropna(axis=1, how="all")
+    return BarsInput(bars=bars, future=None, freqs=keys, source="store")

@@ -20,7 +20,7 @@ import logging
 
 from sqlalchemy import update
 
-from kronos_jobs.core.names import JobState
+from kronos_jobs.core.names import JobKind, JobState
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.crud import chunks as chunk_crud
 from kronos_jobs.crud import jobs as job_crud
@@ -54,6 +54,12 @@ def fail_after_hard_time_limit(job_id: str, *, settings: Settings, limit: float 
     return bool(result.rowcount)
 
 
+def _send(settings: Settings, job, start: int | None = None) -> None:
+    """Send a job's task at its priority; a backtest, which shares the forecast queues, names its kind."""
+    kind = job.kind if job.kind == JobKind.BACKTEST.value else None
+    send_job(settings, job.id, job.queue, kind, priority=job.priority, start=start)
+
+
 def requeue_stale_jobs(session, settings: Settings, *, queued_older_than: float | None = None) -> list[str]:
     """Re-send tasks for queued jobs untouched for a while and running jobs whose lease lapsed
     (each at most once per lease: the re-send touches it).
@@ -72,7 +78,7 @@ def requeue_stale_jobs(session, settings: Settings, *, queued_older_than: float 
             # A bulk job between chunks: the message names its next chunk (a duplicate then dies out).
             start = (chunk_crud.next_start(session, job_id=job.id)
                      if job.workload == "bulk" and job.state == JobState.RUNNING.value else None)
-            send_job(settings, job.id, job.queue, priority=job.priority, start=start)
+            _send(settings, job, start=start)
             sent.append(job.id)
         except Exception as exc:
             logger.warning("reconciler: could not re-send job %s (%s)", job.id, exc)
@@ -88,7 +94,7 @@ def send_unsent_jobs(session, settings: Settings) -> list[str]:
     sent = []
     for job in jobs:
         try:
-            send_job(settings, job.id, job.queue, priority=job.priority)
+            _send(settings, job)
         except Exception as exc:  # the broker is still down: the next sweep tries again
             logger.warning("dispatcher: could not send job %s (%s); retrying in %.1f s", job.id, exc,
                            settings.dispatch_interval)

@@ -18,10 +18,17 @@ from typing import Any
 import pandas as pd
 
 from kronos_jobs.core.errors import InvalidRequest
-from kronos_jobs.core.names import TASK_RUN_FINETUNE, TASK_RUN_FORECAST, DevicePreference, JobKind, Queue
+from kronos_jobs.core.names import (
+    TASK_RUN_BACKTEST,
+    TASK_RUN_FINETUNE,
+    TASK_RUN_FORECAST,
+    DevicePreference,
+    JobKind,
+    Queue,
+)
 from kronos_jobs.core.routing import choose_queue
 from kronos_jobs.core.settings import Settings
-from kronos_jobs.core.workload import Workload, broker_priority, job_priority
+from kronos_jobs.core.workload import Workload, broker_priority, job_priority, workload_of
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import results as result_crud
 from kronos_jobs.crud import workers as worker_crud
@@ -71,6 +78,7 @@ class ForecastParams:
     # Trading calendar for generated future timestamps (kronos_jobs/inputs/calendar.py): a flat spec, or
     # {"default": spec, "symbols": {symbol: spec}}. Empty: weekends skipped for daily bars only.
     calendar: dict[str, Any] = dataclasses.field(default_factory=dict)
+    score: bool = False  # score live once the bars arrive (kronos_jobs/evaluation/scoring.py); schedule runs always are
 
     @classmethod
     def from_value(cls, value: "ForecastParams | dict[str, Any]") -> "ForecastParams":
@@ -166,15 +174,18 @@ def request_hash(params: ForecastParams, bars: pd.DataFrame, future: pd.DataFram
     return digest.hexdigest()
 
 
-def task_for_queue(queue: Queue | str) -> str:
-    """The task that runs jobs of the queue's kind (the reconciler re-sends both kinds)."""
+def task_for_queue(queue: Queue | str, kind: JobKind | str | None = None) -> str:
+    """The task that runs a job of `kind` on `queue` (the reconciler re-sends every kind); backtests
+    share the forecast queues, so their kind decides."""
+    if kind is not None and JobKind(kind) is JobKind.BACKTEST:
+        return TASK_RUN_BACKTEST
     return TASK_RUN_FINETUNE if Queue(queue) in (Queue.FINETUNE_CPU, Queue.FINETUNE_GPU) else TASK_RUN_FORECAST
 
 
-def send_job(settings: Settings, job_id: str, queue: Queue | str, *, priority: int,
-             countdown: float | None = None, start: int | None = None) -> None:
-    """Send the task for a committed job at its priority (also used by the reconciler, a bulk job's
-    next chunk and a claim over the tenant's bulk limit, which passes a `countdown`).
+def send_job(settings: Settings, job_id: str, queue: Queue | str, kind: JobKind | str | None = None, *,
+             priority: int, countdown: float | None = None, start: int | None = None) -> None:
+    """Send the task for a committed job of `kind` at its priority (also used by the reconciler, a
+    bulk job's next chunk and a claim over the tenant's bulk limit, which passes a `countdown`).
 
     `start`: the first series of the bulk chunk this message is for; a delivery whose job has
     moved past it is a duplicate and does nothing (jobs/forecast.py)."""
@@ -188,7 +199,7 @@ def send_job(settings: Settings, job_id: str, queue: Queue | str, *, priority: i
     if start is not None:
         options["kwargs"] = {"start": int(start)}
     app_for(settings).send_task(
-        task_for_queue(queue), args=[job_id], task_id=job_id, queue=Queue(queue).value,
+        task_for_queue(queue, kind), args=[job_id], task_id=job_id, queue=Queue(queue).value,
         retry=True, retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.5}, **options,
     )
 
@@ -196,7 +207,7 @@ def send_job(settings: Settings, job_id: str, queue: Queue | str, *, priority: i
 def enqueue(session, settings: Settings, *, tenant_id: str, kind: JobKind, device: DevicePreference, queue: Queue,
             reason: str, model: str, params: dict[str, Any], progress_total: int, bars: pd.DataFrame,
             future: pd.DataFrame | None, source: str, idempotency_key: str | None, digest: str | None,
-            summary: str, workload: Workload = Workload.INTERACTIVE, priority: int | None = None):
+            summary: str, workload: Workload | None = None, priority: int | None = None):
     """Insert the job and its input, COMMIT, then send its task: the one path every job kind takes.
 
     `priority` None takes the workload's default (core/workload.py).
@@ -206,6 +217,7 @@ def enqueue(session, settings: Settings, *, tenant_id: str, kind: JobKind, devic
     as it is and not sent again. `summary` ends the log line ("3 series, model kronos-small").
     """
     job_id = uuid.uuid4().hex
+    workload = workload or workload_of(kind, scheduled=False)  # a backtest is bulk whoever asks
     priority = job_priority(workload, priority)
     job = job_crud.create_job(
         session, job_id=job_id, tenant_id=tenant_id, kind=kind.value, device_requested=DevicePreference(device).value,
@@ -221,7 +233,8 @@ def enqueue(session, settings: Settings, *, tenant_id: str, kind: JobKind, devic
     # until `sent_at` is set, beat's dispatcher sends it (jobs/recovery.py), so a broker that is
     # down now delays the job by seconds and loses nothing.
     try:
-        send_job(settings, job_id, queue, priority=priority)
+        # A backtest shares the forecast queues: its kind names its task.
+        send_job(settings, job_id, queue, kind if kind is JobKind.BACKTEST else None, priority=priority)
     except Exception as exc:
         logger.error("job %s queued but not sent (%s: %s); the dispatcher will send it",
                      job_id, type(exc).__name__, exc)

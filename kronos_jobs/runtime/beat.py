@@ -1,6 +1,8 @@
-"""The beat scheduler: OUR schedules table, and the recovery sweep (the outbox dispatcher and the
-reconciler, kronos_jobs/jobs/recovery.py). Both run inside the beat process, not as tasks on a
-worker queue: a backlog of long jobs cannot delay them, and no message can expire unrun.
+"""The beat scheduler: OUR schedules table, the recovery sweep (the outbox dispatcher and the
+reconciler, kronos_jobs/jobs/recovery.py) and live scoring (stored forecasts whose bars arrived,
+kronos_jobs/evaluation/scoring.py, every KRONOS_SCORE_INTERVAL seconds). All run inside the beat
+process, not as tasks on a worker queue: a backlog of long jobs cannot delay them, and no message
+can expire unrun.
 
 Why not a library: sqlalchemy-celery-beat (and django-celery-beat) keep their own tables of
 periodic tasks and crontabs, so every schedule would live twice (ours, with universe, forecast
@@ -22,6 +24,8 @@ from celery.beat import PersistentScheduler
 
 from kronos_jobs.broker.celery_app import prune_processed_messages
 from kronos_jobs.core.settings import get_settings
+from kronos_jobs.db.session import session_scope
+from kronos_jobs.evaluation.scoring import score_new_forecasts
 from kronos_jobs.jobs import recovery, schedules
 
 logger = logging.getLogger(__name__)
@@ -38,6 +42,7 @@ class DatabaseScheduler(PersistentScheduler):
         self._next_db_tick = 0.0
         self._next_sweep = 0.0
         self._next_prune = 0.0
+        self._next_score = 0.0
 
     def tick(self, *args, **kwargs) -> float:
         delay = super().tick(*args, **kwargs)
@@ -54,6 +59,13 @@ class DatabaseScheduler(PersistentScheduler):
             except OSError as exc:
                 logger.warning("beat: pruning consumed broker messages failed (%s)", exc)
             self._next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
+        if time.monotonic() >= self._next_score:
+            try:
+                with session_scope(self.settings) as session:
+                    score_new_forecasts(session)
+            except Exception:  # a database hiccup must not stop the beat; the next interval retries
+                logger.exception("beat: live scoring failed; retrying in %.1f s", self.settings.score_interval)
+            self._next_score = time.monotonic() + self.settings.score_interval
         if time.monotonic() >= self._next_db_tick:
             try:
                 created = schedules.tick(self.settings)

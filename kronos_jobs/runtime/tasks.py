@@ -26,7 +26,7 @@ from celery.exceptions import TimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 
 from kronos_jobs.core.errors import JobGivenBack, LeaseHeld, LeaseLost, NotFound
-from kronos_jobs.core.names import TASK_PRUNE, TASK_RUN_FINETUNE, TASK_RUN_FORECAST
+from kronos_jobs.core.names import TASK_PRUNE, TASK_RUN_BACKTEST, TASK_RUN_FINETUNE, TASK_RUN_FORECAST
 from kronos_jobs.core.settings import get_settings
 from kronos_jobs.jobs.lease import TRANSIENT_ERRORS
 from kronos_jobs.jobs.recovery import fail_after_hard_time_limit
@@ -96,6 +96,14 @@ def run_forecast(self, job_id: str, start: int | None = None) -> str | None:
     from kronos_jobs.jobs.forecast import run_forecast_job  # torch, on the first job only
 
     return deliver(self, job_id, run_forecast_job, identity=worker.current_identity(), start=start)
+
+
+@shared_task(bind=True, base=JobTask, name=TASK_RUN_BACKTEST, ignore_result=True)
+def run_backtest(self, job_id: str) -> str | None:
+    """Run one delivery of backtest job `job_id` (see jobs/backtest.py)."""
+    from kronos_jobs.jobs.backtest import run_backtest_job  # torch, on the first job only
+
+    return deliver(self, job_id, run_backtest_job, identity=worker.current_identity())
 
 
 @shared_task(bind=True, base=JobTask, name=TASK_RUN_FINETUNE, ignore_result=True)

@@ -79,6 +79,7 @@ ENVIRONMENT: dict[str, tuple[str, object]] = {
     "retain_retired_models_days": ("0", 0),
     "prune_batch_rows": ("100", 100),
     "prune_interval_seconds": ("60", 60.0),
+    "score_interval": ("60", 60.0),
     # sharing the fleet
     "queue_policy": ("fifo", "fifo"),
     "bulk_chunk_seconds": ("0.5", 0.5),

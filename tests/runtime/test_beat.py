@@ -69,3 +69,23 @@ def test_beat_itself_sends_a_job_whose_task_never_reached_the_broker(monkeypatch
     assert sent == [("unsent1", "forecast.cpu")]
     with session_scope(settings) as session:
         assert job_crud.get_job(session, tenant_id=DEFAULT_TENANT, job_id="unsent1").sent_at is not None
+
+
+def test_beat_scores_stored_forecasts_every_score_interval(monkeypatch, tmp_path):
+    # Live scoring (kronos_jobs/evaluation/scoring.py) runs in beat's own tick, once per KRONOS_SCORE_INTERVAL.
+    from kronos_jobs.runtime import beat as beat_module
+
+    monkeypatch.setenv("KRONOS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("KRONOS_SCORE_INTERVAL", "3600")
+    get_settings.cache_clear()
+    settings = get_settings()
+    upgrade(settings)
+    calls = []
+    monkeypatch.setattr(beat_module, "score_new_forecasts", lambda session: calls.append(session) or 0)
+    beat = DatabaseScheduler(app=make_celery(settings), schedule_filename=str(tmp_path / "beat-schedule"))
+    try:
+        beat.tick()
+        beat.tick()  # within the interval: not again
+    finally:
+        beat.close()
+    assert len(calls) == 1

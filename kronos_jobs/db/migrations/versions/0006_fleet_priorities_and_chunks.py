@@ -1,7 +1,7 @@
 """Sharing the fleet: job priority, workload and queue wait; job_chunks for bulk jobs that yield.
 
 Revision ID: 0006
-Revises: 0005
+Revises: 0003
 Create Date: 2026-12-03
 
 Written to match kronos_jobs/db/models.py (tests/db/test_migrations.py compares them); like 0001 it
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006"
-down_revision: str | None = "0005"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
