@@ -56,8 +56,12 @@ def fail_after_hard_time_limit(job_id: str, *, settings: Settings, limit: float 
 
 def _send(settings: Settings, job, start: int | None = None) -> None:
     """Send a job's task at its priority; a backtest, which shares the forecast queues, names its kind."""
-    kind = job.kind if job.kind == JobKind.BACKTEST.value else None
-    send_job(settings, job.id, job.queue, kind, priority=job.priority, start=start)
+    options: dict = {"priority": job.priority}
+    if job.kind == JobKind.BACKTEST.value:
+        options["kind"] = job.kind
+    if start is not None:
+        options["start"] = start
+    send_job(settings, job.id, job.queue, **options)
 
 
 def requeue_stale_jobs(session, settings: Settings, *, queued_older_than: float | None = None) -> list[str]:

@@ -234,7 +234,10 @@ def enqueue(session, settings: Settings, *, tenant_id: str, kind: JobKind, devic
     # down now delays the job by seconds and loses nothing.
     try:
         # A backtest shares the forecast queues: its kind names its task.
-        send_job(settings, job_id, queue, kind if kind is JobKind.BACKTEST else None, priority=priority)
+        if kind is JobKind.BACKTEST:
+            send_job(settings, job_id, queue, kind=kind, priority=priority)
+        else:
+            send_job(settings, job_id, queue, priority=priority)
     except Exception as exc:
         logger.error("job %s queued but not sent (%s: %s); the dispatcher will send it",
                      job_id, type(exc).__name__, exc)
