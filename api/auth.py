@@ -79,6 +79,13 @@ def _resolve_key(request: Request, session: Any, token: str) -> Caller | None:
     return caller
 
 
+# The web console's pages (api/routes/console.py) are opened by a browser, which cannot send a
+# bearer header: its login form puts the key in this cookie (HttpOnly, SameSite=Strict), read on
+# /console paths only, so the JSON API never takes a key from a cookie (no cross-site requests).
+CONSOLE_COOKIE = "kronos_console_key"
+CONSOLE_PREFIX = "/console"
+
+
 def presented_token(request: Request) -> str | None:
     authorization = request.headers.get("authorization")
     if authorization:
@@ -86,7 +93,10 @@ def presented_token(request: Request) -> str | None:
         if scheme.lower() != "bearer" or not token.strip():
             raise HTTPException(401, "Authorization must be `Bearer <API key>`", headers=UNAUTHENTICATED)
         return token.strip()
-    return request.headers.get("x-api-key") or None
+    token = request.headers.get("x-api-key")
+    if not token and request.url.path.startswith(CONSOLE_PREFIX):
+        token = request.cookies.get(CONSOLE_COOKIE)
+    return token or None
 
 
 def authenticate(request: Request, settings: Settings, session: Any, scope: Scope | None) -> Caller:

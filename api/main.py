@@ -12,6 +12,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CollectorRegistry
+from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import KeyCache
@@ -21,7 +24,7 @@ from api.limits import MULTIPART_SLACK_BYTES, BodySizeLimit
 from api.quotas import KeyRateLimiter
 from api.nul_bytes import NulByteGuard
 from api.parsing_pool import ParsingPool
-from api.routes import backtests, finetune, forecasts, health, jobs, models, schedules, scores, series, workers
+from api.routes import backtests, console, finetune, forecasts, health, jobs, models, schedules, scores, series, workers
 from api.schemas import (
     BacktestJobCreate,
     BacktestUploadCreate,
@@ -100,8 +103,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(NulByteGuard)  # inside the size limit: it buffers at most a capped JSON body
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK_BYTES)
     add_browser_safety(app, settings)  # added last: runs first
-    for module in (jobs, finetune, series, schedules, forecasts, workers, models, health, backtests, scores):
+    for module in (jobs, finetune, series, schedules, forecasts, workers, models, health, backtests, scores, console):
         app.include_router(module.router)
+    app.mount("/console/static", StaticFiles(directory=console.STATIC_DIR), name="console-static")
+    # HTTP request metrics per app, in their own registry: /metrics serves them after the database's.
+    app.state.http_metrics = CollectorRegistry(auto_describe=True)
+    Instrumentator(registry=app.state.http_metrics, excluded_handlers=["/metrics"]).instrument(
+        app, latency_lowr_buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30))
     for route in app.routes:
         # A handler's one-line docstring is its OpenAPI summary (the name alone says less).
         doc = (getattr(getattr(route, "endpoint", None), "__doc__", None) or "").strip()

@@ -185,6 +185,10 @@ class ResultPublic(BaseModel):
     columns: list[str] = Field(description="symbol, timestamp, open, high, low, close, volume, amount, then q<level>_<column>.")
     rows: list[dict[str, Any]] = Field(description="One row per symbol and future step; timestamps ISO 8601 UTC.")
     errors: list[dict[str, Any]] = Field(description='Per-symbol failures: [{"symbol", "code", "message"}].')
+    model: dict[str, str | None] = Field(
+        default_factory=dict,
+        description='Which model produced the rows: {"model", "source", "checkpoint", "checksum", "label"}; '
+                    'label is "random weights" for random:* models and fine-tunes of them.')
 
 
 # --- fine-tune request (defaults: kronos_jobs.jobs.finetune_submit.FinetuneParams, spec §6) ------------
@@ -290,7 +294,8 @@ class WorkersPublic(BaseModel):
 
 class ModelPublic(BaseModel):
     id: str
-    kind: str = Field(description="published | finetuned")
+    kind: str = Field(description="published | random | local | finetuned")
+    label: str | None = Field(None, description='"random weights" for random:* models and for models fine-tuned from them.')
     base_model: str | None = None
     model_repo: str | None = None
     model_revision: str | None = None

@@ -13,7 +13,11 @@ import json
 from enum import Enum
 from typing import Any
 
+from urllib.parse import quote
+
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from fastapi import Response
 
 
@@ -54,16 +58,36 @@ def csv_bytes(rows: pd.DataFrame) -> bytes:
     return _iso(rows).to_csv(index=False).encode("utf-8")
 
 
-def parquet_bytes(rows: pd.DataFrame) -> bytes:
+def parquet_bytes(rows: pd.DataFrame, metadata: dict[str, str] | None = None) -> bytes:
+    """Parquet with `metadata` (string keys and values) added to the file's key-value metadata."""
+    table = pa.Table.from_pandas(_utc_columns(rows), preserve_index=False)
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               **{k.encode(): v.encode() for k, v in metadata.items()}})
     buffer = io.BytesIO()
-    _utc_columns(rows).to_parquet(buffer, index=False)
+    pq.write_table(table, buffer)
     return buffer.getvalue()
 
 
-def file_response(rows: pd.DataFrame, format: ResultFormat, filename: str) -> Response:  # noqa: A002
-    """The rows as a CSV or Parquet attachment named `<filename>.<format>`."""
+# Provenance keys (kronos_jobs.jobs.registry.provenance) as Parquet metadata keys and HTTP headers.
+PROVENANCE_HEADERS = {"model": "X-Kronos-Model", "checkpoint": "X-Kronos-Checkpoint", "label": "X-Kronos-Label"}
+
+
+def provenance_items(provenance: dict[str, str | None] | None) -> dict[str, str]:
+    """`kronos.model`, `kronos.checkpoint`, `kronos.label` for the values that are set."""
+    return {f"kronos.{key}": str(provenance[key]) for key in PROVENANCE_HEADERS if (provenance or {}).get(key)}
+
+
+def file_response(rows: pd.DataFrame, format: ResultFormat, filename: str,  # noqa: A002
+                  provenance: dict[str, str | None] | None = None) -> Response:
+    """The rows as a CSV or Parquet attachment named `<filename>.<format>`; `provenance` (which model and
+    checkpoint made them) goes into X-Kronos-* headers and, for Parquet, the file's metadata."""
     if format is ResultFormat.JSON:
         raise ValueError("JSON tables are returned as response models, not files")
-    content = csv_bytes(rows) if format is ResultFormat.CSV else parquet_bytes(rows)
-    return Response(content, media_type=MEDIA_TYPES[format],
-                    headers={"Content-Disposition": f'attachment; filename="{filename}.{format.value}"'})
+    content = csv_bytes(rows) if format is ResultFormat.CSV else parquet_bytes(rows, provenance_items(provenance))
+    headers = {"Content-Disposition": f'attachment; filename="{filename}.{format.value}"'}
+    for key, header in PROVENANCE_HEADERS.items():
+        if (provenance or {}).get(key):
+            # Header values must be latin-1; a path or name outside it is percent-encoded.
+            headers[header] = quote(str(provenance[key]), safe=" /:@.-_+=~")
+    return Response(content, media_type=MEDIA_TYPES[format], headers=headers)

@@ -28,7 +28,7 @@ import dataclasses
 import logging
 import math
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -322,12 +322,16 @@ class KronosPredictor:
                       pred_len: int, T: float = 1.0, top_k: int = 0, top_p: float = 0.9,
                       sample_count: int = 1, verbose: bool = False, seed: int | None = None,
                       quantiles: Sequence[float] | None = None, return_samples: bool = False,
-                      max_batch_size: int | None = None, use_kv_cache: bool = False, should_stop=None) -> list:
+                      max_batch_size: int | None = None, use_kv_cache: bool = False, should_stop=None,
+                      progress: Callable[[int, int], None] | None = None) -> list:
         """Forecast many series in one batched loop; arguments as ``predict``, one list entry per series.
 
         Context lengths may differ between series (they are decoded in groups of equal length).
         ``should_stop`` (a callable returning bool, optional) is asked between decode steps; when it
         answers True the call raises ``model.decoding.DecodeStopped`` and returns nothing.
+        ``progress(done, total)``, when given, is called after every decoding step with the
+        row-steps decoded so far and in all (a row is one sample path of one series; ``total`` is
+        ``len(df_list) * sample_count * pred_len``), so a caller can report progress within a call.
         Returns a list in input order, of DataFrames or of ``Forecast`` objects (see ``predict``).
         """
         self.last_decode_info = {}  # filled by _decode, kept up to date when it raises
@@ -349,8 +353,9 @@ class KronosPredictor:
 
         generator = None if seed is None else torch.Generator(device=self.device).manual_seed(int(seed))
         t1 = time.perf_counter()
+        steps = _StepCounter(progress, len(series) * sample_count * pred_len)
         samples = self._decode(series, pred_len, T, top_k, top_p, sample_count, generator, rows, verbose,
-                               should_stop)
+                               should_stop, steps)
         t2 = time.perf_counter()
 
         results = []
@@ -416,7 +421,7 @@ class KronosPredictor:
         return pred_len
 
     def _decode(self, series: list[_Series], pred_len, T, top_k, top_p, S, generator, rows, verbose,
-                should_stop=None):
+                should_stop=None, steps: "_StepCounter | None" = None):
         """Run the groups/chunks; returns one (S, P, 6) float32 array (normalised) per series.
 
         A chunk holds at most ``rows`` rows (series x samples), or ``oom_rows_cap`` when smaller.
@@ -443,7 +448,7 @@ class KronosPredictor:
                 while s0 < S:
                     n_s = min(info["rows_per_chunk"], S - s0)
                     y = self._generate_or_back_off(x, xs, ys, pred_len, T, top_k, top_p, n_s, generator, info,
-                                                   verbose, should_stop)
+                                                   verbose, should_stop, steps)
                     if y is not None:
                         parts.append(y)  # (b, n_s, P, 6)
                         s0 += n_s
@@ -457,7 +462,8 @@ class KronosPredictor:
         return out
 
     def _generate_or_back_off(self, x, xs, ys, pred_len, T, top_k, top_p, n_s, generator, info,
-                              verbose: bool = False, should_stop=None) -> np.ndarray | None:
+                              verbose: bool = False, should_stop=None,
+                              steps: "_StepCounter | None" = None) -> np.ndarray | None:
         """One chunk through ``generate``: (b, n_s, P, 6) float32 on the host, or None after a back-off.
 
         When ``generate`` raises ``torch.OutOfMemoryError`` and ``oom_backoff`` is on (CUDA): log a
@@ -470,15 +476,18 @@ class KronosPredictor:
         """
         rows = x.shape[0] * n_s
         state = generator.get_state() if self.oom_backoff and generator is not None else None
+        steps = steps or _StepCounter(None, 0)
+        mark = steps.done
         try:
             with self._autocast(), _progress(verbose, pred_len, f"{x.shape[0]} series x {n_s} samples") as bar:
                 y = generate(self.model, self.tokenizer, x, xs, ys, pred_len, self.max_context,
                              T=T, top_k=top_k, top_p=top_p, sample_count=n_s, generator=generator,
                              packed=self._packed_model(),
-                             step_mode="cuda_graph" if self.cuda_graphs else "eager", progress=bar,
-                             should_stop=should_stop)
+                             step_mode="cuda_graph" if self.cuda_graphs else "eager",
+                             progress=steps.chunk(rows, bar), should_stop=should_stop)
             return y.float().cpu().numpy()  # no device tensor outlives the call
         except torch.OutOfMemoryError:
+            steps.done = mark  # the retry decodes these rows again
             if not self.oom_backoff or rows <= 1:
                 raise
         # Outside the except block the error and its traceback, which hold the failed attempt's
@@ -521,6 +530,35 @@ class KronosPredictor:
         if self.autocast_dtype is None:
             return torch.autocast(device_type=self.device.type, enabled=False)
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+
+class _StepCounter:
+    """Row-steps decoded in one ``predict_batch`` call, reported to its ``progress`` callback.
+
+    ``chunk(rows, bar)`` is what ``generate`` advances once per step: every step of a chunk of
+    ``rows`` rows adds ``rows``; an optional tqdm ``bar`` (``verbose``) advances alongside."""
+
+    def __init__(self, callback: Callable[[int, int], None] | None, total: int):
+        self.callback, self.total, self.done = callback, total, 0
+
+    def chunk(self, rows: int, bar=None):
+        return bar if self.callback is None else _ChunkSteps(self, rows, bar)
+
+
+@dataclasses.dataclass
+class _ChunkSteps:
+    """The ``progress`` object ``generate`` advances (``update(n)``) for one chunk of ``rows`` rows."""
+
+    counter: _StepCounter
+    rows: int
+    bar: object = None
+
+    def update(self, n: int = 1) -> None:
+        counter = self.counter
+        counter.done = min(counter.total, counter.done + n * self.rows)
+        counter.callback(counter.done, counter.total)
+        if self.bar is not None:
+            self.bar.update(n)
 
 
 def _progress(verbose: bool, total: int, desc: str):

@@ -35,6 +35,8 @@ def parse_cli(argv: list[str]) -> None:
     while args and args[0].startswith("--") and command is main:
         args = args[2:]
     while isinstance(command, click.Group):
+        if not args and command.invoke_without_command:  # e.g. `kronos-jobs schedules` lists them
+            break
         assert args and args[0] in command.commands, f"{' '.join(argv)}: no such command {args[:1]}"
         name = args.pop(0)
         command = command.commands[name]

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
@@ -107,16 +107,25 @@ class _ScrapeCollector:
     """The gauges of one scrape, read from the database just before; a fresh registry per scrape,
     so the API process keeps no metric state of its own (several API processes agree)."""
 
-    def __init__(self, counts: dict[tuple[str, str], int], live: list[Any], up: int):
+    def __init__(self, counts: dict[tuple[str, str, str], int], live: list[Any], up: int):
         self.counts, self.live, self.up = counts, live, up
 
     def collect(self):
         yield GaugeMetricFamily("kronos_jobs_database_up", "1 if the database answered this scrape.", value=self.up)
-        jobs = GaugeMetricFamily("kronos_jobs_jobs", "Jobs by kind and state.", labels=["kind", "state"])
+        jobs = GaugeMetricFamily("kronos_jobs_jobs", "Jobs by kind, state and queue.", labels=["kind", "state", "queue"])
+        queues = sorted({q.value for q in Queue} | {queue for _, _, queue in self.counts})
         for kind in JobKind:
             for state in JobState:
-                jobs.add_metric([kind.value, state.value], self.counts.get((kind.value, state.value), 0))
+                for queue in queues:
+                    if queue.startswith(f"{kind.value}.") or (kind.value, state.value, queue) in self.counts:
+                        jobs.add_metric([kind.value, state.value, queue], self.counts.get((kind.value, state.value, queue), 0))
         yield jobs
+        depth = GaugeMetricFamily("kronos_jobs_queue_depth", "Jobs waiting to start (state queued) per queue.",
+                                  labels=["queue"])
+        for queue in queues:
+            depth.add_metric([queue], sum(n for (_, state, q), n in self.counts.items()
+                                          if q == queue and state == JobState.QUEUED.value))
+        yield depth
         workers = GaugeMetricFamily("kronos_jobs_live_workers", "Live workers by pool.", labels=["pool"])
         for pool in Pool:
             workers.add_metric([pool.value], sum(1 for w in self.live if w.pool == pool.value))
@@ -142,7 +151,7 @@ class _FleetCollector:
     def collect(self):
         yield GaugeMetricFamily("kronos_jobs_broker_up", "1 if the broker's queues could be read this scrape.",
                                 value=0 if self.depths is None else 1)
-        depth = GaugeMetricFamily("kronos_jobs_queue_depth", "Messages waiting on the broker by queue and job priority "
+        depth = GaugeMetricFamily("kronos_jobs_broker_queue_depth", "Messages waiting on the broker by queue and job priority "
                                   "(higher runs first); reserved and running ones are not counted.",
                                   labels=["queue", "priority"])
         for queue in Queue:
@@ -173,11 +182,13 @@ def _fleet_collector(settings: Settings) -> _FleetCollector:
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-def read_metrics(settings: SettingsDep, _admin: Annotated[Caller, Depends(require_admin_own_session)]) -> Response:
-    """Prometheus metrics: jobs by kind and state (every tenant), live workers by pool and device; admin keys only."""
+def read_metrics(settings: SettingsDep, request: Request,
+                 _admin: Annotated[Caller, Depends(require_admin_own_session)]) -> Response:
+    """Prometheus metrics: jobs by kind, state and queue and queue depth (every tenant), live workers by
+    pool and device, and this API process's HTTP requests; admin keys only."""
     try:
         with session_scope(settings) as session:
-            counts = job_crud.count_by_state(session)
+            counts = job_crud.count_by_state_and_queue(session)
             live = worker_crud.live_workers(session, stale_seconds=settings.worker_stale_seconds)
         up = 1
     except Exception as exc:
@@ -186,4 +197,6 @@ def read_metrics(settings: SettingsDep, _admin: Annotated[Caller, Depends(requir
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_ScrapeCollector(counts, live, up))
     registry.register(_fleet_collector(settings))
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_PLAIN_0_0_4)
+    http = getattr(request.app.state, "http_metrics", None)  # the instrumentator's registry (api/main.py)
+    body = generate_latest(registry) + (generate_latest(http) if http is not None else b"")
+    return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4)

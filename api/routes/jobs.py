@@ -24,7 +24,9 @@ from api.schemas import (
 from api.tables import FILE_RESPONSES, ResultFormat, file_response, json_rows
 from api.parsing_pool import pool_of
 from api.uploads import Upload, read_json_or_upload, upload_body_doc
-from kronos_jobs.core.errors import Conflict, Gone
+from kronos_jobs.charts.backtest import backtest_chart
+from kronos_jobs.charts.forecast import CHART_FORMATS, ChartFormat, chart_timezone, chart_title, forecast_chart
+from kronos_jobs.core.errors import Conflict, Gone, NotFound
 from kronos_jobs.core.names import JobKind, JobState
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.crud import backtests as backtest_crud
@@ -33,6 +35,7 @@ from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import results as result_crud
 from kronos_jobs.inputs.parsing import BarsInput, parse_inline_series
 from kronos_jobs.inputs.store import read_store_input
+from kronos_jobs.jobs.registry import provenance
 from kronos_jobs.jobs.submit import submit_forecast
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -184,10 +187,52 @@ def read_job_result(
     if job.kind == JobKind.BACKTEST.value:
         return backtest_result(job, backtest_crud.read_rows(session, job_id=job.id), format)
     rows = result_crud.read_forecasts(session, job_id=job.id)
+    made_by = provenance(job.execution_metadata, job.model)
     if format is ResultFormat.JSON:
         return ResultPublic(job_id=job.id, state=job.state, columns=list(rows.columns), rows=json_rows(rows),
-                            errors=job.symbol_errors or [])
-    return file_response(rows, format, job.id)
+                            errors=job.symbol_errors or [], model=made_by)
+    return file_response(rows, format, job.id, made_by)
+
+
+@router.get("/{job_id}/chart", responses={**ERRORS, 200: {"content": {"image/png": {}, "image/svg+xml": {}}}})
+def read_job_chart(
+    job_id: JobId,
+    session: SessionDep,
+    caller: CallerDep,
+    symbol: Annotated[str | None, Query(max_length=64, description="Default: the job's first symbol with rows.")] = None,
+    format: ChartFormat = ChartFormat.PNG,  # noqa: A002 - the query parameter's public name
+) -> Response:
+    """Draw a finished forecast job: history candlesticks, the forecast close and its quantile band."""
+    job = job_crud.get_job(session, tenant_id=caller.tenant_id, job_id=job_id)
+    drawn = (JobKind.FORECAST.value, JobKind.BACKTEST.value)
+    if job.kind not in drawn or not JobState(job.state).is_terminal:
+        what = f"is a {job.kind} job" if job.kind not in drawn else f"is {job.state}"
+        raise Conflict(f"job {job.id} {what}; charts are drawn for finished forecast and backtest jobs",
+                       details=[{"field": "kind" if job.kind not in drawn else "state", "message": what}])
+    if job.kind == JobKind.BACKTEST.value:
+        return _backtest_chart(session, job, symbol, format)
+    if job.result_pruned_at is not None:
+        raise Gone(f"job {job.id}'s result rows were deleted by retention on {job.result_pruned_at:%Y-%m-%d} "
+                   "(KRONOS_RETAIN_RESULTS_DAYS); there is nothing to draw",
+                   details=[{"field": "job_id", "message": "result deleted by retention"}])
+    rows = result_crud.read_forecasts(session, job_id=job.id)
+    symbols = list(dict.fromkeys(rows["symbol"]))
+    if not symbols:
+        raise Conflict(f"job {job.id} ({job.state}) has no forecast rows to draw",
+                       details=[{"field": "state", "message": f"job is {job.state} without rows"}])
+    symbol = symbols[0] if symbol is None else symbol
+    if symbol not in symbols:
+        raise NotFound(f"job {job.id} has no forecast rows for symbol {symbol!r}; it has {', '.join(symbols[:20])}",
+                       details=[{"field": "symbol", "message": f"not among the job's symbols: {symbol!r}"}])
+    try:
+        bars, _ = result_crud.load_job_input(session, job_id=job.id)
+    except NotFound:
+        raise Gone(f"job {job.id}'s input bars, the chart's history, were deleted by retention "
+                   "(KRONOS_RETAIN_INPUTS_DAYS); its result rows are still at GET /v1/jobs/{id}/result",
+                   details=[{"field": "job_id", "message": "input deleted by retention"}]) from None
+    image = forecast_chart(bars, rows, symbol=symbol, fmt=format, timezone=chart_timezone(job.params),
+                           title=chart_title(symbol, provenance(job.execution_metadata, job.model), job.state))
+    return Response(image, media_type=CHART_FORMATS[format])
 
 
 def backtest_result(job, rows: pd.DataFrame | None, format: ResultFormat) -> Any:  # noqa: A002
@@ -197,6 +242,24 @@ def backtest_result(job, rows: pd.DataFrame | None, format: ResultFormat) -> Any
         return BacktestResultPublic(job_id=job.id, state=job.state, columns=list(rows.columns), rows=json_rows(rows),
                                     errors=job.symbol_errors or [])
     return file_response(rows, format, job.id)
+
+
+def _backtest_chart(session, job, symbol: str | None, format: ChartFormat) -> Response:  # noqa: A002
+    """Skill by step, coverage vs nominal, and forecast vs truth for the latest origin of `symbol`."""
+    rows = backtest_crud.read_rows(session, job_id=job.id)
+    if rows is None or rows.empty:
+        raise Conflict(f"job {job.id} ({job.state}) has no backtest rows to draw",
+                       details=[{"field": "state", "message": f"job is {job.state} without rows"}])
+    symbols = list(dict.fromkeys(rows["symbol"]))
+    symbol = symbols[0] if symbol is None else symbol
+    if symbol not in symbols:
+        raise NotFound(f"job {job.id} has no backtest rows for symbol {symbol!r}; it has {', '.join(symbols[:20])}",
+                       details=[{"field": "symbol", "message": f"not among the job's symbols: {symbol!r}"}])
+    made_by = provenance(job.execution_metadata, job.model)
+    title = f"backtest {job.id[:12]} - model {made_by['model']}" + (f" - {made_by['label'].upper()}" if made_by["label"] else "")
+    image = backtest_chart(backtest_crud.read_metrics(session, job_id=job.id), rows, symbol=symbol, title=title,
+                           fmt=format)
+    return Response(image, media_type=CHART_FORMATS[format])
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=ERRORS)

@@ -7,6 +7,7 @@
     kronos-jobs wait JOB                             # progress bar; exit 0 only when succeeded
     kronos-jobs result JOB -o forecast.parquet       # or a table on stdout
     kronos-jobs status JOB | workers | models
+    kronos-jobs jobs --state running | cancel JOB | schedules | result JOB --plot chart.png
     kronos-jobs keys create --tenant acme --scope read --scope submit   # prints the key once
     kronos-jobs prune --dry-run                      # what retention (KRONOS_RETAIN_*) would delete
 
@@ -28,7 +29,7 @@ from typing import Any
 import click
 import httpx
 
-from kronos_jobs.core.names import TERMINAL_STATES, DevicePreference, JobState, Pool
+from kronos_jobs.core.names import TERMINAL_STATES, DevicePreference, JobKind, JobState, Pool
 from kronos_jobs.core.settings import Settings, get_settings
 
 # `wait` exit codes: 0 only when every symbol succeeded, so scripts can chain `&&`.
@@ -312,27 +313,21 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
 @click.pass_context
 def wait(ctx: click.Context, job_id: str, timeout: float | None, interval: float) -> None:
     """Wait for a job with a progress bar; exit 0 on succeeded, 1 failed, 2 partial, 3 cancelled."""
-    from tqdm import tqdm
+    from kronos_jobs.client.progress import ProgressBar
 
     client = _client(ctx)
     deadline = None if timeout is None else time.monotonic() + timeout
     job = client.json("GET", f"/v1/jobs/{job_id}")
-    with tqdm(total=job["progress"]["total"] or None, desc=job_id[:8], unit="step" if job["kind"] == "finetune" else "symbol", file=sys.stderr, dynamic_ncols=True) as bar:
-        while True:
-            progress = job["progress"]
-            if progress["total"] and bar.total != progress["total"]:
-                bar.total = progress["total"]
-            bar.n = progress["done"]
-            bar.set_postfix_str(job["state"])
-            bar.refresh()
-            if JobState(job["state"]) in TERMINAL_STATES:
-                break
+    # Counted from what was done when watching began, so a finished job shows no made-up rate.
+    with ProgressBar(job, file=sys.stderr) as bar:
+        while JobState(job["state"]) not in TERMINAL_STATES:
             if deadline is not None and time.monotonic() >= deadline:
                 bar.close()
                 click.echo(f"job {job_id} still {job['state']} after {timeout:g} s", err=True)
                 ctx.exit(EXIT_TIMEOUT)
             time.sleep(interval)
             job = client.json("GET", f"/v1/jobs/{job_id}")
+            bar.update(job)
     click.echo(_job_summary(job), err=True)
     click.echo(job["state"])
     ctx.exit(EXIT_CODES[job["state"]])
@@ -342,10 +337,19 @@ def wait(ctx: click.Context, job_id: str, timeout: float | None, interval: float
 @click.argument("job_id")
 @click.option("--format", "fmt", type=click.Choice(RESULT_FORMATS), default=None, help="Default: from the -o suffix, else a table.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write to this file.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also save the job's chart (.png or .svg) from GET /v1/jobs/{id}/chart.")
+@click.option("--symbol", default=None, help="With --plot: the symbol to draw (default: the first).")
 @click.pass_context
-def result(ctx: click.Context, job_id: str, fmt: str | None, output: Path | None) -> None:
-    """Fetch a finished job's forecast: to a file, or a table on stdout."""
+def result(ctx: click.Context, job_id: str, fmt: str | None, output: Path | None, plot: Path | None,
+           symbol: str | None) -> None:
+    """Fetch a finished job's forecast: to a file, or a table on stdout; --plot saves its chart."""
     client = _client(ctx)
+    if plot is not None:
+        chart_format = "svg" if plot.suffix.lower() == ".svg" else "png"
+        params = {"format": chart_format, **({"symbol": symbol} if symbol else {})}
+        plot.write_bytes(client.request("GET", f"/v1/jobs/{job_id}/chart", params=params).content)
+        click.echo(f"wrote {plot} (chart, {chart_format})", err=True)
     if output is not None:
         fmt = fmt or (output.suffix.lstrip(".").lower() if output.suffix.lstrip(".").lower() in RESULT_FORMATS else "csv")
         response = client.request("GET", f"/v1/jobs/{job_id}/result", params={"format": fmt})
@@ -361,6 +365,36 @@ def result(ctx: click.Context, job_id: str, fmt: str | None, output: Path | None
     click.echo(_table(body["rows"], body["columns"]) if body["rows"] else "(no rows)")
     for item in body["errors"]:
         click.echo(f"error {item.get('symbol')}: {item.get('code')}: {item.get('message')}", err=True)
+
+
+@main.command("jobs")
+@click.option("--state", type=click.Choice([s.value for s in JobState]), default=None)
+@click.option("--kind", type=click.Choice([k.value for k in JobKind]), default=None)
+@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
+@click.pass_context
+def jobs_list(ctx: click.Context, state: str | None, kind: str | None, limit: int) -> None:
+    """List jobs, newest first."""
+    params = {"limit": limit, **({"state": state} if state else {}), **({"kind": kind} if kind else {})}
+    from kronos_jobs.jobs.registry import provenance
+
+    rows = _client(ctx).json("GET", "/v1/jobs", params=params)["data"]
+    for row in rows:
+        progress = row.get("progress") or {}
+        row["progress"] = f"{progress.get('done', 0)}/{progress.get('total', 0)}"
+        label = provenance(row.get("metadata"), row["model"])["label"]
+        row["model"] = f"{row['model']} ({label})" if label else row["model"]
+    columns = ["id", "kind", "state", "progress", "model", "queue", "created_at", "finished_at"]
+    click.echo(_table(rows, columns) if rows else "no jobs")
+
+
+@main.command()
+@click.argument("job_id")
+@click.pass_context
+def cancel(ctx: click.Context, job_id: str) -> None:
+    """Cancel a job: a queued one never starts, a running one stops within a decode step."""
+    job = _client(ctx).json("POST", f"/v1/jobs/{job_id}/cancel")
+    click.echo(f"{job['id']} {job['state']}" + (" (cancel requested)" if job.get("cancel_requested")
+                                               and job["state"] == "running" else ""))
 
 
 @main.command()
@@ -382,7 +416,7 @@ def workers(ctx: click.Context, show_all: bool) -> None:
 def models(ctx: click.Context) -> None:
     """List the models a forecast can name."""
     rows = _client(ctx).json("GET", "/v1/models")["data"]
-    click.echo(_table(rows, ["id", "kind", "max_context", "model_repo", "model_revision", "base_model"]))
+    click.echo(_table(rows, ["id", "kind", "label", "max_context", "model_repo", "model_revision", "base_model"]))
 
 
 @main.command()
@@ -531,9 +565,12 @@ def series_list(ctx: click.Context, freq: str | None) -> None:
     click.echo(_table(data, ["symbol", "freq", "first_timestamp", "last_timestamp", "rows"]))
 
 
-@main.group()
-def schedules() -> None:
-    """Schedules: list them, run one now."""
+@main.group(invoke_without_command=True)
+@click.pass_context
+def schedules(ctx: click.Context) -> None:
+    """Schedules: list them (the default), their runs, run one now."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(schedules_list)
 
 
 @schedules.command("list")
@@ -541,7 +578,21 @@ def schedules() -> None:
 def schedules_list(ctx: click.Context) -> None:
     """List schedules."""
     data = _client(ctx).json("GET", "/v1/schedules")["data"]
-    click.echo(_table(data, ["id", "name", "cron", "timezone", "model", "enabled", "next_run_at"]))
+    click.echo(_table(data, ["id", "name", "cron", "timezone", "model", "enabled", "next_run_at"]) if data
+               else "no schedules")
+
+
+@schedules.command("runs")
+@click.argument("schedule_id")
+@click.pass_context
+def schedules_runs(ctx: click.Context, schedule_id: str) -> None:
+    """List a schedule's runs, newest first."""
+    data = _client(ctx).json("GET", f"/v1/schedules/{schedule_id}/runs")["data"]
+    for row in data:
+        row["jobs"] = len(row.get("job_ids") or [])
+        row["errors"] = len(row.get("symbol_errors") or [])
+    click.echo(_table(data, ["id", "trigger", "scheduled_for", "state", "jobs", "errors", "finished_at"]) if data
+               else "no runs")
 
 
 @schedules.command("run")

@@ -142,6 +142,11 @@ class Settings(BaseSettings):
     # --- backtests and live scoring (issue 10) -----------------------------------------------
     score_interval: float = Field(300.0, gt=0, description="Seconds between the beat's live scoring of stored forecasts.")
 
+    # --- looking at the service: progress, worker metrics (issue 12) -------------------
+    progress_write_seconds: float = Field(1.0, gt=0, description="Least seconds between a forecast's progress writes within a chunk.")
+    worker_metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Port where each worker serves Prometheus metrics of all its processes; none when unset.")
+
     @field_validator("device")
     @classmethod
     def _device_form(cls, value: str) -> str:

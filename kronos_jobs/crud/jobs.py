@@ -199,6 +199,14 @@ def count_by_state(session: Session, *, tenant_id: str | None = None) -> dict[tu
     return {(kind, state): n for kind, state, n in session.execute(query)}
 
 
+def count_by_state_and_queue(session: Session, *, tenant_id: str | None = None) -> dict[tuple[str, str, str], int]:
+    """Job counts keyed by (kind, state, queue), over every tenant unless `tenant_id` is given; absent triples are 0."""
+    query = select(Job.kind, Job.state, Job.queue, func.count()).group_by(Job.kind, Job.state, Job.queue)
+    if tenant_id is not None:
+        query = query.where(Job.tenant_id == tenant_id)
+    return {(kind, state, queue): n for kind, state, queue, n in session.execute(query)}
+
+
 def count_in_flight(session: Session, *, tenant_id: str) -> int:
     """The tenant's queued and running jobs (what KRONOS_MAX_INFLIGHT_JOBS bounds)."""
     query = select(func.count()).select_from(Job).where(

@@ -240,16 +240,18 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
     # How the predictor chunked its rows; kept current so a failed job records it too.
     meta["decode"] = decode = {"requested_rows_per_chunk": None, "rows_per_chunk": None, "oom_retries": 0}
     size = settings.max_batch_size
+    steps = _ChunkProgress(run, settings, total=total, series_steps_total=len(inputs) * params.pred_len)
     for index in range(0, len(inputs), size):
         if heartbeat.lost:
             raise LeaseLost(f"job {run.job_id}: lease lost while running")
         chunk = inputs[index:index + size]
         started = time.perf_counter()
+        steps.start_chunk(done=done, decoded_series=index, chunk_series=len(chunk))
         # Each chunk seeds its own generator from the job's seed: reproducible, and no two chunks
         # replay the same random draws.
         try:
             outputs, errors = _predict_chunk(entry.predictor, chunk, params, seed + (run.start + index) // size, decode,
-                                             should_stop)
+                                             should_stop, steps.report)
         except DecodeStopped:
             raise JobCancelled(f"job {run.job_id} cancelled while decoding after {done}/{total} series") from None
         inference_seconds += time.perf_counter() - started
@@ -258,7 +260,8 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
         done += len(chunk)
         if done < total:  # the last boundary's progress and cancel check ride in the finish transaction
             with session_scope(settings) as session:
-                cancel = job_crud.update_progress(session, job_id=run.job_id, owner=run.owner, done=done, total=total)
+                cancel = job_crud.update_progress(session, job_id=run.job_id, owner=run.owner, done=done, total=total,
+                                                  detail=steps.detail(index + len(chunk)))
             if cancel:
                 raise JobCancelled(f"job {run.job_id} cancelled after {done}/{total} series")
 
@@ -273,6 +276,7 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
     # --- classify and finish ------------------------------------------------------------------------
     meta["timings"] = {"prepare_seconds": round(prepare_seconds, 6), "model_load_seconds": round(model_load_seconds, 6),
                        "inference_seconds": round(inference_seconds, 6)}
+    meta["series_steps"] = len(inputs) * params.pred_len  # with inference_seconds: the decode rate
     succeeded = total - len(symbol_errors)
     if succeeded == total:
         state, error = JobState.SUCCEEDED, None
@@ -329,8 +333,39 @@ def _needs_session(model: str, model_dirs: Sequence[Path]) -> bool:
                 or local_model_dir(model, model_dirs) is not None)
 
 
+class _ChunkProgress:
+    """Progress within a chunk: the predictor reports row-steps decoded; this writes the job's
+    `progress.detail` ({"series_steps_done", "series_steps_total"}, a series-step being one forecast
+    bar of one symbol) at most every KRONOS_PROGRESS_WRITE_SECONDS, so `wait` moves while a chunk
+    decodes. Cancels are `CancelFlag`'s to notice (between decode steps), not these writes'."""
+
+    def __init__(self, run: "_Run", settings: Settings, *, total: int, series_steps_total: int):
+        self.run, self.settings, self.total, self.series_steps_total = run, settings, total, series_steps_total
+        self.done, self.base, self.chunk_steps, self.last_write = 0, 0, 0, time.monotonic()
+
+    def start_chunk(self, *, done: int, decoded_series: int, chunk_series: int) -> None:
+        self.done, self.base = done, decoded_series * self.run.params.pred_len
+        self.chunk_steps = chunk_series * self.run.params.pred_len
+
+    def detail(self, decoded_series: int) -> dict[str, int]:
+        return {"series_steps_done": decoded_series * self.run.params.pred_len,
+                "series_steps_total": self.series_steps_total}
+
+    def report(self, rows_done: int, rows_total: int) -> None:
+        now = time.monotonic()
+        if now - self.last_write < self.settings.progress_write_seconds or rows_done >= rows_total:
+            return  # the chunk's end is written with its boundary
+        self.last_write = now
+        within = self.chunk_steps * rows_done // max(1, rows_total)
+        detail = {"series_steps_done": min(self.base + within, self.series_steps_total),
+                  "series_steps_total": self.series_steps_total}
+        with session_scope(self.settings) as session:
+            job_crud.update_progress(session, job_id=self.run.job_id, owner=self.run.owner, done=self.done,
+                                     total=self.total, detail=detail)
+
+
 def _predict_chunk(predictor, chunk: list[SeriesInput], params: ForecastParams, seed: int, decode: dict[str, Any],
-                   should_stop=None):
+                   should_stop=None, progress=None):
     """Run one chunk; a ValueError from one bad series is isolated by re-running the series alone.
 
     After every predictor call (even one that raised), its `last_decode_info` is folded into `decode`:
@@ -343,7 +378,7 @@ def _predict_chunk(predictor, chunk: list[SeriesInput], params: ForecastParams, 
     def call(items: list[SeriesInput]):
         try:
             return predictor.predict_batch([i.context for i in items], [i.x_timestamp for i in items],
-                                           [i.y_timestamp for i in items], **kwargs)
+                                           [i.y_timestamp for i in items], progress=progress, **kwargs)
         finally:
             _record_decode(decode, getattr(predictor, "last_decode_info", None) or {})
 
@@ -354,7 +389,7 @@ def _predict_chunk(predictor, chunk: list[SeriesInput], params: ForecastParams, 
             return [], [{"symbol": chunk[0].symbol, "code": "predictor_rejected", "message": str(exc)}]
     outputs, errors = [], []
     for item in chunk:
-        one_out, one_err = _predict_chunk(predictor, [item], params, seed, decode, should_stop)
+        one_out, one_err = _predict_chunk(predictor, [item], params, seed, decode, should_stop)  # a re-run: no progress
         outputs += one_out
         errors += one_err
     return outputs, errors

@@ -109,6 +109,24 @@ class ModelSpec:
         return meta
 
 
+def provenance(metadata: dict[str, Any] | None, model: str) -> dict[str, str | None]:
+    """Which model and checkpoint produced a job's rows, for every output format to carry.
+
+    `checkpoint` is the hub repo@revision or directory the weights came from ("random weights" for
+    random:* models, which have no checkpoint); `label` is "random weights" where that is true."""
+    meta = metadata or {}
+    path, revision = meta.get("model_path"), meta.get("model_revision")
+    if meta.get("model_source") == "random" or (model.startswith(RANDOM_PREFIX) and not path):
+        checkpoint = RANDOM_WEIGHTS_LABEL
+    elif path:
+        checkpoint = f"{path}@{revision}" if revision else str(path)
+    else:
+        checkpoint = None  # the job never loaded a model (failed or cancelled before)
+    label = meta.get("label") or (RANDOM_WEIGHTS_LABEL if model.startswith(RANDOM_PREFIX) else None)
+    return {"model": meta.get("model") or model, "source": meta.get("model_source"), "checkpoint": checkpoint,
+            "checksum": meta.get("model_checksum"), "label": label}
+
+
 def model_choices() -> list[str]:
     return [*PUBLISHED_MODELS, *RANDOM_MODELS, "<directory with model/ and tokenizer/ under KRONOS_MODEL_DIRS>", "<fine-tuned model id>"]
 
@@ -187,7 +205,52 @@ def finetuned_spec(name: str, session: "Session", tenant_id: str) -> ModelSpec:
                          tokenizer_path=f"{url}/{LOCAL_TOKENIZER_SUBDIR}", max_context=row.max_context,
                          checksum=row.checksum, artifact_url=url)
     spec = local_spec(name, Path(row.artifact_path))
-    return dataclasses.replace(spec, source="finetuned", checksum=row.checksum, max_context=row.max_context)
+    label = RANDOM_WEIGHTS_LABEL if from_random_weights(row, session, tenant_id) else None
+    return dataclasses.replace(spec, source="finetuned", checksum=row.checksum, max_context=row.max_context,
+                               label=label)
+
+
+def from_random_weights(row: Any, session: "Session", tenant_id: str) -> bool:
+    """Whether a fine-tuned model descends from `random:*` weights, through any chain of fine-tunes:
+    training on real bars does not make random initial weights a published model."""
+    from kronos_jobs.crud import models as model_crud
+
+    seen: set[str] = set()
+    while row is not None and row.id not in seen:
+        seen.add(row.id)
+        base = row.base_model or ""
+        if base.startswith(RANDOM_PREFIX):
+            return True
+        if not base or base in PUBLISHED_MODELS:
+            return False
+        try:
+            row = model_crud.get_model(session, tenant_id=tenant_id, model_id=base)
+        except NotFound:  # a local checkpoint directory, or a model since deleted
+            return False
+    return False
+
+
+def local_model_names(roots: Sequence[Path], depth: int = 2) -> list[str]:
+    """Checkpoint directories (holding model/ and tokenizer/) under `roots`, named relative to their
+    root as a job may name them; at most `depth` levels deep, so a large tree is not walked."""
+    names: list[str] = []
+    for root in roots:
+        root = Path(root)
+        level = [root] if root.is_dir() else []
+        for _ in range(depth):
+            children = []
+            for folder in level:
+                try:
+                    entries = sorted(p for p in folder.iterdir() if p.is_dir())
+                except OSError:
+                    continue
+                for entry in entries:
+                    if all((entry / sub / "config.json").is_file() for sub in (LOCAL_MODEL_SUBDIR, LOCAL_TOKENIZER_SUBDIR)):
+                        names.append(entry.relative_to(root).as_posix())
+                    else:
+                        children.append(entry)
+            level = children
+    return sorted(set(names))
 
 
 def resolve_model(name: str, session: "Session | None" = None, *, tenant_id: str = DEFAULT_TENANT,

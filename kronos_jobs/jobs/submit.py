@@ -117,6 +117,11 @@ def validate_params(params: ForecastParams, max_context: int, symbols: list[str]
     for level in params.quantiles or ():
         if not 0 < float(level) < 1:
             raise InvalidRequest(f"quantile levels must be in (0, 1), got {level}", field="quantiles")
+    if params.quantiles and params.sampling.sample_count < 2:
+        raise InvalidRequest(
+            f"quantiles {params.quantiles} need sampling.sample_count >= 2: they are taken over the sample paths, "
+            f"and with sample_count {params.sampling.sample_count} every quantile would equal the mean forecast",
+            field="quantiles")
     check_calendar(params.calendar)
     for symbol, freq in params.freq.items():
         if symbol not in symbols:

@@ -26,12 +26,14 @@ from celery.exceptions import TimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 
 from kronos_jobs.core.errors import JobGivenBack, LeaseHeld, LeaseLost, NotFound
-from kronos_jobs.core.names import TASK_PRUNE, TASK_RUN_BACKTEST, TASK_RUN_FINETUNE, TASK_RUN_FORECAST
+from kronos_jobs.core.names import TASK_PRUNE, TASK_RUN_BACKTEST, TASK_RUN_FINETUNE, TASK_RUN_FORECAST, JobState
 from kronos_jobs.core.settings import get_settings
+from kronos_jobs.db.models import Job
+from kronos_jobs.db.session import session_scope
 from kronos_jobs.jobs.lease import TRANSIENT_ERRORS
 from kronos_jobs.jobs.recovery import fail_after_hard_time_limit
 from kronos_jobs.jobs.retention import prune
-from kronos_jobs.runtime import drain, worker
+from kronos_jobs.runtime import drain, metrics, worker
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +88,20 @@ def deliver(task: Task, job_id: str, service: Callable[..., object], **context: 
         logger.warning("job %s: transient %s (%s); retry %d of at most %d in %d s", job_id, type(exc).__name__, exc,
                        retries + 1, settings.transient_retries, countdown)
         raise task.retry(exc=exc, countdown=countdown, max_retries=settings.transient_retries)
+    if state is not None and settings.worker_metrics_port is not None:
+        _observe(settings, job_id)
     return getattr(state, "value", state)
+
+
+def _observe(settings, job_id: str) -> None:
+    """Worker metrics of a finished job; a failure here never changes the job's outcome."""
+    try:
+        with session_scope(settings) as session:
+            job = session.get(Job, job_id)
+            if job is not None and JobState(job.state).is_terminal:
+                metrics.observe_job(job)
+    except Exception:  # noqa: BLE001 - metrics are best effort; the job is already recorded
+        logger.warning("job %s: could not record worker metrics", job_id, exc_info=True)
 
 
 @shared_task(bind=True, base=JobTask, name=TASK_RUN_FORECAST, ignore_result=True)

@@ -31,7 +31,7 @@ from typing import Any
 from kronos_jobs.core.identity import WorkerIdentity
 from kronos_jobs.core.names import POOL_QUEUES, Pool
 from kronos_jobs.core.settings import Settings, get_settings
-from kronos_jobs.runtime import drain
+from kronos_jobs.runtime import drain, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +211,7 @@ def start_worker(pool: Pool | str, concurrency: int | None, settings: Settings) 
                 identity.device_resolved, identity.device_name, identity.torch_threads, identity.device_warning)
     _heartbeat = WorkerHeartbeat(settings, identity)
     _heartbeat.start()
+    metrics_dir = metrics.serve(settings)  # before the fork: the children inherit its directory
 
     signals.worker_process_init.connect(_on_process_init, weak=False, dispatch_uid="kronos_jobs.runtime.worker.init")
     signals.worker_shutting_down.connect(_on_shutting_down, weak=False, dispatch_uid="kronos_jobs.runtime.worker.drain")
@@ -219,11 +220,14 @@ def start_worker(pool: Pool | str, concurrency: int | None, settings: Settings) 
     app.set_current()
     # mingle/gossip sync revoked ids and clocks between workers; cancellation lives in the database,
     # and skipping them saves a broker round trip per start on the polling filesystem transport.
-    app.worker_main([
-        "worker", "--pool", "prefork", "-c", str(identity.concurrency), "-Q", ",".join(identity.queues),
-        "-n", identity.worker_id, "-E", "--loglevel", settings.log_level.upper(), "--without-mingle",
-        "--without-gossip",
-    ])
+    try:
+        app.worker_main([
+            "worker", "--pool", "prefork", "-c", str(identity.concurrency), "-Q", ",".join(identity.queues),
+            "-n", identity.worker_id, "-E", "--loglevel", settings.log_level.upper(), "--without-mingle",
+            "--without-gossip",
+        ])
+    finally:
+        metrics.stop(metrics_dir)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -174,7 +174,7 @@ def make_forecast_request(n_symbols: int = 2, n_bars: int = 8, **overrides: Any)
     """A valid `POST /v1/forecasts` body; keyword arguments replace top-level fields."""
     body: dict[str, Any] = {
         "model": "random:mini", "device": "cpu", "lookback": 16, "pred_len": 3,
-        "sampling": {"temperature": 1.0, "top_k": 0, "top_p": 0.9, "sample_count": 1, "seed": 7},
+        "sampling": {"temperature": 1.0, "top_k": 0, "top_p": 0.9, "sample_count": 2, "seed": 7},
         "quantiles": [0.1, 0.5, 0.9],
         "series": [{"symbol": f"SYM{i}.SH", "freq": "5min", "bars": bar_records(n_bars, price=10.0 + i)}
                    for i in range(n_symbols)],

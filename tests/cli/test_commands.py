@@ -34,7 +34,7 @@ def test_submit_csv_then_status(cli, tmp_path: Path) -> None:
     path = tmp_path / "bars.csv"
     path.write_bytes(make_csv(n_symbols=2))
     submitted = cli("submit", str(path), "--model", "random:mini", "--pred-len", "4", "--freq", "5min",
-                    "--quantiles", "0.1,0.9", "--seed", "3", "--idempotency-key", "abc")
+                    "--quantiles", "0.1,0.9", "--sample-count", "2", "--seed", "3", "--idempotency-key", "abc")
     assert submitted.exit_code == 0, submitted.output
     job_id = submitted.stdout.strip()
     assert len(job_id) == 32
@@ -44,7 +44,7 @@ def test_submit_csv_then_status(cli, tmp_path: Path) -> None:
     assert job["params"]["sampling"]["seed"] == 3 and job["params"]["source"] == "csv"
     assert "queued" in cli("status", job_id).stdout
     assert cli("submit", str(path), "--model", "random:mini", "--pred-len", "4", "--freq", "5min",
-               "--quantiles", "0.1,0.9", "--seed", "3", "--idempotency-key", "abc").stdout.strip() == job_id
+               "--quantiles", "0.1,0.9", "--sample-count", "2", "--seed", "3", "--idempotency-key", "abc").stdout.strip() == job_id
 
 
 def test_submit_json_request_with_overrides(cli, tmp_path: Path) -> None:
@@ -93,10 +93,56 @@ def test_result_to_files_and_table(cli, http: TestClient, settings: Settings, tm
     assert cli("result", job_id, "--format", "parquet").exit_code == 2  # binary needs -o
 
 
-def test_workers_and_models(cli) -> None:
+def test_workers_and_models(cli, settings: Settings) -> None:
+    from kronos_jobs.jobs.registry import save_local_model
+    from kronos_jobs.testing.tiny import TINY_KRONOS_CONFIG, make_modules
+
     assert "no workers seen" in cli("workers").stdout
+    save_local_model(settings.effective_model_dirs[0] / "desk" / "mine", *make_modules(TINY_KRONOS_CONFIG))
     models = cli("models").stdout
     assert "kronos-small" in models and "NeoQuasar/Kronos-small" in models
+    lines = {line.split()[0]: line for line in models.splitlines()[1:]}
+    assert {"random:mini", "random:small", "random:base", "desk/mine"} <= set(lines)
+    assert "random weights" in lines["random:mini"] and "local" in lines["desk/mine"]
+
+
+def test_jobs_list_filters_and_cancel(cli, http: TestClient, settings: Settings) -> None:
+    first = http.post("/v1/jobs/forecast", json=make_forecast_request(n_symbols=1)).json()["id"]
+    second = http.post("/v1/jobs/forecast", json=make_forecast_request(n_symbols=2)).json()["id"]
+    finish(settings, first, JobState.SUCCEEDED)
+    listed = cli("jobs").stdout.splitlines()
+    assert listed[0].split()[:4] == ["id", "kind", "state", "progress"]
+    assert [line.split()[0] for line in listed[1:]] == [second, first]  # newest first
+    assert "random:mini (random weights)" in listed[2]
+    assert [line.split()[0] for line in cli("jobs", "--state", "queued").stdout.splitlines()[1:]] == [second]
+    assert cli("jobs", "--kind", "finetune").stdout.strip() == "no jobs"
+    assert cli("cancel", second).stdout.strip() == f"{second} cancelled"
+    assert "HTTP 409 invalid_transition" in cli("cancel", first).output
+
+
+def test_result_plot_writes_the_chart(cli, http: TestClient, settings: Settings, tmp_path: Path) -> None:
+    job_id = http.post("/v1/jobs/forecast", json=make_forecast_request(n_symbols=1)).json()["id"]
+    finish(settings, job_id, JobState.SUCCEEDED, steps=3)
+    assert cli("result", job_id, "--plot", str(tmp_path / "c.png")).exit_code == 0
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    assert cli("result", job_id, "--plot", str(tmp_path / "c.svg"), "--symbol", "SYM0.SH").exit_code == 0
+    assert b"<svg" in (tmp_path / "c.svg").read_bytes()[:500]
+
+
+def test_schedules_lists_by_default(cli, http: TestClient) -> None:
+    assert cli("schedules").stdout.strip() == "no schedules"
+    body = {"name": "nightly", "cron": "0 18 * * 1-5", "timezone": "UTC", "model": "random:mini", "lookback": 32,
+            "pred_len": 4}
+    schedule = http.post("/v1/schedules", json=body).json()
+    assert schedule["id"] in cli("schedules").stdout
+    assert cli("schedules", "runs", schedule["id"]).stdout.strip() == "no runs"
+
+
+def test_wait_on_a_finished_job_shows_no_rate(cli, http: TestClient, settings: Settings) -> None:
+    job_id = http.post("/v1/jobs/forecast", json=make_forecast_request(n_symbols=1)).json()["id"]
+    finish(settings, job_id, JobState.SUCCEEDED)
+    err = cli("wait", job_id).stderr.replace(" ", "")
+    assert "3/3" in err and "?series-step/s" in err  # 1 symbol x pred_len 3, and no rate
 
 
 def test_unreachable_api_is_a_clear_error(settings: Settings) -> None:

@@ -68,6 +68,8 @@ ENVIRONMENT: dict[str, tuple[str, object]] = {
     "max_inflight_jobs": ("50", 50),
     "trusted_hosts": ("api.example.com, localhost", ["api.example.com", "localhost"]),
     "cors_origins": ('["https://ops.example.com"]', ["https://ops.example.com"]),
+    "progress_write_seconds": ("0.25", 0.25),
+    "worker_metrics_port": ("9101", 9101),
     # artifact store and retention
     "artifacts_url": ("s3://kronos-artifacts/prod", "s3://kronos-artifacts/prod"),
     "s3_endpoint_url": ("http://minio:9000", "http://minio:9000"),

@@ -179,3 +179,48 @@ def kronos_env(tmp_path: Path, port: int) -> dict[str, str]:
     env.update(KRONOS_DATA_DIR=str(tmp_path / "kronos-data"), KRONOS_API_PORT=str(port),
                KRONOS_TORCH_THREADS="1", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
     return env
+
+
+# --- a real API process beside the stack's worker (the client and console tests) -----------------
+
+
+class ApiProcess:
+    """`kronos-jobs api` (uvicorn) on a free port with the stack's environment; a context manager."""
+
+    def __init__(self, stack: Stack, log: Path, **env: str):
+        self.stack, self.log, self.port, self.extra_env = stack, log, free_port(), env
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def make_key(self, *scopes: str) -> str:
+        """A new API key of the default tenant (admin unless scopes are given)."""
+        from kronos_jobs.crud import api_keys
+
+        with session_scope(self.stack.settings) as session:
+            return api_keys.create_key(session, tenant_id=DEFAULT_TENANT, scopes=scopes or ("admin",))[1]
+
+    def __enter__(self) -> "ApiProcess":
+        import httpx
+
+        env = {**self.stack.env, "KRONOS_API_PORT": str(self.port), "KRONOS_API_HOST": "127.0.0.1", **self.extra_env}
+        self.proc = subprocess.Popen([sys.executable, "-m", "kronos_jobs.cli", "api"], cwd=REPO, env=env,
+                                     stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"API exited early:\n{self.log.read_text()[-3000:]}"
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        pytest.fail(f"API did not answer:\n{self.log.read_text()[-3000:]}")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()

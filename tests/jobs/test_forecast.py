@@ -126,6 +126,28 @@ def test_cancel_while_running(job_settings, tiny_checkpoint, monkeypatch, symbol
     assert job.progress_done == progress_done and job.error["code"] == "cancelled"
 
 
+def test_progress_moves_within_a_chunk(job_settings, tiny_checkpoint, monkeypatch):
+    """Decode steps are written as progress.detail while a chunk runs, not only at its end."""
+    settings = job_settings.model_copy(update={"max_batch_size": 8, "progress_write_seconds": 1e-9})
+    job_id = submit(settings, tiny_checkpoint, make_bars({"A": 30, "B": 30, "C": 30}))  # one chunk of three
+    writes, real = [], job_crud.update_progress
+
+    def recording(session, **kwargs):
+        writes.append((kwargs["done"], dict(kwargs.get("detail") or {})))
+        return real(session, **kwargs)
+
+    monkeypatch.setattr(job_crud, "update_progress", recording)
+    assert run_forecast_job(job_id, settings=settings, identity=worker_identity(settings)) is JobState.SUCCEEDED
+    total = 3 * 4  # symbols x pred_len
+    steps = [detail["series_steps_done"] for _, detail in writes]
+    assert writes and all(done == 0 for done, _ in writes)  # no symbol finished yet: the chunk is still running
+    assert all(detail["series_steps_total"] == total for _, detail in writes)
+    assert steps == sorted(steps) and 0 < steps[0] and steps[-1] < total
+    job, _ = load(settings, job_id)
+    assert (job.progress_done, job.progress_total) == (3, 3)
+    assert job.execution_metadata["series_steps"] == total
+
+
 @pytest.mark.parametrize(("at", "kept"), [(1, []), (2, ["A", "B"])], ids=["first-chunk", "second-chunk"])
 def test_cancel_stops_the_decode_within_a_step_and_keeps_finished_chunks(job_settings, tiny_checkpoint, monkeypatch,
                                                                         at, kept):

@@ -106,6 +106,22 @@ def test_batch_equals_per_series_greedy(modules, max_batch_size):
     assert_frames_equal(together, alone)
 
 
+@pytest.mark.parametrize("max_batch_size", [1, 3, 64])
+def test_progress_reports_every_decoding_step_and_changes_nothing(modules, max_batch_size):
+    model, tokenizer = modules
+    pred = KronosPredictor(model, tokenizer, device="cpu", max_context=M)
+    dfs, xts, yts = batch([9, 9, 18], 5)
+    calls = []
+    kw = dict(top_k=1, sample_count=2, max_batch_size=max_batch_size)
+    with_progress = pred.predict_batch(dfs, xts, yts, 5, progress=lambda done, total: calls.append((done, total)), **kw)
+    assert_frames_equal(with_progress, pred.predict_batch(dfs, xts, yts, 5, **kw))
+    total = 3 * 2 * 5  # series x samples x steps
+    assert {t for _, t in calls} == {total}
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and done[-1] == total and len(done) >= 5  # at least once per step
+    assert len(set(done)) == len(done)  # every call reports something new
+
+
 # ---- outputs ------------------------------------------------------------------------------------
 
 def test_output_frame_matches_upstream_layout(modules):

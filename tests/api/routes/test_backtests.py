@@ -124,6 +124,17 @@ def test_a_finished_backtest_serves_rows_and_metrics(settings: Settings, tmp_pat
         assert {r["symbol"] for r in by_symbol["rows"]} == {"S0", "S1"}
         assert client.get(f"/v1/jobs/{job_id}/metrics", params={"by": "model"}).status_code == 422
 
+        # its chart: skill by step, coverage vs nominal, forecast vs truth for one origin
+        svg = client.get(f"/v1/jobs/{job_id}/chart", params={"format": "svg", "symbol": "S1"})
+        assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml")
+        for text in ("skill vs naive by horizon step", "interval coverage vs nominal", "q0.1-q0.9",
+                     "S1: forecast vs truth from origin", "UTC", "horizon step"):
+            assert text in svg.text, text
+        png = client.get(f"/v1/jobs/{job_id}/chart")
+        assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+        (tmp_path / "backtest-chart.png").write_bytes(png.content)
+        assert client.get(f"/v1/jobs/{job_id}/chart", params={"symbol": "S9"}).status_code == 404
+
 
 def test_idempotency_key(client: TestClient) -> None:
     first = client.post(BACKTEST, json=body(), headers={"Idempotency-Key": "bt-1"})

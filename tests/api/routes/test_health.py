@@ -70,8 +70,15 @@ def test_metrics_prometheus_text(client: TestClient, db: Session) -> None:
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in text_string_to_metric_families(response.text) for s in family.samples}
-    assert samples[("kronos_jobs_jobs", (("kind", "forecast"), ("state", "queued")))] == 1
-    assert samples[("kronos_jobs_jobs", (("kind", "forecast"), ("state", "succeeded")))] == 0
+    queued = client.get("/v1/jobs").json()["data"][0]["queue"]
+    assert samples[("kronos_jobs_jobs", (("kind", "forecast"), ("queue", queued), ("state", "queued")))] == 1
+    assert samples[("kronos_jobs_jobs", (("kind", "forecast"), ("queue", queued), ("state", "succeeded")))] == 0
+    assert samples[("kronos_jobs_queue_depth", (("queue", queued),))] == 1
+    assert samples[("kronos_jobs_queue_depth", (("queue", "finetune.gpu"),))] == 0
+    assert ("kronos_jobs_jobs", (("kind", "finetune"), ("queue", "forecast.cpu"), ("state", "queued"))) not in samples
+    # the instrumentator's HTTP metrics of this API process follow
+    assert any(name == "http_requests_total" and dict(labels).get("handler") == "/v1/jobs/forecast"
+               for name, labels in samples)
     assert samples[("kronos_jobs_live_workers", (("pool", "cpu"),))] == 1
     assert samples[("kronos_jobs_live_workers", (("pool", "gpu"),))] == 0
     assert samples[("kronos_jobs_live_worker_devices", (("device", "cpu"), ("pool", "cpu")))] == 1
@@ -87,7 +94,7 @@ def test_metrics_queue_depth_by_priority_and_wait_by_kind(client: TestClient, db
     db.commit()
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in text_string_to_metric_families(client.get("/metrics").text) for s in family.samples}
-    depth = "kronos_jobs_queue_depth"
+    depth = "kronos_jobs_broker_queue_depth"
     assert samples[(depth, (("priority", "6"), ("queue", "forecast.cpu")))] == 1
     assert samples[(depth, (("priority", "2"), ("queue", "forecast.cpu")))] == 2  # the message stays until a worker takes it
     assert samples[(depth, (("priority", "9"), ("queue", "forecast.gpu")))] == 0

@@ -11,7 +11,7 @@ from kronos_jobs.testing.factories import make_bars
 
 def schedule_body(**overrides) -> dict:
     body = {"name": "nightly", "cron": "0 18 * * 1-5", "timezone": "America/New_York", "model": "random:mini",
-            "device": "cpu", "lookback": 32, "pred_len": 4, "sampling": {"seed": 1}, "quantiles": [0.1, 0.9]}
+            "device": "cpu", "lookback": 32, "pred_len": 4, "sampling": {"seed": 1, "sample_count": 2}, "quantiles": [0.1, 0.9]}
     body.update(overrides)
     return body
 
