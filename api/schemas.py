@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from api.auth import visible_metadata
 from kronos_jobs.core.names import DevicePreference, JobKind, JobState
+from kronos_jobs.core.workload import DEFAULT_PRIORITY, PRIORITY_MAX, PRIORITY_MIN, Workload
 from kronos_jobs.inputs.wall_clock import utc_instant
 from kronos_jobs.evaluation.baselines import BASELINES
 from kronos_jobs.jobs.backtest_submit import MAX_LOOKBACKS, MAX_MODELS, MAX_ORIGINS, MAX_REPEATS
@@ -78,6 +79,7 @@ class ForecastParamsIn(_Strict):
     quantiles: list[float] | None = Field(None, max_length=MAX_QUANTILES, description="Sample quantile levels in (0, 1), e.g. [0.1, 0.5, 0.9].")
     calendar: dict[str, Any] | None = Field(None, description='Trading calendar for generated future timestamps (see the README): {"timezone", "weekdays", "open", "close", "holidays"}, or {"default": {...}, "symbols": {...}}. Default: weekends skipped for daily bars.')
     score: bool = Field(False, description="Score this forecast live (GET /v1/scores) once its bars reach the series store; schedule runs always are.")
+    priority: int | None = Field(None, ge=PRIORITY_MIN, le=PRIORITY_MAX, description=f"{PRIORITY_MIN}..{PRIORITY_MAX}, higher runs first; default {DEFAULT_PRIORITY[Workload.INTERACTIVE]} (schedule runs: {DEFAULT_PRIORITY[Workload.BULK]}).")
 
     @field_validator("quantiles")
     @classmethod
@@ -139,6 +141,8 @@ class JobPublic(BaseModel):
     device: DevicePreference = Field(description="The device the job asked for.")
     queue: str
     routing_reason: str
+    priority: int = Field(description=f"{PRIORITY_MIN}..{PRIORITY_MAX}, higher runs first.")
+    workload: Workload = Field(description="interactive (asked for by a person) or bulk (schedule runs): bulk work yields to interactive jobs.")
     progress: Progress
     error: dict[str, Any] | None = Field(None, description='{"code", "message"} when the job failed.')
     symbol_errors: list[dict[str, Any]] = Field(default_factory=list, description='[{"symbol", "code", "message"}]')
@@ -157,7 +161,7 @@ class JobPublic(BaseModel):
         """The job as `caller` sees it (no caller: as a non-admin key, without hosts, pids and versions)."""
         return cls(
             id=job.id, kind=job.kind, state=job.state, model=job.model, device=job.device_requested,
-            queue=job.queue, routing_reason=job.routing_reason,
+            queue=job.queue, routing_reason=job.routing_reason, priority=job.priority, workload=job.workload,
             progress=Progress(done=job.progress_done or 0, total=job.progress_total or 0, detail=job.progress_detail or {}),
             error=job.error, symbol_errors=job.symbol_errors or [], cancel_requested=bool(job.cancel_requested),
             params=job.params or {}, metadata=visible_metadata(job.execution_metadata, caller),

@@ -22,7 +22,7 @@ def test_backtest_example_prints_the_metrics_table(settings, monkeypatch) -> Non
     shown = code_blocks(text, "text")[0].splitlines()
     identity = worker_identity(settings)
     # The worker: run each backtest in process as soon as its task is sent (after the commit).
-    monkeypatch.setattr(submit, "send_job", lambda s, job_id, queue, kind=None: run_backtest_job(
+    monkeypatch.setattr(submit, "send_job", lambda s, job_id, queue, kind=None, **options: run_backtest_job(
         job_id, settings=settings, identity=identity))
     monkeypatch.chdir(ROOT)
     with TestClient(create_app(settings)) as client:

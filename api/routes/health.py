@@ -17,13 +17,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.utils import floatToGoString
 from sqlalchemy import text
 
 from api.auth import IsAdminDep, require_admin_own_session
 from api.deps import Caller, SettingsDep
+from kronos_jobs.broker.depth import queue_depths
 from kronos_jobs.core.names import JobKind, JobState, Pool, Queue
+from kronos_jobs.core.workload import PRIORITY_MAX, PRIORITY_MIN
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import workers as worker_crud
@@ -134,6 +137,50 @@ class _ScrapeCollector:
         yield devices
 
 
+# --- sharing the fleet: queue depth by priority, time in queue by kind ------------------------------
+
+QUEUE_WAIT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+class _FleetCollector:
+    """Queue depth read from the broker and queue wait (submit to first claim) from the jobs table."""
+
+    def __init__(self, depths: dict[tuple[str, int], int] | None, waits: dict[tuple[str, str], tuple[list[int], float, int]]):
+        self.depths, self.waits = depths, waits
+
+    def collect(self):
+        yield GaugeMetricFamily("kronos_jobs_broker_up", "1 if the broker's queues could be read this scrape.",
+                                value=0 if self.depths is None else 1)
+        depth = GaugeMetricFamily("kronos_jobs_broker_queue_depth", "Messages waiting on the broker by queue and job priority "
+                                  "(higher runs first); reserved and running ones are not counted.",
+                                  labels=["queue", "priority"])
+        for queue in Queue:
+            for priority in range(PRIORITY_MIN, PRIORITY_MAX + 1):
+                depth.add_metric([queue.value, str(priority)], (self.depths or {}).get((queue.value, priority), 0))
+        yield depth
+        wait = HistogramMetricFamily("kronos_jobs_queue_wait_seconds", "Time from submit to the first claim, "
+                                     "by job kind and workload, over every job claimed.", labels=["kind", "workload"])
+        for (kind, workload), (counts, total, n) in sorted(self.waits.items()):
+            buckets = [(floatToGoString(bound), count) for bound, count in zip(QUEUE_WAIT_BUCKETS, counts)] + [("+Inf", n)]
+            wait.add_metric([kind, workload], buckets, total)
+        yield wait
+
+
+def _fleet_collector(settings: Settings) -> _FleetCollector:
+    try:
+        depths = queue_depths(settings)
+    except Exception as exc:  # reported as kronos_jobs_broker_up 0
+        logger.warning("metrics: broker queues unreadable: %s", exc)
+        depths = None
+    try:
+        with session_scope(settings) as session:
+            waits = job_crud.queue_wait_buckets(session, bounds=QUEUE_WAIT_BUCKETS)
+    except Exception as exc:  # kronos_jobs_database_up says so
+        logger.warning("metrics: queue waits unreadable: %s", exc)
+        waits = {}
+    return _FleetCollector(depths, waits)
+
+
 @router.get("/metrics", response_class=PlainTextResponse)
 def read_metrics(settings: SettingsDep, request: Request,
                  _admin: Annotated[Caller, Depends(require_admin_own_session)]) -> Response:
@@ -149,6 +196,7 @@ def read_metrics(settings: SettingsDep, request: Request,
         counts, live, up = {}, [], 0
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_ScrapeCollector(counts, live, up))
+    registry.register(_fleet_collector(settings))
     http = getattr(request.app.state, "http_metrics", None)  # the instrumentator's registry (api/main.py)
     body = generate_latest(registry) + (generate_latest(http) if http is not None else b"")
     return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4)

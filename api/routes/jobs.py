@@ -30,7 +30,7 @@ from kronos_jobs.core.errors import Conflict, Gone, NotFound
 from kronos_jobs.core.names import JobKind, JobState
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.crud import backtests as backtest_crud
-from kronos_jobs.crud import backtests as backtest_crud
+from kronos_jobs.core.workload import workload_of
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import results as result_crud
 from kronos_jobs.inputs.parsing import BarsInput, parse_inline_series
@@ -77,7 +77,7 @@ class ForecastSubmission:
 
     def forecast_params(self, freqs: dict[str, str | None], settings: Settings) -> dict[str, Any]:
         """The job's parameters in `kronos_jobs.jobs.submit.ForecastParams` form."""
-        params = self.params.model_dump(include=set(ForecastParamsIn.model_fields))
+        params = self.params.model_dump(include=set(ForecastParamsIn.model_fields) - {"priority"})
         params["model"] = params["model"] or settings.default_model
         params["freq"] = {symbol: freq for symbol, freq in freqs.items() if freq}
         return params
@@ -123,6 +123,7 @@ def create_forecast_job(
         session, settings, tenant_id=caller.tenant_id, request=submission.forecast_params(series.freqs, settings),
         bars=series.bars, future=series.future, source=series.source, idempotency_key=idempotency_key,
         series_fields=submission.series_fields(series.symbols),
+        workload=workload_of(JobKind.FORECAST, scheduled=False), priority=submission.params.priority,
     )
     response.headers["Location"] = f"{router.prefix}/{job.id}"
     return JobPublic.from_row(job, caller)

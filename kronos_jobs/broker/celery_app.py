@@ -22,6 +22,7 @@ from kronos_jobs.broker.filesystem_broker import TRANSPORT_PATH
 from kronos_jobs.broker.redis_broker import TRANSPORT_PATH as REDIS_TRANSPORT_PATH
 from kronos_jobs.core.names import TASK_PRUNE, TASK_RUN_BACKTEST, TASK_RUN_FINETUNE, TASK_RUN_FORECAST, Queue
 from kronos_jobs.core.settings import Settings, get_settings
+from kronos_jobs.core.workload import PRIORITY_MAX
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,15 @@ def _redis_transport_options(settings: Settings) -> dict[str, Any]:
         # Ping idle connections so a silently dropped one is replaced before the next command.
         "health_check_interval": 25,
         "retry_on_timeout": True,
+        # Message priorities (core/workload.py): one Redis list per step, all ten steps so that
+        # every job priority keeps its own list, served step 0 first. Separate bulk queues would
+        # need every worker started with a queue preference and would double the queue names;
+        # with priorities the workers, routing and queue names stay as they are. With prefetch 1
+        # and late ack a worker holds no message beyond the ones it runs, so the next free slot
+        # takes the best message waiting.
+        "priority_steps": list(range(PRIORITY_MAX + 1)),
+        # Across the queues a worker consumes, too: the best step of any of them first.
+        "queue_order_strategy": "priority",
     }
 
 

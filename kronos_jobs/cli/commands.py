@@ -230,6 +230,7 @@ def _csv_floats(value: str | None) -> list[float] | None:
 @click.option("--top-p", type=float, default=None)
 @click.option("--sample-count", type=int, default=None)
 @click.option("--seed", type=int, default=None)
+@click.option("--priority", type=int, default=None, help="0..9, higher runs first (default 6; schedule runs use 3).")
 @click.option("--idempotency-key", default=None, help="Resubmitting with the same key returns the same job.")
 @click.pass_context
 def submit(ctx: click.Context, path: Path, idempotency_key: str | None, **options: Any) -> None:

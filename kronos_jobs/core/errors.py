@@ -16,6 +16,7 @@
         │   └── LeaseHeld         ... and it is live: look again when it would lapse
         ├── JobCancelled          the job was cancelled while running
         ├── JobGivenBack          a shutting-down worker gave the job back; its task is sent again
+        ├── TenantBusy            the tenant runs its limit of bulk tasks; the task is sent again later
         ├── StoppedForShutdown    a fine-tune stopped at a step boundary for a shutdown (checkpointed)
         ├── ArtifactVerificationError  a saved checkpoint does not reload to the trained weights
         └── ModelUnavailable      the checkpoint cannot be loaded (hub unreachable, files missing)
@@ -140,6 +141,17 @@ class JobGivenBack(JobFailure):
     checkpoint); the task must be sent again so another worker resumes the job."""
 
     code = "given_back"
+
+
+class TenantBusy(JobFailure):
+    """A bulk job's claim found its tenant already running KRONOS_TENANT_BULK_LIMIT bulk tasks; the
+    job stays where it was and its task is sent again after `retry_after` seconds (not a failure)."""
+
+    code = "tenant_busy"
+
+    def __init__(self, message: str, *, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class StoppedForShutdown(JobFailure):

@@ -24,6 +24,16 @@ def consumers_of(queue: Queue, live_workers: Iterable[Any]) -> int:
     return sum(1 for worker in live_workers if queue.value in _queues_of(worker))
 
 
+def slots_of(queue: Queue, live_workers: Iterable[Any]) -> int:
+    """How many tasks of `queue` the live workers can run at once (their prefork concurrency)."""
+    total = 0
+    for worker in live_workers:
+        if queue.value in _queues_of(worker):
+            concurrency = worker.get("concurrency") if isinstance(worker, dict) else getattr(worker, "concurrency", None)
+            total += max(1, int(concurrency or 1))
+    return total
+
+
 def choose_queue(kind: JobKind | str, device: DevicePreference | str, live_workers: Iterable[Any]) -> tuple[Queue, str]:
     """Return the queue for a job of `kind` asking for `device`, and a one-sentence reason.
 

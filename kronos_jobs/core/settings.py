@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     # --- schedules -----------------------------------------------------------------------------
-    schedule_batch_symbols: int = Field(250, ge=1, description="Symbols per forecast job when a schedule run fans out.")
+    schedule_batch_symbols: int = Field(250, ge=1, description="Most symbols per forecast job when a schedule run fans out to CPU workers (runs are split over at least as many jobs as live worker slots).")
     scheduler_interval: float = Field(5.0, gt=0, description="Seconds between the beat's reads of the schedules table.")
 
     # --- hostile input and recovery (robust) -----------------------------------------------------
@@ -129,6 +129,15 @@ class Settings(BaseSettings):
                                                        "list or comma-separated; * accepts any.")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         [], description="Browser origins allowed to call the API cross-site (e.g. https://ops.example.com); default none.")
+    # --- sharing the fleet: priorities, bulk chunks, fan-out by capacity, tenant fairness --------
+    queue_policy: Literal["priority", "fifo"] = Field(
+        "priority", description="priority: interactive jobs go first, bulk jobs yield between chunks and schedule runs "
+                                "fan out over the live worker slots; fifo: no message priorities, bulk jobs run whole, "
+                                "fixed fan-out batches (the behaviour before priorities; kept for comparison).")
+    bulk_chunk_seconds: float = Field(3.0, gt=0, description="Model time a bulk job's chunk aims at on the worker's device; an interactive job waits at most about one chunk.")
+    bulk_probe_series: int = Field(4, ge=1, description="Series in a worker's first chunk of a shape, before it has measured its throughput.")
+    schedule_batch_symbols_gpu: int = Field(2_000, ge=1, description="Most symbols per forecast job when a schedule run fans out to GPU workers.")
+    tenant_bulk_limit: int = Field(0, ge=0, description="Bulk tasks of one tenant running at once; a claim over it waits and retries. 0 = no limit.")
 
     # --- backtests and live scoring (issue 10) -----------------------------------------------
     score_interval: float = Field(300.0, gt=0, description="Seconds between the beat's live scoring of stored forecasts.")

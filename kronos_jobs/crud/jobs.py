@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, case, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -30,8 +30,10 @@ from kronos_jobs.core.errors import (
     JobCancelled,
     LeaseLost,
     NotFound,
+    TenantBusy,
 )
 from kronos_jobs.core.names import JobKind, JobState
+from kronos_jobs.crud import chunks as chunk_crud
 from kronos_jobs.crud.retention import JOB as PRUNED_JOB
 from kronos_jobs.crud.retention import raise_if_pruned
 from kronos_jobs.db.models import Job, utcnow
@@ -59,8 +61,10 @@ def create_job(
     progress_total: int,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    priority: int = 6,
+    workload: str = "interactive",
 ) -> Job:
-    """Insert a queued job and flush it.
+    """Insert a queued job and flush it (`priority`, `workload`: core/workload.py decides them).
 
     With an `idempotency_key` already used by this tenant: the same `request_hash` returns the
     existing job (its id differs from `job_id`, so the caller knows not to enqueue again); another
@@ -79,6 +83,7 @@ def create_job(
         progress_total=progress_total, progress_detail={}, error=None, symbol_errors=[],
         execution_metadata={}, idempotency_key=idempotency_key, request_hash=request_hash,
         cancel_requested=False, attempts=0, created_at=now, updated_at=now,
+        priority=int(priority), workload=str(_value(workload)), enqueued_at=now,
     )
     session.add(job)
     try:
@@ -237,24 +242,57 @@ def _cancelled_or_lost(session: Session, held, job_id: str, owner: str, action: 
     return LeaseLost(f"job {job_id} is no longer leased by {owner}; not {action}")
 
 
-def claim_job(session: Session, *, job_id: str, owner: str, lease_seconds: float) -> Job:
-    """Take the job for `owner`: queued, or running under an expired lease, becomes running.
+def _claimable(now: datetime):
+    """WHERE clause: queued, running under an expired lease, or running but yielded (a bulk job
+    between two chunks: no owner)."""
+    return or_(Job.state == JobState.QUEUED.value,
+               and_(Job.state == JobState.RUNNING.value,
+                    or_(Job.lease_expires_at < now, Job.lease_owner.is_(None))))
+
+
+def _running_bulk(tenant_id: str, now: datetime):
+    """How many bulk jobs of the tenant run right now under a live lease (a scalar subquery)."""
+    return (select(func.count()).select_from(Job)
+            .where(Job.tenant_id == tenant_id, Job.workload == "bulk", Job.state == JobState.RUNNING.value,
+                   Job.lease_owner.is_not(None), Job.lease_expires_at >= now)
+            .scalar_subquery())
+
+
+def claim_job(session: Session, *, job_id: str, owner: str, lease_seconds: float,
+              wait_seconds: float | None = None, bulk_limit: tuple[str, int] | None = None) -> Job:
+    """Take the job for `owner`: queued, running under an expired lease, or yielded, becomes running.
+
+    `wait_seconds` (how long the job waited on the queue for this delivery) becomes the job's
+    `queue_wait_seconds` on its first claim. `bulk_limit` (tenant, limit) refuses the claim with
+    TenantBusy while the tenant already runs `limit` bulk jobs; the count and the claim are one
+    statement, and on PostgreSQL the caller holds the tenant's advisory lock (`lock_tenant`) in
+    the same transaction, so concurrent claims cannot both slip under the limit.
 
     Raises JobCancelled when a cancel was requested before the job could start (the job becomes
     cancelled), LeaseLost when another owner holds a live lease or the job is finished, NotFound
     when there is no such job.
     """
     now = utcnow()
-    claimable = or_(Job.state == JobState.QUEUED.value,
-                    and_(Job.state == JobState.RUNNING.value, Job.lease_expires_at < now))
-    job = _update_returning(session, update(Job)
-                            .where(Job.id == job_id, Job.cancel_requested.is_(False), claimable)
-                            .values(state=JobState.RUNNING.value, lease_owner=owner,
-                                    lease_expires_at=now + timedelta(seconds=lease_seconds),
-                                    attempts=Job.attempts + 1, started_at=now, updated_at=now))
+    claimable = _claimable(now)
+    values: dict[str, Any] = dict(state=JobState.RUNNING.value, lease_owner=owner,
+                                  lease_expires_at=now + timedelta(seconds=lease_seconds),
+                                  attempts=Job.attempts + 1, updated_at=now,
+                                  # a yielded job's next chunk: the job started with its first chunk
+                                  started_at=case((and_(Job.state == JobState.RUNNING.value, Job.lease_owner.is_(None)),
+                                                   Job.started_at), else_=literal(now, Job.started_at.type)))
+    if wait_seconds is not None:
+        values["queue_wait_seconds"] = func.coalesce(Job.queue_wait_seconds, float(wait_seconds))
+    condition = and_(Job.id == job_id, Job.cancel_requested.is_(False), claimable)
+    if bulk_limit is not None:
+        condition = and_(condition, _running_bulk(bulk_limit[0], now) < bulk_limit[1])
+    job = _update_returning(session, update(Job).where(condition).values(**values))
     if job is not None:
         logger.info("job %s claimed by %s (attempt %d)", job_id, owner, job.attempts)
         return job
+    if bulk_limit is not None and session.scalar(select(func.count()).select_from(Job).where(
+            Job.id == job_id, Job.cancel_requested.is_(False), claimable)):
+        raise TenantBusy(f"tenant {bulk_limit[0]!r} already runs {bulk_limit[1]} bulk task(s) "
+                         "(KRONOS_TENANT_BULK_LIMIT)", retry_after=0.0)
     # A cancel that arrived while the job waited (or while its last owner was dying) wins.
     result = session.execute(
         update(Job)
@@ -269,6 +307,53 @@ def claim_job(session: Session, *, job_id: str, owner: str, lease_seconds: float
         logger.info("job %s cancelled before it started", job_id)
         raise JobCancelled(f"job {job_id} was cancelled before it started")
     raise LeaseLost(f"job {job_id} is {job.state}" + (f", leased by {job.lease_owner}" if job.lease_owner else ""))
+
+
+def lock_tenant(session: Session, *, tenant_id: str) -> None:
+    """On PostgreSQL, serialise bulk claims of one tenant until the transaction ends (an advisory
+    lock); SQLite runs one writer at a time anyway."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"kronos-bulk:{tenant_id}"))))
+
+
+def claim_context(session: Session, *, job_id: str) -> Any:
+    """What a delivery needs before its claim: tenant, workload, priority, queue and when the job
+    went onto the queue (None when there is no such job)."""
+    return session.execute(select(Job.tenant_id, Job.workload, Job.priority, Job.queue, Job.enqueued_at,
+                                  Job.created_at).where(Job.id == job_id)).first()
+
+
+def seconds_waiting(context: Any) -> float:
+    """How long a job (a `claim_context` row) has been on the queue: since it was last enqueued."""
+    return max(0.0, (utcnow() - (context.enqueued_at or context.created_at)).total_seconds())
+
+
+def yield_job(session: Session, *, job_id: str, owner: str, done: int, grace_seconds: float) -> Job:
+    """A bulk job between chunks: still running for its user, but no delivery owns it, so the next
+    chunk's delivery claims it at once (attempt uncounted: the delivery did not fail). Its lease
+    expiry moves `grace_seconds` ahead: only a chunk message lost for that long makes the
+    reconciler send it again. A cancel requested meanwhile raises JobCancelled (the caller
+    records it); LeaseLost if `owner` no longer holds the job."""
+    now = utcnow()
+    held = _held_by(job_id, owner)
+    values = {"lease_owner": None, "lease_expires_at": now + timedelta(seconds=grace_seconds),
+              "attempts": Job.attempts - 1, "progress_done": done, "enqueued_at": now, "updated_at": now}
+    job = _update_returning(session, update(Job).where(held, Job.cancel_requested.is_(False)).values(**values))
+    if job is None:
+        raise _cancelled_or_lost(session, held, job_id, owner, "yielded")
+    return job
+
+
+def queue_wait_buckets(session: Session, *, bounds: Iterable[float]) -> dict[tuple[str, str], tuple[list[int], float, int]]:
+    """Per (kind, workload): cumulative counts of jobs whose first queue wait was <= each bound,
+    the sum of the waits and the count (a Prometheus histogram over every claimed job)."""
+    bounds = list(bounds)
+    wait = Job.queue_wait_seconds
+    columns = [func.sum(case((wait <= b, 1), else_=0)) for b in bounds]
+    query = (select(Job.kind, Job.workload, func.sum(wait), func.count(), *columns)
+             .where(wait.is_not(None)).group_by(Job.kind, Job.workload))
+    return {(kind, workload): ([int(c or 0) for c in counts], float(total or 0.0), int(n))
+            for kind, workload, total, n, *counts in session.execute(query)}
 
 
 def renew_lease(session: Session, *, job_id: str, owner: str, lease_seconds: float) -> bool:
@@ -360,7 +445,7 @@ def give_back_job(session: Session, *, job_id: str, owner: str,
     now = utcnow()
     held = _held_by(job_id, owner)
     values: dict[str, Any] = {"state": JobState.QUEUED.value, "lease_owner": None, "lease_expires_at": None,
-                              "attempts": Job.attempts - 1, "updated_at": now}
+                              "attempts": Job.attempts - 1, "enqueued_at": now, "updated_at": now}
     if execution_metadata is not None:
         values["execution_metadata"] = execution_metadata
     job = _update_returning(session, update(Job).where(held, Job.cancel_requested.is_(False)).values(**values))
@@ -379,21 +464,32 @@ def cancel_requested(session: Session, *, job_id: str) -> bool:
 
 
 def request_cancel(session: Session, *, tenant_id: str, job_id: str) -> Job:
-    """Cancel: a queued job becomes cancelled now, a running one is flagged to stop at its next
-    batch boundary; a finished job raises InvalidTransition."""
+    """Cancel: a queued job (or a bulk job waiting between chunks) becomes cancelled now, a running
+    one is flagged to stop at its next batch boundary; a finished job raises InvalidTransition."""
     now = utcnow()
     mine = and_(Job.id == job_id, Job.tenant_id == tenant_id)
-    # Queued first, then running: if a worker claims the job between the two statements, the
-    # second one still catches it.
-    for from_state, values in (
-        (JobState.QUEUED, {"state": JobState.CANCELLED.value, "cancel_requested": True, "finished_at": now}),
-        (JobState.RUNNING, {"cancel_requested": True}),
+    cancelled = {"state": JobState.CANCELLED.value, "cancel_requested": True, "finished_at": now,
+                 "lease_owner": None, "lease_expires_at": None}
+    # Queued first, then running: if a worker claims the job between the statements, the last
+    # one still catches it.
+    for from_state, where, values in (
+        (JobState.QUEUED, Job.state == JobState.QUEUED.value, cancelled),
+        (JobState.RUNNING, and_(Job.state == JobState.RUNNING.value, Job.lease_owner.is_(None)), cancelled),
+        (JobState.RUNNING, Job.state == JobState.RUNNING.value, {"cancel_requested": True}),
     ):
         result = session.execute(
-            update(Job).where(mine, Job.state == from_state.value).values(updated_at=now, **values)
+            update(Job).where(mine, where).values(updated_at=now, **values)
             .execution_options(synchronize_session=False)
         )
         if result.rowcount == 1:
+            if from_state is JobState.RUNNING and values is cancelled:
+                # A bulk job between chunks: nobody runs it, so the cancel settles it here, keeping
+                # the series its finished chunks forecast, as a cancel while running does.
+                kept, errors = chunk_crud.keep_as_result(session, job_id=job_id, tenant_id=tenant_id)
+                session.execute(update(Job).where(Job.id == job_id).values(
+                    symbol_errors=errors, error={"code": "cancelled", "message": "cancelled by request between chunks; "
+                                                 f"the {kept} series finished before it are kept"})
+                    .execution_options(synchronize_session=False))
             logger.info("job %s cancel requested while %s", job_id, from_state.value)
             job = _refetch(session, job_id)
             assert job is not None

@@ -118,6 +118,30 @@ class Job(Base):
     # Set when retention deleted the job's input bars / result rows (jobs/retention.py).
     input_pruned_at: Mapped[datetime | None] = mapped_column(nullable=True)
     result_pruned_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # --- sharing the fleet (core/workload.py) ---
+    priority: Mapped[int] = mapped_column(Integer, default=6, server_default="6")  # 0..9, higher runs first
+    workload: Mapped[str] = mapped_column(String(16), default="interactive", server_default="interactive")
+    # When the job last went onto the queue (submit, a bulk chunk's yield, a give-back): the next
+    # claim measures its wait from here.
+    enqueued_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    queue_wait_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)  # submit -> first claim
+
+
+class JobChunk(Base):
+    """A finished chunk of a bulk job that yielded its worker: the rows wait here until the last
+    chunk's delivery writes every chunk's rows, the metadata and the final state in one transaction."""
+
+    __tablename__ = "job_chunks"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    start: Mapped[int] = mapped_column(Integer, primary_key=True)  # index of its first series
+    stop: Mapped[int] = mapped_column(Integer)  # one past its last series
+    rows_parquet: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # NULL: every series failed
+    symbol_errors: Mapped[list[Any]] = mapped_column(default=list)
+    inference_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    wait_seconds: Mapped[float] = mapped_column(Float, default=0.0)  # queue wait before this chunk
+    device: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class JobInput(Base):

@@ -132,6 +132,9 @@ class _Run(Delivery):
     given_back: list[dict[str, Any]]  # earlier deliveries that checkpointed for a worker shutdown
     identity: WorkerIdentity
     draining: Callable[[], bool]
+    priority: int = 6
+    workload: str = "interactive"
+    queue_wait_seconds: float | None = None  # submit -> first claim
 
 
 def never_draining() -> bool:
@@ -159,13 +162,17 @@ def run_finetune_job(job_id: str, *, settings: Settings, identity: WorkerIdentit
     t0 = time.perf_counter()
     try:
         with session_scope(settings) as session:
-            job = job_crud.claim_job(session, job_id=job_id, owner=owner, lease_seconds=settings.lease_seconds)
+            context = job_crud.claim_context(session, job_id=job_id)
+            wait = job_crud.seconds_waiting(context) if context is not None else None
+            job = job_crud.claim_job(session, job_id=job_id, owner=owner, lease_seconds=settings.lease_seconds,
+                                     wait_seconds=wait)
             run = _Run(job_id=job.id, owner=owner, tenant_id=job.tenant_id, params=FinetuneParams.from_value(job.params),
                        data_summary=dict(job.params.get("data_summary") or {}), queue=job.queue,
                        device_requested=job.device_requested, attempt=job.attempts, queued_at=job.created_at,
                        started_at=job.started_at, t0=t0,
                        given_back=list((job.execution_metadata or {}).get("given_back") or []),
-                       identity=identity, draining=draining)
+                       identity=identity, draining=draining, priority=job.priority, workload=job.workload,
+                       queue_wait_seconds=job.queue_wait_seconds)
     except JobCancelled:
         _remove_artifacts(settings, job_id)
         logger.info("job %s cancelled elapsed=%.3fs (before it started)", job_id, time.perf_counter() - t0)
@@ -273,7 +280,9 @@ def _give_back(run: _Run, settings: Settings, stop: StoppedForShutdown, meta: di
 
 def _finish_row(session, run: _Run, state: JobState, meta: dict[str, Any], error: dict[str, Any] | None) -> None:
     finished_at = utcnow()
+    meta.update(priority=run.priority, workload=run.workload)
     meta.setdefault("timings", {}).update(
+        queue_wait_seconds=run.queue_wait_seconds,  # submit -> first claim
         queued_at=run.queued_at.isoformat() if run.queued_at else None,
         started_at=run.started_at.isoformat() if run.started_at else None,
         finished_at=finished_at.isoformat(), elapsed_seconds=round(run.elapsed(), 6))

@@ -3,9 +3,19 @@
 `run_forecast_job` claims the job's lease, heartbeats it, runs the series through the predictor in
 chunks, checks for cancellation between decode steps (`CancelFlag`, at most one database read per
 KRONOS_CANCEL_CHECK_SECONDS) and between chunks, and writes results, execution metadata and the final
-state in ONE transaction. A cancelled job keeps the rows of the chunks that finished before it. A second delivery of the same job (at-least-once broker) finds the lease
-held or the job finished and stops (jobs/lease.py); a delivery after the lease expired (its worker
-died) takes over. Jobs whose messages were lost are re-sent by jobs/recovery.py.
+state in ONE transaction. A cancelled job keeps the rows of the chunks that finished before it.
+
+A bulk job (core/workload.py) runs one chunk of about KRONOS_BULK_CHUNK_SECONDS of model time per
+delivery, sized by this worker's measured cost (jobs/pace.py): the chunk's rows go to
+`job_chunks`, the job yields (still `running` for its user, no owner: crud.jobs.yield_job) and its
+task is sent again at the job's priority, so an interactive job queued meanwhile takes the worker
+first. The last chunk's delivery writes every chunk's rows, the metadata and the final state in
+the one finish transaction. A bulk claim over the tenant's KRONOS_TENANT_BULK_LIMIT sends the task
+again after a pause instead (TenantBusy): the job waits, it does not fail.
+
+A second delivery of the same job (at-least-once broker) finds the lease held or the job finished
+and stops (jobs/lease.py); a delivery after the lease expired (its worker died) takes over. Jobs
+whose messages were lost are re-sent by jobs/recovery.py.
 """
 
 from __future__ import annotations
@@ -20,19 +30,22 @@ from typing import Any
 
 import pandas as pd
 
-from kronos_jobs.core.errors import JobCancelled, LeaseLost
+from kronos_jobs.core.errors import JobCancelled, LeaseLost, NotFound, TenantBusy
 from kronos_jobs.core.identity import WorkerIdentity
 from kronos_jobs.core.names import RESULT_COLUMNS, JobState
 from kronos_jobs.core.settings import Settings
+from kronos_jobs.core.workload import Workload, chunk_series
+from kronos_jobs.crud import chunks as chunk_crud
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import results as result_crud
 from kronos_jobs.db.models import utcnow
 from kronos_jobs.db.session import session_scope
+from kronos_jobs.jobs import pace
 from kronos_jobs.jobs.lease import TRANSIENT_ERRORS, LeaseHeartbeat, raise_if_held
 from kronos_jobs.jobs.lifecycle import Delivery, new_owner, run_delivery
 from kronos_jobs.jobs.registry import PUBLISHED_MODELS, RANDOM_PREFIX, local_model_dir, resolve_model
 from kronos_jobs.jobs.series import SeriesInput, build_inputs, result_rows, rows_frame
-from kronos_jobs.jobs.submit import ForecastParams
+from kronos_jobs.jobs.submit import ForecastParams, send_job
 
 __all__ = ["run_forecast_job"]
 
@@ -43,6 +56,12 @@ logger = logging.getLogger(__name__)
 class _Run(Delivery):
     params: ForecastParams
     parts: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # finished series' result rows
+    priority: int = 6
+    workload: str = Workload.INTERACTIVE.value
+    bulk: bool = False  # one chunk per delivery, then yield (module docstring)
+    start: int = 0  # a bulk delivery's first symbol (the chunks before it are stored)
+    wait_seconds: float = 0.0  # this delivery's time on the queue
+    first_wait_seconds: float | None = None  # the job's: submit -> first claim
 
 
 class CancelFlag:
@@ -70,9 +89,14 @@ def _log(run: _Run, state: JobState | str, extra: str = "") -> None:
     logger.info("job %s %s elapsed=%.3fs%s", run.job_id, state, run.elapsed(), f" {extra}" if extra else "")
 
 
-def run_forecast_job(job_id: str, *, settings: Settings, identity: WorkerIdentity) -> JobState | None:
+def run_forecast_job(job_id: str, *, settings: Settings, identity: WorkerIdentity,
+                     start: int | None = None) -> JobState | None:
     """Run one delivery of a forecast job on the worker `identity` (its resolved device included);
-    the final state, or None when this delivery did nothing.
+    the final state (`running` after a bulk chunk), or None when this delivery did nothing.
+
+    `start`: the bulk chunk the message was sent for. A message for a chunk the job has already
+    passed is a duplicate (the reconciler re-sent a chunk that was only slow) and does nothing, so
+    duplicates die out instead of each yielding and re-sending for the rest of the job.
 
     Raises LeaseLost (another delivery owns the job: stop quietly) and transient errors (database or
     broker down: the task retries). Every other outcome is recorded on the job before returning.
@@ -81,21 +105,47 @@ def run_forecast_job(job_id: str, *, settings: Settings, identity: WorkerIdentit
     owner = new_owner()
     t0 = time.perf_counter()
     # --- claim --------------------------------------------------------------------------------
+    with session_scope(settings, autocommit=True) as session:
+        context = job_crud.claim_context(session, job_id=job_id)
+        current = chunk_crud.next_start(session, job_id=job_id) if start is not None and context else None
+    if context is None:
+        raise NotFound(f"no job {job_id!r}")
+    if start is not None and current != start:
+        logger.info("job %s: message for chunk %d, the job is at %d; dropped as a duplicate", job_id, start, current)
+        return None
+    wait = job_crud.seconds_waiting(context)
+    bulk = context.workload == Workload.BULK.value and settings.queue_policy == "priority"
+    limit = (context.tenant_id, settings.tenant_bulk_limit) if bulk and settings.tenant_bulk_limit else None
     try:
         # The claim is one conditional UPDATE, atomic on its own: run it without a transaction
-        # around it (no BEGIN/COMMIT round trips). The input is read first, as the job's own
+        # around it (no BEGIN/COMMIT round trips), except for a bulk claim under a tenant limit,
+        # which holds the tenant's lock while it counts. The input is read first, as the job's own
         # immutable data, so a failure to read it leaves the job unclaimed as before.
-        with session_scope(settings, autocommit=True) as session:
+        with session_scope(settings, autocommit=limit is None) as session:
+            if limit is not None:
+                job_crud.lock_tenant(session, tenant_id=context.tenant_id)
             job_input = result_crud.load_job_input(session, job_id=job_id)
-            job = job_crud.claim_job(session, job_id=job_id, owner=owner, lease_seconds=settings.lease_seconds)
+            job = job_crud.claim_job(session, job_id=job_id, owner=owner, lease_seconds=settings.lease_seconds,
+                                     wait_seconds=wait, bulk_limit=limit)
             run = _Run(job_id=job.id, owner=owner, tenant_id=job.tenant_id,
                        params=ForecastParams.from_value({k: v for k, v in job.params.items()
                                                          if k not in ("source", "n_series")}),
                        queue=job.queue, device_requested=job.device_requested, attempt=job.attempts,
-                       queued_at=job.created_at, started_at=job.started_at, t0=t0)
+                       queued_at=job.created_at, started_at=job.started_at, t0=t0, priority=job.priority,
+                       workload=job.workload, bulk=bulk, start=chunk_crud.next_start(session, job_id=job_id) if bulk else 0,
+                       wait_seconds=wait, first_wait_seconds=job.queue_wait_seconds)
     except JobCancelled:
+        with session_scope(settings) as session:
+            chunk_crud.delete_chunks(session, job_id=job_id)
         logger.info("job %s cancelled elapsed=%.3fs (before it started)", job_id, time.perf_counter() - t0)
         return JobState.CANCELLED
+    except TenantBusy as exc:
+        # Not a failure: the job stays where it was and comes back once one of the tenant's
+        # chunks (about KRONOS_BULK_CHUNK_SECONDS each) has ended; jitter spreads the retries.
+        countdown = settings.bulk_chunk_seconds * random.uniform(1.0, 2.0)
+        send_job(settings, job_id, context.queue, priority=context.priority, countdown=countdown, start=start)
+        logger.info("job %s waits: %s; sent again in %.1f s", job_id, exc, countdown)
+        return None
     except LeaseLost as exc:
         raise_if_held(job_id, settings, exc)
         raise
@@ -115,15 +165,28 @@ def _execute(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_input
     return run_delivery(
         run, settings, lambda: _forecast(run, settings, heartbeat, job_input, meta, identity),
         fail=lambda error: _finish(run, settings, JobState.FAILED, meta=meta, rows=_EMPTY, error=error),
-        cancelled=lambda _exc: _finish(run, settings, JobState.CANCELLED, meta=meta,
-                                       rows=rows_frame(run.parts) if run.parts else _EMPTY,
-                                       error={"code": "cancelled", "message": "cancelled by request while running; "
-                                              f"the {len(run.parts)} series finished before it are kept"}),
+        cancelled=lambda _exc: _cancelled(run, settings, meta),
         time_limit_message=f"the forecast exceeded its {settings.forecast_soft_time_limit} s soft time limit",
     )
 
 
 _EMPTY = object()  # "write an empty result": a cancelled or failed job keeps no rows
+
+
+def _cancelled(run: _Run, settings: Settings, meta: dict[str, Any]) -> JobState:
+    """Record a cancel that arrived while running, keeping the series finished before it (a bulk
+    job's stored chunks included)."""
+    frames = []
+    if run.bulk:
+        with session_scope(settings) as session:
+            frames = [c["rows"] for c in chunk_crud.load_chunks(session, job_id=run.job_id) if c["rows"] is not None]
+    if run.parts:
+        frames.append(rows_frame(run.parts))
+    rows = pd.concat(frames, ignore_index=True) if frames else _EMPTY
+    kept = 0 if rows is _EMPTY else rows["symbol"].nunique()
+    return _finish(run, settings, JobState.CANCELLED, meta=meta, rows=rows,
+                   error={"code": "cancelled", "message": "cancelled by request while running; "
+                          f"the {kept} series finished before it are kept"})
 
 
 def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_input: tuple,
@@ -146,8 +209,18 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
             spec = resolve_model(params.model, session, tenant_id=run.tenant_id, model_dirs=model_dirs)
     else:
         spec = resolve_model(params.model, model_dirs=model_dirs)
+    total = stop = int(bars["symbol"].nunique())
+    if run.bulk:  # this delivery's chunk only, sized by this worker's pace on this shape
+        key = pace.shape_key(params.model, str(identity.device), params.lookback, params.pred_len,
+                             params.sampling.sample_count)
+        size = chunk_series(pace.cost_model(key), settings.bulk_chunk_seconds, total - run.start,
+                            settings.bulk_probe_series)
+        stop = min(total, run.start + size)
+        wanted = pd.unique(bars["symbol"].astype(str))[run.start:stop]
+        bars = bars[bars["symbol"].astype(str).isin(wanted)]
+        if future is not None:
+            future = future[future["symbol"].astype(str).isin(wanted)]
     inputs, symbol_errors = build_inputs(bars, future, params)
-    total = len(inputs) + len(symbol_errors)
     entry, cached = model_cache.get_predictor(spec, identity.device, settings)
     meta.update(spec.metadata())
     meta.update(model_checksum=entry.model_checksum, tokenizer_checksum=entry.tokenizer_checksum,
@@ -163,7 +236,7 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
 
     parts = run.parts  # kept by a cancel: the rows of every finished chunk
     should_stop = CancelFlag(settings, run.job_id, settings.cancel_check_seconds)
-    done, inference_seconds = len(symbol_errors), 0.0
+    done, inference_seconds = run.start + len(symbol_errors), 0.0
     # How the predictor chunked its rows; kept current so a failed job records it too.
     meta["decode"] = decode = {"requested_rows_per_chunk": None, "rows_per_chunk": None, "oom_retries": 0}
     size = settings.max_batch_size
@@ -177,8 +250,8 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
         # Each chunk seeds its own generator from the job's seed: reproducible, and no two chunks
         # replay the same random draws.
         try:
-            outputs, errors = _predict_chunk(entry.predictor, chunk, params, seed + index // size, decode, should_stop,
-                                             steps.report)
+            outputs, errors = _predict_chunk(entry.predictor, chunk, params, seed + (run.start + index) // size, decode,
+                                             should_stop, steps.report)
         except DecodeStopped:
             raise JobCancelled(f"job {run.job_id} cancelled while decoding after {done}/{total} series") from None
         inference_seconds += time.perf_counter() - started
@@ -191,6 +264,14 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
                                                   detail=steps.detail(index + len(chunk)))
             if cancel:
                 raise JobCancelled(f"job {run.job_id} cancelled after {done}/{total} series")
+
+    merged = None
+    if run.bulk:
+        pace.record(key, len(inputs), inference_seconds)
+        if stop < total:
+            return _yield_chunk(run, settings, parts, symbol_errors, inference_seconds, stop, identity)
+        merged, symbol_errors, inference_seconds = _merge_chunks(run, settings, parts, symbol_errors,
+                                                                 inference_seconds, meta, stop)
 
     # --- classify and finish ------------------------------------------------------------------------
     meta["timings"] = {"prepare_seconds": round(prepare_seconds, 6), "model_load_seconds": round(model_load_seconds, 6),
@@ -206,9 +287,43 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
         state = JobState.FAILED
         first = symbol_errors[0] if symbol_errors else {"message": "no series"}
         error = {"code": "all_series_failed", "message": f"all {total} series failed; first: {first['message']}"}
-    rows = rows_frame(parts) if parts else _EMPTY
+    rows = merged if merged is not None else rows_frame(parts) if parts else _EMPTY
     return _finish(run, settings, state, meta=meta, rows=rows, error=error, symbol_errors=symbol_errors,
                    progress=(total, total))
+
+
+def _yield_chunk(run: _Run, settings: Settings, parts: list[dict[str, Any]], symbol_errors: list[dict[str, Any]],
+                 inference_seconds: float, stop: int, identity: WorkerIdentity) -> JobState:
+    """Store this delivery's chunk and yield the job in one transaction, then send its next task."""
+    with session_scope(settings) as session:
+        chunk_crud.save_chunk(session, job_id=run.job_id, start=run.start, stop=stop,
+                              rows=rows_frame(parts) if parts else None, symbol_errors=symbol_errors,
+                              inference_seconds=inference_seconds, wait_seconds=run.wait_seconds,
+                              device=str(identity.device))
+        # Raises JobCancelled (rolling the chunk back) when a cancel arrived during the chunk.
+        job_crud.yield_job(session, job_id=run.job_id, owner=run.owner, done=stop,
+                           grace_seconds=10 * settings.lease_seconds)
+    # Should this send fail, the job waits yielded until the reconciler sends it (jobs/recovery.py).
+    send_job(settings, run.job_id, run.queue, priority=run.priority, start=stop)
+    _log(run, "yielded", f"series={run.start}:{stop} inference={inference_seconds:.3f}s")
+    return JobState.RUNNING
+
+
+def _merge_chunks(run: _Run, settings: Settings, parts: list[dict[str, Any]], symbol_errors: list[dict[str, Any]],
+                  inference_seconds: float, meta: dict[str, Any], stop: int):
+    """The stored chunks' rows and errors joined to this last chunk's: (rows or None, errors,
+    inference seconds of every chunk). The finish writes them all and deletes the stored chunks."""
+    with session_scope(settings) as session:
+        stored = chunk_crud.load_chunks(session, job_id=run.job_id)
+    frames = [c["rows"] for c in stored if c["rows"] is not None] + ([rows_frame(parts)] if parts else [])
+    errors = [e for c in stored for e in c["symbol_errors"]] + symbol_errors
+    # Waits between chunks: every delivery's but the first one's (that is the job's queue wait).
+    waits = [c["wait_seconds"] for c in stored[1:]] + ([run.wait_seconds] if stored else [])
+    meta["chunks"] = {"count": len(stored) + 1,
+                      "series": [c["stop"] - c["start"] for c in stored] + [stop - run.start],
+                      "wait_seconds": round(sum(waits), 6)}
+    merged = pd.concat(frames, ignore_index=True) if frames else None
+    return merged, errors, inference_seconds + sum(c["inference_seconds"] for c in stored)
 
 
 def _needs_session(model: str, model_dirs: Sequence[Path]) -> bool:
@@ -303,7 +418,12 @@ def _finish(run: _Run, settings: Settings, state: JobState, *, meta: dict[str, A
         queued_at=run.queued_at.isoformat() if run.queued_at else None,
         started_at=run.started_at.isoformat() if run.started_at else None,
         finished_at=finished_at.isoformat(), elapsed_seconds=round(run.elapsed(), 6))
+    first_wait = run.first_wait_seconds if run.first_wait_seconds is not None else run.wait_seconds
+    meta.update(priority=run.priority, workload=run.workload)
+    meta["timings"]["queue_wait_seconds"] = round(first_wait, 6)  # submit -> first claim
     with session_scope(settings) as session:
+        if run.bulk:
+            chunk_crud.delete_chunks(session, job_id=run.job_id)
         if rows is not None:
             frame = _empty_rows() if rows is _EMPTY else rows
             result_crud.write_forecasts(session, job_id=run.job_id, tenant_id=run.tenant_id, rows=frame)

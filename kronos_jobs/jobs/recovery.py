@@ -22,6 +22,7 @@ from sqlalchemy import update
 
 from kronos_jobs.core.names import JobKind, JobState
 from kronos_jobs.core.settings import Settings
+from kronos_jobs.crud import chunks as chunk_crud
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.db.models import Job, utcnow
 from kronos_jobs.db.session import session_scope
@@ -53,12 +54,14 @@ def fail_after_hard_time_limit(job_id: str, *, settings: Settings, limit: float 
     return bool(result.rowcount)
 
 
-def _send(settings: Settings, job) -> None:
-    """Send a job's task; a backtest, which shares the forecast queues, names its kind."""
+def _send(settings: Settings, job, start: int | None = None) -> None:
+    """Send a job's task at its priority; a backtest, which shares the forecast queues, names its kind."""
+    options: dict = {"priority": job.priority}
     if job.kind == JobKind.BACKTEST.value:
-        send_job(settings, job.id, job.queue, job.kind)
-    else:
-        send_job(settings, job.id, job.queue)
+        options["kind"] = job.kind
+    if start is not None:
+        options["start"] = start
+    send_job(settings, job.id, job.queue, **options)
 
 
 def requeue_stale_jobs(session, settings: Settings, *, queued_older_than: float | None = None) -> list[str]:
@@ -76,7 +79,10 @@ def requeue_stale_jobs(session, settings: Settings, *, queued_older_than: float 
     sent = []
     for job in jobs:
         try:
-            _send(settings, job)
+            # A bulk job between chunks: the message names its next chunk (a duplicate then dies out).
+            start = (chunk_crud.next_start(session, job_id=job.id)
+                     if job.workload == "bulk" and job.state == JobState.RUNNING.value else None)
+            _send(settings, job, start=start)
             sent.append(job.id)
         except Exception as exc:
             logger.warning("reconciler: could not re-send job %s (%s)", job.id, exc)

@@ -41,11 +41,14 @@ from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
 from kronos_jobs.core.errors import IdempotencyConflict, InvalidRequest, KronosJobsError
-from kronos_jobs.core.names import SOURCE_STORE, TERMINAL_STATES, JobState, RunTrigger
+from kronos_jobs.core.names import SOURCE_STORE, TERMINAL_STATES, JobKind, JobState, Queue, RunTrigger
+from kronos_jobs.core.routing import choose_queue, slots_of
 from kronos_jobs.core.settings import Settings
+from kronos_jobs.core.workload import fanout_batch_size, workload_of
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import schedules as crud
 from kronos_jobs.crud import series as series_crud
+from kronos_jobs.crud import workers as worker_crud
 from kronos_jobs.db.models import Schedule, ScheduleRun, utcnow
 from kronos_jobs.db.session import session_scope
 from kronos_jobs.inputs.calendar import check_timezone
@@ -291,6 +294,22 @@ def forecast_request(schedule: Schedule, freqs: dict[str, str]) -> dict[str, Any
             "quantiles": params.get("quantiles"), "freq": freqs, "calendar": schedule.calendar or {}}
 
 
+def fanout_plan(session: Session, settings: Settings, schedule: Schedule, n_symbols: int) -> dict[str, Any]:
+    """Symbols per job for a run of `n_symbols`: spread over every live worker slot of the queue the
+    jobs will go to, at most KRONOS_SCHEDULE_BATCH_SYMBOLS per job (..._GPU on the GPU queue, whose
+    workers also cut bigger chunks by their measured pace). With KRONOS_QUEUE_POLICY=fifo: the fixed
+    batch, as before priorities."""
+    live = worker_crud.live_workers(session, stale_seconds=settings.worker_stale_seconds)
+    queue, _ = choose_queue(JobKind.FORECAST, schedule.device, live)
+    slots = slots_of(queue, live)
+    max_batch = settings.schedule_batch_symbols_gpu if queue is Queue.FORECAST_GPU else settings.schedule_batch_symbols
+    if settings.queue_policy == "fifo":
+        size = settings.schedule_batch_symbols
+    else:
+        size = fanout_batch_size(n_symbols, slots, max_batch)
+    return {"batch_symbols": size, "fanout": {"queue": queue.value, "live_slots": slots, "max_batch": max_batch}}
+
+
 def fan_out(settings: Settings, run_id: str, *, now: datetime | None = None) -> ScheduleRun | None:
     """Read the universe's latest bars batch by batch and submit one forecast job per batch.
 
@@ -313,7 +332,7 @@ def fan_out(settings: Settings, run_id: str, *, now: datetime | None = None) -> 
         else:
             keys, errors = _universe(session, schedule, lookback)
             run.detail = {**(run.detail or {}), "universe": [list(k) for k in keys],
-                          "batch_symbols": settings.schedule_batch_symbols}
+                          **fanout_plan(session, settings, schedule, len(keys))}
         run.progress_total, run.progress_done, run.symbol_errors = len(keys) + len(errors), len(errors), errors
         size = int(run.detail["batch_symbols"])
     read_seconds = submit_seconds = 0.0
@@ -356,7 +375,8 @@ def _submit_batch(session: Session, settings: Settings, schedule: Schedule, run_
     key = f"schedule-run:{run_id}:{batch}"
     try:
         job = submit_forecast(session, settings, tenant_id=schedule.tenant_id, request=forecast_request(schedule, freqs),
-                              bars=bars.drop(columns="freq"), future=None, source=SOURCE_STORE, idempotency_key=key)
+                              bars=bars.drop(columns="freq"), future=None, source=SOURCE_STORE, idempotency_key=key,
+                              workload=workload_of(JobKind.FORECAST, scheduled=True))
     except IdempotencyConflict:  # a retried fan-out after new bars arrived: the first job stands
         session.rollback()
         job = job_crud.find_by_idempotency_key(session, tenant_id=schedule.tenant_id, key=key)

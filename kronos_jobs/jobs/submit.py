@@ -28,6 +28,7 @@ from kronos_jobs.core.names import (
 )
 from kronos_jobs.core.routing import choose_queue
 from kronos_jobs.core.settings import Settings
+from kronos_jobs.core.workload import Workload, broker_priority, job_priority, workload_of
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import results as result_crud
 from kronos_jobs.crud import workers as worker_crud
@@ -186,31 +187,47 @@ def task_for_queue(queue: Queue | str, kind: JobKind | str | None = None) -> str
     return TASK_RUN_FINETUNE if Queue(queue) in (Queue.FINETUNE_CPU, Queue.FINETUNE_GPU) else TASK_RUN_FORECAST
 
 
-def send_job(settings: Settings, job_id: str, queue: Queue | str, kind: JobKind | str | None = None) -> None:
-    """Send the task for a committed job of `kind` (also used by the reconciler)."""
+def send_job(settings: Settings, job_id: str, queue: Queue | str, kind: JobKind | str | None = None, *,
+             priority: int, countdown: float | None = None, start: int | None = None) -> None:
+    """Send the task for a committed job of `kind` at its priority (also used by the reconciler, a
+    bulk job's next chunk and a claim over the tenant's bulk limit, which passes a `countdown`).
+
+    `start`: the first series of the bulk chunk this message is for; a delivery whose job has
+    moved past it is a duplicate and does nothing (jobs/forecast.py)."""
     from kronos_jobs.broker.celery_app import app_for  # celery only on the sending path
 
+    options: dict[str, Any] = {}
+    if settings.queue_policy == "priority":  # fifo: every message on the broker's one default step
+        options["priority"] = broker_priority(priority)
+    if countdown:
+        options["countdown"] = countdown
+    if start is not None:
+        options["kwargs"] = {"start": int(start)}
     app_for(settings).send_task(
         task_for_queue(queue, kind), args=[job_id], task_id=job_id, queue=Queue(queue).value,
-        retry=True, retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.5},
+        retry=True, retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.5}, **options,
     )
 
 
 def enqueue(session, settings: Settings, *, tenant_id: str, kind: JobKind, device: DevicePreference, queue: Queue,
             reason: str, model: str, params: dict[str, Any], progress_total: int, bars: pd.DataFrame,
             future: pd.DataFrame | None, source: str, idempotency_key: str | None, digest: str | None,
-            summary: str):
+            summary: str, workload: Workload | None = None, priority: int | None = None):
     """Insert the job and its input, COMMIT, then send its task: the one path every job kind takes.
+
+    `priority` None takes the workload's default (core/workload.py).
 
     crud.jobs.create_job settles an Idempotency-Key: the same key and body return the job that
     exists (or won an insert race), another body raises IdempotencyConflict. Such a job is returned
     as it is and not sent again. `summary` ends the log line ("3 series, model kronos-small").
     """
     job_id = uuid.uuid4().hex
+    workload = workload or workload_of(kind, scheduled=False)  # a backtest is bulk whoever asks
+    priority = job_priority(workload, priority)
     job = job_crud.create_job(
         session, job_id=job_id, tenant_id=tenant_id, kind=kind.value, device_requested=DevicePreference(device).value,
         queue=queue.value, routing_reason=reason, model=model, params=params, progress_total=progress_total,
-        idempotency_key=idempotency_key, request_hash=digest,
+        idempotency_key=idempotency_key, request_hash=digest, priority=priority, workload=workload.value,
     )
     if job.id != job_id:
         session.commit()
@@ -221,10 +238,11 @@ def enqueue(session, settings: Settings, *, tenant_id: str, kind: JobKind, devic
     # until `sent_at` is set, beat's dispatcher sends it (jobs/recovery.py), so a broker that is
     # down now delays the job by seconds and loses nothing.
     try:
-        if kind is JobKind.BACKTEST:  # it shares the forecast queues: its kind names its task
-            send_job(settings, job_id, queue, kind)
+        # A backtest shares the forecast queues: its kind names its task.
+        if kind is JobKind.BACKTEST:
+            send_job(settings, job_id, queue, kind=kind, priority=priority)
         else:
-            send_job(settings, job_id, queue)
+            send_job(settings, job_id, queue, priority=priority)
     except Exception as exc:
         logger.error("job %s queued but not sent (%s: %s); the dispatcher will send it",
                      job_id, type(exc).__name__, exc)
@@ -235,18 +253,21 @@ def enqueue(session, settings: Settings, *, tenant_id: str, kind: JobKind, devic
         except Exception as exc:  # the task is out; at worst the dispatcher sends a duplicate (the lease absorbs it)
             session.rollback()
             logger.warning("job %s sent, but its sent_at was not recorded (%s)", job_id, exc)
-    logger.info("job %s queued on %s (%s): %s", job_id, queue.value, reason, summary)
+    logger.info("job %s queued on %s at priority %d (%s, %s): %s", job_id, queue.value, priority, workload.value,
+                reason, summary)
     return job
 
 
 def submit_forecast(session, settings: Settings, *, tenant_id: str, request: ForecastParams | dict[str, Any],
                     bars: pd.DataFrame, future: pd.DataFrame | None, source: str,
-                    idempotency_key: str | None = None, series_fields: Mapping[str, str] | None = None):
+                    idempotency_key: str | None = None, series_fields: Mapping[str, str] | None = None,
+                    workload: Workload = Workload.INTERACTIVE, priority: int | None = None):
     """Validate, route, insert the job and its input, COMMIT, then send the task; return the Job.
 
     With `series_fields` (symbol -> its field in the request; the API), a series the worker could
     not forecast is a 422 naming that field. Without it (schedules), such a series becomes the job's
-    per-symbol error, so one thin symbol does not stop a nightly run."""
+    per-symbol error, so one thin symbol does not stop a nightly run. `workload` and `priority`
+    (None: the workload's default) come from core/workload.py's rules."""
     params = ForecastParams.from_value(request)
     symbols = pd.unique(bars["symbol"].astype(str)).tolist()  # first-seen order; vectorised (100k+ rows from the store)
     if not symbols:
@@ -263,5 +284,5 @@ def submit_forecast(session, settings: Settings, *, tenant_id: str, request: For
                    reason=reason, model=params.model,
                    params={**params.to_json(), "source": source, "n_series": len(symbols)},
                    progress_total=len(symbols), bars=bars, future=future, source=source,
-                   idempotency_key=idempotency_key, digest=digest,
+                   idempotency_key=idempotency_key, digest=digest, workload=workload, priority=priority,
                    summary=f"{len(symbols)} series, model {params.model}")

@@ -105,11 +105,12 @@ def _observe(settings, job_id: str) -> None:
 
 
 @shared_task(bind=True, base=JobTask, name=TASK_RUN_FORECAST, ignore_result=True)
-def run_forecast(self, job_id: str) -> str | None:
-    """Run one delivery of forecast job `job_id` (see jobs/forecast.py)."""
+def run_forecast(self, job_id: str, start: int | None = None) -> str | None:
+    """Run one delivery of forecast job `job_id` (see jobs/forecast.py); `start`: the bulk chunk
+    this message is for, None for a job's first message."""
     from kronos_jobs.jobs.forecast import run_forecast_job  # torch, on the first job only
 
-    return deliver(self, job_id, run_forecast_job, identity=worker.current_identity())
+    return deliver(self, job_id, run_forecast_job, identity=worker.current_identity(), start=start)
 
 
 @shared_task(bind=True, base=JobTask, name=TASK_RUN_BACKTEST, ignore_result=True)

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from kronos_jobs.core.identity import WorkerIdentity
 from kronos_jobs.core.names import BAR_COLUMNS, DEFAULT_TENANT, DevicePreference, JobKind, Pool, Queue
 from kronos_jobs.core.settings import Settings
+from kronos_jobs.core.workload import Workload
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import results as result_crud
 from kronos_jobs.crud import workers as worker_crud
@@ -115,14 +116,15 @@ def worker_identity(settings: Settings, pool: Pool = Pool.CPU) -> WorkerIdentity
 
 
 def submit_forecast_job(settings: Settings, checkpoint: Path, bars: pd.DataFrame, future: pd.DataFrame | None = None,
-                        **overrides: Any) -> str:
+                        *, workload: Workload = Workload.INTERACTIVE, priority: int | None = None,
+                        tenant_id: str = DEFAULT_TENANT, **overrides: Any) -> str:
     """Submit a forecast of `bars` with `checkpoint` (sampled, seed 7, quantiles 0.1/0.9); the job id."""
     request = {"model": str(checkpoint), "device": "cpu", "lookback": 48, "pred_len": 4,
                "sampling": {"temperature": 1.0, "top_k": 0, "top_p": 0.9, "sample_count": 3, "seed": 7},
                "quantiles": [0.1, 0.9], **overrides}
     with session_scope(settings) as session:
-        job = submit_forecast(session, settings, tenant_id=DEFAULT_TENANT, request=request, bars=bars,
-                              future=future, source="inline")
+        job = submit_forecast(session, settings, tenant_id=tenant_id, request=request, bars=bars,
+                              future=future, source="inline", workload=workload, priority=priority)
         return job.id
 
 

@@ -82,6 +82,12 @@ ENVIRONMENT: dict[str, tuple[str, object]] = {
     "prune_batch_rows": ("100", 100),
     "prune_interval_seconds": ("60", 60.0),
     "score_interval": ("60", 60.0),
+    # sharing the fleet
+    "queue_policy": ("fifo", "fifo"),
+    "bulk_chunk_seconds": ("0.5", 0.5),
+    "bulk_probe_series": ("2", 2),
+    "schedule_batch_symbols_gpu": ("500", 500),
+    "tenant_bulk_limit": ("2", 2),
 }
 
 

@@ -25,9 +25,12 @@ from kronos_jobs.core.names import DEFAULT_TENANT, JobState
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import workers as worker_crud
+from kronos_jobs.db.migrate import upgrade
 from kronos_jobs.db.session import dispose_engines, make_engine, session_scope
 from kronos_jobs.jobs.finetune_submit import submit_finetune
 from kronos_jobs.jobs.submit import submit_forecast
+from kronos_jobs.testing.checkpoints import save_tiny_checkpoint
+from kronos_jobs.testing.services import TEST_DATABASE_URL_ENV, TEST_REDIS_URL_ENV, claim_redis_db, require_service
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER_ENV = {  # short leases so a killed child's job is taken over within seconds
@@ -84,6 +87,31 @@ class Stack:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+def running_stack(kind: str, tmp_path_factory, extra_env: dict[str, str] | None = None):
+    """Yield a Stack with its worker running: "embedded" (SQLite + filesystem broker) or
+    "redis+postgresql" (a claimed Redis DB and a fresh schema); `extra_env` adds KRONOS_* settings."""
+    root = tmp_path_factory.mktemp(f"e2e-{kind.replace('+', '-')}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KRONOS_") or k.startswith("KRONOS_TEST_")}
+    env.update(WORKER_ENV, KRONOS_DATA_DIR=str(root / "kronos-data"), KRONOS_MODEL_DIRS=str(root / "models"),
+               PYTHONPATH=str(REPO), **(extra_env or {}))  # the worker resolves the local checkpoint again: same roots
+    cleanup = []
+    if kind == "redis+postgresql":
+        redis_url = claim_redis_db(require_service(TEST_REDIS_URL_ENV))
+        database_url, drop = fresh_schema(require_service(TEST_DATABASE_URL_ENV))
+        env.update(KRONOS_BROKER_URL=redis_url, KRONOS_DATABASE_URL=database_url)
+        cleanup += [drop, lambda: __import__("redis").Redis.from_url(redis_url).flushdb()]
+    settings = Settings(**{k[len("KRONOS_"):].lower(): v for k, v in env.items()
+                           if k.startswith("KRONOS_") and not k.startswith("KRONOS_TEST_")})
+    upgrade(settings)
+    stack = Stack(settings, env, root / "worker.log")
+    stack.checkpoint = save_tiny_checkpoint(root / "models" / "tiny-model")
+    stack.start_worker()
+    yield stack
+    stack.stop_worker()
+    for step in reversed(cleanup):
+        step()
 
 
 def submit(stack, bars, **overrides):

@@ -89,7 +89,7 @@ def test_a_lost_backtest_is_resent_as_a_backtest(job_settings, tiny_checkpoint, 
 
     job_id = submit(job_settings, tiny_checkpoint, make_bars({"AAA": 60}))
     sent = []
-    monkeypatch.setattr(recovery, "send_job", lambda settings, job_id, queue, kind=None: sent.append((job_id, kind)))
+    monkeypatch.setattr(recovery, "send_job", lambda settings, job_id, queue, kind=None, **options: sent.append((job_id, kind)))
     with session_scope(job_settings) as session:
         recovery.requeue_stale_jobs(session, job_settings, queued_older_than=0)
     assert sent == [(job_id, "backtest")]

@@ -155,7 +155,7 @@ def test_the_reconciler_resends_a_given_back_job_whose_resend_failed(job_setting
         job_crud.give_back_job(session, job_id=job_id, owner="w:1:a")
     with mock.patch.object(recovery, "send_job") as send, session_scope(job_settings) as session:
         assert recovery.requeue_stale_jobs(session, job_settings, queued_older_than=0) == [job_id]
-    send.assert_called_once_with(job_settings, job_id, "finetune.cpu")
+    send.assert_called_once_with(job_settings, job_id, "finetune.cpu", priority=6)  # a person asked for it
 
 
 # --- the flag itself ------------------------------------------------------------------------------

@@ -222,7 +222,7 @@ def test_reconciler_resends_stale_jobs(job_settings, tiny_checkpoint, monkeypatc
     from kronos_jobs.jobs import recovery
 
     sent = []
-    monkeypatch.setattr(recovery, "send_job", lambda settings, job_id, queue: sent.append((job_id, queue)))
+    monkeypatch.setattr(recovery, "send_job", lambda settings, job_id, queue, priority, start=None: sent.append((job_id, queue)))
     job_id = submit(job_settings, tiny_checkpoint, make_bars({"A": 30}))
     with session_scope(job_settings) as session:
         assert requeue_stale_jobs(session, job_settings, queued_older_than=3600) == []

@@ -30,7 +30,7 @@ def test_a_job_committed_while_the_broker_is_down_is_sent_by_the_sweep(job_setti
     assert recovery.sweep(settings)["sent"] == []
 
     sent = []
-    monkeypatch.setattr(recovery, "send_job", lambda s, job_id, queue: sent.append((job_id, queue)))
+    monkeypatch.setattr(recovery, "send_job", lambda s, job_id, queue, **options: sent.append((job_id, queue)))
     assert recovery.sweep(settings)["sent"] == [job_id]
     assert recovery.sweep(settings)["sent"] == []  # drained: sent once
     assert sent == [(job_id, "forecast.cpu")]
@@ -55,7 +55,7 @@ def test_a_lapsed_lease_is_resent_once_per_lease(job_settings, tiny_checkpoint, 
         job_crud.claim_job(session, job_id=job_id, owner="dead-worker", lease_seconds=0.01)
     time.sleep(0.05)
     sent = []
-    monkeypatch.setattr(recovery, "send_job", lambda s, job_id, queue: sent.append(job_id))
+    monkeypatch.setattr(recovery, "send_job", lambda s, job_id, queue, **options: sent.append(job_id))
     settings = job_settings.model_copy(update={"lease_seconds": 2})
     time.sleep(2.1)  # a lease since the claim (its last touch)
     assert recovery.sweep(settings)["resent"] == [job_id]

@@ -59,7 +59,7 @@ def test_beat_itself_sends_a_job_whose_task_never_reached_the_broker(monkeypatch
         job_crud.create_job(session, job_id="unsent1", tenant_id=DEFAULT_TENANT, kind="forecast", device_requested="cpu",
                             queue="forecast.cpu", routing_reason="test", model="random:mini", params={}, progress_total=1)
     sent = []
-    monkeypatch.setattr(recovery, "send_job", lambda s, job_id, queue: sent.append((job_id, queue)))
+    monkeypatch.setattr(recovery, "send_job", lambda s, job_id, queue, **options: sent.append((job_id, queue)))
     beat = DatabaseScheduler(app=make_celery(settings), schedule_filename=str(tmp_path / "beat-schedule"))
     try:
         time.sleep(0.01)

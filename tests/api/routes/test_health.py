@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from api.main import create_app
 from kronos_jobs.core.settings import Settings
+from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.testing.factories import GPU_FALLBACK, make_forecast_request
 from kronos_jobs.testing.factories import make_worker as register
 
@@ -83,3 +84,23 @@ def test_metrics_prometheus_text(client: TestClient, db: Session) -> None:
     assert samples[("kronos_jobs_live_worker_devices", (("device", "cpu"), ("pool", "cpu")))] == 1
     assert samples[("kronos_jobs_database_up", ())] == 1
     assert "# TYPE kronos_jobs_jobs gauge" in response.text.splitlines()
+
+
+def test_metrics_queue_depth_by_priority_and_wait_by_kind(client: TestClient, db: Session) -> None:
+    client.post("/v1/jobs/forecast", json=make_forecast_request())
+    client.post("/v1/jobs/forecast", json=make_forecast_request(priority=2))
+    waited = client.post("/v1/jobs/forecast", json=make_forecast_request(priority=2)).json()["id"]
+    job_crud.claim_job(db, job_id=waited, owner="w", lease_seconds=60, wait_seconds=1.5)
+    db.commit()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(client.get("/metrics").text) for s in family.samples}
+    depth = "kronos_jobs_broker_queue_depth"
+    assert samples[(depth, (("priority", "6"), ("queue", "forecast.cpu")))] == 1
+    assert samples[(depth, (("priority", "2"), ("queue", "forecast.cpu")))] == 2  # the message stays until a worker takes it
+    assert samples[(depth, (("priority", "9"), ("queue", "forecast.gpu")))] == 0
+    assert samples[("kronos_jobs_broker_up", ())] == 1
+    wait = (("kind", "forecast"), ("workload", "interactive"))
+    assert samples[("kronos_jobs_queue_wait_seconds_count", wait)] == 1
+    assert samples[("kronos_jobs_queue_wait_seconds_sum", wait)] == 1.5
+    assert samples[("kronos_jobs_queue_wait_seconds_bucket", (*wait[:1], ("le", "1.0"), *wait[1:]))] == 0
+    assert samples[("kronos_jobs_queue_wait_seconds_bucket", (*wait[:1], ("le", "2.5"), *wait[1:]))] == 1

@@ -50,6 +50,15 @@ def upload(client: TestClient, content: bytes, name: str = "bars.csv", request: 
 # --- submitting -------------------------------------------------------------------------------------
 
 
+def test_a_posted_forecast_is_interactive_and_may_set_its_priority(client: TestClient) -> None:
+    default = client.post(FORECAST, json=make_forecast_request()).json()
+    assert (default["priority"], default["workload"]) == (6, "interactive")
+    chosen = client.post(FORECAST, json=make_forecast_request(priority=9))
+    assert chosen.status_code == 202 and chosen.json()["priority"] == 9
+    assert client.get(f"/v1/jobs/{chosen.json()['id']}").json()["priority"] == 9
+    assert "priority" not in chosen.json()["params"]  # a queue position, not a forecast parameter
+
+
 def test_create_forecast_job_returns_202_with_location_queue_and_reason(client: TestClient) -> None:
     response = client.post(FORECAST, json=make_forecast_request(n_symbols=3))
     assert response.status_code == 202, response.text
@@ -343,6 +352,9 @@ CATALOGUE = [
     ("model-dir-outside-roots", post(make_forecast_request(model="/etc")), 422, "invalid_request", "model"),
     ("model-dir-traversal", post(make_forecast_request(model="../../../../etc")), 422, "invalid_request", "model"),
     ("bad-device", post(make_forecast_request(device="tpu")), 422, "invalid_request", "device"),
+    ("priority-10", post(make_forecast_request(priority=10)), 422, "invalid_request", "priority"),
+    ("priority-negative", post(make_forecast_request(priority=-1)), 422, "invalid_request", "priority"),
+    ("priority-text", post(make_forecast_request(priority="urgent")), 422, "invalid_request", "priority"),
     ("malformed-json", lambda c, db: c.post(FORECAST, content=b'{"model": ', headers={"Content-Type": "application/json"}), 400, "malformed_json", "body"),
     ("wrong-content-type", lambda c, db: c.post(FORECAST, content=b"model=x", headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type", None),
     ("oversized-json-body", lambda c, db: c.post(FORECAST, content=b" " * 400_000, headers={"Content-Type": "application/json"}), 413, "payload_too_large", "body"),
