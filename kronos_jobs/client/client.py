@@ -109,6 +109,44 @@ class _Endpoints:
         return self._submit("/v1/jobs/finetune", data=_drop_none({"model": model, **params}),
                             files=_frame_upload(bars, "train"), idempotency_key=idempotency_key)
 
+    def backtest(self, bars: pd.DataFrame | None = None, *, models: Sequence[str], symbols: Sequence[str] | None = None,
+                 start: str | None = None, end: str | None = None, freq: str | None = None,
+                 lookbacks: Sequence[int] = (400,), horizon: int = 12, horizons: Sequence[int] | None = None,
+                 n_windows: int | None = None, step_size: int | None = None, origins: Sequence[str] | None = None,
+                 repeats: int | None = None, quantiles: Sequence[float] | None = None,
+                 baselines: Sequence[str] | None = None, device: str = "auto",
+                 temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                 sample_count: int | None = None, seed: int | None = None, idempotency_key: str | None = None):
+        """Submit a rolling-origin backtest of `models` on a long DataFrame or, with `symbols`, on the
+        series store's bars between `start` and `end`. Returns a job handle; `job.result()` gives the
+        per-origin forecasts and truths, `job.metrics()` the stored metrics table."""
+        params = _drop_none(dict(
+            models=list(models), lookbacks=list(lookbacks), horizon=horizon, device=device,
+            horizons=list(horizons) if horizons is not None else None, n_windows=n_windows, step_size=step_size,
+            origins=list(origins) if origins is not None else None, repeats=repeats,
+            quantiles=list(quantiles) if quantiles is not None else None,
+            baselines=list(baselines) if baselines is not None else None))
+        sampling = _sampling(temperature, top_k, top_p, sample_count, seed)
+        if sampling:
+            params["sampling"] = sampling
+        if (bars is None) == (symbols is None):
+            raise ValueError("give bars (a DataFrame) or symbols (from the series store), not both or neither")
+        if symbols is not None:
+            store = _drop_none({"symbols": list(symbols), "freq": freq, "start": start, "end": end})
+            return self._submit("/v1/jobs/backtest", data={**params, "series_store": store}, files=None,
+                                idempotency_key=idempotency_key)
+        return self._submit("/v1/jobs/backtest", data=_drop_none({**params, "freq": freq}),
+                            files=_frame_upload(bars, "bars"), idempotency_key=idempotency_key)
+
+    def scores(self, *, schedule: str | None = None, models: Iterable[str] | None = None,
+               symbols: Iterable[str] | None = None, since: str | None = None, by: str = "all"):
+        """Live scores of stored forecasts against the bars that arrived since, with persistence's
+        errors on the same bars, as a DataFrame."""
+        params = _drop_none({"schedule": schedule, "model": list(models) if models is not None else None,
+                             "symbol": list(symbols) if symbols is not None else None, "since": since,
+                             "by": by, "format": "parquet"})
+        return self._run(Call("GET", "/v1/scores", {"params": params}, _parquet_frame))
+
     def job(self, job_id: str):
         """The handle of an existing job (read once)."""
         return self._run(Call("GET", f"/v1/jobs/{job_id}", parse=lambda r: self._job(r.json())))

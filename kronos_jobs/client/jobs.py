@@ -24,6 +24,12 @@ def _chart_call(job_id: str, path: str | Path | None, symbol: str | None, format
     return Call("GET", f"/v1/jobs/{job_id}/chart", {"params": params}, parse)
 
 
+def _metrics_call(job_id: str, by: str) -> Call:
+    from kronos_jobs.client.client import _parquet_frame
+
+    return Call("GET", f"/v1/jobs/{job_id}/metrics", {"params": {"by": by, "format": "parquet"}}, _parquet_frame)
+
+
 def _result_call(job_id: str) -> Call:
     from kronos_jobs.client.client import _parquet_frame
 
@@ -80,6 +86,10 @@ class Job(_JobBase):
         checkpoint and label ("random weights" where true)."""
         return self._client._run(_result_call(self.id))
 
+    def metrics(self, *, by: str = "all"):
+        """A finished backtest's metrics table as a DataFrame (`by="symbol"`: one row set per symbol)."""
+        return self._client._run(_metrics_call(self.id, by))
+
     def cancel(self) -> "Job":
         self.data = self._client._run(Call("POST", f"/v1/jobs/{self.id}/cancel"))
         return self
@@ -114,6 +124,9 @@ class AsyncJob(_JobBase):
 
     async def result(self):
         return await self._client._run(_result_call(self.id))
+
+    async def metrics(self, *, by: str = "all"):
+        return await self._client._run(_metrics_call(self.id, by))
 
     async def cancel(self) -> "AsyncJob":
         self.data = await self._client._run(Call("POST", f"/v1/jobs/{self.id}/cancel"))

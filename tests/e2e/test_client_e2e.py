@@ -77,6 +77,25 @@ def test_async_client_does_the_same(api):
     assert error.details[0]["field"] == "quantiles" and "sample_count" in error.message
 
 
+def test_backtest_through_the_client(api):
+    bars = pd.read_csv(ROOT / "examples" / "bars.csv", parse_dates=["timestamp"])
+    with Client(api.url, api_key=api.key) as client:
+        job = client.backtest(bars, models=[str(api.stack.checkpoint)], freq="5min", lookbacks=[32], horizon=3,
+                              horizons=[1], n_windows=3, step_size=3, baselines=["naive"]).wait(timeout=180)
+        assert job.kind == "backtest" and job.state == "succeeded", job.data
+        rows = job.result()
+        metrics = job.metrics()
+        per_symbol = job.metrics(by="symbol")
+        with pytest.raises(InvalidRequestError) as caught:
+            client.backtest(bars, models=["random:mini"], lookbacks=[32], horizon=3, n_windows=3,
+                            baselines=["no-such-baseline"])
+    # 2 symbols x 3 origins x 3 steps, for the model and the naive baseline
+    assert len(rows) == 2 * 3 * 3 * 2 and {"actual_close", "origin", "step"} <= set(rows.columns)
+    assert set(metrics["model"]) == {str(api.stack.checkpoint), "naive"}
+    assert {"mae", "rmse"} <= set(metrics.columns) and "symbol" in per_symbol.columns
+    assert caught.value.details[0]["field"].startswith("baselines")
+
+
 def test_worker_metrics_reach_prometheus_from_the_children(api, tmp_path):
     """A worker with KRONOS_WORKER_METRICS_PORT serves what its prefork children observed."""
     import httpx
