@@ -9,6 +9,7 @@ there is no front-end build step.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,8 +23,10 @@ from api.deps import Caller, SessionDep, SettingsDep
 from api.routes import jobs as job_routes
 from api.routes import models as model_routes
 from api.routes import schedules as schedule_routes
+from api.routes import scores as score_routes
 from api.routes import workers as worker_routes
 from api.routes.jobs import JobId
+from api.tables import ResultFormat
 from kronos_jobs.charts.forecast import ChartFormat
 from kronos_jobs.core.errors import InvalidRequest
 from kronos_jobs.core.names import JobKind, JobState, Queue
@@ -36,6 +39,7 @@ router = APIRouter(prefix="/console", tags=["console"], include_in_schema=False)
 TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parents[1] / "templates")
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
 CHARTS_PER_JOB = 6  # symbols drawn on a job page; the rest are a click away
+SCORE_WINDOW_DAYS = 30  # the schedules page answers "is it beating persistence lately?"
 PAGES = [("jobs", "Jobs"), ("workers", "Workers"), ("queues", "Queues"), ("schedules", "Schedules"),
          ("models", "Models"), ("series", "Series")]
 
@@ -183,11 +187,16 @@ def console_queues(request: Request, session: SessionDep, settings: SettingsDep,
 
 @router.get("/schedules", response_class=HTMLResponse)
 def console_schedules(request: Request, session: SessionDep, caller: CallerDep) -> HTMLResponse:
-    """Schedules with their latest runs."""
+    """Schedules with their latest runs and the live scores of their forecasts over the last 30 days."""
     schedules = schedule_routes.list_schedules(session, caller).data
     runs = {s.id: schedule_routes.list_runs(s.id, session, caller, limit=5).data for s in schedules}
+    since = datetime.now(timezone.utc) - timedelta(days=SCORE_WINDOW_DAYS)
+    scored = score_routes.read_scores(session, caller, schedule=None, model=None, symbol=None, since=since,
+                                      by="all", format=ResultFormat.JSON).rows
+    scores = {s.id: [row for row in scored if row["schedule_id"] == s.id] for s in schedules}
     return _page(request, "console/schedules.html", "schedules",
-                 schedules=[s.model_dump(mode="json") for s in schedules],
+                 schedules=[s.model_dump(mode="json") for s in schedules], scores=scores,
+                 score_window_days=SCORE_WINDOW_DAYS,
                  runs={k: [r.model_dump(mode="json") for r in v] for k, v in runs.items()})
 
 

@@ -101,3 +101,30 @@ def test_console_login_keeps_the_key_in_a_cookie_for_console_pages_only(client: 
     assert client.post("/console/jobs/abc/cancel", follow_redirects=False).status_code == 403
     client.post("/console/logout")
     assert client.get("/console/jobs", follow_redirects=False).status_code == 303
+
+
+def test_schedules_page_shows_live_scores_against_persistence(client: TestClient, db: Session) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from kronos_jobs.crud import scores as score_crud
+    from kronos_jobs.testing.factories import make_job
+
+    schedule = client.post("/v1/schedules", json={"name": "nightly", "cron": "0 18 * * 1-5", "timezone": "UTC",
+                                                  "model": "random:mini", "symbols": ["AAA"]})
+    assert schedule.status_code == 201, schedule.text
+    schedule_id = schedule.json()["id"]
+    assert "no scored forecasts yet" in client.get("/console/schedules").text
+    job = make_job(db)
+    now = datetime.now(timezone.utc).replace(microsecond=0, tzinfo=None)
+    # forecast errors 1 and 3 (MAE 2) against persistence's 4 and 4 (MAE 4): skill 0.5, direction right both times
+    score_crud.insert_scores(db, records=[
+        {"job_id": job.id, "symbol": "AAA", "step": step, "tenant_id": "default", "schedule_id": schedule_id,
+         "model": "random:mini", "timestamp": now - timedelta(hours=2 - step), "forecast": forecast,
+         "actual": 14.0, "naive": 10.0}
+        for step, forecast in ((0, 13.0), (1, 11.0))])
+    db.commit()
+    page = client.get("/console/schedules").text
+    assert "Live scores, last 30 days" in page
+    row = page.split("<table class=\"grid scores\">")[1].split("</table>")[0]
+    for cell in ("<td>random:mini</td><td>2</td>", "<td>2</td><td>4</td>", "<td>0.500</td>", "<td>100.0%</td>"):
+        assert cell in row, row
