@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -94,7 +95,15 @@ def test_a_finetune_moves_between_hosts_and_serves_a_host_that_shares_no_files(h
         version = model_crud.get_model(session, tenant_id=DEFAULT_TENANT, model_id=model_id_for(job_id))
         artifact_path, checksum = version.artifact_path, version.checksum
     assert artifact_path == f"s3://{bucket}/kronos/{job_id}/final"
-    keys = {k.split(f"{job_id}/", 1)[1] for k in fs.find(f"{bucket}/kronos/{job_id}")}
+    # The training states are deleted just after the finishing commit (deleting them before it would
+    # lose them to a crash in between), so the test waits for that step instead of racing it.
+    deadline = time.monotonic() + 60
+    while True:
+        fs.invalidate_cache()
+        keys = {k.split(f"{job_id}/", 1)[1] for k in fs.find(f"{bucket}/kronos/{job_id}")}
+        if all(k.startswith("final/") for k in keys) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert {"final/kronos-artifact.json", "final/model/model.safetensors", "final/tokenizer/model.safetensors"} <= keys
     assert all(k.startswith("final/") for k in keys), keys
     assert not fs.exists(state_key)  # training states are dropped once the model is registered
