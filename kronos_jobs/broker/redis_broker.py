@@ -25,7 +25,7 @@ class QoS(redis.QoS):
     def restore_unacked_once(self, stderr=None):
         try:
             return super().restore_unacked_once(stderr)
-        except (AttributeError, *redis.get_redis_error_classes().connection) as exc:
+        except (AttributeError, *redis.get_redis_error_classes().connection_errors) as exc:
             logger.warning("could not hand %d unacknowledged message(s) back to the broker while its connection "
                            "is down (%s: %s); their jobs are re-sent by the reconciler",
                            len(self._delivered), type(exc).__name__, exc)
