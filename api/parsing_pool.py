@@ -87,3 +87,18 @@ def pool_of(app: Any) -> ParsingPool:
     """The app's pool (api/main.py puts one on `app.state`)."""
     return app.state.parsing_pool
 
+
+
+async def read_bars_body(request: Any, json_schema: type, upload_schema: type) -> tuple[Any, Any, BarsInput | None]:
+    """A bars-carrying request (forecast, backtest): JSON, or a multipart upload whose file is parsed
+    in this app's pool. Returns (params, upload or None, parsed bars or None)."""
+    from api.uploads import read_json_or_upload  # here, so the pool's spawned parsers never import FastAPI
+
+    params, upload = await read_json_or_upload(
+        request, json_schema, upload_schema, what="the CSV or Parquet file",
+        accepted="application/json or multipart/form-data with a file")
+    parsed = None
+    if upload is not None:
+        parsed = await pool_of(request.app).parse_upload(
+            upload.data, filename=upload.filename, content_type=upload.content_type, freq=params.freq)
+    return params, upload, parsed

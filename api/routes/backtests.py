@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from api.auth import InflightQuota
 from api.deps import CallerDep, SessionDep, SettingsDep
-from api.parsing_pool import pool_of
+from api.parsing_pool import read_bars_body
 from api.routes.jobs import ERRORS, JobId
 from api.schemas import (
     BacktestJobCreate,
@@ -25,7 +25,7 @@ from api.schemas import (
     MetricsPublic,
 )
 from api.tables import FILE_RESPONSES, ResultFormat, file_response, json_rows
-from api.uploads import Upload, read_json_or_upload, upload_body_doc
+from api.uploads import Upload, upload_body_doc
 from kronos_jobs.core.errors import Conflict
 from kronos_jobs.core.names import JobKind, JobState
 from kronos_jobs.core.settings import Settings
@@ -64,13 +64,7 @@ class BacktestSubmission:
 
 
 async def read_backtest_submission(request: Request) -> BacktestSubmission:
-    params, upload = await read_json_or_upload(
-        request, BacktestJobCreate, BacktestUploadCreate, what="the CSV or Parquet file",
-        accepted="application/json or multipart/form-data with a file")
-    parsed = None
-    if upload is not None:
-        parsed = await pool_of(request.app).parse_upload(
-            upload.data, filename=upload.filename, content_type=upload.content_type, freq=params.freq)
+    params, upload, parsed = await read_bars_body(request, BacktestJobCreate, BacktestUploadCreate)
     return BacktestSubmission(params=params, upload=upload, parsed=parsed)
 
 

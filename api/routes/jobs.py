@@ -22,8 +22,8 @@ from api.schemas import (
     ResultPublic,
 )
 from api.tables import FILE_RESPONSES, ResultFormat, file_response, json_rows
-from api.parsing_pool import pool_of
-from api.uploads import Upload, read_json_or_upload, upload_body_doc
+from api.parsing_pool import read_bars_body
+from api.uploads import Upload, upload_body_doc
 from kronos_jobs.charts.backtest import backtest_chart
 from kronos_jobs.charts.forecast import CHART_FORMATS, ChartFormat, chart_timezone, chart_title, forecast_chart
 from kronos_jobs.core.errors import Conflict, Gone, NotFound
@@ -85,13 +85,7 @@ class ForecastSubmission:
 
 async def read_forecast_submission(request: Request) -> ForecastSubmission:
     """Read the body as JSON or as a multipart upload (`file` + a `request` JSON field)."""
-    params, upload = await read_json_or_upload(
-        request, ForecastJobCreate, ForecastUploadCreate, what="the CSV or Parquet file",
-        accepted="application/json or multipart/form-data with a file")
-    parsed = None
-    if upload is not None:
-        parsed = await pool_of(request.app).parse_upload(
-            upload.data, filename=upload.filename, content_type=upload.content_type, freq=params.freq)
+    params, upload, parsed = await read_bars_body(request, ForecastJobCreate, ForecastUploadCreate)
     return ForecastSubmission(params=params, upload=upload, parsed=parsed)
 
 

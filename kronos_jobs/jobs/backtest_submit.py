@@ -24,7 +24,7 @@ from kronos_jobs.evaluation.baselines import BASELINES
 from kronos_jobs.evaluation.origins import bars_needed, origin_indices
 from kronos_jobs.inputs.wall_clock import as_utc
 from kronos_jobs.jobs.registry import resolve_model
-from kronos_jobs.jobs.submit import Sampling, check_sampling, enqueue, request_hash
+from kronos_jobs.jobs.submit import Sampling, check_sampling, enqueue, request_hash, sampling_and_fields
 
 MAX_MODELS = 8
 MAX_LOOKBACKS = 8
@@ -54,14 +54,7 @@ class BacktestParams:
     def from_value(cls, value: "BacktestParams | dict[str, Any]") -> "BacktestParams":
         if isinstance(value, cls):
             return value
-        data = dict(value)
-        sampling = data.pop("sampling", None) or {}
-        if not isinstance(sampling, Sampling):
-            sampling = Sampling(**{k: v for k, v in dict(sampling).items() if v is not None or k == "seed"})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise invalid(unknown[0], f"unknown backtest parameter(s) {unknown}")
+        sampling, data = sampling_and_fields(cls, value, what="backtest")
         params = cls(sampling=sampling, **data)
         params.device = DevicePreference(params.device)
         params.models = list(params.models or [])

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from kronos_jobs.core.errors import InvalidRequest
+from kronos_jobs.core.errors import InvalidRequest, invalid
 from kronos_jobs.core.names import (
     TASK_RUN_BACKTEST,
     TASK_RUN_FINETUNE,
@@ -64,6 +64,19 @@ class Sampling:
     seed: int | None = None
 
 
+def sampling_and_fields(cls: type, value: dict[str, Any], *, what: str) -> tuple[Sampling, dict[str, Any]]:
+    """A job's stored parameters split into its `Sampling` and the other fields, refusing any field
+    that `cls` (a parameters dataclass with a `sampling` field) does not have."""
+    data = dict(value)
+    sampling = data.pop("sampling", None) or {}
+    if not isinstance(sampling, Sampling):
+        sampling = Sampling(**{k: v for k, v in dict(sampling).items() if v is not None or k == "seed"})
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise invalid(unknown[0], f"unknown {what} parameter(s) {unknown}")
+    return sampling, data
+
+
 @dataclasses.dataclass
 class ForecastParams:
     """A forecast request minus its bars; stored as the job's `params`."""
@@ -84,14 +97,7 @@ class ForecastParams:
     def from_value(cls, value: "ForecastParams | dict[str, Any]") -> "ForecastParams":
         if isinstance(value, cls):
             return value
-        data = dict(value)
-        sampling = data.pop("sampling", None) or {}
-        if not isinstance(sampling, Sampling):
-            sampling = Sampling(**{k: v for k, v in dict(sampling).items() if v is not None or k == "seed"})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InvalidRequest(f"unknown forecast parameter(s) {unknown}", field=unknown[0])
+        sampling, data = sampling_and_fields(cls, value, what="forecast")
         params = cls(sampling=sampling, **data)
         params.device = DevicePreference(params.device)
         params.freq = dict(params.freq or {})
