@@ -13,6 +13,10 @@ first. The last chunk's delivery writes every chunk's rows, the metadata and the
 the one finish transaction. A bulk claim over the tenant's KRONOS_TENANT_BULK_LIMIT sends the task
 again after a pause instead (TenantBusy): the job waits, it does not fail.
 
+A forecast a person POSTed with more series than one predictor batch may instead be split, on its
+first delivery, into part jobs over the live worker slots (jobs/parts.py); each part then runs
+here like any job, and the last one to end settles its parent.
+
 A second delivery of the same job (at-least-once broker) finds the lease held or the job finished
 and stops (jobs/lease.py); a delivery after the lease expired (its worker died) takes over. Jobs
 whose messages were lost are re-sent by jobs/recovery.py.

@@ -143,8 +143,9 @@ def _outcome(session, parent: Job, parts: list[Job], kept: int) -> dict[str, Any
         if part.state == JobState.FAILED.value and code not in ("all_series_failed", None):
             # A part that failed as a whole (its model, a time limit): each of its series is an error.
             bars, _ = result_crud.load_job_input(session, job_id=part.id)
+            named = {e.get("symbol") for e in part.symbol_errors or []}
             errors += [{"symbol": s, "code": code, "message": part.error.get("message", "")}
-                       for s in pd.unique(bars["symbol"].astype(str))]
+                       for s in pd.unique(bars["symbol"].astype(str)) if s not in named]
     cancelled = parent.cancel_requested or any(p.state == JobState.CANCELLED.value for p in parts)
     if cancelled:
         state = JobState.CANCELLED
