@@ -161,7 +161,9 @@ def _outcome(session, parent: Job, parts: list[Job], kept: int) -> dict[str, Any
         codes = {(p.error or {}).get("code") for p in parts}
         error = (dict(parts[0].error) if len(codes) == 1 and parts and parts[0].error
                  else {"code": "all_series_failed", "message": f"all {total} series failed"})
-    return {"state": state.value, "error": error, "symbol_errors": errors, "progress_done": total,
+    # A cancelled job's progress is what it kept, as when a whole job is cancelled while running.
+    return {"state": state.value, "error": error, "symbol_errors": errors,
+            "progress_done": kept if cancelled else total,
             "execution_metadata": _metadata(parent, parts)}
 
 

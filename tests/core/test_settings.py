@@ -88,6 +88,7 @@ ENVIRONMENT: dict[str, tuple[str, object]] = {
     "bulk_probe_series": ("2", 2),
     "schedule_batch_symbols_gpu": ("500", 500),
     "tenant_bulk_limit": ("2", 2),
+    "split_min_series": ("16", 16),
 }
 
 

@@ -36,6 +36,9 @@ REPO = Path(__file__).resolve().parents[2]
 WORKER_ENV = {  # short leases so a killed child's job is taken over within seconds
     "KRONOS_LEASE_SECONDS": "3", "KRONOS_HEARTBEAT_SECONDS": "0.5", "KRONOS_WORKER_STALE_SECONDS": "15",
     "KRONOS_MAX_BATCH_SIZE": "2", "KRONOS_TORCH_THREADS": "1", "KRONOS_LOG_LEVEL": "INFO",
+    # One job's lifecycle (a cancel mid-run, kill -9 of the child running it) is followed whole
+    # here; tests/e2e/test_fleet_e2e.py lowers it to see large jobs split over the worker's processes.
+    "KRONOS_SPLIT_MIN_SERIES": "100000",
 }
 
 

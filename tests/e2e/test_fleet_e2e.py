@@ -1,6 +1,7 @@
 """Interactive before bulk, on a real worker (`--concurrency 2`): a one-symbol forecast posted
 behind a queued nightly run finishes before any of the run's jobs, and the run still completes.
-A large posted forecast runs in parts on both of the worker's processes.
+A large posted forecast runs in parts on both of the worker's processes, and a part whose
+process is killed (kill -9) is taken over and the job still finishes exactly once.
 
 The run is queued while the worker is stopped (a night's fan-out waiting on the broker), the
 person's job is posted after it, then the worker starts. With KRONOS_QUEUE_POLICY=fifo the worker
@@ -9,12 +10,17 @@ would take two bulk jobs first and the person would wait for one of them to end.
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
+from sqlalchemy import select
 
 from kronos_jobs.core.names import DEFAULT_TENANT
 from kronos_jobs.crud import results as result_crud
 from kronos_jobs.crud import schedules as schedule_crud
 from kronos_jobs.crud import series as series_crud
+from kronos_jobs.db.models import Job
 from kronos_jobs.db.session import session_scope
 from kronos_jobs.jobs import schedules
 from kronos_jobs.testing.factories import make_bars
@@ -85,3 +91,30 @@ def test_a_large_posted_job_runs_in_parts_on_every_process(fleet_stack):
     with session_scope(fleet_stack.settings) as session:
         rows = result_crud.read_forecasts(session, job_id=job.id)
     assert rows.symbol.nunique() == 24 and len(rows) == 24 * 4
+
+
+def test_a_part_killed_mid_decode_is_taken_over_and_the_job_succeeds_once(fleet_stack):
+    symbols = {f"K{i:02d}": 60 for i in range(24)}
+    job_id = submit(fleet_stack, make_bars(symbols), pred_len=8, sampling={"sample_count": 4, "seed": 2})
+
+    def a_part_is_running(_job) -> bool:
+        with session_scope(fleet_stack.settings) as session:
+            return session.scalar(select(Job.lease_owner).where(Job.parent_id == job_id, Job.state == "running",
+                                                                 Job.lease_owner.is_not(None)).limit(1)) is not None
+
+    wait_for(fleet_stack, job_id, a_part_is_running)
+    with session_scope(fleet_stack.settings) as session:
+        part_id, owner = session.execute(select(Job.id, Job.lease_owner).where(
+            Job.parent_id == job_id, Job.state == "running", Job.lease_owner.is_not(None)).limit(1)).one()
+    child_pid = int(owner.split(":")[1])  # owner = host:pid:token of the child running the part
+    assert child_pid != fleet_stack.proc.pid
+    os.kill(child_pid, signal.SIGKILL)
+
+    job = wait_for(fleet_stack, job_id, finished, timeout=200)
+    assert (job.state, job.progress_done) == ("succeeded", 24), job.error
+    (killed,) = [p for p in job.execution_metadata["parts"] if p["job_id"] == part_id]
+    assert killed["attempt"] == 2 and killed["worker_pid"] != child_pid
+    with session_scope(fleet_stack.settings) as session:
+        rows = result_crud.read_forecasts(session, job_id=job_id)
+    assert len(rows) == 24 * 8 and not rows.duplicated(["symbol", "timestamp"]).any()
+    assert fleet_stack.proc.poll() is None  # the worker parent survived and replaced its child
