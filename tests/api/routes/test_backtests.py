@@ -12,9 +12,8 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from kronos_jobs.core.settings import Settings
-from kronos_jobs.jobs.backtest import run_backtest_job
 from kronos_jobs.testing.checkpoints import save_tiny_checkpoint
-from kronos_jobs.testing.factories import bar_records, bars_frame, worker_identity
+from kronos_jobs.testing.factories import bar_records, bars_frame, run_backtest_to_end
 
 BACKTEST = "/v1/jobs/backtest"
 
@@ -99,7 +98,7 @@ def test_a_finished_backtest_serves_rows_and_metrics(settings: Settings, tmp_pat
         request = body(models=["tiny"], horizons=[2], quantiles=[0.1, 0.9],
                        sampling={"sample_count": 4, "seed": 3}, repeats=2)
         job_id = client.post(BACKTEST, json=request).json()["id"]
-        assert run_backtest_job(job_id, settings=settings, identity=worker_identity(settings)) == "succeeded"
+        assert run_backtest_to_end(settings, job_id) == "succeeded"
 
         result = client.get(f"/v1/jobs/{job_id}/result").json()
         columns = result["columns"]
