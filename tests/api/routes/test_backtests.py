@@ -142,3 +142,17 @@ def test_idempotency_key(client: TestClient) -> None:
     other = client.post(BACKTEST, json=body(horizon=3), headers={"Idempotency-Key": "bt-1"})
     assert other.status_code == 409
     assert len(client.get("/v1/jobs").json()["data"]) == 1
+
+
+def test_a_backtest_is_bulk_work_and_may_set_its_priority(client: TestClient) -> None:
+    default = client.post(BACKTEST, json=body()).json()
+    assert (default["priority"], default["workload"]) == (3, "bulk")
+    chosen = client.post(BACKTEST, json=body(priority=7))
+    assert chosen.status_code == 202 and chosen.json()["priority"] == 7
+    assert client.get(f"/v1/jobs/{chosen.json()['id']}").json()["priority"] == 7
+    assert "priority" not in chosen.json()["params"]  # a queue position, not a backtest parameter
+
+
+@pytest.mark.parametrize("priority", [-1, 10, "high"])
+def test_a_priority_outside_0_to_9_is_a_422_naming_it(client: TestClient, priority) -> None:
+    assert_422(client, body(priority=priority), "priority")
