@@ -6,17 +6,18 @@ defers a chunk's claim."""
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pandas as pd
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from kronos_jobs.core.errors import LeaseLost
 from kronos_jobs.core.names import DEFAULT_TENANT, JobState
 from kronos_jobs.core.workload import DEFAULT_PRIORITY, Workload
 from kronos_jobs.crud import backtests as backtest_crud
 from kronos_jobs.crud import jobs as job_crud
-from kronos_jobs.db.models import JobChunk
+from kronos_jobs.db.models import Job, JobChunk, utcnow
 from kronos_jobs.db.session import session_scope
 from kronos_jobs.jobs import backtest, pace
 from kronos_jobs.jobs.backtest import Batch, chunk_stop, plan_batches, run_backtest_job
@@ -94,9 +95,21 @@ def test_a_chunked_backtest_yields_and_equals_the_same_backtest_run_whole(chunke
     pd.testing.assert_frame_equal(metrics, whole_metrics)
 
 
-def test_a_duplicate_chunk_message_does_nothing(chunked, tiny_checkpoint):
+def test_a_duplicate_chunk_message_does_nothing(chunked, tiny_checkpoint, monkeypatch):
+    from kronos_jobs.jobs import recovery
+
     job_id = submit(chunked, tiny_checkpoint)
     assert deliver(chunked, job_id) is JobState.RUNNING  # batches 0:2 done, its message names batch 2
+    sent = []
+    monkeypatch.setattr(recovery, "send_job", lambda settings, job_id, queue, kind=None, **options: sent.append(
+        (kind, options.get("start"))))
+    with session_scope(chunked) as session:  # the chunk's message waited past its grace: re-sent
+        session.execute(update(Job).where(Job.id == job_id)
+                        .values(lease_expires_at=utcnow(), updated_at=utcnow() - timedelta(hours=1)))
+    with session_scope(chunked) as session:
+        assert recovery.requeue_stale_jobs(session, chunked) == [job_id]
+    assert sent == [("backtest", 2)]  # the backtest task, for the job's next batch
+
     assert deliver(chunked, job_id, start=2) is JobState.RUNNING
     # The other message for batch 2 (the original or a reconciler's re-send) comes second: it does nothing.
     assert deliver(chunked, job_id, start=2) is None
