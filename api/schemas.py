@@ -150,6 +150,7 @@ class JobPublic(BaseModel):
     priority: int = Field(description=f"{PRIORITY_MIN}..{PRIORITY_MAX}, higher runs first.")
     workload: Workload = Field(description="interactive (asked for by a person) or bulk (schedule runs): bulk work yields to interactive jobs.")
     progress: Progress
+    parts: int | None = Field(None, description="How many part jobs a large forecast was split into, to run on every live worker slot at once (metadata.parts says where each ran); null when it runs whole.")
     error: dict[str, Any] | None = Field(None, description='{"code", "message"} when the job failed.')
     symbol_errors: list[dict[str, Any]] = Field(default_factory=list, description='[{"symbol", "code", "message"}]')
     cancel_requested: bool = False
@@ -169,7 +170,7 @@ class JobPublic(BaseModel):
             id=job.id, kind=job.kind, state=job.state, model=job.model, device=job.device_requested,
             queue=job.queue, routing_reason=job.routing_reason, priority=job.priority, workload=job.workload,
             progress=Progress(done=job.progress_done or 0, total=job.progress_total or 0, detail=job.progress_detail or {}),
-            error=job.error, symbol_errors=job.symbol_errors or [], cancel_requested=bool(job.cancel_requested),
+            parts=getattr(job, "parts", None), error=job.error, symbol_errors=job.symbol_errors or [], cancel_requested=bool(job.cancel_requested),
             params=job.params or {}, metadata=visible_metadata(job.execution_metadata, caller),
             created_at=utc_instant(job.created_at), started_at=utc_instant(job.started_at),
             finished_at=utc_instant(job.finished_at), updated_at=utc_instant(job.updated_at),

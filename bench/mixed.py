@@ -12,7 +12,9 @@ the night's wall time alone and with the interactive client running, the interac
 target: interactive p99 at most one chunk + 1 s; the night within 5% of its time alone). A second
 table runs a smaller night (`--scaling-symbols`, 200 by default) alone under both policies: with
 fifo it is one job on one of the two processes, with priority it is spread over both (target:
-at least 1.8x the symbols per second).
+at least 1.8x the symbols per second). A third figure posts one forecast of `--posted-symbols`
+(200 by default) alone: with fifo it runs whole on one process, with priority it is split into
+parts over both (jobs/parts.py).
 
 Why it matters: a person's forecast must not wait for a night's fan-out, and the night must use
 every worker it has. Figures only; nothing passes or fails on time. One worker with 2 prefork
@@ -21,7 +23,8 @@ children, one torch thread each, on the embedded default (SQLite + filesystem br
 printed before and after: on a shared machine the figures move with it.
 
     python -m bench.mixed [--symbols 1000] [--configs tiny,small] [--lookback 400] [--pred-len 48]
-                          [--policies fifo,priority] [--scaling-symbols 200] [--chunk-seconds 3]
+                          [--policies fifo,priority] [--scaling-symbols 200] [--posted-symbols 200]
+                          [--chunk-seconds 3]
 
 The last line of stdout is one JSON object.
 """
@@ -44,7 +47,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.nightly import store_bars  # noqa: E402 - the store loader, shared
+from bench.nightly import store_bars, stored_symbols  # noqa: E402 - the store loader, shared
 from bench.queue import WORKER_ENV, Stack, fresh_redis_and_schema  # noqa: E402 - the worker harness, shared
 
 INTERACTIVE_EVERY_S = 2.0
@@ -94,6 +97,8 @@ def run_night(stack: Stack, model: str, args, symbols: list[str] | None = None) 
             row = schedule_crud.get_run(session, tenant_id="default", run_id=run.id)
             if row.state not in ("queued", "running"):
                 wall = time.perf_counter() - started
+                if row.state != "succeeded":  # a figure of failed symbols would measure nothing
+                    raise RuntimeError(f"night run {run.id} ended {row.state}: {(row.symbol_errors or [])[:3]}")
                 jobs = schedule_crud.run_jobs(session, run_id=run.id)
                 chunks = [j.execution_metadata.get("chunks", {}).get("count", 1) for j in jobs]
                 inference = sum(j.execution_metadata["timings"]["inference_seconds"] for j in jobs)
@@ -102,6 +107,39 @@ def run_night(stack: Stack, model: str, args, symbols: list[str] | None = None) 
                         "wall_s": round(wall, 2), "symbols_per_s": round(n / wall, 2),
                         "mean_chunk_model_s": round(inference / max(1, sum(chunks)), 3),
                         "live_slots": (row.detail.get("fanout") or {}).get("live_slots")}
+        time.sleep(0.2)
+
+
+def run_posted(stack: Stack, model: str, args) -> dict:
+    """One forecast of `args.posted_symbols` stored symbols, submitted as a person would; its wall
+    time (submit to finished) and how many parts it ran in."""
+    from kronos_jobs.crud import jobs as job_crud
+    from kronos_jobs.crud import series as series_crud
+    from kronos_jobs.db.session import session_scope
+    from kronos_jobs.jobs.submit import submit_forecast
+
+    with session_scope(stack.settings) as session:
+        bars = series_crud.latest_bars(session, tenant_id="default", lookback=args.lookback,
+                                       keys=[(symbol, "5min") for symbol in stored_symbols(args.posted_symbols)])
+    bars = bars.drop(columns="freq")
+    request = {"model": model, "device": "cpu", "lookback": args.lookback, "pred_len": args.pred_len,
+               "sampling": {"sample_count": 1, "seed": 0}, "quantiles": None,
+               "freq": {symbol: "5min" for symbol in bars["symbol"].unique()}}
+    started = time.perf_counter()
+    with session_scope(stack.settings) as session:
+        job_id = submit_forecast(session, stack.settings, tenant_id="default", request=request, bars=bars,
+                                 future=None, source="inline").id
+    while True:
+        with session_scope(stack.settings) as session:
+            job = job_crud.get_job(session, tenant_id="default", job_id=job_id)
+            if job.finished_at is not None:
+                wall = time.perf_counter() - started
+                if job.state != "succeeded":
+                    raise RuntimeError(f"posted job {job_id} ended {job.state}: {job.error}")
+                pids = {p.get("worker_pid") for p in job.execution_metadata.get("parts", [])}
+                return {"state": job.state, "symbols": args.posted_symbols, "parts": job.parts or 1,
+                        "processes": len(pids) or 1, "wall_s": round(wall, 2),
+                        "symbols_per_s": round(args.posted_symbols / wall, 2)}
         time.sleep(0.2)
 
 
@@ -177,6 +215,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--symbols", type=int, default=1000)
     parser.add_argument("--scaling-symbols", type=int, default=200, help="The smaller night run alone (0: skip).")
+    parser.add_argument("--posted-symbols", type=int, default=200, help="One large POSTed forecast alone (0: skip).")
     parser.add_argument("--lookback", type=int, default=400)
     parser.add_argument("--pred-len", type=int, default=48)
     parser.add_argument("--configs", default="tiny,small", help="Comma-separated: tiny, small.")
@@ -210,8 +249,10 @@ def main() -> None:
                 if args.scaling_symbols >= args.symbols:  # the same night as the one run alone
                     row["scaling"] = row["alone"]
                 elif args.scaling_symbols:
-                    subset = [f"SYM{i:04d}" for i in range(args.scaling_symbols)]
+                    subset = stored_symbols(args.scaling_symbols)
                     row["scaling"] = run_night(stack, model, args, subset)
+                if args.posted_symbols:
+                    row["posted"] = run_posted(stack, model, args)
                 results.setdefault(name, {})[policy] = row
                 alone, mixed, inter = row["alone"], row["with_interactive"], row["interactive"]
                 print(f"[{policy}] {name:5s} night alone {alone['wall_s']:8.2f} s ({alone['jobs']} jobs, "
@@ -219,7 +260,10 @@ def main() -> None:
                       f"{mixed['wall_s']:8.2f} s ({mixed['wall_s'] / alone['wall_s']:.3f}x) | interactive "
                       f"p50 {inter['p50_s']:.2f} s p99 {inter['p99_s']:.2f} s (n={inter['n']})"
                       + (f" | {args.scaling_symbols}-symbol night {row['scaling']['symbols_per_s']:.2f} symbols/s "
-                         f"({row['scaling']['jobs']} jobs)" if args.scaling_symbols else ""))
+                         f"({row['scaling']['jobs']} jobs)" if args.scaling_symbols else "")
+                      + (f" | posted {args.posted_symbols} symbols {row['posted']['symbols_per_s']:.2f} symbols/s "
+                         f"({row['posted']['parts']} parts on {row['posted']['processes']} processes)"
+                         if args.posted_symbols else ""))
         finally:
             stack.stop()
             if cleanup is not None:
@@ -236,17 +280,21 @@ def main() -> None:
                 "night_slowdown_after": round(after["with_interactive"]["wall_s"] / after["alone"]["wall_s"], 3),
                 "scaling_ratio": (round(after["scaling"]["symbols_per_s"] / before["scaling"]["symbols_per_s"], 2)
                                   if "scaling" in after else None),
+                "posted_ratio": (round(after["posted"]["symbols_per_s"] / before["posted"]["symbols_per_s"], 2)
+                                 if "posted" in after else None),
             }
             s = summary[name]
             print(f"{name:5s} interactive p99 {s['interactive_p99_before_s']:.2f} s -> {s['interactive_p99_after_s']:.2f} s "
                   f"(target <= {s['target_p99_s']:.2f} s); night with client / alone {s['night_slowdown_after']:.3f} "
                   f"(target <= 1.05); {args.scaling_symbols}-symbol night priority / one job "
-                  f"{s['scaling_ratio']}x (target >= 1.8)")
+                  f"{s['scaling_ratio']}x (target >= 1.8); posted {args.posted_symbols}-symbol forecast "
+                  f"in parts / whole {s['posted_ratio']}x")
     load_after = load_average()
     print(f"load average after {load_after}")
     print(json.dumps({"bench": "mixed", "stack": args.stack, "cpu": cpu_name(), "cores": os.cpu_count(),
                       "load_average_before": load_before, "load_average_after": load_after, "worker_processes": 2,
-                      "symbols": args.symbols, "scaling_symbols": args.scaling_symbols, "lookback": args.lookback,
+                      "symbols": args.symbols, "scaling_symbols": args.scaling_symbols,
+                      "posted_symbols": args.posted_symbols, "lookback": args.lookback,
                       "pred_len": args.pred_len, "chunk_seconds": args.chunk_seconds, "batch_symbols": args.batch_symbols,
                       "interactive_every_s": INTERACTIVE_EVERY_S, "results": results, "summary": summary},
                      separators=(",", ":")))

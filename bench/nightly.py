@@ -57,11 +57,16 @@ def store_bars(stack: Stack, n_symbols: int, n_bars: int) -> float:
 
     started = time.perf_counter()
     for first in range(0, n_symbols, 100):
-        names = {f"SYM{i:05d}": n_bars for i in range(first, min(first + 100, n_symbols))}
+        names = {symbol: n_bars for symbol in stored_symbols(min(first + 100, n_symbols))[first:]}
         bars = make_bars(names, freq="5min", start="2024-06-17 13:30", seed=first)
         with session_scope(stack.settings) as session:
             series_crud.upsert_bars(session, tenant_id="default", bars=bars, freqs={s: "5min" for s in names})
     return time.perf_counter() - started
+
+
+def stored_symbols(n: int) -> list[str]:
+    """The names `store_bars` gives its first `n` symbols."""
+    return [f"SYM{i:05d}" for i in range(n)]
 
 
 def cpu_model() -> str:
@@ -169,7 +174,7 @@ def run_schedule(stack: Stack, model: str, args) -> dict:
     with session_scope(stack.settings) as session:
         schedule = schedules.create_schedule(session, tenant_id="default", fields=dict(
             name=f"bench-{time.time_ns()}", cron="0 18 * * 1-5", timezone="America/New_York",
-            symbols=None if args.forecast_symbols is None else [f"SYM{i:05d}" for i in range(args.forecast_symbols)],
+            symbols=None if args.forecast_symbols is None else stored_symbols(args.forecast_symbols),
             freq="5min", model=model, device="cpu", lookback=args.lookback, pred_len=args.pred_len,
             sampling={"seed": 0, "sample_count": 1}, quantiles=None, calendar={}, min_history=None, enabled=True),
             model_dirs=stack.settings.effective_model_dirs)

@@ -137,6 +137,7 @@ class Settings(BaseSettings):
     bulk_chunk_seconds: float = Field(3.0, gt=0, description="Model time a bulk job's chunk aims at on the worker's device; an interactive job waits at most about one chunk.")
     bulk_probe_series: int = Field(4, ge=1, description="Series in a worker's first chunk of a shape, before it has measured its throughput.")
     schedule_batch_symbols_gpu: int = Field(2_000, ge=1, description="Most symbols per forecast job when a schedule run fans out to GPU workers.")
+    split_min_series: int = Field(8, ge=1, description="Fewest series in one part when a large POSTed forecast is split over the live worker slots (a smaller last part joins the one before it).")
     tenant_bulk_limit: int = Field(0, ge=0, description="Bulk tasks of one tenant running at once; a claim over it waits and retries. 0 = no limit.")
 
     # --- backtests and live scoring (issue 10) -----------------------------------------------

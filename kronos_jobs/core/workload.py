@@ -80,3 +80,33 @@ def chunk_series(cost: tuple[float, float] | None, target_seconds: float, max_se
     fits = (target_seconds - fixed) / per_series
     floor = 3 * fixed / per_series  # the fixed part is a quarter of the chunk
     return max(1, min(max_series, int(max(fits, floor))))
+
+
+def split_sizes(n_series: int, *, batch: int, slots: int, max_series: int, min_series: int) -> list[int]:
+    """Series per part when a large job is split over `slots` live worker slots ([n_series]: not split).
+
+    Parts are whole predictor batches of `batch` series (the last batch may be short), so every
+    batch, and the seed it draws from, is the one the unsplit job would run: a split job's
+    forecasts equal the unsplit job's, sampled ones included, however many workers were live. As
+    many parts as slots, within `max_series` per part where whole batches allow; a part under
+    `min_series` (its worker's fixed model cost would outweigh the gain) joins the one before it."""
+    if n_series <= 0:
+        return [max(0, n_series)]
+    batch = max(1, batch)
+    batches = [batch] * (n_series // batch) + ([n_series % batch] if n_series % batch else [])
+    per_part = max(1, max_series // batch)  # whole batches a part may hold
+    wanted = max(min(max(1, slots), len(batches)), math.ceil(len(batches) / per_part))
+    parts = []
+    for count in _even(len(batches), wanted):
+        taken, batches = batches[:count], batches[count:]
+        parts.append(sum(taken))
+    while len(parts) > 1 and parts[-1] < min_series:
+        last = parts.pop()
+        parts[-1] += last
+    return parts
+
+
+def _even(n: int, k: int) -> list[int]:
+    """`n` items over `k` groups as evenly as possible, larger groups first."""
+    base, extra = divmod(n, k)
+    return [base + (1 if i < extra else 0) for i in range(k)]

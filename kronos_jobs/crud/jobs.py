@@ -34,6 +34,7 @@ from kronos_jobs.core.errors import (
 )
 from kronos_jobs.core.names import JobKind, JobState
 from kronos_jobs.crud import chunks as chunk_crud
+from kronos_jobs.crud import parts as part_crud
 from kronos_jobs.crud.retention import JOB as PRUNED_JOB
 from kronos_jobs.crud.retention import raise_if_pruned
 from kronos_jobs.db.models import Job, utcnow
@@ -63,6 +64,7 @@ def create_job(
     request_hash: str | None = None,
     priority: int = 6,
     workload: str = "interactive",
+    parent_id: str | None = None,
 ) -> Job:
     """Insert a queued job and flush it (`priority`, `workload`: core/workload.py decides them).
 
@@ -83,7 +85,7 @@ def create_job(
         progress_total=progress_total, progress_detail={}, error=None, symbol_errors=[],
         execution_metadata={}, idempotency_key=idempotency_key, request_hash=request_hash,
         cancel_requested=False, attempts=0, created_at=now, updated_at=now,
-        priority=int(priority), workload=str(_value(workload)), enqueued_at=now,
+        priority=int(priority), workload=str(_value(workload)), enqueued_at=now, parent_id=parent_id,
     )
     session.add(job)
     try:
@@ -169,7 +171,7 @@ def list_jobs(
     """One page of the tenant's jobs, newest first; the cursor for the next page or None."""
     if not 1 <= limit <= MAX_PAGE_SIZE:
         raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE_SIZE}, got {limit}", field="limit")
-    query = select(Job).where(Job.tenant_id == tenant_id)
+    query = select(Job).where(Job.tenant_id == tenant_id, Job.parent_id.is_(None))  # parts live inside their job
     if state is not None:
         states = [state] if isinstance(state, str) else list(state)
         query = query.where(Job.state.in_([_member(JobState, s, "state").value for s in states]))
@@ -193,7 +195,7 @@ def list_jobs(
 
 def count_by_state(session: Session, *, tenant_id: str | None = None) -> dict[tuple[str, str], int]:
     """Job counts keyed by (kind, state), over every tenant unless `tenant_id` is given; absent pairs are 0."""
-    query = select(Job.kind, Job.state, func.count()).group_by(Job.kind, Job.state)
+    query = select(Job.kind, Job.state, func.count()).where(Job.parent_id.is_(None)).group_by(Job.kind, Job.state)
     if tenant_id is not None:
         query = query.where(Job.tenant_id == tenant_id)
     return {(kind, state): n for kind, state, n in session.execute(query)}
@@ -201,7 +203,8 @@ def count_by_state(session: Session, *, tenant_id: str | None = None) -> dict[tu
 
 def count_by_state_and_queue(session: Session, *, tenant_id: str | None = None) -> dict[tuple[str, str, str], int]:
     """Job counts keyed by (kind, state, queue), over every tenant unless `tenant_id` is given; absent triples are 0."""
-    query = select(Job.kind, Job.state, Job.queue, func.count()).group_by(Job.kind, Job.state, Job.queue)
+    query = (select(Job.kind, Job.state, Job.queue, func.count()).where(Job.parent_id.is_(None))
+             .group_by(Job.kind, Job.state, Job.queue))
     if tenant_id is not None:
         query = query.where(Job.tenant_id == tenant_id)
     return {(kind, state, queue): n for kind, state, queue, n in session.execute(query)}
@@ -210,7 +213,7 @@ def count_by_state_and_queue(session: Session, *, tenant_id: str | None = None) 
 def count_in_flight(session: Session, *, tenant_id: str) -> int:
     """The tenant's queued and running jobs (what KRONOS_MAX_INFLIGHT_JOBS bounds)."""
     query = select(func.count()).select_from(Job).where(
-        Job.tenant_id == tenant_id, Job.state.in_((JobState.QUEUED.value, JobState.RUNNING.value)))
+        Job.tenant_id == tenant_id, Job.parent_id.is_(None), Job.state.in_((JobState.QUEUED.value, JobState.RUNNING.value)))
     return int(session.scalar(query) or 0)
 
 
@@ -244,10 +247,12 @@ def _cancelled_or_lost(session: Session, held, job_id: str, owner: str, action: 
 
 def _claimable(now: datetime):
     """WHERE clause: queued, running under an expired lease, or running but yielded (a bulk job
-    between two chunks: no owner)."""
-    return or_(Job.state == JobState.QUEUED.value,
-               and_(Job.state == JobState.RUNNING.value,
-                    or_(Job.lease_expires_at < now, Job.lease_owner.is_(None))))
+    between two chunks: no owner). A split parent (jobs/parts.py) is never claimed again: its
+    parts run it."""
+    return and_(Job.parts.is_(None),
+                or_(Job.state == JobState.QUEUED.value,
+                    and_(Job.state == JobState.RUNNING.value,
+                         or_(Job.lease_expires_at < now, Job.lease_owner.is_(None)))))
 
 
 def _running_bulk(tenant_id: str, now: datetime):
@@ -320,7 +325,7 @@ def claim_context(session: Session, *, job_id: str) -> Any:
     """What a delivery needs before its claim: tenant, workload, priority, queue and when the job
     went onto the queue (None when there is no such job)."""
     return session.execute(select(Job.tenant_id, Job.workload, Job.priority, Job.queue, Job.enqueued_at,
-                                  Job.created_at).where(Job.id == job_id)).first()
+                                  Job.created_at, Job.parent_id).where(Job.id == job_id)).first()
 
 
 def seconds_waiting(context: Any) -> float:
@@ -468,6 +473,15 @@ def request_cancel(session: Session, *, tenant_id: str, job_id: str) -> Job:
     one is flagged to stop at its next batch boundary; a finished job raises InvalidTransition."""
     now = utcnow()
     mine = and_(Job.id == job_id, Job.tenant_id == tenant_id)
+    split = session.execute(update(Job).where(mine, Job.state == JobState.RUNNING.value, Job.parts.is_not(None))
+                            .values(cancel_requested=True, updated_at=now).execution_options(synchronize_session=False))
+    if split.rowcount == 1:
+        # A split job ends once its parts have: jobs/parts.py settles it, keeping what they forecast.
+        part_crud.cancel_parts(session, parent_id=job_id)
+        logger.info("job %s cancel requested while running in parts", job_id)
+        job = _refetch(session, job_id)
+        assert job is not None
+        return job
     cancelled = {"state": JobState.CANCELLED.value, "cancel_requested": True, "finished_at": now,
                  "lease_owner": None, "lease_expires_at": None}
     # Queued first, then running: if a worker claims the job between the statements, the last

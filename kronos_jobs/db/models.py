@@ -125,6 +125,10 @@ class Job(Base):
     # claim measures its wait from here.
     enqueued_at: Mapped[datetime | None] = mapped_column(nullable=True)
     queue_wait_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)  # submit -> first claim
+    # A large job split over the live worker slots (jobs/parts.py): the parent counts its `parts`,
+    # each part is a job of its own whose `parent_id` names it, deleted once the parent finishes.
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), nullable=True, index=True)
+    parts: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class JobChunk(Base):

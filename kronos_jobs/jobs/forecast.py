@@ -13,6 +13,10 @@ first. The last chunk's delivery writes every chunk's rows, the metadata and the
 the one finish transaction. A bulk claim over the tenant's KRONOS_TENANT_BULK_LIMIT sends the task
 again after a pause instead (TenantBusy): the job waits, it does not fail.
 
+A forecast a person POSTed with more series than one predictor batch may instead be split, on its
+first delivery, into part jobs over the live worker slots (jobs/parts.py); each part then runs
+here like any job, and the last one to end settles its parent.
+
 A second delivery of the same job (at-least-once broker) finds the lease held or the job finished
 and stops (jobs/lease.py); a delivery after the lease expired (its worker died) takes over. Jobs
 whose messages were lost are re-sent by jobs/recovery.py.
@@ -37,10 +41,12 @@ from kronos_jobs.core.settings import Settings
 from kronos_jobs.core.workload import Workload, chunk_series
 from kronos_jobs.crud import chunks as chunk_crud
 from kronos_jobs.crud import jobs as job_crud
+from kronos_jobs.crud import parts as part_crud
 from kronos_jobs.crud import results as result_crud
 from kronos_jobs.db.models import utcnow
 from kronos_jobs.db.session import session_scope
 from kronos_jobs.jobs import pace
+from kronos_jobs.jobs import parts as job_parts
 from kronos_jobs.jobs.lease import TRANSIENT_ERRORS, LeaseHeartbeat, raise_if_held
 from kronos_jobs.jobs.lifecycle import Delivery, new_owner, run_delivery
 from kronos_jobs.jobs.registry import PUBLISHED_MODELS, RANDOM_PREFIX, local_model_dir, resolve_model
@@ -62,6 +68,9 @@ class _Run(Delivery):
     start: int = 0  # a bulk delivery's first symbol (the chunks before it are stored)
     wait_seconds: float = 0.0  # this delivery's time on the queue
     first_wait_seconds: float | None = None  # the job's: submit -> first claim
+    stored_params: dict[str, Any] = dataclasses.field(default_factory=dict)  # the job's params as stored
+    parent_id: str | None = None  # a part of a split job (jobs/parts.py)
+    offset: int = 0  # a part's first series within its parent: its batches draw the parent's seeds
 
 
 class CancelFlag:
@@ -129,7 +138,9 @@ def run_forecast_job(job_id: str, *, settings: Settings, identity: WorkerIdentit
                                      wait_seconds=wait, bulk_limit=limit)
             run = _Run(job_id=job.id, owner=owner, tenant_id=job.tenant_id,
                        params=ForecastParams.from_value({k: v for k, v in job.params.items()
-                                                         if k not in ("source", "n_series")}),
+                                                         if k not in ("source", "n_series", job_parts.PART_OFFSET)}),
+                       stored_params=dict(job.params), parent_id=job.parent_id,
+                       offset=int(job.params.get(job_parts.PART_OFFSET, 0)),
                        queue=job.queue, device_requested=job.device_requested, attempt=job.attempts,
                        queued_at=job.created_at, started_at=job.started_at, t0=t0, priority=job.priority,
                        workload=job.workload, bulk=bulk, start=chunk_crud.next_start(session, job_id=job_id) if bulk else 0,
@@ -138,6 +149,8 @@ def run_forecast_job(job_id: str, *, settings: Settings, identity: WorkerIdentit
         with session_scope(settings) as session:
             chunk_crud.delete_chunks(session, job_id=job_id)
         logger.info("job %s cancelled elapsed=%.3fs (before it started)", job_id, time.perf_counter() - t0)
+        if context.parent_id:
+            _settle_parent(settings, context.parent_id)
         return JobState.CANCELLED
     except TenantBusy as exc:
         # Not a failure: the job stays where it was and comes back once one of the tenant's
@@ -203,6 +216,13 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
 
     # --- input and model ------------------------------------------------------------------------
     bars, future = job_input
+    if _may_split(run, settings):
+        sizes, slots = job_parts.plan(settings, queue=run.queue, n_series=int(bars["symbol"].nunique()))
+        if len(sizes) > 1:
+            job_parts.split(settings, job_id=run.job_id, owner=run.owner, job_input=job_input,
+                        params=run.stored_params, seed=seed, sizes=sizes)
+            _log(run, "split", f"parts={sizes} live_slots={slots}")
+            return JobState.RUNNING
     model_dirs = settings.effective_model_dirs
     if _needs_session(params.model, model_dirs):
         with session_scope(settings) as session:
@@ -250,8 +270,8 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
         # Each chunk seeds its own generator from the job's seed: reproducible, and no two chunks
         # replay the same random draws.
         try:
-            outputs, errors = _predict_chunk(entry.predictor, chunk, params, seed + (run.start + index) // size, decode,
-                                             should_stop, steps.report)
+            outputs, errors = _predict_chunk(entry.predictor, chunk, params, seed + (run.offset + run.start + index) // size,
+                                             decode, should_stop, steps.report)
         except DecodeStopped:
             raise JobCancelled(f"job {run.job_id} cancelled while decoding after {done}/{total} series") from None
         inference_seconds += time.perf_counter() - started
@@ -262,6 +282,8 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
             with session_scope(settings) as session:
                 cancel = job_crud.update_progress(session, job_id=run.job_id, owner=run.owner, done=done, total=total,
                                                   detail=steps.detail(index + len(chunk)))
+                if run.parent_id:
+                    part_crud.roll_up_progress(session, parent_id=run.parent_id)
             if cancel:
                 raise JobCancelled(f"job {run.job_id} cancelled after {done}/{total} series")
 
@@ -431,7 +453,25 @@ def _finish(run: _Run, settings: Settings, state: JobState, *, meta: dict[str, A
         job_crud.finish_job(session, job_id=run.job_id, owner=run.owner, state=state, error=error,
                             symbol_errors=symbol_errors or [], execution_metadata=meta, progress=progress)
     _log(run, state, f"errors={len(symbol_errors or [])}" + (f" code={error['code']}" if error else ""))
+    if run.parent_id:
+        _settle_parent(settings, run.parent_id)
     return state
+
+
+def _may_split(run: _Run, settings: Settings) -> bool:
+    """Only a job a person POSTed is split over the live slots: schedule runs are fanned out by
+    them already, bulk work yields between chunks instead, and a part never splits again."""
+    return (settings.queue_policy == "priority" and not run.bulk and run.parent_id is None
+            and run.workload == Workload.INTERACTIVE.value)
+
+
+def _settle_parent(settings: Settings, parent_id: str) -> None:
+    """After a part ended: end its split job if this was the last part (jobs/parts.py). Should
+    that fail (the database hiccupped), beat's recovery sweep settles it."""
+    try:
+        job_parts.settle(settings, parent_id)
+    except Exception as exc:
+        logger.warning("job %s: not settled after its part ended (%s); the recovery sweep will", parent_id, exc)
 
 
 def _empty_rows() -> pd.DataFrame:

@@ -10,6 +10,8 @@ not as a task on a worker queue, so a backlog of long jobs can never delay or ex
   died, or the broker connection dropped under it and Celery cancelled the task), at most once per
   lease, and queued jobs nobody claimed for 10 leases (Redis without AOF, a filesystem-broker
   worker killed after taking the message, a fine-tune given back whose re-send failed).
+* `parts.settle_finished_parents` ends split jobs whose last part ended without its delivery
+  settling the parent (a part cancelled while queued, or killed at the hard time limit).
 * `fail_after_hard_time_limit` (the worker parent, when Celery's hard limit killed a child) fails
   the job, which the killed child could not record itself.
 """
@@ -26,6 +28,7 @@ from kronos_jobs.crud import chunks as chunk_crud
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.db.models import Job, utcnow
 from kronos_jobs.db.session import session_scope
+from kronos_jobs.jobs import parts
 from kronos_jobs.jobs.submit import send_job
 
 logger = logging.getLogger(__name__)
@@ -116,4 +119,4 @@ def sweep(settings: Settings) -> dict[str, list[str]]:
         unsent = send_unsent_jobs(session, settings)
     with session_scope(settings) as session:
         resent = requeue_stale_jobs(session, settings)
-    return {"sent": unsent, "resent": resent}
+    return {"sent": unsent, "resent": resent, "settled": parts.settle_finished_parents(settings)}

@@ -16,6 +16,7 @@ from kronos_jobs.core.workload import (
     chunk_series,
     fanout_batch_size,
     job_priority,
+    split_sizes,
     workload_of,
 )
 
@@ -82,3 +83,19 @@ def test_the_cost_model_sees_the_fixed_part_once_two_chunk_sizes_are_measured():
     fixed, per_series = pace.cost_model(key)
     assert fixed == pytest.approx(2.7) and per_series == pytest.approx(0.3)
     pace.forget()
+
+
+@pytest.mark.parametrize(("n", "batch", "slots", "max_series", "min_series", "sizes"), [
+    (200, 64, 2, 250, 8, [128, 72]),  # whole batches, as even as two slots allow
+    (100, 64, 2, 250, 8, [64, 36]),
+    (65, 64, 2, 250, 8, [65]),  # a one-series part would cost a worker's fixed model time: it joins the first
+    (30, 64, 4, 250, 8, [30]),  # one batch: nothing to split
+    (1000, 64, 8, 250, 8, [128] * 7 + [104]),
+    (1000, 64, 2, 250, 8, [192, 192, 192, 192, 128, 104]),  # at most three batches (192 <= 250) a part
+    (300, 64, 0, 250, 8, [192, 108]),  # nobody live: only the maximum cuts it
+    (7, 2, 2, 250, 1, [4, 3]),
+])
+def test_a_large_job_splits_into_whole_batches_over_the_live_slots(n, batch, slots, max_series, min_series, sizes):
+    got = split_sizes(n, batch=batch, slots=slots, max_series=max_series, min_series=min_series)
+    assert got == sizes and sum(got) == n
+    assert all(size % batch == 0 for size in got[:-1])  # every part but the last starts on a batch boundary

@@ -1,5 +1,6 @@
 """Interactive before bulk, on a real worker (`--concurrency 2`): a one-symbol forecast posted
 behind a queued nightly run finishes before any of the run's jobs, and the run still completes.
+A large posted forecast runs in parts on both of the worker's processes.
 
 The run is queued while the worker is stopped (a night's fan-out waiting on the broker), the
 person's job is posted after it, then the worker starts. With KRONOS_QUEUE_POLICY=fifo the worker
@@ -11,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from kronos_jobs.core.names import DEFAULT_TENANT
+from kronos_jobs.crud import results as result_crud
 from kronos_jobs.crud import schedules as schedule_crud
 from kronos_jobs.crud import series as series_crud
 from kronos_jobs.db.session import session_scope
@@ -23,6 +25,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 N_SYMBOLS = 40
 FLEET_ENV = {  # chunks of a few series, so bulk jobs yield between chunks even on the tiny model
     "KRONOS_BULK_CHUNK_SECONDS": "0.05", "KRONOS_BULK_PROBE_SERIES": "2", "KRONOS_SCHEDULE_BATCH_SYMBOLS": "10",
+    "KRONOS_MAX_BATCH_SIZE": "3", "KRONOS_SPLIT_MIN_SERIES": "3",  # a posted job of 24 series: parts of 9, 9, 6
 }
 
 
@@ -67,3 +70,18 @@ def test_an_interactive_job_posted_behind_a_queued_bulk_run_finishes_first(fleet
     # A process's first chunk is a probe of KRONOS_BULK_PROBE_SERIES: at least that job yielded.
     assert max(j.execution_metadata["chunks"]["count"] for j in jobs) >= 2
     assert min(j.finished_at for j in jobs) > mine.finished_at
+
+
+def test_a_large_posted_job_runs_in_parts_on_every_process(fleet_stack):
+    fleet_stack.stop_worker()
+    fleet_stack.start_worker(concurrency=2)
+    bars = make_bars({f"P{i:02d}": 60 for i in range(24)})
+    job = wait_for(fleet_stack, submit(fleet_stack, bars), finished, timeout=200)
+    assert (job.state, job.parts, job.progress_done) == ("succeeded", 3, 24), job.error
+    parts = job.execution_metadata["parts"]
+    assert [(p["series"], p["offset"]) for p in parts] == [(9, 0), (9, 9), (6, 18)]
+    # Both of the worker's processes took parts: the job did not wait on one of them.
+    assert len({p["worker_pid"] for p in parts}) == 2, (parts, fleet_stack.log.read_text()[-4000:])
+    with session_scope(fleet_stack.settings) as session:
+        rows = result_crud.read_forecasts(session, job_id=job.id)
+    assert rows.symbol.nunique() == 24 and len(rows) == 24 * 4

@@ -45,7 +45,7 @@ def test_a_job_sent_at_submit_is_not_sent_again(job_settings, tiny_checkpoint, m
     with session_scope(settings) as session:
         assert job_crud.get_job(session, tenant_id=DEFAULT_TENANT, job_id=job_id).sent_at is not None
     monkeypatch.setattr(recovery, "send_job", _broker_down)  # would fail the test's expectation if called
-    assert recovery.sweep(settings) == {"sent": [], "resent": []}
+    assert recovery.sweep(settings) == {"sent": [], "resent": [], "settled": []}
 
 
 def test_a_lapsed_lease_is_resent_once_per_lease(job_settings, tiny_checkpoint, monkeypatch):
