@@ -33,6 +33,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+def _priority(default: str) -> Any:
+    """The `priority` request field of every kind a person submits; None takes `default`'s workload value."""
+    return Field(None, ge=PRIORITY_MIN, le=PRIORITY_MAX,
+                 description=f"{PRIORITY_MIN}..{PRIORITY_MAX}, higher runs first; default {default}.")
+
+
 # --- forecast request ----------------------------------------------------------------------------
 
 
@@ -79,7 +85,7 @@ class ForecastParamsIn(_Strict):
     quantiles: list[float] | None = Field(None, max_length=MAX_QUANTILES, description="Sample quantile levels in (0, 1), e.g. [0.1, 0.5, 0.9].")
     calendar: dict[str, Any] | None = Field(None, description='Trading calendar for generated future timestamps (see the README): {"timezone", "weekdays", "open", "close", "holidays"}, or {"default": {...}, "symbols": {...}}. Default: weekends skipped for daily bars.')
     score: bool = Field(False, description="Score this forecast live (GET /v1/scores) once its bars reach the series store; schedule runs always are.")
-    priority: int | None = Field(None, ge=PRIORITY_MIN, le=PRIORITY_MAX, description=f"{PRIORITY_MIN}..{PRIORITY_MAX}, higher runs first; default {DEFAULT_PRIORITY[Workload.INTERACTIVE]} (schedule runs: {DEFAULT_PRIORITY[Workload.BULK]}).")
+    priority: int | None = _priority(f"{DEFAULT_PRIORITY[Workload.INTERACTIVE]} (schedule runs: {DEFAULT_PRIORITY[Workload.BULK]})")
 
     @field_validator("quantiles")
     @classmethod
@@ -228,6 +234,7 @@ class FinetuneParamsIn(_Strict):
     amp: bool = Field(_FT["amp"], description="Mixed precision (bf16 autocast); used only on CUDA.")
     name: str | None = Field(None, max_length=128)
     description: str | None = Field(None, max_length=2_000)
+    priority: int | None = _priority(str(DEFAULT_PRIORITY[Workload.INTERACTIVE]))
 
 
 class SeriesStoreSelection(_Strict):
@@ -518,6 +525,7 @@ class BacktestParamsIn(_Strict):
     repeats: int = Field(1, ge=1, le=MAX_REPEATS, description="Forecasts per origin with seeds seed, seed+1, ...")
     quantiles: list[float] | None = Field(None, max_length=MAX_QUANTILES, description="Band levels (need sampling.sample_count >= 2); central pairs such as 0.1/0.9 also get a coverage.")
     baselines: list[str] = Field(list(BASELINES), max_length=len(BASELINES), description="Any of naive, seasonal_naive, drift.")
+    priority: int | None = _priority(f"{DEFAULT_PRIORITY[Workload.BULK]} (a backtest is bulk work: it yields the worker between chunks)")
 
     _quantile_levels = field_validator("quantiles")(ForecastParamsIn._quantile_levels.__func__)
 

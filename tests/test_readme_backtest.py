@@ -11,8 +11,7 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from kronos_jobs.cli import main
 from kronos_jobs.jobs import submit
-from kronos_jobs.jobs.backtest import run_backtest_job
-from kronos_jobs.testing.factories import worker_identity
+from kronos_jobs.testing.factories import run_backtest_to_end, worker_identity
 from tests.readme import ROOT, code_blocks, section
 
 
@@ -21,9 +20,10 @@ def test_backtest_example_prints_the_metrics_table(settings, monkeypatch) -> Non
     argv = shlex.split(code_blocks(text, "bash")[0].replace("\\\n", " "), comments=True)
     shown = code_blocks(text, "text")[0].splitlines()
     identity = worker_identity(settings)
-    # The worker: run each backtest in process as soon as its task is sent (after the commit).
-    monkeypatch.setattr(submit, "send_job", lambda s, job_id, queue, kind=None, **options: run_backtest_job(
-        job_id, settings=settings, identity=identity))
+    # The worker: run each backtest in process, chunk after chunk, as soon as its task is sent
+    # (after the commit).
+    monkeypatch.setattr(submit, "send_job", lambda s, job_id, queue, kind=None, **options: run_backtest_to_end(
+        settings, job_id, identity))
     monkeypatch.chdir(ROOT)
     with TestClient(create_app(settings)) as client:
         result = CliRunner().invoke(main, argv[1:], obj={"settings": settings, "http": client})

@@ -56,7 +56,7 @@ class BacktestSubmission:
 
     def backtest_params(self, settings: Settings) -> dict[str, Any]:
         """The job's parameters in `kronos_jobs.jobs.backtest_submit.BacktestParams` form."""
-        params = self.params.model_dump(include=set(BacktestParamsIn.model_fields))
+        params = self.params.model_dump(include=set(BacktestParamsIn.model_fields) - {"priority"})
         params["models"] = params["models"] or [settings.default_model]
         if params["origins"] is not None:
             params["origins"] = [o.isoformat() for o in params["origins"]]
@@ -88,7 +88,8 @@ def create_backtest_job(
     """Submit a backtest job: rolling-origin forecasts of one or more models, scored with baselines."""
     series = submission.series_input(settings, session, caller.tenant_id)
     job = submit_backtest(session, settings, tenant_id=caller.tenant_id, request=submission.backtest_params(settings),
-                          bars=series.bars, source=series.source, idempotency_key=idempotency_key)
+                          bars=series.bars, source=series.source, idempotency_key=idempotency_key,
+                          priority=submission.params.priority)
     response.headers["Location"] = f"{router.prefix}/{job.id}"
     return JobPublic.from_row(job, caller)
 

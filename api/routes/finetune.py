@@ -41,7 +41,7 @@ class FinetuneSubmission:
         return _store_bars(session, self.params.data, tenant_id), "store"
 
     def finetune_params(self, settings: Settings) -> dict:
-        params = self.params.model_dump(include=set(FinetuneParamsIn.model_fields))
+        params = self.params.model_dump(include=set(FinetuneParamsIn.model_fields) - {"priority"})
         params["model"] = params["model"] or settings.default_model
         return params
 
@@ -98,6 +98,7 @@ def create_finetune_job(
     """Submit a fine-tune job."""
     bars, source = submission.bars(session, settings, caller.tenant_id)
     job, warnings = submit_finetune(session, settings, tenant_id=caller.tenant_id, request=submission.finetune_params(settings),
-                                    bars=bars, source=source, idempotency_key=idempotency_key)
+                                    bars=bars, source=source, idempotency_key=idempotency_key,
+                                    priority=submission.params.priority)
     response.headers["Location"] = f"{router.prefix}/{job.id}"
     return FinetuneJobPublic(**JobPublic.from_row(job, caller).model_dump(), warnings=warnings)

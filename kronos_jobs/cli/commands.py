@@ -432,10 +432,12 @@ def models(ctx: click.Context) -> None:
 @click.option("--local", is_flag=True, help="Train in this process on --device, without the API or a queue.")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="--local: checkpoints and the trained model (default ./kronos-finetune).")
+@click.option("--priority", type=int, default=None, help="0..9, higher runs first (default 6); not with --local.")
 @click.option("--idempotency-key", default=None)
 @click.pass_context
 def finetune(ctx: click.Context, config_path: Path, data_path: Path | None, symbol: str | None, model: str | None,
-             device: str | None, overrides: tuple[str, ...], local: bool, out_dir: Path | None, idempotency_key: str | None) -> None:
+             device: str | None, overrides: tuple[str, ...], local: bool, out_dir: Path | None, priority: int | None,
+             idempotency_key: str | None) -> None:
     """Fine-tune from an upstream YAML: submit a job (prints its id) or, with --local, train here."""
     from kronos_jobs.cli.finetune_yaml import ARTIFACTS_NOTE, load_upstream_yaml, prepare_data_file
     from kronos_jobs.core.errors import UpstreamConfigError
@@ -464,6 +466,8 @@ def finetune(ctx: click.Context, config_path: Path, data_path: Path | None, symb
     if upstream.output_dirs:
         click.echo(f"warning: model_paths: {ARTIFACTS_NOTE}", err=True)
     params["device"] = device or params.get("device", "auto")
+    if priority is not None:
+        params["priority"] = priority
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     job = _client(ctx).json("POST", "/v1/jobs/finetune", files={"file": (filename, data, "application/octet-stream")},
                             data={"request": json.dumps(params)}, headers=headers)
@@ -727,6 +731,7 @@ def metrics_text(body: dict[str, Any], per_step: bool = False) -> str:
 @click.option("--top-p", type=float, default=None)
 @click.option("--sample-count", type=int, default=None)
 @click.option("--seed", type=int, default=None)
+@click.option("--priority", type=int, default=None, help="0..9, higher runs first (default 3: a backtest is bulk work).")
 @click.option("--by-symbol", is_flag=True, help="Print the per-symbol metrics.")
 @click.option("--per-step", is_flag=True, help="Print every step's row, not only the sub-horizons (steps 1..h pooled).")
 @click.option("--no-wait", is_flag=True, help="Print the job id and return.")

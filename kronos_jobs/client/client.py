@@ -85,10 +85,11 @@ class _Endpoints:
                  freq: str | None = None, quantiles: Sequence[float] | None = None,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                  sample_count: int | None = None, seed: int | None = None, calendar: dict[str, Any] | None = None,
-                 idempotency_key: str | None = None):
+                 priority: int | None = None, idempotency_key: str | None = None):
         """Submit a forecast of a long DataFrame (symbol, timestamp, open, high, low, close[, volume,
-        amount]) or, with `symbols`, of the series store's latest bars. Returns a job handle."""
-        params = _drop_none(dict(model=model, pred_len=pred_len, lookback=lookback, device=device,
+        amount]) or, with `symbols`, of the series store's latest bars; `priority` 0..9, higher runs
+        first (default 6). Returns a job handle."""
+        params = _drop_none(dict(model=model, pred_len=pred_len, lookback=lookback, device=device, priority=priority,
                                  quantiles=list(quantiles) if quantiles is not None else None, calendar=calendar))
         sampling = _sampling(temperature, top_k, top_p, sample_count, seed)
         if sampling:
@@ -102,11 +103,12 @@ class _Endpoints:
         return self._submit("/v1/jobs/forecast", data=_drop_none({**params, "freq": freq}),
                             files=_frame_upload(bars, "bars"), idempotency_key=idempotency_key)
 
-    def finetune(self, bars: pd.DataFrame, *, model: str | None = None, idempotency_key: str | None = None,
-                 **params: Any):
+    def finetune(self, bars: pd.DataFrame, *, model: str | None = None, priority: int | None = None,
+                 idempotency_key: str | None = None, **params: Any):
         """Submit a fine-tune of `model` on a long DataFrame; `params` are the request's fields
-        (epochs, max_steps, lookback, pred_len, name, ...). Returns a job handle."""
-        return self._submit("/v1/jobs/finetune", data=_drop_none({"model": model, **params}),
+        (epochs, max_steps, lookback, pred_len, name, ...); `priority` 0..9, higher runs first
+        (default 6). Returns a job handle."""
+        return self._submit("/v1/jobs/finetune", data=_drop_none({"model": model, "priority": priority, **params}),
                             files=_frame_upload(bars, "train"), idempotency_key=idempotency_key)
 
     def backtest(self, bars: pd.DataFrame | None = None, *, models: Sequence[str], symbols: Sequence[str] | None = None,
@@ -116,12 +118,14 @@ class _Endpoints:
                  repeats: int | None = None, quantiles: Sequence[float] | None = None,
                  baselines: Sequence[str] | None = None, device: str = "auto",
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                 sample_count: int | None = None, seed: int | None = None, idempotency_key: str | None = None):
+                 sample_count: int | None = None, seed: int | None = None, priority: int | None = None,
+                 idempotency_key: str | None = None):
         """Submit a rolling-origin backtest of `models` on a long DataFrame or, with `symbols`, on the
-        series store's bars between `start` and `end`. Returns a job handle; `job.result()` gives the
-        per-origin forecasts and truths, `job.metrics()` the stored metrics table."""
+        series store's bars between `start` and `end`; `priority` 0..9, higher runs first (default 3).
+        Returns a job handle; `job.result()` gives the per-origin forecasts and truths, `job.metrics()`
+        the stored metrics table."""
         params = _drop_none(dict(
-            models=list(models), lookbacks=list(lookbacks), horizon=horizon, device=device,
+            models=list(models), lookbacks=list(lookbacks), horizon=horizon, device=device, priority=priority,
             horizons=list(horizons) if horizons is not None else None, n_windows=n_windows, step_size=step_size,
             origins=list(origins) if origins is not None else None, repeats=repeats,
             quantiles=list(quantiles) if quantiles is not None else None,

@@ -498,11 +498,10 @@ def request_cancel(session: Session, *, tenant_id: str, job_id: str) -> Job:
         if result.rowcount == 1:
             if from_state is JobState.RUNNING and values is cancelled:
                 # A bulk job between chunks: nobody runs it, so the cancel settles it here, keeping
-                # the series its finished chunks forecast, as a cancel while running does.
+                # what a cancel while running keeps (crud/chunks.keep_as_result).
                 kept, errors = chunk_crud.keep_as_result(session, job_id=job_id, tenant_id=tenant_id)
                 session.execute(update(Job).where(Job.id == job_id).values(
-                    symbol_errors=errors, error={"code": "cancelled", "message": "cancelled by request between chunks; "
-                                                 f"the {kept} series finished before it are kept"})
+                    symbol_errors=errors, error={"code": "cancelled", "message": f"cancelled by request between chunks; {kept}"})
                     .execution_options(synchronize_session=False))
             logger.info("job %s cancel requested while %s", job_id, from_state.value)
             job = _refetch(session, job_id)

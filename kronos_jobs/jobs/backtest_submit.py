@@ -194,8 +194,9 @@ def job_model_label(models: list[str]) -> str:
 
 
 def submit_backtest(session, settings: Settings, *, tenant_id: str, request: BacktestParams | dict[str, Any],
-                    bars: pd.DataFrame, source: str, idempotency_key: str | None = None):
-    """Validate, route, insert the job and its bars, COMMIT, then send the task; return the Job."""
+                    bars: pd.DataFrame, source: str, idempotency_key: str | None = None, priority: int | None = None):
+    """Validate, route, insert the job and its bars, COMMIT, then send the task; return the Job.
+    `priority` None takes the bulk default (core/workload.py)."""
     params = BacktestParams.from_value(request)
     if not params.models:
         raise invalid("models", "give at least one model")
@@ -214,5 +215,5 @@ def submit_backtest(session, settings: Settings, *, tenant_id: str, request: Bac
                    reason=reason, model=job_model_label(params.models),
                    params={**params.to_json(), "source": source, **summary},
                    progress_total=summary["n_forecasts"], bars=bars, future=None, source=source,
-                   idempotency_key=idempotency_key, digest=digest,
+                   idempotency_key=idempotency_key, digest=digest, priority=priority,
                    summary=f"backtest of {', '.join(params.models)}: {summary['n_forecasts']} forecasts")

@@ -270,8 +270,9 @@ def request_hash(params: FinetuneParams, bars: pd.DataFrame) -> str:
 
 
 def submit_finetune(session, settings: Settings, *, tenant_id: str, request: FinetuneParams | dict[str, Any],
-                    bars: pd.DataFrame, source: str, idempotency_key: str | None = None):
-    """Validate, route, insert the job and its bars, COMMIT, then send the task; return (Job, warnings)."""
+                    bars: pd.DataFrame, source: str, idempotency_key: str | None = None, priority: int | None = None):
+    """Validate, route, insert the job and its bars, COMMIT, then send the task; return (Job, warnings).
+    `priority` None takes the interactive default (core/workload.py)."""
     params = FinetuneParams.from_value(request)
     spec = resolve_finetune_model(params, session, tenant_id=tenant_id, model_dirs=settings.effective_model_dirs)
     validate_params(params, spec.max_context)
@@ -286,6 +287,6 @@ def submit_finetune(session, settings: Settings, *, tenant_id: str, request: Fin
     job = enqueue(session, settings, tenant_id=tenant_id, kind=JobKind.FINETUNE, device=params.device, queue=queue,
                   reason=reason, model=params.model, params={**params.to_json(), "source": source, "data_summary": summary},
                   progress_total=total_steps(params, summary["train_windows"]), bars=bars, future=None, source=source,
-                  idempotency_key=idempotency_key, digest=request_hash(params, bars),
+                  idempotency_key=idempotency_key, digest=request_hash(params, bars), priority=priority,
                   summary=f"fine-tune {params.train} of {params.model}, {summary['train_windows']} windows")
     return job, window_warnings(params, spec.max_context) + ([warning] if warning else [])

@@ -198,8 +198,9 @@ def send_job(settings: Settings, job_id: str, queue: Queue | str, kind: JobKind 
     """Send the task for a committed job of `kind` at its priority (also used by the reconciler, a
     bulk job's next chunk and a claim over the tenant's bulk limit, which passes a `countdown`).
 
-    `start`: the first series of the bulk chunk this message is for; a delivery whose job has
-    moved past it is a duplicate and does nothing (jobs/forecast.py)."""
+    `start`: where the bulk chunk this message is for begins (a forecast's first series, a
+    backtest's first batch); a delivery whose job has moved past it is a duplicate and does
+    nothing (jobs/forecast.py, jobs/backtest.py)."""
     from kronos_jobs.broker.celery_app import app_for  # celery only on the sending path
 
     options: dict[str, Any] = {}

@@ -114,11 +114,12 @@ def run_forecast(self, job_id: str, start: int | None = None) -> str | None:
 
 
 @shared_task(bind=True, base=JobTask, name=TASK_RUN_BACKTEST, ignore_result=True)
-def run_backtest(self, job_id: str) -> str | None:
-    """Run one delivery of backtest job `job_id` (see jobs/backtest.py)."""
+def run_backtest(self, job_id: str, start: int | None = None) -> str | None:
+    """Run one delivery of backtest job `job_id` (see jobs/backtest.py); `start`: the batch this
+    chunk message is for, None for a job's first message."""
     from kronos_jobs.jobs.backtest import run_backtest_job  # torch, on the first job only
 
-    return deliver(self, job_id, run_backtest_job, identity=worker.current_identity())
+    return deliver(self, job_id, run_backtest_job, identity=worker.current_identity(), start=start)
 
 
 @shared_task(bind=True, base=JobTask, name=TASK_RUN_FINETUNE, ignore_result=True)

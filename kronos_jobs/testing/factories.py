@@ -20,14 +20,16 @@ import pandas as pd
 from sqlalchemy.orm import Session
 
 from kronos_jobs.core.identity import WorkerIdentity
-from kronos_jobs.core.names import BAR_COLUMNS, DEFAULT_TENANT, DevicePreference, JobKind, Pool, Queue
+from kronos_jobs.core.names import BAR_COLUMNS, DEFAULT_TENANT, DevicePreference, JobKind, JobState, Pool, Queue
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.core.workload import Workload
+from kronos_jobs.crud import chunks as chunk_crud
 from kronos_jobs.crud import jobs as job_crud
 from kronos_jobs.crud import results as result_crud
 from kronos_jobs.crud import workers as worker_crud
 from kronos_jobs.db.models import Job
 from kronos_jobs.db.session import session_scope
+from kronos_jobs.jobs.backtest import run_backtest_job
 from kronos_jobs.jobs.finetune_submit import submit_finetune
 from kronos_jobs.jobs.submit import submit_forecast
 from kronos_jobs.runtime.worker import build_identity
@@ -135,6 +137,23 @@ def submit_finetune_job(settings: Settings, checkpoint: Path, bars: pd.DataFrame
                                         request={"model": str(checkpoint), **TINY_FINETUNE, **overrides},
                                         bars=bars, source="csv")
         return job.id, warnings
+
+
+def run_backtest_to_end(settings: Settings, job_id: str, identity: WorkerIdentity | None = None,
+                        *, deliveries: list[int | None] | None = None) -> JobState | None:
+    """Deliver a backtest in process until a delivery leaves it other than running: a chunked one
+    follows its message chain, each delivery for the batch its predecessor's message names (the
+    job's next batch). `deliveries` collects each delivery's `start`."""
+    identity = identity or worker_identity(settings)
+    start = None
+    while True:
+        if deliveries is not None:
+            deliveries.append(start)
+        state = run_backtest_job(job_id, settings=settings, identity=identity, start=start)
+        if state is not JobState.RUNNING:
+            return state
+        with session_scope(settings) as session:
+            start = chunk_crud.next_start(session, job_id=job_id)
 
 
 def load_job(settings: Settings, job_id: str) -> Job:

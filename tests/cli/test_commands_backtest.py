@@ -12,11 +12,11 @@ OPTIONS = ["--models", "random:mini", "--lookbacks", "24", "--horizon", "4", "--
 def test_backtest_a_file_without_waiting(cli, http: TestClient, tmp_path) -> None:
     path = tmp_path / "bars.csv"
     bars_frame(2, 60).to_csv(path, index=False)
-    result = cli("backtest", str(path), *OPTIONS, "--horizons", "2", "--freq", "5min", "--no-wait")
+    result = cli("backtest", str(path), *OPTIONS, "--horizons", "2", "--freq", "5min", "--priority", "5", "--no-wait")
     assert result.exit_code == 0, result.output
     job = http.get(f"/v1/jobs/{result.stdout.strip()}").json()
     assert job["kind"] == "backtest" and job["params"]["horizons"] == [2] and job["params"]["lookbacks"] == [24]
-    assert job["progress"]["total"] == 2 * 3
+    assert job["progress"]["total"] == 2 * 3 and job["priority"] == 5
 
 
 def test_backtest_stored_symbols_and_errors(cli, http: TestClient) -> None:

@@ -1,6 +1,6 @@
 """A backtest job end to end through a real worker process (on each configured stack): routed to the
-forecast queue, claimed, forecast in batches, scored, rows and metrics stored; and cancelled while
-running."""
+forecast queue, claimed, forecast in batches a chunk per delivery, scored, rows and metrics stored;
+and cancelled while running."""
 
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ def test_backtest_through_a_worker(stack):
     meta = job.execution_metadata
     assert meta["worker_pid"] != os.getpid() and meta["device_resolved"] == "cpu" and meta["seed"] == 3
     assert meta["models"][str(stack.checkpoint)]["model_source"] == "local"
+    # Bulk work: the worker ran it a chunk at a time (one per lookback at least), following each
+    # chunk's message to the next.
+    assert meta["workload"] == "bulk" and meta["chunks"]["count"] >= 2 and sum(meta["chunks"]["forecasts"]) == 2 * 2 * 5
     with session_scope(stack.settings) as session:
         rows = backtest_crud.read_rows(session, job_id=job_id)
         metrics = backtest_crud.read_metrics(session, job_id=job_id)

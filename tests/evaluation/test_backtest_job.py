@@ -13,7 +13,7 @@ from kronos_jobs.jobs import model_cache
 from kronos_jobs.jobs.backtest import contexts_for, prepare_series, run_backtest_job
 from kronos_jobs.jobs.backtest_submit import BacktestParams, submit_backtest
 from kronos_jobs.jobs.registry import resolve_model
-from kronos_jobs.testing.factories import load_job, make_bars, worker_identity
+from kronos_jobs.testing.factories import load_job, make_bars, run_backtest_to_end, worker_identity
 
 GREEDY = {"temperature": 1.0, "top_k": 1, "top_p": 1.0, "sample_count": 1, "seed": 3}
 
@@ -35,7 +35,7 @@ def load(settings, job_id, by_symbol=False):
 def test_greedy_backtest_equals_the_per_origin_loop(job_settings, tiny_checkpoint):
     bars = make_bars({"AAA": 60, "BBB": 55})
     job_id = submit(job_settings, tiny_checkpoint, bars)
-    assert run_backtest_job(job_id, settings=job_settings, identity=worker_identity(job_settings)) is JobState.SUCCEEDED
+    assert run_backtest_to_end(job_settings, job_id) is JobState.SUCCEEDED
     job = load_job(job_settings, job_id)
     rows, metrics = load(job_settings, job_id)
     assert (job.progress_done, job.progress_total) == (2 * 2 * 6, 2 * 2 * 6)

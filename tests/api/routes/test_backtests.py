@@ -12,9 +12,8 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from kronos_jobs.core.settings import Settings
-from kronos_jobs.jobs.backtest import run_backtest_job
 from kronos_jobs.testing.checkpoints import save_tiny_checkpoint
-from kronos_jobs.testing.factories import bar_records, bars_frame, worker_identity
+from kronos_jobs.testing.factories import bar_records, bars_frame, run_backtest_to_end
 
 BACKTEST = "/v1/jobs/backtest"
 
@@ -99,7 +98,7 @@ def test_a_finished_backtest_serves_rows_and_metrics(settings: Settings, tmp_pat
         request = body(models=["tiny"], horizons=[2], quantiles=[0.1, 0.9],
                        sampling={"sample_count": 4, "seed": 3}, repeats=2)
         job_id = client.post(BACKTEST, json=request).json()["id"]
-        assert run_backtest_job(job_id, settings=settings, identity=worker_identity(settings)) == "succeeded"
+        assert run_backtest_to_end(settings, job_id) == "succeeded"
 
         result = client.get(f"/v1/jobs/{job_id}/result").json()
         columns = result["columns"]
@@ -143,3 +142,17 @@ def test_idempotency_key(client: TestClient) -> None:
     other = client.post(BACKTEST, json=body(horizon=3), headers={"Idempotency-Key": "bt-1"})
     assert other.status_code == 409
     assert len(client.get("/v1/jobs").json()["data"]) == 1
+
+
+def test_a_backtest_is_bulk_work_and_may_set_its_priority(client: TestClient) -> None:
+    default = client.post(BACKTEST, json=body()).json()
+    assert (default["priority"], default["workload"]) == (3, "bulk")
+    chosen = client.post(BACKTEST, json=body(priority=7))
+    assert chosen.status_code == 202 and chosen.json()["priority"] == 7
+    assert client.get(f"/v1/jobs/{chosen.json()['id']}").json()["priority"] == 7
+    assert "priority" not in chosen.json()["params"]  # a queue position, not a backtest parameter
+
+
+@pytest.mark.parametrize("priority", [-1, 10, "high"])
+def test_a_priority_outside_0_to_9_is_a_422_naming_it(client: TestClient, priority) -> None:
+    assert_422(client, body(priority=priority), "priority")

@@ -167,3 +167,14 @@ def test_separate_checkpoint_directories_and_long_windows(client, checkpoint, cs
     assert any("70 tokens per training window exceeds the model's context length 64" in w for w in job["warnings"])
     outside = post(client, {**request, "tokenizer": "/etc"}, csv_bytes)
     assert outside.status_code == 422 and outside.json()["error"]["details"][0]["field"] == "tokenizer"
+
+
+def test_a_finetune_is_interactive_and_may_set_its_priority(client, checkpoint, csv_bytes):
+    default = post(client, {"model": checkpoint, **PARAMS}, csv_bytes).json()
+    assert (default["priority"], default["workload"]) == (6, "interactive")
+    chosen = post(client, {"model": checkpoint, "priority": 2, **PARAMS}, csv_bytes)
+    assert chosen.status_code == 202, chosen.text
+    assert client.get(f"/v1/jobs/{chosen.json()['id']}").json()["priority"] == 2
+    assert "priority" not in chosen.json()["params"]
+    wrong = post(client, {"model": checkpoint, "priority": 10, **PARAMS}, csv_bytes)
+    assert wrong.status_code == 422 and [d["field"] for d in wrong.json()["error"]["details"]] == ["request.priority"]
