@@ -17,8 +17,8 @@ import pandas as pd
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from kronos_jobs.crud.results import _from_parquet, _to_parquet, write_forecasts
 from kronos_jobs.core.names import JobKind
+from kronos_jobs.crud.results import _from_parquet, _to_parquet, write_forecasts
 from kronos_jobs.db.models import Job, JobChunk
 
 

@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from kronos_jobs.core.errors import JobCancelled, LeaseLost, NotFound, TenantBusy
+from kronos_jobs.core.errors import JobCancelled, LeaseLost, TenantBusy
 from kronos_jobs.core.identity import WorkerIdentity
 from kronos_jobs.core.names import BAR_COLUMNS, UTC_OFFSET_COLUMN, JobKind, JobState, quantile_column
 from kronos_jobs.core.settings import Settings
@@ -55,7 +55,7 @@ from kronos_jobs.inputs.wall_clock import as_utc, row_offsets, wall_clock
 from kronos_jobs.jobs import pace
 from kronos_jobs.jobs.backtest_submit import BacktestParams, symbol_origins
 from kronos_jobs.jobs.lease import LeaseHeartbeat, raise_if_held
-from kronos_jobs.jobs.lifecycle import Delivery, new_owner, run_delivery
+from kronos_jobs.jobs.lifecycle import Delivery, new_owner, plan_claim, run_delivery
 from kronos_jobs.jobs.registry import resolve_model
 from kronos_jobs.jobs.series import SeriesInput, build_one
 from kronos_jobs.jobs.submit import send_job
@@ -116,7 +116,6 @@ def prepare_series(bars: pd.DataFrame, params: BacktestParams) -> list[Series]:
 def contexts_for(series: Series, origin: int, lookback: int, horizon: int) -> SeriesInput | dict:
     """The model input of one origin: the bars at or before it (nothing after), and the timestamps of
     the `horizon` bars after it to forecast."""
-    past = slice(0, origin + 1)
     future = truth_slice(origin, horizon)
     given = pd.DataFrame({"timestamp": series.stamps[future]})
     if series.offsets is not None:
@@ -146,17 +145,10 @@ def run_backtest_job(job_id: str, *, settings: Settings, identity: WorkerIdentit
     owner = new_owner()
     t0 = time.perf_counter()
     # --- claim --------------------------------------------------------------------------------
-    with session_scope(settings, autocommit=True) as session:
-        context = job_crud.claim_context(session, job_id=job_id)
-        current = chunk_crud.next_start(session, job_id=job_id) if start is not None and context else None
-    if context is None:
-        raise NotFound(f"no job {job_id!r}")
-    if start is not None and current != start:
-        logger.info("job %s: message for batch %d, the job is at %d; dropped as a duplicate", job_id, start, current)
+    claim = plan_claim(settings, job_id, start)
+    if claim is None:
         return None
-    wait = job_crud.seconds_waiting(context)
-    bulk = context.workload == Workload.BULK.value and settings.queue_policy == "priority"
-    limit = (context.tenant_id, settings.tenant_bulk_limit) if bulk and settings.tenant_bulk_limit else None
+    context, wait, bulk, limit = claim.context, claim.wait_seconds, claim.bulk, claim.bulk_limit
     try:
         with session_scope(settings, autocommit=limit is None) as session:
             if limit is not None:  # the count and the claim under the tenant's lock (jobs/forecast.py)

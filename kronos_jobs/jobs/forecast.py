@@ -34,7 +34,7 @@ from typing import Any
 
 import pandas as pd
 
-from kronos_jobs.core.errors import JobCancelled, LeaseLost, NotFound, TenantBusy
+from kronos_jobs.core.errors import JobCancelled, LeaseLost, TenantBusy
 from kronos_jobs.core.identity import WorkerIdentity
 from kronos_jobs.core.names import RESULT_COLUMNS, JobState
 from kronos_jobs.core.settings import Settings
@@ -48,9 +48,9 @@ from kronos_jobs.db.session import session_scope
 from kronos_jobs.jobs import pace
 from kronos_jobs.jobs import parts as job_parts
 from kronos_jobs.jobs.lease import TRANSIENT_ERRORS, LeaseHeartbeat, raise_if_held
-from kronos_jobs.jobs.lifecycle import Delivery, new_owner, run_delivery
+from kronos_jobs.jobs.lifecycle import Delivery, new_owner, plan_claim, run_delivery
 from kronos_jobs.jobs.registry import PUBLISHED_MODELS, RANDOM_PREFIX, local_model_dir, resolve_model
-from kronos_jobs.jobs.series import SeriesInput, build_inputs, result_rows, rows_frame
+from kronos_jobs.jobs.series import SeriesInput, build_inputs, result_rows, rows_frame, series_outcome
 from kronos_jobs.jobs.submit import ForecastParams, send_job
 
 __all__ = ["run_forecast_job"]
@@ -103,9 +103,8 @@ def run_forecast_job(job_id: str, *, settings: Settings, identity: WorkerIdentit
     """Run one delivery of a forecast job on the worker `identity` (its resolved device included);
     the final state (`running` after a bulk chunk), or None when this delivery did nothing.
 
-    `start`: the bulk chunk the message was sent for. A message for a chunk the job has already
-    passed is a duplicate (the reconciler re-sent a chunk that was only slow) and does nothing, so
-    duplicates die out instead of each yielding and re-sending for the rest of the job.
+    `start`: the bulk chunk the message was sent for; a message for a chunk the job has already
+    passed is a duplicate and does nothing (lifecycle.plan_claim).
 
     Raises LeaseLost (another delivery owns the job: stop quietly) and transient errors (database or
     broker down: the task retries). Every other outcome is recorded on the job before returning.
@@ -114,17 +113,10 @@ def run_forecast_job(job_id: str, *, settings: Settings, identity: WorkerIdentit
     owner = new_owner()
     t0 = time.perf_counter()
     # --- claim --------------------------------------------------------------------------------
-    with session_scope(settings, autocommit=True) as session:
-        context = job_crud.claim_context(session, job_id=job_id)
-        current = chunk_crud.next_start(session, job_id=job_id) if start is not None and context else None
-    if context is None:
-        raise NotFound(f"no job {job_id!r}")
-    if start is not None and current != start:
-        logger.info("job %s: message for chunk %d, the job is at %d; dropped as a duplicate", job_id, start, current)
+    plan = plan_claim(settings, job_id, start)
+    if plan is None:
         return None
-    wait = job_crud.seconds_waiting(context)
-    bulk = context.workload == Workload.BULK.value and settings.queue_policy == "priority"
-    limit = (context.tenant_id, settings.tenant_bulk_limit) if bulk and settings.tenant_bulk_limit else None
+    context, wait, bulk, limit = plan.context, plan.wait_seconds, plan.bulk, plan.bulk_limit
     try:
         # The claim is one conditional UPDATE, atomic on its own: run it without a transaction
         # around it (no BEGIN/COMMIT round trips), except for a bulk claim under a tenant limit,
@@ -299,16 +291,7 @@ def _forecast(run: _Run, settings: Settings, heartbeat: LeaseHeartbeat, job_inpu
     meta["timings"] = {"prepare_seconds": round(prepare_seconds, 6), "model_load_seconds": round(model_load_seconds, 6),
                        "inference_seconds": round(inference_seconds, 6)}
     meta["series_steps"] = len(inputs) * params.pred_len  # with inference_seconds: the decode rate
-    succeeded = total - len(symbol_errors)
-    if succeeded == total:
-        state, error = JobState.SUCCEEDED, None
-    elif succeeded > 0:
-        state = JobState.PARTIALLY_SUCCEEDED
-        error = {"code": "some_series_failed", "message": f"{len(symbol_errors)} of {total} series failed"}
-    else:
-        state = JobState.FAILED
-        first = symbol_errors[0] if symbol_errors else {"message": "no series"}
-        error = {"code": "all_series_failed", "message": f"all {total} series failed; first: {first['message']}"}
+    state, error = series_outcome(total, total - len(symbol_errors), symbol_errors)
     rows = merged if merged is not None else rows_frame(parts) if parts else _EMPTY
     return _finish(run, settings, state, meta=meta, rows=rows, error=error, symbol_errors=symbol_errors,
                    progress=(total, total))

@@ -29,9 +29,13 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from kronos_jobs.core.errors import JobCancelled, JobFailure, JobGivenBack, LeaseLost
+from kronos_jobs.core.errors import JobCancelled, JobFailure, JobGivenBack, LeaseLost, NotFound
 from kronos_jobs.core.names import JobState
 from kronos_jobs.core.settings import Settings
+from kronos_jobs.core.workload import Workload
+from kronos_jobs.crud import chunks as chunk_crud
+from kronos_jobs.crud import jobs as job_crud
+from kronos_jobs.db.session import session_scope
 from kronos_jobs.jobs.lease import is_transient, release_lease
 
 logger = logging.getLogger(__name__)
@@ -58,6 +62,35 @@ class Delivery:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
+
+
+@dataclasses.dataclass
+class ClaimPlan:
+    """What a delivery reads before its claim (`plan_claim`)."""
+
+    context: Any  # crud.jobs.claim_context's row: tenant, workload, priority, queue, enqueue time, parent
+    wait_seconds: float  # how long the job has been on the queue
+    bulk: bool  # one chunk per delivery, then yield (core/workload.py)
+    bulk_limit: tuple[str, int] | None  # (tenant, KRONOS_TENANT_BULK_LIMIT) when the claim must respect it
+
+
+def plan_claim(settings: Settings, job_id: str, start: int | None) -> ClaimPlan | None:
+    """Read what the claim of `job_id` needs; None when the message names a chunk (`start`) the job
+    has already passed: a duplicate (the reconciler re-sent a chunk that was only slow), which does
+    nothing, so duplicates die out instead of each yielding and re-sending for the rest of the job.
+
+    Raises NotFound when there is no such job."""
+    with session_scope(settings, autocommit=True) as session:
+        context = job_crud.claim_context(session, job_id=job_id)
+        current = chunk_crud.next_start(session, job_id=job_id) if start is not None and context else None
+    if context is None:
+        raise NotFound(f"no job {job_id!r}")
+    if start is not None and current != start:
+        logger.info("job %s: message for chunk %d, the job is at %d; dropped as a duplicate", job_id, start, current)
+        return None
+    bulk = context.workload == Workload.BULK.value and settings.queue_policy == "priority"
+    limit = (context.tenant_id, settings.tenant_bulk_limit) if bulk and settings.tenant_bulk_limit else None
+    return ClaimPlan(context=context, wait_seconds=job_crud.seconds_waiting(context), bulk=bulk, bulk_limit=limit)
 
 
 def attempts_exhausted(run: Delivery, settings: Settings) -> dict[str, str] | None:

@@ -41,6 +41,7 @@ from kronos_jobs.crud import results as result_crud
 from kronos_jobs.crud import workers as worker_crud
 from kronos_jobs.db.models import ForecastRow, Job, utcnow
 from kronos_jobs.db.session import session_scope
+from kronos_jobs.jobs.series import series_outcome
 from kronos_jobs.jobs.submit import send_job
 
 logger = logging.getLogger(__name__)
@@ -151,16 +152,11 @@ def _outcome(session, parent: Job, parts: list[Job], kept: int) -> dict[str, Any
         state = JobState.CANCELLED
         error = {"code": "cancelled", "message": f"cancelled by request while running; the {kept} series "
                                                  "finished before it are kept"}
-    elif kept == total:
-        state, error = JobState.SUCCEEDED, None
-    elif kept > 0:
-        state = JobState.PARTIALLY_SUCCEEDED
-        error = {"code": "some_series_failed", "message": f"{total - kept} of {total} series failed"}
     else:
-        state = JobState.FAILED
+        state, error = series_outcome(total, kept, errors)
         codes = {(p.error or {}).get("code") for p in parts}
-        error = (dict(parts[0].error) if len(codes) == 1 and parts and parts[0].error
-                 else {"code": "all_series_failed", "message": f"all {total} series failed"})
+        if state is JobState.FAILED and len(codes) == 1 and parts[0].error:
+            error = dict(parts[0].error)  # every part failed the same way (its model, say): say that
     # A cancelled job's progress is what it kept, as when a whole job is cancelled while running.
     return {"state": state.value, "error": error, "symbol_errors": errors,
             "progress_done": kept if cancelled else total,

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kronos_jobs.core.names import BAR_COLUMNS, PRICE_COLUMNS, UTC_OFFSET_COLUMN, quantile_column
+from kronos_jobs.core.names import BAR_COLUMNS, PRICE_COLUMNS, UTC_OFFSET_COLUMN, JobState, quantile_column
 from kronos_jobs.inputs import calendar as trading
 from kronos_jobs.inputs.checks import MAX_YEAR
 from kronos_jobs.inputs.frequency import infer_offset
@@ -190,3 +190,16 @@ def rows_frame(parts: list[dict[str, Any]]) -> pd.DataFrame:
     stamps = np.concatenate([p["timestamp"].as_unit("ns").asi8 for p in parts])
     return pd.DataFrame({"symbol": columns.pop("symbol"), "step": columns.pop("step"),
                          "timestamp": pd.DatetimeIndex(stamps.view("datetime64[ns]")).tz_localize("UTC"), **columns})
+
+
+def series_outcome(total: int, succeeded: int, symbol_errors: list[dict[str, Any]]) -> tuple[JobState, dict[str, Any] | None]:
+    """A forecast's final state and error from how many of its `total` series succeeded: every one,
+    some (`partially_succeeded`) or none (`failed`, quoting the first series' error)."""
+    if succeeded == total:
+        return JobState.SUCCEEDED, None
+    if succeeded > 0:
+        return JobState.PARTIALLY_SUCCEEDED, {"code": "some_series_failed",
+                                              "message": f"{total - succeeded} of {total} series failed"}
+    first = symbol_errors[0] if symbol_errors else {"message": "no series"}
+    return JobState.FAILED, {"code": "all_series_failed",
+                             "message": f"all {total} series failed; first: {first['message']}"}

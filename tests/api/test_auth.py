@@ -11,7 +11,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from api.main import create_app
-from kronos_jobs.core.names import DEFAULT_TENANT
 from kronos_jobs.core.settings import Settings
 from kronos_jobs.crud import api_keys
 from kronos_jobs.crud import jobs as job_crud

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
-import pytest
 
 from kronos_jobs.core.names import DEFAULT_TENANT, JobState
 from kronos_jobs.crud import backtests as backtest_crud

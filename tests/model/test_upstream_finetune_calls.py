@@ -18,7 +18,6 @@ import random
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 import torch.nn.functional as F
 
