@@ -456,3 +456,29 @@ def test_bar_problems_do_not_leak_other_bars(client: TestClient) -> None:
     body["series"][1]["bars"][5]["low"] = 1000.0
     error = client.post(FORECAST, json=body).json()["error"]
     assert [d["field"] for d in error["details"]] == ["series[1].bars[5].low"]
+
+
+def test_a_split_job_shows_its_parts_and_lists_alone(client: TestClient, db: Session, auth_settings: Settings) -> None:
+    """A worker split the job into parts (jobs/parts.py): the job shows `parts` and its progress;
+    the parts are not listed, and a cancel of the job reaches them."""
+    from kronos_jobs.db.models import Job
+    from kronos_jobs.jobs import parts
+
+    job_id = client.post(FORECAST, json=make_forecast_request(n_symbols=3)).json()["id"]
+    job = job_crud.claim_job(db, job_id=job_id, owner="test-worker", lease_seconds=60)
+    params, stored_input = dict(job.params), result_crud.load_job_input(db, job_id=job_id)
+    db.commit()
+    ids = parts.split(auth_settings, job_id=job_id, owner="test-worker", job_input=stored_input, params=params,
+                      seed=7, sizes=[2, 1])
+
+    shown = client.get(f"/v1/jobs/{job_id}").json()
+    assert (shown["state"], shown["parts"], shown["progress"]["total"]) == ("running", 2, 3)
+    listed = client.get("/v1/jobs").json()
+    assert [j["id"] for j in listed["data"]] == [job_id]
+    cancelled = client.post(f"/v1/jobs/{job_id}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["cancel_requested"] is True
+    db.expire_all()
+    assert {db.get(Job, i).state for i in ids} == {"cancelled"}  # both parts were still queued
+    assert parts.settle(auth_settings, job_id) is JobState.CANCELLED
+    final = client.get(f"/v1/jobs/{job_id}").json()
+    assert final["state"] == "cancelled" and final["progress"]["done"] == 0
