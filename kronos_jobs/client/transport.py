@@ -63,23 +63,36 @@ def _connection_error(http: httpx.Client | httpx.AsyncClient, exc: httpx.Transpo
     return ApiConnectionError(f"cannot reach the kronos-jobs API at {http.base_url} ({type(exc).__name__}: {exc})")
 
 
+def _settle(http: httpx.Client | httpx.AsyncClient, call: Call, attempt: int, *, max_retries: int, backoff: float,
+            response: httpx.Response | None = None, exc: httpx.TransportError | None = None) -> tuple[bool, Any]:
+    """What one attempt's outcome means, for the sync and async loops alike: (True, parsed answer),
+    or (False, seconds to wait before the next attempt); raises once retrying is over."""
+    if exc is not None:
+        if attempt > max_retries:
+            raise _connection_error(http, exc) from exc
+        return False, backoff * 2 ** (attempt - 1)
+    assert response is not None
+    if not response.is_error:
+        return True, call.parse(response)
+    delay = retry_delay(response, attempt, backoff)
+    if delay is None or attempt > max_retries:
+        raise error_from_response(response)
+    return False, delay
+
+
 def send(http: httpx.Client, call: Call, *, max_retries: int, backoff: float) -> Any:
     attempt = 0
     while True:
         attempt += 1
         try:
-            response = http.request(call.method, call.path, **call.kwargs)
+            response, error = http.request(call.method, call.path, **call.kwargs), None
         except httpx.TransportError as exc:
-            if attempt > max_retries:
-                raise _connection_error(http, exc) from exc
-            time.sleep(backoff * 2 ** (attempt - 1))
-            continue
-        if not response.is_error:
-            return call.parse(response)
-        delay = retry_delay(response, attempt, backoff)
-        if delay is None or attempt > max_retries:
-            raise error_from_response(response)
-        time.sleep(delay)
+            response, error = None, exc
+        done, value = _settle(http, call, attempt, max_retries=max_retries, backoff=backoff,
+                              response=response, exc=error)
+        if done:
+            return value
+        time.sleep(value)
 
 
 async def send_async(http: httpx.AsyncClient, call: Call, *, max_retries: int, backoff: float) -> Any:
@@ -87,15 +100,11 @@ async def send_async(http: httpx.AsyncClient, call: Call, *, max_retries: int, b
     while True:
         attempt += 1
         try:
-            response = await http.request(call.method, call.path, **call.kwargs)
+            response, error = await http.request(call.method, call.path, **call.kwargs), None
         except httpx.TransportError as exc:
-            if attempt > max_retries:
-                raise _connection_error(http, exc) from exc
-            await asyncio.sleep(backoff * 2 ** (attempt - 1))
-            continue
-        if not response.is_error:
-            return call.parse(response)
-        delay = retry_delay(response, attempt, backoff)
-        if delay is None or attempt > max_retries:
-            raise error_from_response(response)
-        await asyncio.sleep(delay)
+            response, error = None, exc
+        done, value = _settle(http, call, attempt, max_retries=max_retries, backoff=backoff,
+                              response=response, exc=error)
+        if done:
+            return value
+        await asyncio.sleep(value)
